@@ -1,0 +1,167 @@
+"""The TEC chunk bitstream, format version 1. This module is its only definition.
+
+Layout (all integers little-endian)::
+
+    magic        4 bytes  b"TECZ"
+    version      u8       FORMAT_VERSION
+    flags        u8       bit 0: a nodata value is set; bit 1: a mask section is present
+    quality      u8       quality level of the model used
+    dtype        u8       1 uint16, 2 int16, 3 float32
+    name_len     u8       then the model name, UTF-8
+    model_hash   8 bytes  first 8 bytes of the model's sha256
+    ndim         u8       then ndim x u32: the full chunk shape; the last three axes are (bands, H, W)
+    pad_h, pad_w u16 x 2  rows / columns of edge replication added at the bottom / right
+    latent       u16 + u32 x 2: latent channels, latent height, latent width
+    nodata       f64      nodata value (meaningful when flag bit 0 is set)
+    float_scale  f64      float32 input x float_scale = model units (DN); 1 for integer dtypes
+    mask_len     u32      then zlib(packbits(mask)) of the chunk's nodata elements (bit 1 only)
+    payload_len  u32      then the entropy-coded latent symbols
+    crc32        u32      zlib.crc32 of every byte before it
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import CorruptChunkError, TruncatedChunkError
+
+MAGIC = b"TECZ"
+FORMAT_VERSION = 1
+HASH_PREFIX_BYTES = 8
+FLAG_NODATA = 1
+FLAG_MASK = 2
+# Refuse headers describing absurd sizes instead of allocating them.
+MAX_ELEMENTS = 2**31
+
+DTYPE_CODES = {np.dtype("uint16"): 1, np.dtype("int16"): 2, np.dtype("float32"): 3}
+CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+
+
+@dataclass(frozen=True)
+class ChunkHeader:
+    model: str
+    model_hash: bytes
+    quality: int
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    pad: tuple[int, int]
+    latent: tuple[int, int, int]
+    nodata: float | None
+    float_scale: float
+
+    @property
+    def batch(self) -> int:
+        return int(np.prod(self.shape[:-3], dtype=np.int64))
+
+
+def pack(header: ChunkHeader, mask: bytes | None, payload: bytes) -> bytes:
+    name = header.model.encode()
+    flags = (FLAG_NODATA if header.nodata is not None else 0) | (FLAG_MASK if mask is not None else 0)
+    parts = [
+        MAGIC,
+        struct.pack("<BBBBB", FORMAT_VERSION, flags, header.quality, DTYPE_CODES[np.dtype(header.dtype)], len(name)),
+        name,
+        header.model_hash[:HASH_PREFIX_BYTES],
+        struct.pack(f"<B{len(header.shape)}I", len(header.shape), *header.shape),
+        struct.pack("<HHHII", *header.pad, *header.latent),
+        struct.pack("<dd", header.nodata if header.nodata is not None else 0.0, header.float_scale),
+    ]
+    if mask is not None:
+        parts += [struct.pack("<I", len(mask)), mask]
+    parts += [struct.pack("<I", len(payload)), payload]
+    body = b"".join(parts)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+class _Reader:
+    def __init__(self, buf: memoryview):
+        self.buf = buf
+        self.pos = 0
+
+    def take(self, n: int) -> memoryview:
+        if self.pos + n > len(self.buf):
+            raise TruncatedChunkError(
+                f"Expected at least {self.pos + n} bytes in the TEC chunk. Got {len(self.buf)} instead (truncated)."
+            )
+        out = self.buf[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def unpack(self, fmt: str) -> tuple:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
+
+
+def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | None, bytes]:
+    """Parse and verify a chunk. Raises :class:`TruncatedChunkError` or :class:`CorruptChunkError`."""
+    view = memoryview(buf).cast("B")
+    if len(view) < len(MAGIC) + 4 or bytes(view[:4]) != MAGIC:
+        if len(view) >= 4 and bytes(view[:4]) != MAGIC:
+            raise CorruptChunkError(f"Expected a TEC chunk starting with {MAGIC!r}. Got {bytes(view[:4])!r} instead.")
+        raise TruncatedChunkError(f"Expected a TEC chunk. Got only {len(view)} bytes instead.")
+    r = _Reader(view[:-4])
+    r.take(4)
+    version, flags, quality, dtype_code, name_len = r.unpack("<BBBBB")
+    if version != FORMAT_VERSION:
+        raise CorruptChunkError(
+            f"Expected TEC chunk format version {FORMAT_VERSION}. Got {version} instead "
+            "(written by a newer tec_zarr, or corrupt)."
+        )
+    try:
+        name = bytes(r.take(name_len)).decode()
+        model_hash = bytes(r.take(HASH_PREFIX_BYTES))
+        (ndim,) = r.unpack("<B")
+        shape = r.unpack(f"<{ndim}I")
+        pad_h, pad_w, m, lh, lw = r.unpack("<HHHII")
+        nodata, float_scale = r.unpack("<dd")
+        mask = bytes(r.take(r.unpack("<I")[0])) if flags & FLAG_MASK else None
+        payload = bytes(r.take(r.unpack("<I")[0]))
+    except UnicodeDecodeError as e:
+        _check_crc(view)
+        raise CorruptChunkError(f"Expected a UTF-8 model name in the TEC chunk. Got {e} instead.") from None
+    _check_crc(view)
+    if r.pos != len(r.buf):
+        raise CorruptChunkError(f"Expected the TEC chunk to end after {r.pos} bytes. Got {len(r.buf)} instead.")
+    if dtype_code not in CODE_DTYPES or ndim < 3 or int(np.prod(shape, dtype=np.int64)) > MAX_ELEMENTS:
+        raise CorruptChunkError(f"Expected a valid dtype code and shape. Got dtype code {dtype_code}, shape {shape} instead.")
+    header = ChunkHeader(
+        model=name,
+        model_hash=model_hash,
+        quality=quality,
+        dtype=CODE_DTYPES[dtype_code],
+        shape=tuple(shape),
+        pad=(pad_h, pad_w),
+        latent=(m, lh, lw),
+        nodata=nodata if flags & FLAG_NODATA else None,
+        float_scale=float_scale,
+    )
+    return header, mask, payload
+
+
+def _check_crc(view: memoryview) -> None:
+    if len(view) < 4:
+        raise TruncatedChunkError(f"Expected a TEC chunk. Got only {len(view)} bytes instead.")
+    (stored,) = struct.unpack("<I", view[-4:])
+    actual = zlib.crc32(view[:-4])
+    if stored != actual:
+        raise CorruptChunkError(
+            f"Expected CRC32 {stored:08x} over the TEC chunk. Got {actual:08x} instead (the chunk is corrupt or truncated)."
+        )
+
+
+def pack_mask(mask: np.ndarray) -> bytes:
+    return zlib.compress(np.packbits(mask.ravel()).tobytes(), 9)
+
+
+def unpack_mask(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    n = int(np.prod(shape, dtype=np.int64))
+    try:
+        bits = np.frombuffer(zlib.decompress(data), np.uint8)
+    except zlib.error as e:
+        raise CorruptChunkError(f"Expected a zlib-compressed nodata mask. Got {e} instead.") from None
+    if bits.size != (n + 7) // 8:
+        raise CorruptChunkError(f"Expected {(n + 7) // 8} mask bytes. Got {bits.size} instead.")
+    return np.unpackbits(bits, count=n).astype(bool).reshape(shape)

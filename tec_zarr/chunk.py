@@ -1,0 +1,163 @@
+"""Encode and decode one chunk: numpy in, TEC bitstream out, and back. Both codecs call only this module.
+
+A chunk is a batch of (bands, H, W) images: any leading axes are flattened into the batch. Pixels equal to the
+nodata value are stored as a lossless mask and come back exactly; no other pixel decodes to the nodata value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import bitstream, entropy, runtime
+from .errors import (
+    CorruptChunkError,
+    InvalidInputError,
+    ModelMismatchError,
+    UnsupportedDtypeError,
+)
+from .models import Model, load_model
+
+SUPPORTED_DTYPES = tuple(bitstream.DTYPE_CODES)
+DN_PER_REFLECTANCE = 10000.0
+
+
+def parse_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt.newbyteorder("=") not in SUPPORTED_DTYPES:
+        raise UnsupportedDtypeError(
+            f"Expected one of uint16 (DN), int16 (DN) or float32 (reflectance x float_scale = DN). Got {dt} instead."
+        )
+    return dt
+
+
+def check_nodata(nodata: float | None, dtype: np.dtype) -> None:
+    if nodata is None:
+        return
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if not (float(nodata).is_integer() and info.min <= nodata <= info.max):
+            raise InvalidInputError(f"Expected a nodata value representable as {dtype}. Got {nodata!r} instead.")
+    elif not math.isfinite(nodata):
+        raise InvalidInputError(f"Expected a finite nodata value for {dtype}. Got {nodata!r} instead.")
+
+
+def _validate(array: np.ndarray, model: Model) -> np.ndarray:
+    if not isinstance(array, np.ndarray):
+        raise InvalidInputError(f"Expected a numpy array. Got {type(array).__name__} instead.")
+    dtype = parse_dtype(array.dtype)
+    if not array.flags.c_contiguous:
+        raise InvalidInputError("Expected a C-contiguous array. Got a non-C-order array instead (use np.ascontiguousarray).")
+    if array.ndim < 3 or array.shape[-3] != len(model.bands):
+        raise InvalidInputError(
+            f"Expected a chunk of shape (..., {len(model.bands)}, H, W) with bands {' '.join(model.bands)} on axis -3. "
+            f"Got shape {array.shape} instead: chunk the band axis whole, e.g. encoding chunks (1, "
+            f"{len(model.bands)}, 256, 256), or use tec_zarr.zarr_encoding(ds, chunks=...)."
+        )
+    if 0 in array.shape:
+        raise InvalidInputError(f"Expected a non-empty chunk. Got shape {array.shape} instead.")
+    if dtype.kind == "f" and not np.isfinite(array).all():
+        raise InvalidInputError("Expected finite values. Got NaN or infinity instead (mark missing data with nodata).")
+    return array.astype(dtype.newbyteorder("="), copy=False)
+
+
+def _pad(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
+    h, w = x.shape[-2:]
+    pad = (-h % multiple, -w % multiple)
+    if pad != (0, 0):
+        x = np.pad(x, ((0, 0), (0, 0), (0, pad[0]), (0, pad[1])), mode="edge")
+    return np.ascontiguousarray(x), pad
+
+
+def encode_chunk(
+    array: np.ndarray, *, model: str | Model, quality: int, nodata: float | None = 0, float_scale: float = 1e4
+) -> bytes:
+    model = load_model(model) if isinstance(model, str) else model
+    array = _validate(array, model)
+    dtype = array.dtype
+    if not 0 <= quality < model.tables.qualities:
+        raise InvalidInputError(f"Expected a quality in 0..{model.tables.qualities - 1}. Got {quality} instead.")
+    check_nodata(nodata, dtype)
+    scale = float(float_scale) if dtype.kind == "f" else 1.0
+    images = array.reshape((-1,) + array.shape[-3:])
+    mask = (images == nodata) if nodata is not None else None
+    if mask is not None and not mask.any():
+        mask = None
+
+    reflectance = images.astype(np.float32) * np.float32(scale / DN_PER_REFLECTANCE)
+    normalized = (reflectance - model.mean[:, None, None]) / model.std[:, None, None]
+    if mask is not None:
+        normalized[mask] = 0.0  # nodata becomes the band mean: cheap to code, and restored from the mask
+    normalized, pad = _pad(normalized.astype(np.float32), model.multiple)
+    y = runtime.run(model.encoder_sha256, model.encoder_onnx, {"x": normalized})
+    symbols = np.rint(y * model.gain[quality][None, :, None, None]).astype(np.int32)
+    payload = entropy.encode(symbols, quality, model.tables)
+    header = bitstream.ChunkHeader(
+        model=model.name,
+        model_hash=bytes.fromhex(model.sha256),
+        quality=quality,
+        dtype=dtype,
+        shape=tuple(array.shape),
+        pad=pad,
+        latent=tuple(symbols.shape[1:]),
+        nodata=None if nodata is None else float(nodata),
+        float_scale=scale,
+    )
+    return bitstream.pack(header, bitstream.pack_mask(mask) if mask is not None else None, payload)
+
+
+def read_header(buf) -> bitstream.ChunkHeader:
+    return bitstream.unpack(buf)[0]
+
+
+def decode_chunk(buf) -> np.ndarray:
+    header, mask_bytes, payload = bitstream.unpack(buf)
+    model = load_model(header.model)
+    if bytes.fromhex(model.sha256)[: bitstream.HASH_PREFIX_BYTES] != header.model_hash:
+        raise ModelMismatchError(
+            f"Expected a chunk written by the installed {model.name} (sha256 {model.sha256[:16]}...). "
+            f"Got one written by weights {header.model_hash.hex()}... instead: install the tec_zarr version that wrote it."
+        )
+    c, h, w = header.shape[-3:]
+    m, lh, lw = header.latent
+    if (
+        c != len(model.bands)
+        or header.pad != (-h % model.multiple, -w % model.multiple)
+        or (lh * model.multiple, lw * model.multiple) != (h + header.pad[0], w + header.pad[1])
+        or m != model.tables.channels
+    ):
+        raise CorruptChunkError(f"Expected a header consistent with model {model.name}. Got {header} instead.")
+    batch = header.batch
+    symbols = entropy.decode(payload, header.quality, (batch, m, lh, lw), model.tables)
+    y_hat = symbols.astype(np.float32) * model.inv_gain[header.quality][None, :, None, None]
+    x_hat = runtime.run(model.decoder_sha256, model.decoder_onnx, {"y_hat": np.ascontiguousarray(y_hat)})
+    x_hat = x_hat[:, :, :h, :w] * model.std[:, None, None] + model.mean[:, None, None]
+    values = x_hat * np.float32(DN_PER_REFLECTANCE / header.float_scale)
+    result = _to_dtype(values, header.dtype)
+    if header.nodata is not None:
+        result = _apply_nodata(result, header, mask_bytes)
+    return result.reshape(header.shape)
+
+
+def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype.kind == "f":
+        return values.astype(dtype)
+    info = np.iinfo(dtype)
+    return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+
+
+def _apply_nodata(result: np.ndarray, header: bitstream.ChunkHeader, mask_bytes: bytes | None) -> np.ndarray:
+    nodata = np.asarray(header.nodata).astype(result.dtype)
+    # A valid pixel must never read back as nodata: move it one step away.
+    collide = result == nodata
+    if collide.any():
+        if result.dtype.kind == "f":
+            result[collide] = np.nextafter(nodata, np.inf, dtype=result.dtype)
+        else:
+            step = 1 if nodata < np.iinfo(result.dtype).max else -1
+            result[collide] = nodata + step
+    if mask_bytes is not None:
+        mask = bitstream.unpack_mask(mask_bytes, result.shape)
+        result[mask] = nodata
+    return result

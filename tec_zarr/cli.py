@@ -1,0 +1,191 @@
+"""The ``tec`` command line: ``tec compress IN OUT.zarr``, ``tec info STORE``, ``tec models``, ``tec demo``."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import TecZarrError
+
+
+def _open_input(path: str, variable: str | None):
+    """GeoTIFF (rasterio), Zarr or NetCDF -> (xarray Dataset, name of the variable to compress)."""
+    import xarray as xr
+
+    p = Path(path)
+    suffix = p.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        ds = _read_geotiff(p, variable or "reflectance")
+    elif suffix == ".zarr" or (p / "zarr.json").exists() or (p / ".zgroup").exists():
+        ds = xr.open_zarr(p)
+    elif suffix in (".nc", ".nc4", ".netcdf"):
+        ds = xr.open_dataset(p)
+    else:
+        raise TecZarrError(f"Expected a GeoTIFF (.tif), Zarr store or NetCDF (.nc) input. Got {path!r} instead.")
+    if variable is None:
+        from .encoding import zarr_encoding
+
+        candidates = list(zarr_encoding(ds, zarr_format=3))
+        if len(candidates) != 1:
+            raise TecZarrError(f"Expected one 12-band variable in {path}, or --var. Got {candidates} instead.")
+        variable = candidates[0]
+    if variable not in ds:
+        raise TecZarrError(f"Expected variable {variable!r} in {path}. Got {list(ds.data_vars)} instead.")
+    return ds, variable
+
+
+def _read_geotiff(path: Path, name: str):
+    import numpy as np
+    import rasterio
+    import xarray as xr
+
+    from .bands import S2_L2A_BANDS
+
+    with rasterio.open(path) as src:
+        data = src.read()
+        t = src.transform
+        descriptions = list(src.descriptions)
+        bands = descriptions if all(d in S2_L2A_BANDS for d in descriptions) else list(S2_L2A_BANDS[: src.count])
+        x = t.c + t.a * (np.arange(src.width) + 0.5)
+        y = t.f + t.e * (np.arange(src.height) + 0.5)
+        attrs = {"crs": src.crs.to_wkt() if src.crs else "", "geotransform": list(t.to_gdal())}
+        nodata = src.nodata
+    var_attrs = {"nodata": nodata if nodata is not None else 0}
+    return xr.Dataset({name: (("band", "y", "x"), data, var_attrs)},
+                      coords={"band": bands, "y": y, "x": x}, attrs=attrs)
+
+
+def cmd_compress(args) -> int:
+    from .encoding import zarr_encoding
+
+    ds, var = _open_input(args.input, args.var)
+    ds = ds[[var]]
+    kwargs = {"quality": args.quality, "model": args.model}
+    if args.nodata is not None:
+        kwargs["nodata"] = None if args.nodata.lower() == "none" else float(args.nodata)
+    else:
+        kwargs["nodata"] = ds[var].attrs.get("nodata", 0)
+    chunks = {d: args.chunk for d in ds[var].dims[-2:]}
+    chunks.update({d: 1 for d in ds[var].dims[:-3]})
+    encoding = zarr_encoding(ds, zarr_format=args.zarr_format, variables=[var], chunks=chunks, **kwargs)
+    for name in ds.variables:  # drop encodings inherited from the input store
+        ds[name].encoding = {}
+    try:
+        import dask  # noqa: F401
+        from dask.diagnostics import ProgressBar
+    except ImportError:  # progress needs dask; without it the write runs in one go
+        ds.to_zarr(args.output, mode="w", zarr_format=args.zarr_format, encoding=encoding, consolidated=False)
+    else:
+        lazy = ds.chunk(dict(zip(ds[var].dims, encoding[var]["chunks"])))
+        job = lazy.to_zarr(args.output, mode="w", zarr_format=args.zarr_format, encoding=encoding,
+                           consolidated=False, compute=False)
+        with ProgressBar(out=sys.stderr) if not args.quiet else contextlib.nullcontext():
+            job.compute()
+    if not args.quiet:
+        print(info_text(args.output))
+    return 0
+
+
+def info_text(store: str) -> str:
+    import zarr
+
+    group = zarr.open_group(store, mode="r")
+    lines = [f"{store}: Zarr format {group.metadata.zarr_format}"]
+    for name, arr in sorted(group.arrays()):
+        codecs = [c.to_dict() if hasattr(c, "to_dict") else c.get_config() for c in _codecs(arr)]
+        tec = [c for c in codecs if c.get("name", c.get("id")) == "tec_zarr.tec"]
+        stored = arr.nbytes_stored()
+        raw = arr.nbytes
+        line = f"  {name}: {arr.shape} {arr.dtype} chunks {arr.chunks}, {stored:,} bytes stored"
+        if tec:
+            cfg = tec[0].get("configuration", tec[0])
+            line += (f" ({raw / max(stored, 1):.1f}x of {raw:,} raw); TEC model {cfg['model']} "
+                     f"sha256 {cfg['model_sha256'][:12]}... quality {cfg['quality']} nodata {cfg['nodata']}")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _codecs(arr):
+    md = arr.metadata
+    if md.zarr_format == 2:
+        return [c for c in (md.compressor, *(md.filters or ())) if c is not None]
+    return list(md.codecs)
+
+
+def cmd_info(args) -> int:
+    print(info_text(args.store))
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import list_models
+
+    models = list_models()
+    if args.json:
+        print(json.dumps([m.manifest for m in models], indent=1))
+        return 0
+    for m in models:
+        tr = m.manifest.get("training", {})
+        print(f"{m.name} v{m.version}  sha256 {m.sha256}")
+        print(f"  {m.manifest.get('architecture', '')}; trained {tr.get('steps', '?')} steps; bands {' '.join(m.bands)}")
+        print(f"  validation ({', '.join(tr.get('validation_places') or [])}, never trained on):")
+        print(f"  {'quality':>8} {'bpp':>8} {'PSNR dB':>8}")
+        for q in m.qualities:
+            v = q.get("validation", {})
+            default = "  (default)" if q["quality"] == m.default_quality else ""
+            print(f"  {q['quality']:>8} {v.get('bpp', float('nan')):>8.3f} {v.get('psnr', float('nan')):>8.2f}{default}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(quality=args.quality)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tec", description="Learned TerraCodec compression for Sentinel-2 in Zarr.")
+    p.add_argument("--version", action="version", version=f"tec-zarr {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="compress a GeoTIFF, Zarr or NetCDF input into a TEC Zarr store")
+    c.add_argument("input")
+    c.add_argument("output")
+    c.add_argument("--var", help="variable to compress (default: the one 12-band variable)")
+    c.add_argument("--quality", type=int, help="model quality level (tec models lists them)")
+    c.add_argument("--model", default=None, help="model name (default tec-fp)")
+    c.add_argument("--nodata", help="nodata value, or 'none' (default: the input's, else 0)")
+    c.add_argument("--chunk", type=int, default=256, help="spatial chunk size (default 256)")
+    c.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(func=cmd_compress)
+
+    i = sub.add_parser("info", help="describe a Zarr store's arrays and TEC settings")
+    i.add_argument("store")
+    i.set_defaults(func=cmd_info)
+
+    m = sub.add_parser("models", help="list installed models with their measured rate-distortion")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=cmd_models)
+
+    d = sub.add_parser("demo", help="compress the bundled Sentinel-2 sample with TEC and JPEG 2000 and compare")
+    d.add_argument("--quality", type=int)
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except TecZarrError as e:
+        print(f"tec: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

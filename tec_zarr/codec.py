@@ -1,0 +1,75 @@
+"""numcodecs codec (zarr format 2): ``encoding={"var": {"compressors": TEC()}}``.
+
+Its JSON config is the decode contract: model name, model sha256, quality, nodata and float scale. Chunks carry
+their own header too (see :mod:`tec_zarr.bitstream`), so a chunk decodes even without the config.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numcodecs.abc import Codec
+from numcodecs.compat import ensure_ndarray_like, ndarray_copy
+
+from . import chunk
+from .errors import InvalidInputError
+from .params import (
+    CODEC_NAME,
+    parse_float_scale,
+    parse_model,
+    parse_model_sha256,
+    parse_nodata,
+    parse_quality,
+)
+
+
+class TEC(Codec):
+    """Learned TerraCodec compression of Sentinel-2 chunks shaped (..., bands, H, W).
+
+    Parameters
+    ----------
+    quality : int, optional
+        Quality level of the model, 0 (smallest) to its highest; ``tec models`` lists each level's measured
+        PSNR and bpp. Default: the model's default level.
+    model : str, optional
+        Name of an installed model (``tec_zarr.list_models()``). Default ``"tec-fp"``.
+    nodata : int or float or None
+        Elements equal to this value are stored losslessly and read back exactly; no other element decodes to
+        it. Default 0 (Sentinel-2's nodata). ``None`` disables it.
+    float_scale : float
+        float32 input times ``float_scale`` gives DN (reflectance x 10000). Default 10000: float32 reflectance.
+    model_sha256 : str, optional
+        Filled in from the installed model; a config naming other weights is refused.
+    """
+
+    codec_id = CODEC_NAME
+
+    def __init__(self, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None):
+        card = parse_model(model)
+        self.model = card.name
+        self.model_sha256 = parse_model_sha256(model_sha256, card)
+        self.quality = parse_quality(quality, card)
+        self.nodata = parse_nodata(nodata)
+        self.float_scale = parse_float_scale(float_scale)
+
+    def encode(self, buf):
+        array = ensure_ndarray_like(buf)
+        if not isinstance(array, np.ndarray):
+            raise InvalidInputError(f"Expected a numpy array chunk. Got {type(buf).__name__} instead.")
+        return chunk.encode_chunk(
+            array, model=self.model, quality=self.quality, nodata=self.nodata, float_scale=self.float_scale
+        )
+
+    def decode(self, buf, out=None):
+        decoded = chunk.decode_chunk(ensure_ndarray_like(buf).view("u1").reshape(-1))
+        if out is None:
+            return decoded
+        try:
+            return ndarray_copy(decoded, out)
+        except ValueError as e:
+            raise InvalidInputError(f"Expected an out= buffer matching the decoded chunk. Got {e} instead.") from None
+
+    def __repr__(self):
+        return (
+            f"{type(self).__name__}(quality={self.quality!r}, model={self.model!r}, nodata={self.nodata!r}, "
+            f"float_scale={self.float_scale!r})"
+        )

@@ -1,0 +1,39 @@
+"""The package's exception hierarchy: every failure a user can cause ends in a :class:`TecZarrError`."""
+
+from __future__ import annotations
+
+
+class TecZarrError(Exception):
+    """Base class of every error raised by tec_zarr."""
+
+
+class UnknownModelError(TecZarrError, ValueError):
+    """No installed model has the requested name."""
+
+
+class WeightsIntegrityError(TecZarrError):
+    """A model file is missing or its sha256 differs from the manifest (or from a store's config)."""
+
+
+class InvalidInputError(TecZarrError, ValueError):
+    """An array the codec cannot encode: wrong shape, non-C-order, NaN, or an invalid parameter."""
+
+
+class UnsupportedDtypeError(InvalidInputError, TypeError):
+    """A dtype other than uint16, int16 or float32."""
+
+
+class BitstreamError(TecZarrError, ValueError):
+    """A chunk that cannot be decoded."""
+
+
+class TruncatedChunkError(BitstreamError):
+    """The chunk ends before its declared content."""
+
+
+class CorruptChunkError(BitstreamError):
+    """The chunk's CRC32 does not match, or its header is inconsistent."""
+
+
+class ModelMismatchError(BitstreamError):
+    """The chunk was written by a different model (name or weights) than the one available."""

@@ -1,0 +1,57 @@
+"""Validators shared by both codecs: each returns the parsed value or raises with "Expected ... Got ... instead"."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .errors import InvalidInputError, ModelMismatchError
+from .models import DEFAULT_MODEL, ModelCard, get_card
+
+CODEC_NAME = "tec_zarr.tec"  # one prefixed name for numcodecs (format 2) and zarr.codecs (format 3)
+
+
+def parse_model(model: str | None) -> ModelCard:
+    if model is None:
+        model = DEFAULT_MODEL
+    if not isinstance(model, str):
+        raise InvalidInputError(f"Expected a model name (str). Got {model!r} instead.")
+    return get_card(model)
+
+
+def parse_model_sha256(value: str | None, card: ModelCard) -> str:
+    """A config written by another model version names different weights: refuse it rather than decode wrongly."""
+    if value is None:
+        return card.sha256
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise InvalidInputError(f"Expected a 64-digit lowercase hex sha256. Got {value!r} instead.")
+    if value != card.sha256:
+        raise ModelMismatchError(
+            f"Expected the weights the data was written with ({card.name} sha256 {value[:16]}...). "
+            f"Got the installed {card.name} with sha256 {card.sha256[:16]}... instead: install the matching tec_zarr."
+        )
+    return value
+
+
+def parse_quality(quality: int | None, card: ModelCard) -> int:
+    if quality is None:
+        return card.default_quality
+    if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality < len(card.qualities):
+        raise InvalidInputError(
+            f"Expected a quality level 0..{len(card.qualities) - 1} of model {card.name}. Got {quality!r} instead."
+        )
+    return int(quality)
+
+
+def parse_nodata(nodata: float | int | None) -> float | int | None:
+    if nodata is None:
+        return None
+    if isinstance(nodata, bool) or not isinstance(nodata, (int, float)) or not math.isfinite(nodata):
+        raise InvalidInputError(f"Expected a finite number or None for nodata. Got {nodata!r} instead.")
+    return int(nodata) if float(nodata).is_integer() else float(nodata)
+
+
+def parse_float_scale(scale: float) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise InvalidInputError(f"Expected a positive finite float_scale. Got {scale!r} instead.")
+    return float(scale)

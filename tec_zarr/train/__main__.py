@@ -1,0 +1,199 @@
+"""Train TEC-FP on the shared Sentinel-2 data: ``python -m tec_zarr.train --out runs/tec-fp --steps 40000``.
+
+Resumable: a run directory holds ``checkpoint.pt`` (model, optimizers, step, sampler state); running the same
+command again continues from it. ``--init`` starts a new run directory from a committed checkpoint.
+Logs one JSON line per ``--log-every`` steps (rate and distortion per quality) and per validation to ``log.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data
+from .model import ModelConfig, TECFactorized
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+
+
+def psnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Project metric per image: 10*log10(1 / MSE) on reflectance clipped to [0, 1] (same as 10000^2 on DN)."""
+    mse = ((x.clamp(0, 1) - x_hat.clamp(0, 1)) ** 2).mean(dim=(1, 2, 3))
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-12))
+
+
+class Trainer:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+        images = data.load_images(Path(args.data))
+        train_images, val_images = data.split(images)
+        self.val = torch.from_numpy(data.validation_crops(val_images))
+        ckpt_path = self.out / "checkpoint.pt"
+        source = ckpt_path if ckpt_path.exists() else (Path(args.init) if args.init else None)
+        ckpt = torch.load(source, map_location="cpu", weights_only=False) if source else None
+        if ckpt is not None:
+            self.cfg = ModelConfig.from_dict(ckpt["config"])
+            self.mean, self.std = np.asarray(ckpt["mean"], np.float32), np.asarray(ckpt["std"], np.float32)
+            self.train_names = ckpt["train_images"]
+        else:
+            self.cfg = ModelConfig(channels=args.channels, latent_channels=args.latent_channels, stages=args.stages)
+            self.mean, self.std = data.band_statistics(train_images)
+            self.train_names = [im.name for im in train_images]
+        self.sampler = data.CropSampler(train_images, args.crop, seed=args.seed)
+        self.model = TECFactorized(self.cfg).to(self.device)
+        self.opt_transform = torch.optim.Adam(self.model.transform_parameters(), lr=args.lr)
+        self.opt_entropy = torch.optim.Adam(self.model.entropy_parameters(), lr=args.lr_entropy)
+        self.step = 0
+        if ckpt is not None:
+            self.model.load_state_dict(ckpt["model"])
+            if source == ckpt_path or args.resume_optimizer:
+                self.opt_transform.load_state_dict(ckpt["opt_transform"])
+                self.opt_entropy.load_state_dict(ckpt["opt_entropy"])
+                self.sampler.restore(ckpt["sampler"])
+            self.step = ckpt["step"]
+            print(f"resumed from {source} at step {self.step}", flush=True)
+        self._mean_t = torch.from_numpy(self.mean)[None, :, None, None].to(self.device)
+        self._std_t = torch.from_numpy(self.std)[None, :, None, None].to(self.device)
+        self.lambdas = torch.tensor(self.cfg.lambdas, device=self.device)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._mean_t) / self._std_t
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self._std_t + self._mean_t
+
+    def learning_rate_scale(self) -> float:
+        frac = self.step / max(self.args.steps, 1)
+        return 1.0 if frac < 0.75 else (0.3 if frac < 0.9 else 0.1)
+
+    def train_step(self) -> dict:
+        x = torch.from_numpy(self.sampler.batch(self.args.batch)).to(self.device)
+        q = torch.randint(len(self.cfg.lambdas), (x.shape[0],), device=self.device)
+        out = self.model(self.normalize(x), q)
+        x_hat = self.denormalize(out["x_hat"])
+        mse = ((x_hat - x) ** 2).mean(dim=(1, 2, 3))
+        bpp = out["bits"] / (x.shape[2] * x.shape[3])
+        loss = (self.lambdas[q] * mse + bpp).mean()
+        self.opt_transform.zero_grad(set_to_none=True)
+        self.opt_entropy.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        scale = self.learning_rate_scale()
+        for opt, base in ((self.opt_transform, self.args.lr), (self.opt_entropy, self.args.lr_entropy)):
+            for group in opt.param_groups:
+                group["lr"] = base * scale
+            opt.step()
+        with torch.no_grad():
+            psnr = psnr_db(x, x_hat)
+        return {"loss": loss.item(), "q": q.cpu().numpy(), "bpp": bpp.detach().cpu().numpy(), "psnr": psnr.cpu().numpy()}
+
+    @torch.no_grad()
+    def validate(self) -> list[dict]:
+        """Rate from the discrete likelihood of the rounded latents, distortion from the real reconstruction."""
+        self.model.eval()
+        rows = []
+        x = self.val.to(self.device)
+        y = self.model.g_a(self.normalize(x))
+        for q in range(len(self.cfg.lambdas)):
+            sym = torch.round(y * self.model.gain[q][None, :, None, None])
+            bits = -torch.log2(self.model.densities[q].likelihood(sym)).sum(dim=(1, 2, 3))
+            x_hat = self.denormalize(self.model.g_s(sym * self.model.inv_gain[q][None, :, None, None]))
+            rows.append({
+                "quality": q,
+                "bpp": float((bits / (x.shape[2] * x.shape[3])).mean()),
+                "psnr": float(psnr_db(x, x_hat).mean()),
+            })
+        self.model.train()
+        return rows
+
+    def save(self) -> None:
+        ckpt = {
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "opt_transform": self.opt_transform.state_dict(),
+            "opt_entropy": self.opt_entropy.state_dict(),
+            "sampler": self.sampler.state(),
+            "step": self.step,
+            "mean": self.mean.tolist(),
+            "std": self.std.tolist(),
+            "train_images": self.train_names,
+            "validation_places": list(data.VALIDATION_PLACES),
+            "crop": self.args.crop,
+            "batch": self.args.batch,
+        }
+        tmp = self.out / "checkpoint.pt.tmp"
+        torch.save(ckpt, tmp)
+        os.replace(tmp, self.out / "checkpoint.pt")
+
+    def run(self) -> None:
+        log = (self.out / "log.jsonl").open("a")
+        acc: list[dict] = []
+        t0 = time.time()
+        while self.step < self.args.steps:
+            acc.append(self.train_step())
+            self.step += 1
+            if self.step % self.args.log_every == 0:
+                q = np.concatenate([a["q"] for a in acc])
+                bpp = np.concatenate([a["bpp"] for a in acc])
+                psnr = np.concatenate([a["psnr"] for a in acc])
+                per_q = {int(k): {"bpp": round(float(bpp[q == k].mean()), 4), "psnr": round(float(psnr[q == k].mean()), 3)}
+                         for k in np.unique(q)}
+                rec = {"step": self.step, "seconds": round(time.time() - t0, 1),
+                       "loss": round(float(np.mean([a["loss"] for a in acc])), 5), "train": per_q}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                print(json.dumps(rec), flush=True)
+                acc.clear()
+            if self.step % self.args.val_every == 0 or self.step == self.args.steps:
+                rec = {"step": self.step, "validation": self.validate()}
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                print(json.dumps(rec), flush=True)
+                self.save()
+        self.save()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m tec_zarr.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="shared Sentinel-2 data folder")
+    p.add_argument("--out", required=True, help="run directory (checkpoint.pt, log.jsonl)")
+    p.add_argument("--init", help="start from this checkpoint when the run directory has none")
+    p.add_argument("--resume-optimizer", action="store_true", help="with --init, also restore optimizer state")
+    p.add_argument("--steps", type=int, default=40000, help="total steps (the learning rate decays at 75%% and 90%%)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--crop", type=int, default=96)
+    p.add_argument("--lr", type=float, default=5e-4, help="learning rate of the transforms")
+    p.add_argument("--lr-entropy", type=float, default=3e-3, help="learning rate of gains and densities")
+    p.add_argument("--channels", type=int, default=ModelConfig.channels)
+    p.add_argument("--latent-channels", type=int, default=ModelConfig.latent_channels)
+    p.add_argument("--stages", type=int, default=ModelConfig.stages)
+    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--val-every", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    Trainer(args).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Real Sentinel-2 training data from ``../shared/data`` (see its README), split by place.
+
+Every image becomes float32 reflectance (DN / 10000) in the L2A band order of :data:`tec_zarr.bands.S2_L2A_BANDS`.
+L1C scenes drop B10. Whole places are held out for validation, so validation measures generalisation, not recall.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SEASONAL = "s2l2a_ssl4eo_seasonal"
+# Two whole places (4 dates each) never seen in training: suburban California and the Dominican Republic.
+VALIDATION_PLACES = ("0173706", "0181476")
+L1C_B10 = 10  # index of B10 in the 13-band L1C order
+
+
+@dataclass
+class Image:
+    name: str
+    place: str
+    reflectance: np.ndarray  # (12, H, W) float32
+
+
+def _read_tif(path: Path) -> np.ndarray:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.read()
+
+
+def load_images(root: Path) -> list[Image]:
+    root = Path(root)
+    if not (root / SEASONAL).is_dir():
+        raise FileNotFoundError(f"Expected the shared Sentinel-2 data under {root}. Got no {SEASONAL}/ there instead.")
+    images: list[Image] = []
+    for path in sorted((root / SEASONAL).glob("ssl4eos12_val_*.tif")):
+        place = path.stem.split("_")[2]
+        images.append(Image(path.stem, place, _read_tif(path).astype(np.float32) / 1e4))
+    for path in sorted((root / "s2l1c_ssl4eo_examples").glob("*_13band_10m.tif")):
+        dn = np.delete(_read_tif(path), L1C_B10, axis=0)
+        images.append(Image(path.stem, path.stem.split("_")[-3], dn.astype(np.float32) / 1e4))
+    npz = root / "s2l1c_cloudy_s2cloudless" / "s2cloudless_test_scene_l1c.npz"
+    if npz.exists():
+        dn = np.delete(np.load(npz)["bands"], L1C_B10, axis=0)
+        images.append(Image("s2cloudless_scene", "s2cloudless", dn.astype(np.float32) / 1e4))
+    for path in sorted((root / "s2l2a_tile_100m_riotilerpds").glob("*_12band_100m.tif")):
+        images.append(Image(path.stem, "29RKH", _read_tif(path).astype(np.float32) / 1e4))
+    return images
+
+
+def split(images: list[Image]) -> tuple[list[Image], list[Image]]:
+    train = [im for im in images if im.place not in VALIDATION_PLACES]
+    val = [im for im in images if im.place in VALIDATION_PLACES]
+    return train, val
+
+
+def band_statistics(images: list[Image]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-band mean and standard deviation of reflectance over all training pixels (each image weighted by area)."""
+    stacked = np.concatenate([im.reflectance.reshape(im.reflectance.shape[0], -1) for im in images], axis=1)
+    return stacked.mean(axis=1).astype(np.float32), stacked.std(axis=1).astype(np.float32)
+
+
+class CropSampler:
+    """Random crops with flips and 90-degree rotations; images drawn with equal probability."""
+
+    def __init__(self, images: list[Image], crop: int, seed: int):
+        self.images = [im.reflectance for im in images if min(im.reflectance.shape[1:]) >= crop]
+        self.crop = crop
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int) -> np.ndarray:
+        out = np.empty((size, self.images[0].shape[0], self.crop, self.crop), np.float32)
+        for i in range(size):
+            img = self.images[self.rng.integers(len(self.images))]
+            y = self.rng.integers(img.shape[1] - self.crop + 1)
+            x = self.rng.integers(img.shape[2] - self.crop + 1)
+            patch = img[:, y : y + self.crop, x : x + self.crop]
+            patch = np.rot90(patch, k=int(self.rng.integers(4)), axes=(1, 2))
+            if self.rng.integers(2):
+                patch = patch[:, :, ::-1]
+            out[i] = patch
+        return out
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def restore(self, state: dict) -> None:
+        self.rng.bit_generator.state = state
+
+
+def validation_crops(images: list[Image], size: int = 256) -> np.ndarray:
+    """The top-left ``size`` square of each validation image (TerraCodec's own convention)."""
+    return np.stack([im.reflectance[:, :size, :size] for im in images])

@@ -1,0 +1,194 @@
+"""Export a training checkpoint to a shipped model: ONNX graphs, integer tables, manifest with hashes and RD.
+
+``python -m tec_zarr.train.export runs/tec-fp/checkpoint.pt --name tec-fp``
+
+The integer CDF tables are baked here, once, from the learned densities (CompressAI's ``update()`` step); the
+runtime never evaluates a density. The manifest's RD figures are measured with the runtime codec itself (real
+bitstreams, headers included) on the validation places, which training never saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..bands import S2_L2A_BANDS
+from ..entropy import quantize_pmf
+from ..models import MODELS_DIR, model_digest
+from .model import ModelConfig, TECFactorized
+
+TAIL_MASS = 1e-6  # probability left to the escape symbol
+GRID = 1 << 12  # tables are searched within +-GRID; the escape codes anything beyond
+MAX_TABLE = 1 << 11
+
+
+class _Encoder(torch.nn.Module):
+    def __init__(self, model: TECFactorized):
+        super().__init__()
+        self.g_a = model.g_a
+
+    def forward(self, x):
+        return self.g_a(x)
+
+
+class _Decoder(torch.nn.Module):
+    def __init__(self, model: TECFactorized):
+        super().__init__()
+        self.g_s = model.g_s
+
+    def forward(self, y_hat):
+        return self.g_s(y_hat)
+
+
+def load_checkpoint(path: Path) -> tuple[TECFactorized, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = TECFactorized(ModelConfig.from_dict(ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def export_onnx(module: torch.nn.Module, example: torch.Tensor, input_name: str, output_name: str, path: Path) -> None:
+    dims = {0: "batch", 2: "height", 3: "width"}
+    torch.onnx.export(
+        module, (example,), str(path), input_names=[input_name], output_names=[output_name],
+        dynamic_axes={input_name: dims, output_name: dims}, opset_version=17, dynamo=False,
+    )
+
+
+def entropy_tables(model: TECFactorized) -> dict[str, np.ndarray]:
+    q, m = model.gain.shape
+    offsets = np.zeros((q, m), np.int32)
+    lengths = np.zeros((q, m), np.int32)
+    rows: list[list[np.ndarray]] = []
+    for qi, density in enumerate(model.densities):
+        p = density.bin_probabilities(-GRID, GRID).numpy()  # (M, 2*GRID+1)
+        row = []
+        for c in range(m):
+            cdf = np.cumsum(p[c])
+            total = cdf[-1]
+            lo = int(np.searchsorted(cdf, TAIL_MASS / 2 * total))
+            hi = int(np.searchsorted(cdf, (1 - TAIL_MASS / 2) * total))
+            hi = min(hi, lo + MAX_TABLE - 2, p.shape[1] - 1)
+            inside = p[c, lo : hi + 1]
+            counts = quantize_pmf(inside, max(total - inside.sum(), TAIL_MASS))
+            offsets[qi, c] = lo - GRID
+            lengths[qi, c] = len(counts)
+            row.append(counts)
+        rows.append(row)
+    width = int(lengths.max())
+    pmf = np.zeros((q, m, width), np.uint32)
+    for qi in range(q):
+        for c in range(m):
+            pmf[qi, c, : lengths[qi, c]] = rows[qi][c]
+    return {"offsets": offsets, "lengths": lengths, "pmf": pmf}
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = None, data_root: Path | None = None) -> Path:
+    model, ckpt = load_checkpoint(checkpoint)
+    cfg = model.cfg
+    folder = Path(out_dir) if out_dir else MODELS_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    example = torch.zeros(1, cfg.bands, 4 * cfg.multiple, 4 * cfg.multiple)
+    with torch.no_grad():
+        export_onnx(_Encoder(model), example, "x", "y", folder / "encoder.onnx")
+        y = model.g_a(example)
+        export_onnx(_Decoder(model), y, "y_hat", "x_hat", folder / "decoder.onnx")
+    tables = entropy_tables(model)
+    np.savez_compressed(
+        folder / "tables.npz",
+        mean=np.asarray(ckpt["mean"], np.float32),
+        std=np.asarray(ckpt["std"], np.float32),
+        gain=model.gain.detach().numpy().astype(np.float32),
+        inv_gain=model.inv_gain.detach().numpy().astype(np.float32),
+        **tables,
+    )
+    files = {f: sha256_file(folder / f) for f in ("decoder.onnx", "encoder.onnx", "tables.npz")}
+    manifest = {
+        "name": name,
+        "version": version,
+        "architecture": "factorized prior (TEC-FP): GDN analysis/synthesis, per-quality latent gains",
+        "config": cfg.to_dict(),
+        "multiple": cfg.multiple,
+        "bands": list(S2_L2A_BANDS),
+        "normalization": {
+            "units": "reflectance = DN / 10000; x_norm = (reflectance - mean) / std",
+            "mean": [round(float(v), 6) for v in ckpt["mean"]],
+            "std": [round(float(v), 6) for v in ckpt["std"]],
+        },
+        "qualities": [{"quality": i, "lambda": lam} for i, lam in enumerate(cfg.lambdas)],
+        "default_quality": 2,
+        "training": {
+            "steps": int(ckpt["step"]),
+            "crop": ckpt.get("crop"),
+            "batch": ckpt.get("batch"),
+            "images": ckpt["train_images"],
+            "validation_places": ckpt.get("validation_places"),
+            "data": "shared/data: SSL4EO-S12 v1.1 L2A (CC-BY-4.0), SSL4EO-S12 L1C examples, s2cloudless test scene "
+                    "(CC-BY-SA-4.0), rio-tiler-pds 29RKH L2A 100 m; all modified Copernicus Sentinel data",
+        },
+        "exported": {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_description()},
+        "files": files,
+        "sha256": model_digest(files),
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if data_root is not None:
+        measure_into_manifest(folder, data_root)
+    return folder
+
+
+def machine_description() -> str:
+    import os
+
+    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, Python {platform.python_version()}".replace("  ", " ")
+
+
+def measure_into_manifest(folder: Path, data_root: Path) -> None:
+    """Measure RD per quality with the runtime codec on the validation places; write it into the manifest."""
+    from .. import chunk, metrics
+    from ..models import clear_cache
+    from . import data
+
+    clear_cache()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    _, val = data.split(data.load_images(Path(data_root)))
+    crops = np.rint(data.validation_crops(val) * 1e4).astype(np.uint16)
+    for q in manifest["qualities"]:
+        bpps, psnrs = [], []
+        for img in crops:
+            enc = chunk.encode_chunk(img, model=manifest["name"], quality=q["quality"], nodata=None)
+            dec = chunk.decode_chunk(enc)
+            bpps.append(len(enc) * 8 / (img.shape[1] * img.shape[2]))
+            psnrs.append(metrics.psnr(img, dec))
+        q["validation"] = {"bpp": round(float(np.mean(bpps)), 4), "psnr": round(float(np.mean(psnrs)), 3),
+                           "images": len(crops), "size": "12x256x256"}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tec_zarr.train.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--name", default="tec-fp")
+    p.add_argument("--version", default="1")
+    p.add_argument("--out", type=Path, help="model folder (default: inside the package)")
+    p.add_argument("--data", type=Path, help="shared data folder: measure RD on the validation places")
+    args = p.parse_args(argv)
+    folder = export(args.checkpoint, args.name, args.version, args.out, args.data)
+    print(f"exported {args.name} to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

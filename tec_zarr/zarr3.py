@@ -1,0 +1,116 @@
+"""zarr-python 3 codec (format 3): ``{"serializer": tec_zarr.zarr3.TEC(), "compressors": None}``."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from zarr.abc.codec import ArrayBytesCodec
+from zarr.core.common import parse_named_configuration
+
+from . import chunk
+from .errors import CorruptChunkError, InvalidInputError
+from .params import (
+    CODEC_NAME,
+    parse_float_scale,
+    parse_model,
+    parse_model_sha256,
+    parse_nodata,
+    parse_quality,
+)
+
+if TYPE_CHECKING:
+    from typing import Self
+
+    from zarr.core.array_spec import ArraySpec
+    from zarr.core.buffer import Buffer, NDBuffer
+
+FILL_VALUE = "fill_value"
+
+
+def parse_nodata_or_fill_value(nodata: Any) -> float | int | str | None:
+    return FILL_VALUE if nodata == FILL_VALUE else parse_nodata(nodata)
+
+
+@dataclass(frozen=True)
+class TEC(ArrayBytesCodec):
+    """Learned TerraCodec serializer for chunks shaped (..., bands, H, W); see :class:`tec_zarr.TEC` for parameters.
+
+    ``nodata="fill_value"`` takes the array's fill value as nodata when the array is created.
+    """
+
+    is_fixed_size = False
+
+    quality: int
+    model: str
+    model_sha256: str
+    nodata: float | int | str | None
+    float_scale: float
+
+    def __init__(self, *, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None) -> None:
+        card = parse_model(model)
+        object.__setattr__(self, "model", card.name)
+        object.__setattr__(self, "model_sha256", parse_model_sha256(model_sha256, card))
+        object.__setattr__(self, "quality", parse_quality(quality, card))
+        object.__setattr__(self, "nodata", parse_nodata_or_fill_value(nodata))
+        object.__setattr__(self, "float_scale", parse_float_scale(float_scale))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        _, configuration = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
+        return cls(**(configuration or {}))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": CODEC_NAME,
+            "configuration": {
+                "model": self.model,
+                "model_sha256": self.model_sha256,
+                "quality": self.quality,
+                "nodata": self.nodata,
+                "float_scale": self.float_scale,
+            },
+        }
+
+    def evolve_from_array_spec(self, array_spec: ArraySpec) -> Self:
+        if self.nodata != FILL_VALUE:
+            return self
+        fill = array_spec.fill_value
+        return replace(self, nodata=None if fill is None else parse_nodata(np.asarray(fill).item()))
+
+    def validate(self, *, shape, dtype, chunk_grid) -> None:
+        chunk.parse_dtype(dtype.to_native_dtype())
+        if len(shape) < 3:
+            raise InvalidInputError(f"Expected an array of at least 3 dimensions (..., bands, H, W). Got shape {shape} instead.")
+        bands = len(parse_model(self.model).bands)
+        chunk_shape = getattr(chunk_grid, "chunk_shape", None)
+        if chunk_shape is not None and chunk_shape[-3] != bands:
+            raise InvalidInputError(
+                f"Expected chunks holding all {bands} bands on axis -3. Got chunk shape {tuple(chunk_shape)} instead: "
+                f"set chunks like (1, {bands}, 256, 256), or use tec_zarr.zarr_encoding(ds, chunks=...)."
+            )
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer:
+        array = np.ascontiguousarray(chunk_array.as_numpy_array())
+        nodata = None if self.nodata == FILL_VALUE else self.nodata
+        data = chunk.encode_chunk(
+            array, model=self.model, quality=self.quality, nodata=nodata, float_scale=self.float_scale
+        )
+        return chunk_spec.prototype.buffer.from_bytes(data)
+
+    def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        decoded = chunk.decode_chunk(chunk_bytes.as_numpy_array())
+        if decoded.shape != tuple(chunk_spec.shape):
+            raise CorruptChunkError(f"Expected a chunk of shape {chunk_spec.shape}. Got {decoded.shape} instead.")
+        return chunk_spec.prototype.nd_buffer.from_numpy_array(decoded)
+
+    async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer:
+        return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
+
+    async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
+        return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    def compute_encoded_size(self, _input_byte_length: int, _chunk_spec: ArraySpec) -> int:
+        raise NotImplementedError

@@ -1,0 +1,190 @@
+"""The numcodecs codec (zarr format 2) on real Sentinel-2 data the model never saw."""
+
+from __future__ import annotations
+
+import numcodecs
+import numpy as np
+import pytest
+
+from common import check_config, check_encode_decode, check_golden, check_repr
+from tec_zarr import TEC, metrics
+from tec_zarr.errors import (
+    InvalidInputError,
+    ModelMismatchError,
+    TecZarrError,
+    UnknownModelError,
+    UnsupportedDtypeError,
+)
+from tec_zarr.models import get_card
+
+CARD = get_card("tec-fp")
+
+
+def crop(a: np.ndarray, h: int, w: int) -> np.ndarray:
+    return np.ascontiguousarray(a[..., :h, :w])
+
+
+def expected_psnr(quality: int) -> float:
+    """The model card's validation PSNR, less a margin for a different place and crop."""
+    return CARD.qualities[quality]["validation"]["psnr"] - 4.0
+
+
+@pytest.mark.parametrize("quality", range(len(CARD.qualities)))
+def test_round_trip_every_quality(image, quality):
+    codec = TEC(quality=quality)
+    check_encode_decode(codec, crop(image, 128, 128), min_psnr=expected_psnr(quality))
+
+
+def test_rate_grows_with_quality(image):
+    sizes = [len(TEC(quality=q).encode(crop(image, 128, 128))) for q in range(len(CARD.qualities))]
+    assert sizes == sorted(sizes)
+
+
+@pytest.mark.parametrize("shape", [(120, 120), (300, 260), (37, 5), (1, 1)])
+def test_odd_sizes(cube, shape):
+    h, w = shape
+    tile = np.ascontiguousarray(np.tile(cube[0], (1, 2, 2))[:, :h, :w])
+    dec = check_encode_decode(TEC(), tile, min_psnr=20.0 if min(shape) < 8 else expected_psnr(CARD.default_quality))
+    assert dec.shape == tile.shape
+
+
+def test_batch_dims_match_single_images(cube):
+    codec = TEC()
+    batch = np.ascontiguousarray(cube[:, :, :64, :80])
+    dec = codec.decode(codec.encode(batch))
+    assert dec.shape == batch.shape
+    for t in range(batch.shape[0]):
+        single = codec.decode(codec.encode(np.ascontiguousarray(batch[t])))
+        assert metrics.max_error(single, dec[t]) <= 1
+    five_d = batch.reshape((2, 2) + batch.shape[1:])
+    np.testing.assert_array_equal(codec.decode(codec.encode(five_d)).reshape(batch.shape), dec)
+
+
+def test_nodata_exact_and_no_false_nodata(image):
+    codec = TEC(nodata=0)
+    a = crop(image, 96, 96).copy()
+    a[:, 10:30, 40:90] = 0  # a nodata block in every band
+    a[3, 50, 50] = 0  # a single nodata element in one band
+    a[:, 60:70, 0:10] = 1  # valid pixels just above nodata: must not decode to it
+    dec = codec.decode(codec.encode(a))
+    np.testing.assert_array_equal(dec == 0, a == 0)
+    assert (dec[:, 60:70, 0:10] >= 1).all()
+
+
+def test_nodata_none_and_other_value(image):
+    a = crop(image, 64, 64).copy()
+    a[:, :8, :8] = 65535
+    dec = TEC(nodata=65535).decode(TEC(nodata=65535).encode(a))
+    np.testing.assert_array_equal(dec == 65535, a == 65535)
+    dec = TEC(nodata=None).decode(TEC(nodata=None).encode(a))
+    assert dec.shape == a.shape
+
+
+def test_all_nodata_chunk(image):
+    a = np.zeros((12, 40, 40), np.uint16)
+    np.testing.assert_array_equal(TEC().decode(TEC().encode(a)), a)
+
+
+def test_int16_and_float32(image):
+    a16 = crop(image, 64, 64).astype(np.int16)
+    check_encode_decode(TEC(), a16, min_psnr=expected_psnr(CARD.default_quality))
+    refl = (crop(image, 64, 64) / 1e4).astype(np.float32)
+    dec = check_encode_decode(TEC(), refl, min_psnr=expected_psnr(CARD.default_quality))
+    assert dec.dtype == np.float32
+    dn = crop(image, 64, 64).astype(np.float32)
+    check_encode_decode(TEC(float_scale=1.0), dn, min_psnr=expected_psnr(CARD.default_quality))
+
+
+def test_big_endian_input_is_accepted(image):
+    a = crop(image, 32, 32).astype(">u2")
+    assert TEC().decode(TEC().encode(a)).dtype == np.uint16
+
+
+def test_config_and_repr():
+    codec = TEC(quality=1, nodata=None)
+    check_config(codec)
+    check_repr(codec, "TEC(quality=1, model='tec-fp', nodata=None, float_scale=10000.0)")
+    assert codec.get_config()["model_sha256"] == CARD.sha256
+    assert TEC() == TEC(quality=CARD.default_quality, model="tec-fp", nodata=0)
+
+
+def test_registered_under_prefixed_id():
+    assert numcodecs.get_codec({"id": "tec_zarr.tec"}) == TEC()
+
+
+def test_golden_bitstreams(cube):
+    a = np.ascontiguousarray(cube[1, :, 100:164, 30:102])
+    a[:, :5, :7] = 0
+    b = np.ascontiguousarray(cube[2:4, :, :40, :48]).astype(np.int16)
+    check_golden(TEC(), [a, b], "default")
+    refl = np.ascontiguousarray(cube[0, :, :24, :32] / 1e4).astype(np.float32)
+    check_golden(TEC(quality=0, nodata=None), [refl], "q0-float32")
+
+
+# Bad inputs: each ends in the package's own error, never a crash or wrong pixels.
+
+def test_wrong_dtype(image):
+    for dtype in (np.uint8, np.int32, np.float64, np.uint32):
+        with pytest.raises(UnsupportedDtypeError, match="Expected one of uint16"):
+            TEC().encode(crop(image, 16, 16).astype(dtype))
+
+
+def test_nan_and_inf(image):
+    a = (crop(image, 16, 16) / 1e4).astype(np.float32)
+    a[2, 3, 4] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        TEC().encode(a)
+    a[2, 3, 4] = np.inf
+    with pytest.raises(InvalidInputError):
+        TEC().encode(a)
+
+
+def test_non_c_order(image):
+    with pytest.raises(InvalidInputError, match="C-contiguous"):
+        TEC().encode(np.asfortranarray(image[:, :16, :16]))
+    with pytest.raises(InvalidInputError, match="C-contiguous"):
+        TEC().encode(image[:, ::2, ::2])
+
+
+def test_wrong_band_count_and_rank(image):
+    with pytest.raises(InvalidInputError, match="12, H, W"):
+        TEC().encode(np.ascontiguousarray(image[:4, :16, :16]))
+    with pytest.raises(InvalidInputError):
+        TEC().encode(np.ascontiguousarray(image[0, :16, :16]))
+    with pytest.raises(InvalidInputError):
+        TEC().encode(crop(image, 0, 16))
+
+
+def test_unknown_model_and_bad_parameters():
+    with pytest.raises(UnknownModelError, match="no-such-model"):
+        TEC(model="no-such-model")
+    with pytest.raises(UnknownModelError):
+        numcodecs.get_codec({"id": "tec_zarr.tec", "model": "tec-fp-v99"})
+    for bad in ({"quality": 99}, {"quality": -1}, {"quality": 1.5}, {"nodata": float("nan")},
+                {"float_scale": 0}, {"model_sha256": "xyz"}):
+        with pytest.raises(InvalidInputError, match="Expected"):
+            TEC(**bad)
+
+
+def test_config_naming_other_weights_is_refused():
+    with pytest.raises(ModelMismatchError, match="install the matching"):
+        numcodecs.get_codec({"id": "tec_zarr.tec", "model": "tec-fp", "model_sha256": "0" * 64})
+
+
+def test_nodata_not_representable(image):
+    with pytest.raises(InvalidInputError, match="representable"):
+        TEC(nodata=-1).encode(crop(image, 16, 16))
+    with pytest.raises(InvalidInputError, match="representable"):
+        TEC(nodata=0.5).encode(crop(image, 16, 16))
+
+
+def test_out_of_wrong_size(image):
+    codec = TEC()
+    enc = codec.encode(crop(image, 16, 16))
+    with pytest.raises(TecZarrError):
+        codec.decode(enc, out=np.empty((12, 16, 15), np.uint16))
+
+
+def test_bytes_instead_of_array():
+    with pytest.raises(InvalidInputError):
+        TEC().encode(b"\x00" * (12 * 16 * 16 * 2))

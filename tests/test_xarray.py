@@ -1,0 +1,84 @@
+"""xarray writes with TEC; a fresh process that never imports tec_zarr reads the stores back."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from tec_zarr import TEC, metrics, sample, zarr_encoding
+from tec_zarr.errors import InvalidInputError
+
+READER = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np, xarray as xr
+    ds = xr.open_zarr(sys.argv[1], consolidated=False)
+    np.save(sys.argv[2], ds["reflectance"].values)
+    print(json.dumps({"tec_zarr_imported_by_entry_point": "tec_zarr" in sys.modules, "band": list(ds.band.values)}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    ds = sample.load_dataset().isel(x=slice(0, 150), y=slice(0, 130))  # odd sizes: edge chunks
+    return ds
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_fresh_process_reads_store(dataset, tmp_path, zarr_format):
+    store = tmp_path / f"s2-v{zarr_format}.zarr"
+    enc = zarr_encoding(dataset, zarr_format=zarr_format, chunks={"time": 1, "y": 64, "x": 64})
+    dataset.to_zarr(store, zarr_format=zarr_format, encoding=enc, consolidated=False)
+    here = xr.open_zarr(store, consolidated=False)["reflectance"].values
+    out = tmp_path / "read.npy"
+    res = subprocess.run([sys.executable, "-c", READER, str(store), str(out)], capture_output=True, text=True, check=True)
+    info = json.loads(res.stdout.strip().splitlines()[-1])
+    assert info["tec_zarr_imported_by_entry_point"]
+    assert info["band"][0] == "B01"
+    np.testing.assert_array_equal(np.load(out), here)
+    assert metrics.mean_psnr(dataset["reflectance"].values, here) > 28
+
+
+def test_explicit_encodings_as_in_readme(dataset, tmp_path):
+    from tec_zarr.zarr3 import TEC as TEC3
+
+    chunks = (1, 12, 128, 128)
+    dataset.to_zarr(tmp_path / "v2.zarr", zarr_format=2, encoding={"reflectance": {"compressors": TEC(), "chunks": chunks}})
+    dataset.to_zarr(tmp_path / "v3.zarr", zarr_format=3,
+                    encoding={"reflectance": {"serializer": TEC3(), "compressors": None, "chunks": chunks}})
+    for name in ("v2.zarr", "v3.zarr"):
+        back = xr.open_zarr(tmp_path / name)["reflectance"].values
+        assert metrics.mean_psnr(dataset["reflectance"].values, back) > 28
+
+
+def test_band_axis_split_across_chunks_is_refused(dataset, tmp_path):
+    from tec_zarr.zarr3 import TEC as TEC3
+
+    with pytest.raises(InvalidInputError, match="all 12 bands"):
+        dataset.to_zarr(tmp_path / "bad.zarr", zarr_format=3,
+                        encoding={"reflectance": {"serializer": TEC3(), "compressors": None, "chunks": (1, 6, 64, 64)}})
+
+
+def test_singular_compressor_key_is_rejected_by_xarray(dataset, tmp_path):
+    with pytest.raises(ValueError, match="compressor"):
+        dataset.to_zarr(tmp_path / "old.zarr", zarr_format=2, encoding={"reflectance": {"compressor": TEC()}})
+
+
+def test_encoding_helper(dataset):
+    enc = zarr_encoding(dataset, zarr_format=2)
+    assert list(enc) == ["reflectance"] and isinstance(enc["reflectance"]["compressors"], TEC)
+    enc3 = zarr_encoding(dataset, zarr_format=3, quality=0, chunks={"time": 1, "y": 100, "x": 1000})
+    assert enc3["reflectance"]["compressors"] is None
+    assert enc3["reflectance"]["serializer"].quality == 0
+    assert enc3["reflectance"]["chunks"] == (1, 12, 100, 150)
+    with pytest.raises(InvalidInputError):
+        zarr_encoding(dataset, zarr_format=4)
+    with pytest.raises(InvalidInputError):
+        zarr_encoding(dataset.isel(band=slice(0, 3)), variables=["reflectance"])
