@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import warnings
 import sys
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def _read_geotiff(path: Path, name: str):
         nodata = src.nodata
     var_attrs = {"nodata": nodata if nodata is not None else 0}
     return xr.Dataset({name: (("band", "y", "x"), data, var_attrs)},
-                      coords={"band": bands, "y": y, "x": x}, attrs=attrs)
+                      coords={"band": np.array(bands, dtype=object), "y": y, "x": x}, attrs=attrs)
 
 
 def cmd_compress(args) -> int:
@@ -72,17 +73,19 @@ def cmd_compress(args) -> int:
     chunks = {d: args.chunk for d in ds[var].dims[-2:]}
     chunks.update({d: 1 for d in ds[var].dims[:-3]})
     encoding = zarr_encoding(ds, zarr_format=args.zarr_format, variables=[var], chunks=chunks, **kwargs)
+    # Consolidated metadata lets readers open the store in one request; zarr 3 warns it is not in the v3 spec yet.
+    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
     for name in ds.variables:  # drop encodings inherited from the input store
         ds[name].encoding = {}
     try:
         import dask  # noqa: F401
         from dask.diagnostics import ProgressBar
     except ImportError:  # progress needs dask; without it the write runs in one go
-        ds.to_zarr(args.output, mode="w", zarr_format=args.zarr_format, encoding=encoding, consolidated=False)
+        ds.to_zarr(args.output, mode="w", zarr_format=args.zarr_format, encoding=encoding, consolidated=True)
     else:
         lazy = ds.chunk(dict(zip(ds[var].dims, encoding[var]["chunks"])))
         job = lazy.to_zarr(args.output, mode="w", zarr_format=args.zarr_format, encoding=encoding,
-                           consolidated=False, compute=False)
+                           consolidated=True, compute=False)
         with ProgressBar(out=sys.stderr) if not args.quiet else contextlib.nullcontext():
             job.compute()
     if not args.quiet:

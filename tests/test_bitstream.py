@@ -10,6 +10,7 @@ import pytest
 
 from tec_zarr import TEC, bitstream
 from tec_zarr.errors import BitstreamError, CorruptChunkError, ModelMismatchError, TruncatedChunkError
+from tec_zarr.models import load_model
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,10 @@ def test_header_round_trip(encoded):
     header, mask, payload = bitstream.unpack(encoded)
     assert header.model == "tec-fp"
     assert header.shape == (12, 40, 56)
-    assert header.pad == (0, 0)
-    assert header.latent == (192, 5, 7)
+    model = load_model("tec-fp")
+    m = model.multiple
+    assert header.latent == (model.tables.channels, -(-40 // m), -(-56 // m))
+    assert header.pad == (-40 % m, -56 % m)
     assert header.dtype == np.uint16 and header.nodata == 0.0
     assert mask is not None and payload
     again = bitstream.pack(header, mask, payload)
@@ -70,7 +73,8 @@ def test_chunk_from_other_weights(encoded):
 
 def test_inconsistent_header_with_valid_crc(encoded):
     header, mask, payload = bitstream.unpack(encoded)
-    lying = bitstream.ChunkHeader(**{**header.__dict__, "latent": (192, 6, 7)})
+    m, h, w = header.latent
+    lying = bitstream.ChunkHeader(**{**header.__dict__, "latent": (m, h + 1, w)})
     with pytest.raises(CorruptChunkError):
         TEC().decode(bitstream.pack(lying, mask, payload))
     huge = bitstream.ChunkHeader(**{**header.__dict__, "shape": (4096, 12, 40, 56)})

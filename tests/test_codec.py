@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numcodecs
 import numpy as np
 import pytest
@@ -106,6 +108,14 @@ def test_config_and_repr():
     check_repr(codec, "TEC(quality=1, model='tec-fp', nodata=None, float_scale=10000.0)")
     assert codec.get_config()["model_sha256"] == CARD.sha256
     assert TEC() == TEC(quality=CARD.default_quality, model="tec-fp", nodata=0)
+
+
+def test_pickle_carries_config_not_sessions(image):
+    codec = TEC(quality=1)
+    codec.decode(codec.encode(crop(image, 16, 16)))  # sessions now exist in this process
+    data = pickle.dumps(codec)
+    assert len(data) < 1000 and b"onnxruntime" not in data
+    assert pickle.loads(data) == codec
 
 
 def test_registered_under_prefixed_id():

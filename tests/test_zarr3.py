@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import zarr
@@ -23,6 +25,12 @@ def test_dict_round_trip():
     assert TEC.from_dict(d) == codec
     assert zarr.registry.get_codec_class("tec_zarr.tec") is TEC
     assert TEC.from_dict({"name": "tec_zarr.tec"}) == TEC()
+
+
+def test_pickle_is_small_and_equal():
+    codec = TEC(quality=2)
+    data = pickle.dumps(codec)
+    assert len(data) < 1000 and pickle.loads(data) == codec
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])

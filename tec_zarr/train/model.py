@@ -2,7 +2,7 @@
 
 Data flow (training ``forward``; the bitstream path lives in the runtime, from the exported graphs)::
 
-    x (N,12,H,W) normalized ──g_a──▶ y (N,M,H/8,W/8) ──× gain[q]──▶ y_q ──round──▶ symbols
+    x (N,12,H,W) normalized ──g_a──▶ y (N,M,H/4,W/4) ──× gain[q]──▶ y_q ──round──▶ symbols
                                                                      │ factorized density[q] → rate
     x̂ ◀──g_s── ŷ = symbols × inv_gain[q]
 
@@ -23,8 +23,10 @@ from .layers import GDN, FactorizedDensity, conv, deconv
 class ModelConfig:
     bands: int = 12
     channels: int = 64  # N: hidden width
-    latent_channels: int = 192  # M
-    stages: int = 3  # stride-2 stages: the transform's multiple is 2**stages
+    # 4x4 pixels x 12 bands hold ~89 distinct values (20 m and 60 m bands are upsampled): M=128 keeps them all,
+    # so the high qualities are not capped by the transform.
+    latent_channels: int = 128  # M
+    stages: int = 2  # stride-2 stages: the transform's multiple is 2**stages
     lambdas: tuple[float, ...] = field(default=(2.0e3, 8.3e3, 3.46e4, 1.44e5, 6.0e5))
 
     def to_dict(self) -> dict:

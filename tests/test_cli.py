@@ -1,0 +1,65 @@
+"""The ``tec`` command line, called through main(argv) as a user would type it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from tec_zarr import cli, metrics
+
+rasterio = pytest.importorskip("rasterio")
+
+
+@pytest.fixture
+def geotiff(tmp_path, image):
+    from rasterio.transform import from_origin
+
+    path = tmp_path / "scene.tif"
+    a = np.ascontiguousarray(image[:, :200, :150])
+    with rasterio.open(path, "w", driver="GTiff", width=150, height=200, count=12, dtype="uint16",
+                       crs="EPSG:32610", transform=from_origin(600000, 4130000, 10, 10), nodata=0) as dst:
+        dst.write(a)
+        for i, name in enumerate(["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]):
+            dst.set_band_description(i + 1, name)
+    return path, a
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_compress_geotiff_then_info(geotiff, tmp_path, capsys, zarr_format):
+    path, a = geotiff
+    out = tmp_path / "scene.zarr"
+    assert cli.main(["compress", str(path), str(out), "--zarr-format", str(zarr_format), "--chunk", "128",
+                     "--quality", "1"]) == 0
+    ds = xr.open_zarr(out)
+    back = ds["reflectance"].values
+    assert back.shape == a.shape and back.dtype == np.uint16
+    assert metrics.psnr(a, back) > 28
+    assert list(ds.band.values)[-1] == "B12"
+    assert ds.x.values[0] == 600005.0 and ds.y.values[0] == 4129995.0
+    assert "32610" in ds.attrs["crs"]
+    capsys.readouterr()
+    assert cli.main(["info", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "reflectance" in text and "TEC model tec-fp" in text and "quality 1" in text
+
+
+def test_compress_zarr_input(tmp_path, cube):
+    src = tmp_path / "raw.zarr"
+    xr.Dataset({"refl": (("time", "band", "y", "x"), cube[:2, :, :64, :64])}).to_zarr(src)
+    out = tmp_path / "tec.zarr"
+    assert cli.main(["compress", str(src), str(out), "--quiet"]) == 0
+    assert xr.open_zarr(out)["refl"].shape == (2, 12, 64, 64)
+
+
+def test_models_lists_rd(capsys):
+    assert cli.main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "tec-fp" in out and "PSNR" in out and "(default)" in out
+
+
+def test_errors_are_reported_not_raised(tmp_path, geotiff, capsys):
+    path, _ = geotiff
+    assert cli.main(["compress", str(path), str(tmp_path / "x.zarr"), "--model", "nope"]) == 2
+    assert "Expected one of the installed models" in capsys.readouterr().err
+    assert cli.main(["compress", str(tmp_path / "missing.txt"), str(tmp_path / "y.zarr")]) == 2
