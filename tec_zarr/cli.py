@@ -1,4 +1,5 @@
-"""The ``tec`` command line: ``tec compress IN OUT.zarr``, ``tec info STORE``, ``tec models``, ``tec demo``."""
+"""The ``tec`` command line: ``tec compress IN OUT.zarr|OUT.tec``, ``tec decompress``, ``tec convert``, ``tec to-vrt``,
+``tec info``, ``tec models``, ``tec demo``."""
 
 from __future__ import annotations
 
@@ -60,9 +61,57 @@ def _read_geotiff(path: Path, name: str):
                       coords={"band": np.array(bands, dtype=object), "y": y, "x": x}, attrs=attrs)
 
 
+def _is_tec(path: str) -> bool:
+    """A ``.tec`` file by its suffix, or by its magic bytes."""
+    p = Path(path)
+    if p.suffix.lower() == ".tec":
+        return True
+    from .tecfile import MAGIC
+
+    try:
+        with p.open("rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False
+
+
+def _overview_levels(n: int) -> range:
+    if n < 0:
+        raise TecZarrError(f"Expected --overviews N >= 0. Got {n} instead.")
+    return range(1, n + 1)
+
+
+def _nodata_arg(text: str | None):
+    if text is None:
+        return None
+    if text.lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise TecZarrError(f"Expected a number or 'none' for --nodata. Got {text!r} instead.") from None
+
+
+def cmd_compress_tec(args) -> int:
+    from .convert import describe, geotiff_to_tec
+
+    if Path(args.input).suffix.lower() not in (".tif", ".tiff"):
+        raise TecZarrError(f"Expected a GeoTIFF (.tif) input for a .tec output. Got {args.input!r} instead.")
+    nodata = _nodata_arg(args.nodata)
+    if nodata == "none":
+        raise TecZarrError("Expected a nodata value for a .tec output (GDAL pads edge tiles with it). Got 'none' instead.")
+    geotiff_to_tec(args.input, args.output, tile=args.tile, quality=args.quality, model=args.model,
+                   overviews=_overview_levels(args.overviews), nodata=nodata)
+    if not args.quiet:
+        print(describe(args.output))
+    return 0
+
+
 def cmd_compress(args) -> int:
     from .encoding import zarr_encoding
 
+    if Path(args.output).suffix.lower() == ".tec":
+        return cmd_compress_tec(args)
     ds, var = _open_input(args.input, args.var)
     ds = ds[[var]]
     kwargs = {"quality": args.quality, "model": args.model}
@@ -120,7 +169,48 @@ def _codecs(arr):
 
 
 def cmd_info(args) -> int:
-    print(info_text(args.store))
+    if _is_tec(args.store) and not Path(args.store).is_dir():
+        from .convert import describe
+
+        print(describe(args.store))
+    else:
+        print(info_text(args.store))
+    return 0
+
+
+def cmd_decompress(args) -> int:
+    from .convert import tec_to_geotiff
+
+    if Path(args.output).suffix.lower() not in (".tif", ".tiff"):
+        raise TecZarrError(f"Expected a GeoTIFF (.tif) output. Got {args.output!r} instead.")
+    tec_to_geotiff(args.input, args.output, level=args.level)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .convert import describe, tec_to_zarr, zarr_to_tec
+
+    if _is_tec(args.input) and not Path(args.input).is_dir():
+        tec_to_zarr(args.input, args.output, zarr_format=args.zarr_format, variable=args.var or "reflectance")
+        if not args.quiet:
+            print(info_text(args.output))
+    elif Path(args.output).suffix.lower() == ".tec":
+        zarr_to_tec(args.input, args.output, variable=args.var, overviews=_overview_levels(args.overviews))
+        if not args.quiet:
+            print(describe(args.output))
+    else:
+        raise TecZarrError(f"Expected a .tec file on one side (store.zarr -> scene.tec or back). Got {args.input!r} -> "
+                           f"{args.output!r} instead.")
+    return 0
+
+
+def cmd_to_vrt(args) -> int:
+    from .gdal import export_lines, sidecar
+
+    path = sidecar(args.input)
+    print(f"# wrote {path}; for the GDAL command line and QGIS, set first:")
+    print(export_lines())
+    print(f"# then: gdalinfo {path}")
     return 0
 
 
@@ -155,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tec-zarr {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("compress", help="compress a GeoTIFF, Zarr or NetCDF input into a TEC Zarr store")
+    c = sub.add_parser("compress", help="compress a GeoTIFF, Zarr or NetCDF input into a TEC Zarr store, or a GeoTIFF "
+                                        "into a .tec file (OUT ending in .tec)")
     c.add_argument("input")
     c.add_argument("output")
     c.add_argument("--var", help="variable to compress (default: the one 12-band variable)")
@@ -164,10 +255,31 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--nodata", help="nodata value, or 'none' (default: the input's, else 0)")
     c.add_argument("--chunk", type=int, default=256, help="spatial chunk size (default 256)")
     c.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
+    c.add_argument("--tile", type=int, default=256, help=".tec output: tile size (default 256)")
+    c.add_argument("--overviews", type=int, default=0, help=".tec output: overview levels 1..N (2**k decimation)")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(func=cmd_compress)
 
-    i = sub.add_parser("info", help="describe a Zarr store's arrays and TEC settings")
+    x = sub.add_parser("decompress", help="decode a .tec file into a GeoTIFF")
+    x.add_argument("input")
+    x.add_argument("output")
+    x.add_argument("--level", type=int, default=0, help="overview level to decode (default 0, full resolution)")
+    x.set_defaults(func=cmd_decompress)
+
+    v = sub.add_parser("convert", help="copy TEC chunks between a Zarr store and a .tec file, without re-encoding")
+    v.add_argument("input")
+    v.add_argument("output")
+    v.add_argument("--var", help="Zarr array (default: the one TEC array; 'reflectance' when writing Zarr)")
+    v.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="format of a Zarr output")
+    v.add_argument("--overviews", type=int, default=0, help=".tec output: overview levels 1..N (encoded anew)")
+    v.add_argument("--quiet", action="store_true")
+    v.set_defaults(func=cmd_convert)
+
+    r = sub.add_parser("to-vrt", help="write X.tec.vrt for GDAL and QGIS, and print the environment it needs")
+    r.add_argument("input")
+    r.set_defaults(func=cmd_to_vrt)
+
+    i = sub.add_parser("info", help="describe a Zarr store's arrays and TEC settings, or a .tec file")
     i.add_argument("store")
     i.set_defaults(func=cmd_info)
 

@@ -37,3 +37,23 @@ class CorruptChunkError(BitstreamError):
 
 class ModelMismatchError(BitstreamError):
     """The chunk was written by a different model (name or weights) than the one available."""
+
+
+class TecFileError(TecZarrError):
+    """A ``.tec`` raster file (see :mod:`tec_zarr.tecfile`) that cannot be read, written or converted."""
+
+
+class TecFormatError(TecFileError, ValueError):
+    """Not a ``.tec`` file, a newer format version, or a header whose CRC32 or metadata is inconsistent."""
+
+
+class TruncatedTecFileError(TecFileError):
+    """The file ends before its header, index or last tile does."""
+
+
+class CorruptTileError(TecFileError, CorruptChunkError):
+    """A tile's bytes do not match the CRC32 in the file's index."""
+
+
+class SidecarMismatchError(TecFileError):
+    """A VRT sidecar names a ``.tec`` file that moved, vanished or was replaced (another uuid)."""

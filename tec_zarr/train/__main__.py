@@ -60,6 +60,8 @@ class Trainer:
                 self.opt_transform.load_state_dict(ckpt["opt_transform"])
                 self.opt_entropy.load_state_dict(ckpt["opt_entropy"])
                 self.sampler.restore(ckpt["sampler"])
+                if "torch_rng" in ckpt:
+                    torch.set_rng_state(ckpt["torch_rng"])
             self.step = ckpt["step"]
             print(f"resumed from {source} at step {self.step}", flush=True)
         self._mean_t = torch.from_numpy(self.mean)[None, :, None, None].to(self.device)
@@ -123,6 +125,7 @@ class Trainer:
             "opt_transform": self.opt_transform.state_dict(),
             "opt_entropy": self.opt_entropy.state_dict(),
             "sampler": self.sampler.state(),
+            "torch_rng": torch.get_rng_state(),
             "step": self.step,
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),

@@ -1,0 +1,307 @@
+"""``.tec`` files: the format, Zarr byte copies, and reads through GDAL (command line and rasterio)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+
+from tec_zarr import TEC, cli, convert, metrics, tecfile
+from tec_zarr.bands import S2_L2A_BANDS
+from tec_zarr.errors import CorruptTileError, SidecarMismatchError, TecFormatError, TruncatedTecFileError
+
+rasterio = pytest.importorskip("rasterio")
+from rasterio.errors import RasterioError  # noqa: E402
+from rasterio.windows import Window  # noqa: E402
+
+from gdal_driver import pixelfunction  # noqa: E402
+from tec_zarr import gdal  # noqa: E402
+
+TILE = 64
+GEOTRANSFORM = (600000.0, 10.0, 0.0, 4130000.0, 0.0, -10.0)
+needs_gdal_cli = pytest.mark.skipif(shutil.which("gdalinfo") is None, reason="gdalinfo is not on PATH")
+
+
+@pytest.fixture(scope="module")
+def original(image) -> np.ndarray:
+    return np.ascontiguousarray(image[:, :200, :150])  # odd size: partial edge tiles on both axes
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory, original):
+    """scene.tec (tile 64, overviews 1 and 2, UTM 10N, 10 m) and everything TecFile decodes from it."""
+    path = tmp_path_factory.mktemp("tec") / "scene.tec"
+    crs = rasterio.crs.CRS.from_epsg(32610).to_wkt()
+    tecfile.write(path, original, crs_wkt=crs, geotransform=GEOTRANSFORM, nodata=0, tile=TILE, quality=1,
+                  overviews=(1, 2))
+    with tecfile.open(path) as f:
+        levels = {k: f.read(level=k) for k in (0, 1, 2)}
+    return path, levels
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def gdal_cli(*args, cwd) -> subprocess.CompletedProcess:
+    env = {**os.environ, **gdal.gdal_environment()}
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def covered(window: Window) -> int:
+    rows = range(window.row_off // TILE, -(-(window.row_off + window.height) // TILE))
+    cols = range(window.col_off // TILE, -(-(window.col_off + window.width) // TILE))
+    return len(rows) * len(cols)
+
+
+# --- the format ---------------------------------------------------------------------------------------------------
+
+
+def test_metadata_and_quality(scene, original):
+    path, levels = scene
+    with tecfile.open(path) as f:
+        m = f.metadata
+        assert m.shape == (12, 200, 150) and m.dtype == "uint16" and m.band_names == S2_L2A_BANDS
+        assert m.geotransform == GEOTRANSFORM and "UTM zone 10N" in m.crs_wkt and m.nodata == 0
+        assert m.codec == TEC(quality=1, nodata=0).get_config() and len(m.uuid) == 36
+        assert [m.level_shape(k) for k in m.levels] == [(200, 150), (100, 75), (50, 38)]
+        assert f.read_tile(0, 0, 0)[:4] == b"TECZ"
+    assert metrics.psnr(original, levels[0]) > 28
+    assert metrics.psnr(tecfile.downsample(original, 2, 0), levels[1]) > 28
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_tiles_are_the_zarr_chunks(tmp_path, scene, original, zarr_format):
+    """Zarr pads edge chunks with its fill value, .tec with nodata: the same bytes come out."""
+    from tec_zarr.zarr3 import TEC as TEC3
+
+    group = zarr.open_group(tmp_path / "z.zarr", mode="w", zarr_format=zarr_format)
+    common = {"name": "r", "shape": original.shape, "dtype": "uint16", "chunks": (12, TILE, TILE), "fill_value": 0}
+    if zarr_format == 3:
+        array = group.create_array(**common, serializer=TEC3(quality=1), compressors=None)
+    else:
+        array = group.create_array(**common, compressors=TEC(quality=1))
+    array[...] = original
+    with tecfile.open(scene[0]) as f:
+        for ty in range(4):
+            for tx in range(3):
+                assert convert._chunk_bytes(array, (0, ty, tx)) == f.read_tile(0, ty, tx)
+
+
+def test_window_read_decodes_only_its_tiles(scene):
+    path, levels = scene
+    with tecfile.open(path) as f:
+        before = tecfile.decoded_tiles()
+        got = f.read((slice(10, 70), slice(60, 140)), bands=[3, 2, 1])
+        assert tecfile.decoded_tiles() - before == 2 * 3  # rows 0-1, columns 0-2 of the 4 x 3 grid
+        np.testing.assert_array_equal(got, levels[0][[3, 2, 1], 10:70, 60:140])
+        np.testing.assert_array_equal(f.read((slice(40, 50), slice(0, 20)), level=2), levels[2][:, 40:50, :20])
+
+
+def test_damaged_files_raise_package_errors(tmp_path, scene):
+    data = scene[0].read_bytes()
+    bad = tmp_path / "bad.tec"
+    for cut in (3, 10, 100, len(data) - 5):
+        bad.write_bytes(data[:cut])
+        with pytest.raises(TruncatedTecFileError):
+            tecfile.open(bad)
+    for damaged, error in ((b"GIF8" + data[4:], TecFormatError), (data[:4] + b"\x09" + data[5:], TecFormatError),
+                           (data[:30] + bytes([data[30] ^ 1]) + data[31:], TecFormatError)):
+        bad.write_bytes(damaged)
+        with pytest.raises(error):
+            tecfile.open(bad)
+
+
+# --- Zarr <-> .tec without re-encoding -----------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_zarr_to_tec_to_zarr_keeps_every_chunk(tmp_path, original, zarr_format):
+    ds = xr.Dataset(
+        {"reflectance": (("band", "y", "x"), original)},
+        coords={"band": np.array(S2_L2A_BANDS, dtype=object), "x": 600005.0 + 10 * np.arange(150), "y": 4129995.0 - 10 * np.arange(200)},
+        attrs={"crs": "EPSG:32610"},
+    )
+    src, back = tmp_path / "src.zarr", tmp_path / "back.zarr"
+    from tec_zarr import zarr_encoding
+
+    enc = zarr_encoding(ds, zarr_format=zarr_format, chunks={"y": TILE, "x": TILE}, quality=0)
+    ds.to_zarr(src, zarr_format=zarr_format, encoding=enc)
+    assert cli.main(["convert", str(src), str(tmp_path / "s.tec"), "--quiet"]) == 0
+    assert cli.main(["convert", str(tmp_path / "s.tec"), str(back), "--zarr-format", str(zarr_format), "--quiet"]) == 0
+    a, b = zarr.open_array(src / "reflectance", mode="r"), zarr.open_array(back / "reflectance", mode="r")
+    assert a.metadata.zarr_format == b.metadata.zarr_format == zarr_format
+    for ty in range(4):
+        for tx in range(3):
+            chunk = convert._chunk_bytes(a, (0, ty, tx))
+            assert chunk is not None and convert._chunk_bytes(b, (0, ty, tx)) == chunk
+    with tecfile.open(tmp_path / "s.tec") as f:
+        assert f.metadata.geotransform == GEOTRANSFORM and "UTM zone 10N" in f.metadata.crs_wkt
+    opened, reopened = xr.open_zarr(src), xr.open_zarr(back)
+    assert reopened["reflectance"].dims == ("band", "y", "x") and reopened["reflectance"].dtype == np.uint16
+    np.testing.assert_array_equal(reopened["reflectance"].values, opened["reflectance"].values)
+    np.testing.assert_array_equal(reopened.x.values, ds.x.values)
+    np.testing.assert_array_equal(reopened.y.values, ds.y.values)
+    assert list(reopened.band.values) == list(S2_L2A_BANDS)
+
+
+def test_4d_chunks_are_refused(tmp_path, original):
+    ds = xr.Dataset({"r": (("time", "band", "y", "x"), original[None, :, :64, :64])})
+    ds.to_zarr(tmp_path / "t.zarr", encoding={"r": {"compressors": TEC()}}, zarr_format=2)
+    assert cli.main(["convert", str(tmp_path / "t.zarr"), str(tmp_path / "t.tec")]) == 2
+
+
+# --- GDAL: rasterio in this process ----------------------------------------------------------------------------
+
+
+def test_rasterio_window_read_is_tecfile_read(scene):
+    path, levels = scene
+    pixelfunction.CACHE.clear()
+    with gdal.open(path) as ds:
+        assert (ds.count, ds.height, ds.width) == (12, 200, 150) and ds.block_shapes[0] == (TILE, TILE)
+        assert ds.crs.to_epsg() == 32610 and ds.transform.to_gdal() == GEOTRANSFORM and ds.nodata == 0
+        assert ds.descriptions == S2_L2A_BANDS and ds.overviews(1) == [2, 4]
+        window = Window(col_off=60, row_off=10, width=80, height=60)
+        before = tecfile.decoded_tiles()
+        got = ds.read(window=window)
+        assert tecfile.decoded_tiles() - before == covered(window)  # each tile once for all 12 bands
+        np.testing.assert_array_equal(got, levels[0][:, 10:70, 60:140])
+        np.testing.assert_array_equal(ds.read(), levels[0])
+
+
+def test_rasterio_reads_overviews(scene):
+    path, levels = scene
+    with gdal.open(path) as ds:
+        np.testing.assert_array_equal(ds.read(out_shape=(12, 100, 75)), levels[1])
+        np.testing.assert_array_equal(ds.read(3, out_shape=(50, 38)), levels[2][2])
+    with rasterio.Env(**gdal.config_options()), rasterio.open(f"{path}.vrt", overview_level=1) as ds:
+        assert ds.shape == (50, 38)
+        np.testing.assert_array_equal(ds.read(), levels[2])
+
+
+def test_corrupt_tile_is_a_read_error(tmp_path, scene):
+    path, levels = scene
+    bad = tmp_path / "bad.tec"
+    shutil.copy(path, bad)
+    with tecfile.open(bad) as f:
+        offset, length, _ = f.tile_entry(0, 1, 1)
+    data = bytearray(bad.read_bytes())
+    data[offset + length // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    with tecfile.open(bad) as f, pytest.raises(CorruptTileError):
+        f.read_tile(0, 1, 1)
+    with gdal.open(bad) as ds:
+        with pytest.raises(RasterioError) as e:
+            ds.read(1, window=Window(64, 64, 10, 10))
+        assert "CRC32" in str(e.value.__cause__)
+        np.testing.assert_array_equal(ds.read(1, window=Window(0, 0, 10, 10)), levels[0][0, :10, :10])
+
+
+def test_moved_or_replaced_file_is_a_clear_error(tmp_path, scene, original):
+    path = tmp_path / "scene.tec"
+    shutil.copy(scene[0], path)
+    sidecar = gdal.sidecar(path)
+    moved = tmp_path / "moved.tec"
+    path.rename(moved)
+    with tecfile.open(moved) as f, pytest.raises(SidecarMismatchError, match="moved"):
+        pixelfunction.reader(str(path), f.metadata.uuid)
+    with rasterio.Env(**gdal.config_options()), rasterio.open(sidecar) as ds:
+        with pytest.raises(RasterioError) as e:
+            ds.read(1)
+        assert "moved or deleted" in str(e.value.__cause__)
+    tecfile.write(path, original[:, :32, :32], crs_wkt=None, geotransform=GEOTRANSFORM, tile=32)  # another uuid
+    with rasterio.Env(**gdal.config_options()), rasterio.open(sidecar) as ds:
+        with pytest.raises(RasterioError) as e:
+            ds.read(1)
+        assert "replaced" in str(e.value.__cause__)
+    with gdal.open(path) as ds:  # opening the .tec refreshes the sidecar
+        assert ds.shape == (32, 32)
+
+
+def test_open_osgeo(scene):
+    pytest.importorskip("osgeo")
+    ds = gdal.open_osgeo(scene[0])
+    np.testing.assert_array_equal(ds.ReadAsArray(), scene[1][0])
+
+
+# --- GDAL: the command line ---------------------------------------------------------------------------------------
+
+
+@needs_gdal_cli
+def test_gdalinfo_describes_the_sidecar(scene):
+    path, _ = scene
+    sidecar = gdal.sidecar(path)
+    out = gdal_cli("gdalinfo", sidecar.name, cwd=path.parent)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert "Size is 150, 200" in text and text.count("\nBand ") == 12 and "Block=64x64 Type=UInt16" in text
+    assert "WGS 84 / UTM zone 10N" in text and 'ID["EPSG",32610]' in text
+    assert "Origin = (600000.000000000000000,4130000.000000000000000)" in text
+    assert "Pixel Size = (10.000000000000000,-10.000000000000000)" in text
+    assert "Description = B12" in text and "NoData Value=0" in text and "Overviews: 75x100, 38x50" in text
+
+
+@needs_gdal_cli
+def test_gdal_translate_and_stats_read_the_pixels(scene):
+    path, levels = scene
+    sidecar = gdal.sidecar(path)
+    before = sha256(path)
+    out = gdal_cli("gdal_translate", "-q", sidecar.name, "out.tif", cwd=path.parent)
+    assert out.returncode == 0, out.stderr
+    with rasterio.open(path.parent / "out.tif") as ds:
+        np.testing.assert_array_equal(ds.read(), levels[0])
+        assert ds.descriptions == S2_L2A_BANDS and ds.crs.to_epsg() == 32610
+    out = gdal_cli("gdal_translate", "-q", "-outsize", "75", "100", sidecar.name, "ov.tif", cwd=path.parent)
+    with rasterio.open(path.parent / "ov.tif") as ds:
+        np.testing.assert_array_equal(ds.read(), levels[1])
+    out = gdal_cli("gdalinfo", "-stats", sidecar.name, cwd=path.parent)
+    assert out.returncode == 0 and "STATISTICS_MEAN" in out.stdout, out.stderr
+    assert sha256(path) == before  # GDAL rewrites the VRT sidecar, never the .tec
+
+
+@needs_gdal_cli
+def test_gdal_cli_reports_a_corrupt_tile(tmp_path, scene):
+    bad = tmp_path / "bad.tec"
+    with tecfile.open(scene[0]) as f:
+        offset, length, _ = f.tile_entry(0, 2, 1)
+    data = bytearray(scene[0].read_bytes())
+    data[offset + length // 2] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    out = gdal_cli("gdal_translate", "-q", gdal.sidecar(bad).name, "x.tif", cwd=tmp_path)
+    assert out.returncode != 0 and "CorruptTileError" in out.stderr
+
+
+# --- the tec command ------------------------------------------------------------------------------------------------
+
+
+def test_cli_geotiff_tec_geotiff(tmp_path, original, capsys):
+    from rasterio.transform import from_origin
+
+    tif = tmp_path / "scene.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=150, height=200, count=12, dtype="uint16", crs="EPSG:32610",
+                       transform=from_origin(600000, 4130000, 10, 10), nodata=0) as dst:
+        dst.write(original)
+        for i, name in enumerate(S2_L2A_BANDS, 1):
+            dst.set_band_description(i, name)
+    tec = tmp_path / "scene.tec"
+    assert cli.main(["compress", str(tif), str(tec), "--tile", "128", "--overviews", "1", "--quality", "0"]) == 0
+    assert cli.main(["info", str(tec)]) == 0
+    assert "tiles 128x128, levels [0, 1]" in capsys.readouterr().out
+    assert cli.main(["decompress", str(tec), str(tmp_path / "back.tif")]) == 0
+    with tecfile.open(tec) as f, rasterio.open(tmp_path / "back.tif") as ds:
+        assert f.metadata.geotransform == GEOTRANSFORM and f.metadata.band_names == S2_L2A_BANDS
+        np.testing.assert_array_equal(ds.read(), f.read())
+        assert ds.crs.to_epsg() == 32610 and ds.transform.to_gdal() == GEOTRANSFORM and ds.descriptions == S2_L2A_BANDS
+    assert cli.main(["to-vrt", str(tec)]) == 0
+    text = capsys.readouterr().out
+    assert (tmp_path / "scene.tec.vrt").exists() and "export GDAL_VRT_PYTHON_TRUSTED_MODULES=gdal_driver.pixelfunction" in text
+    assert "export PYTHONPATH=" in text
+    assert cli.main(["info", str(tmp_path / "missing.tec")]) == 2
+    assert "tec: error: Expected a readable .tec file" in capsys.readouterr().err
