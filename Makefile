@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DEMO_EXTRAS ?= bench,io
 TEST_EXTRAS ?= test,train,bench,io
 
-.PHONY: demo test test-all bench setup clean
+.PHONY: demo test test-all bench bench-throughput setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,9 @@ test-all: $(VENV)/.test-installed
 
 bench: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/rd.py
+
+bench-throughput: $(VENV)/.test-installed
+	$(BIN)/python benchmarks/throughput.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,7 +19,8 @@ GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
 class RuntimeSettings:
     # zarr and dask already run chunks in parallel: one intra-op thread per session call avoids oversubscription.
     intra_op_threads: int = 1
-    providers: tuple[str, ...] = ("CPUExecutionProvider",)
+    # In order of preference, each used only where onnxruntime offers it (CUDA with the `gpu` extra).
+    providers: tuple[str, ...] = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
 def _from_environment() -> RuntimeSettings:
