@@ -1,10 +1,10 @@
-"""The TEC chunk bitstream, format version 1. This module is its only definition.
+"""The TEC chunk bitstream, format versions 1 and 2. This module is its only definition.
 
 Layout (all integers little-endian)::
 
     magic        4 bytes  b"TECZ"
-    version      u8       FORMAT_VERSION
-    flags        u8       bit 0: a nodata value is set; bit 1: a mask section is present
+    version      u8       1; 2 when the residual section is present (flag bit 2), so older readers refuse it
+    flags        u8       bit 0: a nodata value is set; bit 1: a mask section is present; bit 2: residual section
     quality      u8       quality level of the model used
     dtype        u8       1 uint16, 2 int16, 3 float32
     name_len     u8       then the model name, UTF-8
@@ -16,6 +16,12 @@ Layout (all integers little-endian)::
     float_scale  f64      float32 input x float_scale = model units (DN); 1 for integer dtypes
     mask_len     u32      then zlib(packbits(mask)) of the chunk's nodata elements (bit 1 only)
     payload_len  u32      then the entropy-coded latent symbols
+    -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.bounded --
+    max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
+    mode         u8       RESIDUAL_MODES: how residual steps map to values
+    tile         u16      residual tile size; the base is the integer synthesis at the header's quality
+    params_len   u32      then 2 bytes (table k, shift s) per (image, band, tile), row-major
+    residual_len u32      then crc32 of the residuals (4 bytes) + their range-coded words (tec_zarr.residual)
     crc32        u32      zlib.crc32 of every byte before it
 """
 
@@ -23,7 +29,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,14 +37,28 @@ from .errors import CorruptChunkError, TruncatedChunkError
 
 MAGIC = b"TECZ"
 FORMAT_VERSION = 1
+RESIDUAL_FORMAT_VERSION = 2
 HASH_PREFIX_BYTES = 8
 FLAG_NODATA = 1
 FLAG_MASK = 2
+FLAG_RESIDUAL = 4
+# 0: integer dtypes, step 2E+1 in DN; 1: float32, step 2E in data units; 2: float32 exact, through an
+# order-preserving integer view of the bits (step 1).
+RESIDUAL_MODES = (0, 1, 2)
 # Refuse headers describing absurd sizes instead of allocating them.
 MAX_ELEMENTS = 2**31
 
 DTYPE_CODES = {np.dtype("uint16"): 1, np.dtype("int16"): 2, np.dtype("float32"): 3}
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
+
+
+@dataclass(frozen=True)
+class ResidualSection:
+    max_error: float
+    mode: int
+    tile: int
+    params: bytes = field(repr=False)
+    payload: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,7 @@ class ChunkHeader:
     latent: tuple[int, int, int]
     nodata: float | None
     float_scale: float
+    residual: ResidualSection | None = None
 
     @property
     def batch(self) -> int:
@@ -60,10 +81,13 @@ class ChunkHeader:
 
 def pack(header: ChunkHeader, mask: bytes | None, payload: bytes) -> bytes:
     name = header.model.encode()
+    res = header.residual
     flags = (FLAG_NODATA if header.nodata is not None else 0) | (FLAG_MASK if mask is not None else 0)
+    flags |= FLAG_RESIDUAL if res is not None else 0
+    version = FORMAT_VERSION if res is None else RESIDUAL_FORMAT_VERSION
     parts = [
         MAGIC,
-        struct.pack("<BBBBB", FORMAT_VERSION, flags, header.quality, DTYPE_CODES[np.dtype(header.dtype)], len(name)),
+        struct.pack("<BBBBB", version, flags, header.quality, DTYPE_CODES[np.dtype(header.dtype)], len(name)),
         name,
         header.model_hash[:HASH_PREFIX_BYTES],
         struct.pack(f"<B{len(header.shape)}I", len(header.shape), *header.shape),
@@ -73,6 +97,9 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes) -> bytes:
     if mask is not None:
         parts += [struct.pack("<I", len(mask)), mask]
     parts += [struct.pack("<I", len(payload)), payload]
+    if res is not None:
+        parts += [struct.pack("<dBHI", res.max_error, res.mode, res.tile, len(res.params)), res.params,
+                  struct.pack("<I", len(res.payload)), res.payload]
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -105,10 +132,12 @@ def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | No
     r = _Reader(view[:-4])
     r.take(4)
     version, flags, quality, dtype_code, name_len = r.unpack("<BBBBB")
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, RESIDUAL_FORMAT_VERSION) or (version == RESIDUAL_FORMAT_VERSION) != bool(
+        flags & FLAG_RESIDUAL
+    ):
         raise CorruptChunkError(
-            f"Expected TEC chunk format version {FORMAT_VERSION}. Got {version} instead "
-            "(written by a newer tec_zarr, or corrupt)."
+            f"Expected TEC chunk format version {FORMAT_VERSION} or {RESIDUAL_FORMAT_VERSION} (residual flag set). "
+            f"Got version {version}, flags {flags:#04x} instead (written by a newer tec_zarr, or corrupt)."
         )
     try:
         name = bytes(r.take(name_len)).decode()
@@ -119,6 +148,11 @@ def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | No
         nodata, float_scale = r.unpack("<dd")
         mask = bytes(r.take(r.unpack("<I")[0])) if flags & FLAG_MASK else None
         payload = bytes(r.take(r.unpack("<I")[0]))
+        residual = None
+        if flags & FLAG_RESIDUAL:
+            max_error, mode, tile, params_len = r.unpack("<dBHI")
+            params = bytes(r.take(params_len))
+            residual = ResidualSection(max_error, mode, tile, params, bytes(r.take(r.unpack("<I")[0])))
     except UnicodeDecodeError as e:
         _check_crc(view)
         raise CorruptChunkError(f"Expected a UTF-8 model name in the TEC chunk. Got {e} instead.") from None
@@ -127,6 +161,11 @@ def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | No
         raise CorruptChunkError(f"Expected the TEC chunk to end after {r.pos} bytes. Got {len(r.buf)} instead.")
     if dtype_code not in CODE_DTYPES or ndim < 3 or int(np.prod(shape, dtype=np.int64)) > MAX_ELEMENTS:
         raise CorruptChunkError(f"Expected a valid dtype code and shape. Got dtype code {dtype_code}, shape {shape} instead.")
+    if residual is not None and (
+        residual.mode not in RESIDUAL_MODES or residual.tile == 0 or not (residual.max_error >= 0)
+        or residual.max_error == float("inf")
+    ):
+        raise CorruptChunkError(f"Expected a valid residual section. Got {residual} instead.")
     header = ChunkHeader(
         model=name,
         model_hash=model_hash,
@@ -137,6 +176,7 @@ def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | No
         latent=(m, lh, lw),
         nodata=nodata if flags & FLAG_NODATA else None,
         float_scale=float_scale,
+        residual=residual,
     )
     return header, mask, payload
 

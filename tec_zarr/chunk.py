@@ -2,15 +2,21 @@
 
 A chunk is a batch of (bands, H, W) images: any leading axes are flattened into the batch. Pixels equal to the
 nodata value are stored as a lossless mask and come back exactly; no other pixel decodes to the nodata value.
+
+``max_error=E`` adds a residual section (:mod:`tec_zarr.bounded`): every element then decodes within E of its
+value (E = 0: exactly). ``psnr=P`` picks, per chunk, the lowest quality whose decoded chunk reaches P dB
+(:func:`tec_zarr.metrics.psnr` over the whole chunk, in DN); where no level does, the level with the highest
+PSNR, with a :class:`PsnrTargetWarning`.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 
-from . import bitstream, entropy, runtime
+from . import bitstream, bounded, entropy, metrics, runtime
 from .errors import (
     CorruptChunkError,
     InvalidInputError,
@@ -21,6 +27,10 @@ from .models import Model, load_model
 
 SUPPORTED_DTYPES = tuple(bitstream.DTYPE_CODES)
 DN_PER_REFLECTANCE = 10000.0
+
+
+class PsnrTargetWarning(UserWarning):
+    """No quality level reaches a chunk's ``psnr=`` target: the chunk was written at its best level instead."""
 
 
 def parse_dtype(dtype) -> np.dtype:
@@ -70,14 +80,34 @@ def _pad(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
     return np.ascontiguousarray(x), pad
 
 
+def normalize(images: np.ndarray, model: Model, mask: np.ndarray | None, scale: float) -> tuple[np.ndarray, tuple]:
+    """(B, bands, H, W) data -> the encoder's normalized input, padded to the model's multiple."""
+    reflectance = images.astype(np.float32) * np.float32(scale / DN_PER_REFLECTANCE)
+    normalized = (reflectance - model.mean[:, None, None]) / model.std[:, None, None]
+    if mask is not None:
+        normalized[mask] = 0.0  # nodata becomes the band mean: cheap to code, and restored from the mask
+    return _pad(normalized.astype(np.float32), model.multiple)
+
+
 def encode_chunk(
-    array: np.ndarray, *, model: str | Model, quality: int, nodata: float | None = 0, float_scale: float = 1e4
+    array: np.ndarray,
+    *,
+    model: str | Model,
+    quality: int,
+    nodata: float | None = 0,
+    float_scale: float = 1e4,
+    max_error: float | None = None,
+    psnr: float | None = None,
 ) -> bytes:
     model = load_model(model) if isinstance(model, str) else model
     array = _validate(array, model)
     dtype = array.dtype
     if not 0 <= quality < model.tables.qualities:
         raise InvalidInputError(f"Expected a quality in 0..{model.tables.qualities - 1}. Got {quality} instead.")
+    if max_error is not None and psnr is not None:
+        raise InvalidInputError(f"Expected max_error or psnr, not both. Got {max_error=}, {psnr=} instead.")
+    if max_error is not None:
+        bounded.parse_bound(max_error, dtype)
     check_nodata(nodata, dtype)
     scale = float(float_scale) if dtype.kind == "f" else 1.0
     images = array.reshape((-1,) + array.shape[-3:])
@@ -85,24 +115,54 @@ def encode_chunk(
     if mask is not None and not mask.any():
         mask = None
 
-    reflectance = images.astype(np.float32) * np.float32(scale / DN_PER_REFLECTANCE)
-    normalized = (reflectance - model.mean[:, None, None]) / model.std[:, None, None]
-    if mask is not None:
-        normalized[mask] = 0.0  # nodata becomes the band mean: cheap to code, and restored from the mask
-    normalized, pad = _pad(normalized.astype(np.float32), model.multiple)
+    normalized, pad = normalize(images, model, mask, scale)
     y = runtime.run(model.encoder_sha256, model.encoder_onnx, {"x": normalized})
-    symbols = np.rint(y * model.gain[quality][None, :, None, None]).astype(np.int32)
+
+    def at(q: int) -> bytes:
+        symbols = np.rint(y * model.gain[q][None, :, None, None]).astype(np.int32)
+        res = None
+        if max_error is not None:
+            valid = ~mask if mask is not None else np.ones(images.shape, bool)
+            res = bounded.encode(images, valid, symbols, q, model, scale, max_error, nodata)
+        return _pack(model, q, array.shape, dtype, pad, symbols, nodata, scale, mask, res)
+
+    if psnr is None:
+        return at(quality)
+    return _lowest_rate_reaching(at, array, psnr, model.tables.qualities, scale)
+
+
+def _lowest_rate_reaching(at, array: np.ndarray, target: float, qualities: int, scale: float) -> bytes:
+    """The first level (lowest rate) whose decoded chunk reaches ``target`` dB, else the best level seen."""
+    best = None
+    for q in range(qualities):
+        data = at(q)
+        reached = metrics.psnr(array, decode_chunk(data), scale=scale)
+        if reached >= target:
+            return data
+        if best is None or reached > best[0]:
+            best = (reached, data)
+    warnings.warn(
+        f"Expected a quality level reaching {target} dB on this chunk. Got at most {best[0]:.2f} dB instead: "
+        "wrote the chunk at its best level (use max_error= for a guaranteed bound).",
+        PsnrTargetWarning,
+        stacklevel=4,
+    )
+    return best[1]
+
+
+def _pack(model, quality, shape, dtype, pad, symbols, nodata, scale, mask, res) -> bytes:
     payload = entropy.encode(symbols, quality, model.tables)
     header = bitstream.ChunkHeader(
         model=model.name,
         model_hash=bytes.fromhex(model.sha256),
         quality=quality,
         dtype=dtype,
-        shape=tuple(array.shape),
+        shape=tuple(shape),
         pad=pad,
         latent=tuple(symbols.shape[1:]),
         nodata=None if nodata is None else float(nodata),
         float_scale=scale,
+        residual=res,
     )
     return bitstream.pack(header, bitstream.pack_mask(mask) if mask is not None else None, payload)
 
@@ -130,6 +190,16 @@ def decode_chunk(buf) -> np.ndarray:
         raise CorruptChunkError(f"Expected a header consistent with model {model.name}. Got {header} instead.")
     batch = header.batch
     symbols = entropy.decode(payload, header.quality, (batch, m, lh, lw), model.tables)
+    if header.residual is not None:
+        images_shape = (batch, c, h, w)
+        mask = bitstream.unpack_mask(mask_bytes, images_shape) if mask_bytes is not None else None
+        if mask is not None and header.nodata is None:
+            raise CorruptChunkError("Expected a nodata value with a nodata mask. Got a mask alone instead.")
+        valid = ~mask if mask is not None else np.ones(images_shape, bool)
+        result = bounded.avoid_nodata(bounded.decode(header, symbols, model, valid), header.nodata)
+        if mask is not None:
+            result[mask] = np.asarray(header.nodata).astype(result.dtype)
+        return result.reshape(header.shape)
     y_hat = symbols.astype(np.float32) * model.inv_gain[header.quality][None, :, None, None]
     x_hat = runtime.run(model.decoder_sha256, model.decoder_onnx, {"y_hat": np.ascontiguousarray(y_hat)})
     x_hat = x_hat[:, :, :h, :w] * model.std[:, None, None] + model.mean[:, None, None]
@@ -149,14 +219,7 @@ def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 def _apply_nodata(result: np.ndarray, header: bitstream.ChunkHeader, mask_bytes: bytes | None) -> np.ndarray:
     nodata = np.asarray(header.nodata).astype(result.dtype)
-    # A valid pixel must never read back as nodata: move it one step away.
-    collide = result == nodata
-    if collide.any():
-        if result.dtype.kind == "f":
-            result[collide] = np.nextafter(nodata, np.inf, dtype=result.dtype)
-        else:
-            step = 1 if nodata < np.iinfo(result.dtype).max else -1
-            result[collide] = nodata + step
+    result = bounded.avoid_nodata(result, header.nodata)
     if mask_bytes is not None:
         mask = bitstream.unpack_mask(mask_bytes, result.shape)
         result[mask] = nodata

@@ -101,10 +101,22 @@ def cmd_compress_tec(args) -> int:
     if nodata == "none":
         raise TecZarrError("Expected a nodata value for a .tec output (GDAL pads edge tiles with it). Got 'none' instead.")
     geotiff_to_tec(args.input, args.output, tile=args.tile, quality=args.quality, model=args.model,
-                   overviews=_overview_levels(args.overviews), nodata=nodata)
+                   overviews=_overview_levels(args.overviews), nodata=nodata, **_bound_args(args))
     if not args.quiet:
         print(describe(args.output))
     return 0
+
+
+def _bound_args(args) -> dict:
+    """--max-error / --lossless / --psnr as codec keyword arguments (the parser makes them exclusive)."""
+    if args.lossless:
+        return {"max_error": 0}
+    out = {}
+    if args.max_error is not None:
+        out["max_error"] = int(args.max_error) if float(args.max_error).is_integer() else args.max_error
+    if args.psnr is not None:
+        out["psnr"] = args.psnr
+    return out
 
 
 def cmd_compress(args) -> int:
@@ -114,7 +126,7 @@ def cmd_compress(args) -> int:
         return cmd_compress_tec(args)
     ds, var = _open_input(args.input, args.var)
     ds = ds[[var]]
-    kwargs = {"quality": args.quality, "model": args.model}
+    kwargs = {"quality": args.quality, "model": args.model, **_bound_args(args)}
     if args.nodata is not None:
         kwargs["nodata"] = None if args.nodata.lower() == "none" else float(args.nodata)
     else:
@@ -253,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--quality", type=int, help="model quality level (tec models lists them)")
     c.add_argument("--model", default=None, help="model name (default tec-fp)")
     c.add_argument("--nodata", help="nodata value, or 'none' (default: the input's, else 0)")
+    bound = c.add_mutually_exclusive_group()
+    bound.add_argument("--max-error", type=float, help="guarantee |x - decoded| <= E in data units (0: lossless)")
+    bound.add_argument("--lossless", action="store_true", help="bit-exact (same as --max-error 0)")
+    bound.add_argument("--psnr", type=float, help="per chunk, the lowest quality reaching this PSNR (dB)")
     c.add_argument("--chunk", type=int, default=256, help="spatial chunk size (default 256)")
     c.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
     c.add_argument("--tile", type=int, default=256, help=".tec output: tile size (default 256)")

@@ -15,9 +15,11 @@ from .errors import InvalidInputError
 from .params import (
     CODEC_NAME,
     parse_float_scale,
+    parse_max_error,
     parse_model,
     parse_model_sha256,
     parse_nodata,
+    parse_psnr,
     parse_quality,
 )
 
@@ -37,26 +39,38 @@ class TEC(Codec):
         it. Default 0 (Sentinel-2's nodata). ``None`` disables it.
     float_scale : float
         float32 input times ``float_scale`` gives DN (reflectance x 10000). Default 10000: float32 reflectance.
+    max_error : int or float or None
+        Guarantee ``|x - decoded| <= max_error`` on every element, in the array's own units (DN for integer
+        dtypes, floored to an integer; the float32 values themselves for float32). 0 is lossless (bit-exact).
+        ``quality`` then sets the learned base under the coded residual. Default None: lossy.
+    psnr : float or None
+        Per chunk, the lowest-rate quality level whose decoded chunk reaches this PSNR (dB, see
+        :mod:`tec_zarr.metrics`); the chunk header records the level. When no level reaches it, the level with
+        the highest PSNR, and a :class:`~tec_zarr.chunk.PsnrTargetWarning`. Not together with ``max_error``.
     model_sha256 : str, optional
         Filled in from the installed model; a config naming other weights is refused.
     """
 
     codec_id = CODEC_NAME
 
-    def __init__(self, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None):
+    def __init__(self, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None, max_error=None,
+                 psnr=None):
         card = parse_model(model)
         self.model = card.name
         self.model_sha256 = parse_model_sha256(model_sha256, card)
         self.quality = parse_quality(quality, card)
         self.nodata = parse_nodata(nodata)
         self.float_scale = parse_float_scale(float_scale)
+        self.max_error = parse_max_error(max_error)
+        self.psnr = parse_psnr(psnr, self.max_error)
 
     def encode(self, buf):
         array = ensure_ndarray_like(buf)
         if not isinstance(array, np.ndarray):
             raise InvalidInputError(f"Expected a numpy array chunk. Got {type(buf).__name__} instead.")
         return chunk.encode_chunk(
-            array, model=self.model, quality=self.quality, nodata=self.nodata, float_scale=self.float_scale
+            array, model=self.model, quality=self.quality, nodata=self.nodata, float_scale=self.float_scale,
+            max_error=self.max_error, psnr=self.psnr,
         )
 
     def decode(self, buf, out=None):
@@ -71,5 +85,10 @@ class TEC(Codec):
     def __repr__(self):
         return (
             f"{type(self).__name__}(quality={self.quality!r}, model={self.model!r}, nodata={self.nodata!r}, "
-            f"float_scale={self.float_scale!r})"
+            f"float_scale={self.float_scale!r}{_bound_repr(self.max_error, self.psnr)})"
         )
+
+
+def _bound_repr(max_error, psnr) -> str:
+    """Only the parameters that are set, so the default repr stays the one older versions printed."""
+    return (f", max_error={max_error!r}" if max_error is not None else "") + (f", psnr={psnr!r}" if psnr is not None else "")

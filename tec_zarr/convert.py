@@ -22,7 +22,8 @@ from .params import CODEC_NAME, parse_nodata
 DIMS = ("band", "y", "x")
 
 
-def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=(), nodata=None) -> tecfile.TecMetadata:
+def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=(), nodata=None, max_error=None,
+                   psnr=None) -> tecfile.TecMetadata:
     """Encode a GeoTIFF; its CRS, transform and band descriptions are kept, nodata is the file's (else 0)."""
     import rasterio
 
@@ -35,7 +36,7 @@ def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=()
         if nodata is None:
             nodata = ds.nodata if ds.nodata is not None else 0
     return tecfile.write(dst, array, crs_wkt=crs, geotransform=geotransform, band_names=names, nodata=nodata,
-                         tile=tile, quality=quality, model=model, overviews=overviews)
+                         tile=tile, quality=quality, model=model, overviews=overviews, max_error=max_error, psnr=psnr)
 
 
 def tec_to_geotiff(src, dst, *, level: int = 0) -> None:

@@ -55,3 +55,25 @@ def parse_float_scale(scale: float) -> float:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
         raise InvalidInputError(f"Expected a positive finite float_scale. Got {scale!r} instead.")
     return float(scale)
+
+
+def parse_max_error(max_error: float | int | None) -> float | int | None:
+    """None (lossy), or the bound |x - decoded| <= max_error in the array's units; 0 is lossless."""
+    if max_error is None:
+        return None
+    if isinstance(max_error, bool) or not isinstance(max_error, (int, float)) or not (
+        math.isfinite(max_error) and max_error >= 0
+    ):
+        raise InvalidInputError(f"Expected None or a finite max_error >= 0. Got {max_error!r} instead.")
+    return int(max_error) if float(max_error).is_integer() else float(max_error)
+
+
+def parse_psnr(psnr: float | int | None, max_error: float | int | None) -> float | None:
+    """None, or a per-chunk PSNR target in dB; it can't be combined with max_error."""
+    if psnr is None:
+        return None
+    if isinstance(psnr, bool) or not isinstance(psnr, (int, float)) or not (math.isfinite(psnr) and psnr > 0):
+        raise InvalidInputError(f"Expected None or a positive finite psnr (dB). Got {psnr!r} instead.")
+    if max_error is not None:
+        raise InvalidInputError(f"Expected either max_error or psnr. Got max_error={max_error!r} and psnr={psnr!r} instead.")
+    return float(psnr)

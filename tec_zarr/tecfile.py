@@ -281,15 +281,20 @@ def write(
     quality: int | None = None,
     model: str | None = None,
     overviews: Iterable[int] = (),
+    max_error: float | int | None = None,
+    psnr: float | None = None,
 ) -> TecMetadata:
-    """Encode a (bands, H, W) image and its overviews into a ``.tec`` file; returns its metadata."""
+    """Encode a (bands, H, W) image and its overviews into a ``.tec`` file; returns its metadata.
+
+    ``max_error`` / ``psnr`` are :class:`tec_zarr.TEC`'s (error bound or per-tile PSNR target), for every level.
+    """
     from .chunk import parse_dtype
     from .codec import TEC
 
     if not isinstance(array, np.ndarray) or array.ndim != 3:
         raise InvalidInputError(f"Expected a (bands, H, W) numpy array. Got {getattr(array, 'shape', type(array))} instead.")
     array = np.ascontiguousarray(array, dtype=parse_dtype(array.dtype).newbyteorder("="))
-    codec = TEC(quality=quality, model=model, nodata=nodata)
+    codec = TEC(quality=quality, model=model, nodata=nodata, max_error=max_error, psnr=psnr)
     meta = TecMetadata.create(
         shape=array.shape, dtype=array.dtype, band_names=band_names, crs_wkt=crs_wkt, geotransform=geotransform,
         nodata=codec.nodata, tile=tile, codec=codec.get_config(), overviews=tuple(overviews),

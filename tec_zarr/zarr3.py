@@ -15,9 +15,11 @@ from .errors import CorruptChunkError, InvalidInputError
 from .params import (
     CODEC_NAME,
     parse_float_scale,
+    parse_max_error,
     parse_model,
     parse_model_sha256,
     parse_nodata,
+    parse_psnr,
     parse_quality,
 )
 
@@ -48,14 +50,19 @@ class TEC(ArrayBytesCodec):
     model_sha256: str
     nodata: float | int | str | None
     float_scale: float
+    max_error: float | int | None
+    psnr: float | None
 
-    def __init__(self, *, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None) -> None:
+    def __init__(self, *, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None, max_error=None,
+                 psnr=None) -> None:
         card = parse_model(model)
         object.__setattr__(self, "model", card.name)
         object.__setattr__(self, "model_sha256", parse_model_sha256(model_sha256, card))
         object.__setattr__(self, "quality", parse_quality(quality, card))
         object.__setattr__(self, "nodata", parse_nodata_or_fill_value(nodata))
         object.__setattr__(self, "float_scale", parse_float_scale(float_scale))
+        object.__setattr__(self, "max_error", parse_max_error(max_error))
+        object.__setattr__(self, "psnr", parse_psnr(psnr, self.max_error))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
@@ -63,16 +70,18 @@ class TEC(ArrayBytesCodec):
         return cls(**(configuration or {}))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": CODEC_NAME,
-            "configuration": {
-                "model": self.model,
-                "model_sha256": self.model_sha256,
-                "quality": self.quality,
-                "nodata": self.nodata,
-                "float_scale": self.float_scale,
-            },
+        configuration = {
+            "model": self.model,
+            "model_sha256": self.model_sha256,
+            "quality": self.quality,
+            "nodata": self.nodata,
+            "float_scale": self.float_scale,
         }
+        # Left out when unset, so lossy stores keep the metadata older versions wrote.
+        for key in ("max_error", "psnr"):
+            if getattr(self, key) is not None:
+                configuration[key] = getattr(self, key)
+        return {"name": CODEC_NAME, "configuration": configuration}
 
     def evolve_from_array_spec(self, array_spec: ArraySpec) -> Self:
         if self.nodata != FILL_VALUE:
@@ -96,7 +105,8 @@ class TEC(ArrayBytesCodec):
         array = np.ascontiguousarray(chunk_array.as_numpy_array())
         nodata = None if self.nodata == FILL_VALUE else self.nodata
         data = chunk.encode_chunk(
-            array, model=self.model, quality=self.quality, nodata=nodata, float_scale=self.float_scale
+            array, model=self.model, quality=self.quality, nodata=nodata, float_scale=self.float_scale,
+            max_error=self.max_error, psnr=self.psnr,
         )
         return chunk_spec.prototype.buffer.from_bytes(data)
 

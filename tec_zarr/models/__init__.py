@@ -140,6 +140,11 @@ def _verified_bytes(card: ModelCard, filename: str) -> bytes:
     return data
 
 
+def read_verified(card: ModelCard, filename: str) -> bytes:
+    """An optional model file (listed in the manifest), checked against its sha256."""
+    return _verified_bytes(card, filename)
+
+
 def load_model(name: str = DEFAULT_MODEL) -> Model:
     """Load and verify a model once per process. Raises UnknownModelError or WeightsIntegrityError."""
     found = _loaded.get(name)

@@ -2,6 +2,9 @@
 
 ``python -m tec_zarr.train.export runs/tec-fp/checkpoint.pt --name tec-fp``
 
+``python -m tec_zarr.train.export --synthesis-only tec_zarr/models/tec-fp`` adds ``synthesis_int.npz`` (the integer
+synthesis that error-bounded chunks need) to an exported folder, from its decoder.onnx, and rewrites the manifest.
+
 The integer CDF tables are baked here, once, from the learned densities (CompressAI's ``update()`` step); the
 runtime never evaluates a density. The manifest's RD figures are measured with the runtime codec itself (real
 bitstreams, headers included) on the validation places, which training never saw.
@@ -22,6 +25,7 @@ import torch
 
 from ..bands import S2_L2A_BANDS
 from ..entropy import quantize_pmf
+from .. import synthesis
 from ..models import MODELS_DIR, model_digest
 from .model import ModelConfig, TECFactorized
 
@@ -114,7 +118,13 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
         inv_gain=model.inv_gain.detach().numpy().astype(np.float32),
         **tables,
     )
-    files = {f: sha256_file(folder / f) for f in ("decoder.onnx", "encoder.onnx", "tables.npz")}
+    (folder / synthesis.FILENAME).write_bytes(
+        integer_synthesis(
+            {k: v.detach().numpy() for k, v in model.state_dict().items() if k.startswith("g_s.")},
+            folder, model.inv_gain.detach().numpy(), np.asarray(ckpt["mean"]), np.asarray(ckpt["std"]),
+        ).to_npz()
+    )
+    files = {f: sha256_file(folder / f) for f in ("decoder.onnx", "encoder.onnx", "tables.npz", synthesis.FILENAME)}
     manifest = {
         "name": name,
         "version": version,
@@ -148,6 +158,42 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
     return folder
 
 
+def integer_synthesis(state: dict, folder: Path, inv_gain, mean, std) -> synthesis.IntSynthesis:
+    """Quantize the synthesis, its activation scales calibrated on the bundled sample through the new encoder."""
+    import onnxruntime as ort
+
+    from ..sample import load_array
+
+    cube = load_array().astype(np.float32)
+    normalized = (cube / 1e4 - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+    with np.load(folder / "tables.npz") as tables:
+        gain = tables["gain"]
+    multiple = 2 ** synthesis._stages(state)
+    h, w = normalized.shape[-2:]
+    normalized = np.pad(normalized, ((0, 0), (0, 0), (0, -h % multiple), (0, -w % multiple)), mode="edge")
+    session = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    y = session.run(None, {"x": normalized.astype(np.float32)})[0]
+    latents = [np.rint(y * gain[q][None, :, None, None]) * np.asarray(inv_gain)[q][None, :, None, None]
+               for q in range(gain.shape[0])]
+    return synthesis.build(state, np.asarray(inv_gain), np.asarray(mean), np.asarray(std), latents)
+
+
+def add_integer_synthesis(folder: Path) -> None:
+    """Give an exported model folder its ``synthesis_int.npz`` from decoder.onnx's initializers; update the manifest."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(folder / "decoder.onnx")).graph
+    state = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.startswith("g_s.")}
+    with np.load(folder / "tables.npz") as t:
+        built = integer_synthesis(state, folder, t["inv_gain"], t["mean"], t["std"])
+    (folder / synthesis.FILENAME).write_bytes(built.to_npz())
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"][synthesis.FILENAME] = sha256_file(folder / synthesis.FILENAME)
+    manifest["sha256"] = model_digest(manifest["files"])
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
 def machine_description() -> str:
     import os
 
@@ -179,12 +225,17 @@ def measure_into_manifest(folder: Path, data_root: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m tec_zarr.train.export", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path)
+    p.add_argument("checkpoint", type=Path, help="checkpoint, or with --synthesis-only an exported model folder")
+    p.add_argument("--synthesis-only", action="store_true", help="only add synthesis_int.npz to an exported folder")
     p.add_argument("--name", default="tec-fp")
     p.add_argument("--version", default="1")
     p.add_argument("--out", type=Path, help="model folder (default: inside the package)")
     p.add_argument("--data", type=Path, help="shared data folder: measure RD on the validation places")
     args = p.parse_args(argv)
+    if args.synthesis_only:
+        add_integer_synthesis(args.checkpoint)
+        print(f"added {synthesis.FILENAME} to {args.checkpoint}")
+        return 0
     folder = export(args.checkpoint, args.name, args.version, args.out, args.data)
     print(f"exported {args.name} to {folder}")
     return 0
