@@ -25,6 +25,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from baselines import BenchCodec  # noqa: E402
+from common import machine, round_trips, update_readme  # noqa: E402
 from bounded_codecs import BOUNDS, bounded_codecs  # noqa: E402
 
 from tec_zarr import metrics  # noqa: E402
@@ -41,13 +42,8 @@ def validation_images(root: Path, n: int) -> tuple[np.ndarray, list[str]]:
 def measure(codec: BenchCodec, bound, images: np.ndarray) -> dict:
     bpps, psnrs, errs = [], [], []
     t_enc = t_dec = 0.0
-    for img in images:
-        img = np.ascontiguousarray(img)
-        t0 = time.perf_counter()
-        enc = codec.encode(img, bound)
-        t1 = time.perf_counter()
-        dec = codec.decode(enc, bound, img.shape)
-        t_enc, t_dec = t_enc + t1 - t0, t_dec + time.perf_counter() - t1
+    for img, enc, dec, te, td in round_trips(codec, bound, images):
+        t_enc, t_dec = t_enc + te, t_dec + td
         bpps.append(metrics.bpp(len(enc), img.shape[1], img.shape[2]))
         psnrs.append(metrics.psnr(img, dec))
         errs.append(metrics.max_error(img, dec))
@@ -100,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--qualities", type=int, nargs="+", default=[0, 2], help="TEC base quality levels")
     p.add_argument("--bounds", type=int, nargs="+", default=list(BOUNDS))
     p.add_argument("--out", type=Path, default=HERE / "results" / "bounded")
+    p.add_argument("--no-readme", action="store_true")
     args = p.parse_args(argv)
     images, names = validation_images(args.data, args.images)
-    results = {"images": len(images), "image_names": names[: len(images)], "size": list(images.shape[1:]),
+    results = {"machine": machine(), "images": len(images), "image_names": names[: len(images)],
+               "size": list(images.shape[1:]),
                "bounds": args.bounds, "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "codecs": []}
     for codec in bounded_codecs(tuple(args.qualities)):
         settings = [e for e in codec.settings() if e in args.bounds]
@@ -119,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.out.with_suffix(".png"))
-    print(table(results))
+    text = table(results) + (f"\n\nMeasured by `benchmarks/bounded.py` on {results['machine']}, {results['utc'][:10]}: "
+                             f"{results['images']} validation images, never used in training.")
+    print(text)
+    if not args.no_readme:
+        update_readme("bounded", text)
     return 0
 
 
