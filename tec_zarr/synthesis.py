@@ -47,9 +47,21 @@ class IntSynthesis:
     gammas: tuple[np.ndarray, ...]  # per IGDN: (C, C) float64 integers, transposed for x**2 @ gamma
     betas: tuple[np.ndarray, ...]  # per IGDN: (C,) float64 integers at the norm's scale
     gdn_shifts: tuple[tuple[int, int], ...]  # per IGDN: (pre: x >> pre before squaring, post: exponent of the result)
+    # The linear block path (ConvTranspose k=s=block): (M, block * block * bands) integers at the last
+    # accumulator's scale, columns (row, col, band); added to the last layer before it is shifted to DN.
+    linear: np.ndarray | None = None
+    block: int = 0
 
     def __post_init__(self):
         limit = 2.0**CLIP_BITS
+        if self.linear is not None:
+            worst = np.abs(self.linear).sum(axis=0).max() * limit
+            last = self.weights[-1]
+            cout = self.biases[-1].shape[0]
+            worst += (np.abs(last).reshape(last.shape[0], KERNEL * KERNEL, cout).sum(axis=(0, 1)) * limit
+                      + np.abs(self.biases[-1])).max()
+            if worst >= EXACT_LIMIT:
+                raise WeightsIntegrityError(f"Expected the linear path's sums bounded by 2**52. Got {worst:.3g} instead.")
         for w, b in zip(self.weights, self.biases):
             cout = b.shape[0]
             # Every output element sums at most all 25 taps of every input channel, plus the bias.
@@ -72,6 +84,8 @@ class IntSynthesis:
             arrays[f"w{i}"], arrays[f"b{i}"] = w.astype(np.int64), b.astype(np.int64)
         for i, (g, beta) in enumerate(zip(self.gammas, self.betas)):
             arrays[f"gamma{i}"], arrays[f"beta{i}"] = g.astype(np.int64), beta.astype(np.int64)
+        if self.linear is not None:
+            arrays["linear"], arrays["block"] = self.linear.astype(np.int64), np.int64(self.block)
         buf = io.BytesIO()
         np.savez_compressed(buf, **arrays)
         return buf.getvalue()
@@ -90,6 +104,8 @@ class IntSynthesis:
                     gammas=tuple(z[f"gamma{i}"].astype(np.float64) for i in range(n - 1)),
                     betas=tuple(z[f"beta{i}"].astype(np.float64) for i in range(n - 1)),
                     gdn_shifts=tuple((int(a), int(b)) for a, b in z["gdn_shifts"]),
+                    linear=z["linear"].astype(np.float64) if "linear" in z else None,
+                    block=int(z["block"]) if "block" in z else 0,
                 )
         except (KeyError, ValueError, OSError) as e:
             raise WeightsIntegrityError(f"Expected a valid {FILENAME}. Got {type(e).__name__}: {e} instead.") from None
@@ -102,10 +118,13 @@ class IntSynthesis:
         # int64 products of int32 symbols and < 2**31 gains can't overflow; >> is an exact floor.
         x = np.clip((s * self.ig[quality][None, :, None, None]) >> INPUT_EXTRA_BITS, -limit, limit)
         x = np.ascontiguousarray(np.moveaxis(x, 1, -1)).astype(np.float64)  # channels last: (B, h, w, C)
+        first = x
         last = len(self.weights) - 1
         for i, (w, b, shift) in enumerate(zip(self.weights, self.biases, self.shifts)):
             acc = _deconv(x, w, b, rows_per_block, matmul)
             if i == last:
+                if self.linear is not None:
+                    acc += _block_deconv(first, self.linear, self.block, matmul)
                 return np.moveaxis(np.floor((acc + 2.0 ** (shift - 1)) * 2.0**-shift), -1, 1).astype(np.int64)
             x = np.clip(np.floor(acc * 2.0**-shift), -limit, limit)
             pre, post = self.gdn_shifts[i]
@@ -133,9 +152,26 @@ def _deconv(x: np.ndarray, w: np.ndarray, b: np.ndarray, rows_per_block: int, ma
     return frame[:, pad : pad + STRIDE * h, pad : pad + STRIDE * wd] + b
 
 
+def _block_deconv(x: np.ndarray, w: np.ndarray, block: int, matmul) -> np.ndarray:
+    """ConvTranspose2d(kernel = stride = block) of (B, h, w, M) with w (M, block * block * C): (B, h*block, w*block, C).
+
+    Blocks do not overlap, so each output element is one matmul sum: exact for bounded integers.
+    """
+    bsz, h, wd, m = x.shape
+    cout = w.shape[1] // (block * block)
+    taps = matmul(x.reshape(-1, m), w).reshape(bsz, h, wd, block, block, cout)
+    return np.ascontiguousarray(taps.transpose(0, 1, 3, 2, 4, 5)).reshape(bsz, h * block, wd * block, cout)
+
+
+def _linear_matrix(w: np.ndarray) -> np.ndarray:
+    """ConvTranspose weight (M, C, b, b) -> (M, b * b * C) with columns ordered (row, col, band)."""
+    return np.ascontiguousarray(np.transpose(w, (0, 2, 3, 1)).reshape(w.shape[0], -1))
+
+
 def reference(state: dict[str, np.ndarray], y_hat: np.ndarray, record: list | None = None) -> np.ndarray:
     """The float64 synthesis (same layers, no rounding), normalized units; ``record`` collects max |input| per layer."""
     x = np.moveaxis(np.asarray(y_hat, np.float64), 1, -1)
+    first = x
     n = _stages(state)
     for i in range(n):
         if record is not None:
@@ -147,6 +183,9 @@ def reference(state: dict[str, np.ndarray], y_hat: np.ndarray, record: list | No
             if record is not None:
                 record.append(("gdn", i, float(np.abs(x).max())))
             x = x * np.sqrt((x * x) @ gamma.T + beta)
+    if "s_lin.weight" in state:
+        w = state["s_lin.weight"].astype(np.float64)
+        x = x + _block_deconv(first, _linear_matrix(w), w.shape[-1], np.matmul)
     return np.moveaxis(x, -1, 1)
 
 
@@ -189,6 +228,11 @@ def build(state: dict[str, np.ndarray], inv_gain: np.ndarray, mean: np.ndarray, 
     gdn_in = [_exponent(peaks[("gdn", i)], CALIBRATION_BITS) for i in range(n - 1)]
     clip = 2.0**CLIP_BITS
     weights, biases, shifts, gammas, betas, gdn_shifts = [], [], [], [], [], []
+    linear, block = None, 0
+    if "s_lin.weight" in state:  # folded like the last layer: DN = (x * std) * 10000, the mean is in its bias
+        w_lin = state["s_lin.weight"].astype(np.float64)
+        block = w_lin.shape[-1]
+        linear = _linear_matrix(w_lin) * np.tile(std.astype(np.float64) * 1e4, block * block)[None, :]
     for i in range(n):
         w = _deconv_matrix(state[f"g_s.{2 * i}.weight"].astype(np.float64))
         b = state[f"g_s.{2 * i}.bias"].astype(np.float64)
@@ -199,9 +243,14 @@ def build(state: dict[str, np.ndarray], inv_gain: np.ndarray, mean: np.ndarray, 
         colsum = np.abs(w).reshape(w.shape[0], KERNEL * KERNEL, cout).sum(axis=(0, 1)).max()
         out_scale = 0 if i == n - 1 else gdn_in[i]
         # Weight bits: the worst accumulation (clip x column sum, plus the bias) stays below 2**51.
-        wexp = min(_exponent(colsum * clip + np.abs(b).max() * 2.0 ** act[i], 51) , 40)
+        worst = colsum * clip + np.abs(b).max() * 2.0 ** act[i]
+        if i == n - 1 and linear is not None:  # the linear path shares the last accumulator
+            worst += np.abs(linear).sum(axis=0).max() * clip * 2.0 ** (act[i] - act[0])
+        wexp = min(_exponent(worst, 51), 40)
         weights.append(np.rint(w * 2.0**wexp))
         biases.append(np.rint(b * 2.0 ** (wexp + act[i])))
+        if i == n - 1 and linear is not None:  # its input is the first activation, at scale 2**act[0]
+            linear = np.rint(linear * 2.0 ** (wexp + act[i] - act[0]))
         shifts.append(wexp + act[i] - out_scale)
         if i < n - 1:
             beta, gamma = _gdn_parameters(state, 2 * i + 1)
@@ -218,7 +267,7 @@ def build(state: dict[str, np.ndarray], inv_gain: np.ndarray, mean: np.ndarray, 
     return IntSynthesis(
         ig=np.rint(inv_gain.astype(np.float64) * 2.0 ** (act[0] + INPUT_EXTRA_BITS)).astype(np.int64),
         weights=tuple(weights), biases=tuple(biases), shifts=tuple(shifts),
-        gammas=tuple(gammas), betas=tuple(betas), gdn_shifts=tuple(gdn_shifts),
+        gammas=tuple(gammas), betas=tuple(betas), gdn_shifts=tuple(gdn_shifts), linear=linear, block=block,
     )
 
 

@@ -46,14 +46,23 @@ class Trainer:
             self.mean, self.std = np.asarray(ckpt["mean"], np.float32), np.asarray(ckpt["std"], np.float32)
             self.train_names = ckpt["train_images"]
         else:
-            self.cfg = ModelConfig(channels=args.channels, latent_channels=args.latent_channels, stages=args.stages)
+            self.cfg = ModelConfig(channels=args.channels, latent_channels=args.latent_channels, stages=args.stages,
+                                   linear_path=not args.no_linear_path)
             self.mean, self.std = data.band_statistics(train_images)
             self.train_names = [im.name for im in train_images]
         self.sampler = data.CropSampler(train_images, args.crop, seed=args.seed)
         self.model = TECFactorized(self.cfg).to(self.device)
-        self.opt_transform = torch.optim.Adam(self.model.transform_parameters(), lr=args.lr)
+        # The linear path starts as a KLT (orthonormal, entries ~0.07): Adam at the transforms' rate would wreck it in
+        # a few dozen steps, so it fine-tunes at its own, smaller rate.
+        self.opt_transform = torch.optim.Adam([
+            {"params": self.model.transform_parameters(), "base_lr": args.lr},
+            {"params": self.model.linear_parameters(), "base_lr": args.lr_linear},
+        ], lr=args.lr)
         self.opt_entropy = torch.optim.Adam(self.model.entropy_parameters(), lr=args.lr_entropy)
         self.step = 0
+        if ckpt is None and self.cfg.linear_path:
+            basis = data.block_klt(train_images, self.mean, self.std, self.cfg.multiple, self.cfg.latent_channels)
+            self.model.init_linear_path(torch.from_numpy(basis))
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
             if source == ckpt_path or args.resume_optimizer:
@@ -91,10 +100,12 @@ class Trainer:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         scale = self.learning_rate_scale()
-        for opt, base in ((self.opt_transform, self.args.lr), (self.opt_entropy, self.args.lr_entropy)):
-            for group in opt.param_groups:
-                group["lr"] = base * scale
-            opt.step()
+        for group in self.opt_transform.param_groups:
+            group["lr"] = group["base_lr"] * scale
+        for group in self.opt_entropy.param_groups:
+            group["lr"] = self.args.lr_entropy * scale
+        self.opt_transform.step()
+        self.opt_entropy.step()
         with torch.no_grad():
             psnr = psnr_db(x, x_hat)
         return {"loss": loss.item(), "q": q.cpu().numpy(), "bpp": bpp.detach().cpu().numpy(), "psnr": psnr.cpu().numpy()}
@@ -105,11 +116,11 @@ class Trainer:
         self.model.eval()
         rows = []
         x = self.val.to(self.device)
-        y = self.model.g_a(self.normalize(x))
+        y = self.model.analyse(self.normalize(x))
         for q in range(len(self.cfg.lambdas)):
             sym = torch.round(y * self.model.gain[q][None, :, None, None])
             bits = -torch.log2(self.model.densities[q].likelihood(sym)).sum(dim=(1, 2, 3))
-            x_hat = self.denormalize(self.model.g_s(sym * self.model.inv_gain[q][None, :, None, None]))
+            x_hat = self.denormalize(self.model.synthesise(sym * self.model.inv_gain[q][None, :, None, None]))
             rows.append({
                 "quality": q,
                 "bpp": float((bits / (x.shape[2] * x.shape[3])).mean()),
@@ -176,11 +187,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=40000, help="total steps (the learning rate decays at 75%% and 90%%)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=96)
-    p.add_argument("--lr", type=float, default=5e-4, help="learning rate of the transforms")
+    p.add_argument("--lr", type=float, default=1e-4, help="learning rate of the nonlinear transforms")
     p.add_argument("--lr-entropy", type=float, default=3e-3, help="learning rate of gains and densities")
+    p.add_argument("--lr-linear", type=float, default=2e-5, help="learning rate of the linear (KLT) path")
     p.add_argument("--channels", type=int, default=ModelConfig.channels)
     p.add_argument("--latent-channels", type=int, default=ModelConfig.latent_channels)
     p.add_argument("--stages", type=int, default=ModelConfig.stages)
+    p.add_argument("--no-linear-path", action="store_true", help="plain GDN transforms, no linear block path")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)

@@ -63,6 +63,20 @@ def band_statistics(images: list[Image]) -> tuple[np.ndarray, np.ndarray]:
     return stacked.mean(axis=1).astype(np.float32), stacked.std(axis=1).astype(np.float32)
 
 
+def block_klt(images: list[Image], mean: np.ndarray, std: np.ndarray, block: int, components: int) -> np.ndarray:
+    """Principal axes of normalized (bands, block, block) blocks: (bands * block**2, components), largest first."""
+    rows = []
+    for im in images:
+        x = (im.reflectance - mean[:, None, None]) / std[:, None, None]
+        c, h, w = x.shape
+        h, w = h // block * block, w // block * block
+        b = x[:, :h, :w].reshape(c, h // block, block, w // block, block).transpose(1, 3, 0, 2, 4)
+        rows.append(b.reshape(-1, c * block * block).astype(np.float64))
+    stacked = np.concatenate(rows)
+    _, vectors = np.linalg.eigh(stacked.T @ stacked / len(stacked))
+    return np.ascontiguousarray(vectors[:, ::-1][:, :components]).astype(np.float32)
+
+
 class CropSampler:
     """Random crops with flips and 90-degree rotations; images drawn with equal probability."""
 

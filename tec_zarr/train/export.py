@@ -37,19 +37,19 @@ MAX_TABLE = 1 << 11
 class _Encoder(torch.nn.Module):
     def __init__(self, model: TECFactorized):
         super().__init__()
-        self.g_a = model.g_a
+        self.model = model
 
     def forward(self, x):
-        return self.g_a(x)
+        return self.model.analyse(x)
 
 
 class _Decoder(torch.nn.Module):
     def __init__(self, model: TECFactorized):
         super().__init__()
-        self.g_s = model.g_s
+        self.model = model
 
     def forward(self, y_hat):
-        return self.g_s(y_hat)
+        return self.model.synthesise(y_hat)
 
 
 def load_checkpoint(path: Path) -> tuple[TECFactorized, dict]:
@@ -107,7 +107,7 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
     example = torch.zeros(1, cfg.bands, 4 * cfg.multiple, 4 * cfg.multiple)
     with torch.no_grad():
         export_onnx(_Encoder(model), example, "x", "y", folder / "encoder.onnx")
-        y = model.g_a(example)
+        y = model.analyse(example)
         export_onnx(_Decoder(model), y, "y_hat", "x_hat", folder / "decoder.onnx")
     tables = entropy_tables(model)
     np.savez_compressed(
@@ -120,7 +120,7 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
     )
     (folder / synthesis.FILENAME).write_bytes(
         integer_synthesis(
-            {k: v.detach().numpy() for k, v in model.state_dict().items() if k.startswith("g_s.")},
+            {k: v.detach().numpy() for k, v in model.state_dict().items() if k.startswith(("g_s.", "s_lin."))},
             folder, model.inv_gain.detach().numpy(), np.asarray(ckpt["mean"]), np.asarray(ckpt["std"]),
         ).to_npz()
     )
@@ -128,7 +128,8 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
     manifest = {
         "name": name,
         "version": version,
-        "architecture": "factorized prior (TEC-FP): GDN analysis/synthesis, per-quality latent gains",
+        "architecture": "factorized prior (TEC-FP): GDN analysis/synthesis beside a KLT-initialized linear 4x4 block "
+                        "path, per-quality latent gains",
         "config": cfg.to_dict(),
         "multiple": cfg.multiple,
         "bands": list(S2_L2A_BANDS),
@@ -184,7 +185,8 @@ def add_integer_synthesis(folder: Path) -> None:
     from onnx import numpy_helper
 
     graph = onnx.load(str(folder / "decoder.onnx")).graph
-    state = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.startswith("g_s.")}
+    arrays = {t.name.removeprefix("model."): numpy_helper.to_array(t) for t in graph.initializer}
+    state = {k: v for k, v in arrays.items() if k.startswith(("g_s.", "s_lin."))}
     with np.load(folder / "tables.npz") as t:
         built = integer_synthesis(state, folder, t["inv_gain"], t["mean"], t["std"])
     (folder / synthesis.FILENAME).write_bytes(built.to_npz())
