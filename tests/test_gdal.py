@@ -305,3 +305,49 @@ def test_cli_geotiff_tec_geotiff(tmp_path, original, capsys):
     assert "export PYTHONPATH=" in text
     assert cli.main(["info", str(tmp_path / "missing.tec")]) == 2
     assert "tec: error: Expected a readable .tec file" in capsys.readouterr().err
+
+
+QGIS_READER = """
+import sys
+import numpy as np
+from qgis.core import QgsApplication, QgsRasterLayer
+app = QgsApplication([], False)
+app.initQgis()
+layer = QgsRasterLayer(sys.argv[1], "tec")
+provider = layer.dataProvider()
+rows = []
+for band in range(1, layer.bandCount() + 1):
+    block = provider.block(band, layer.extent(), layer.width(), layer.height())
+    rows.append([[block.value(r, c) for c in range(layer.width())] for r in range(layer.height())])
+np.save(sys.argv[2], np.array(rows))
+print(layer.isValid(), layer.crs().authid(), layer.bandName(12), layer.extent().xMinimum(), layer.extent().yMaximum(),
+      sep="|")
+del block, provider, layer  # PyQGIS crashes at exit while layers are still referenced
+app.exitQgis()
+"""
+
+
+def _system_python_with_qgis() -> str | None:
+    python = shutil.which("python3", path="/usr/bin")
+    if python is None:
+        return None
+    probe = subprocess.run([python, "-c", "import qgis.core"], capture_output=True)
+    return python if probe.returncode == 0 else None
+
+
+def test_qgis_opens_the_sidecar(scene, tmp_path):
+    """PyQGIS (Debian's QGIS, its own Python) reads the sidecar as a GIS user's QGIS would, headless."""
+    python = _system_python_with_qgis()
+    if python is None:
+        pytest.skip("QGIS's Python bindings (Debian python3-qgis) are not installed")
+    path, levels = scene
+    sidecar = gdal.sidecar(path)
+    env = {**os.environ, **gdal.gdal_environment(), "QT_QPA_PLATFORM": "offscreen"}
+    out = tmp_path / "qgis.npy"
+    res = subprocess.run([python, "-c", QGIS_READER, str(sidecar), str(out)], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr
+    valid, crs, band12, xmin, ymax = res.stdout.strip().splitlines()[-1].split("|")
+    assert valid == "True" and crs == "EPSG:32610" and band12.endswith("B12")
+    assert (float(xmin), float(ymax)) == (GEOTRANSFORM[0], GEOTRANSFORM[3])
+    np.testing.assert_array_equal(np.load(out), levels[0])
