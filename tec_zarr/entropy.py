@@ -16,6 +16,8 @@ from .errors import BitstreamError, CorruptChunkError
 
 TABLE_PRECISION_BITS = 16
 _ESCAPE_CHUNK_BITS = 16
+# Escaped values are int32 symbols at a distance up to 2**33 from the table: their bit length is coded below 64.
+_ESCAPE_MAX_BITS = 64
 
 
 @dataclass
@@ -81,7 +83,7 @@ def encode(symbols: np.ndarray, quality: int, tables: EntropyTables) -> bytes:
     import constriction
 
     encoder = constriction.stream.queue.RangeEncoder()
-    uniform_bits = constriction.stream.model.Uniform(32)
+    uniform_bits = constriction.stream.model.Uniform(_ESCAPE_MAX_BITS)
     uniform_chunk = constriction.stream.model.Uniform(1 << _ESCAPE_CHUNK_BITS)
     per_channel = np.ascontiguousarray(np.moveaxis(symbols, 1, 0).reshape(symbols.shape[1], -1))
     for c in range(per_channel.shape[0]):
@@ -116,7 +118,7 @@ def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: 
             f"Got quality {quality}, {shape[1]} channels instead."
         )
     decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, np.uint32).copy())
-    uniform_bits = constriction.stream.model.Uniform(32)
+    uniform_bits = constriction.stream.model.Uniform(_ESCAPE_MAX_BITS)
     uniform_chunk = constriction.stream.model.Uniform(1 << _ESCAPE_CHUNK_BITS)
     b, m, h, w = shape
     out = np.empty((m, b * h * w), np.int32)
