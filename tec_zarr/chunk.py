@@ -190,24 +190,18 @@ def decode_chunk(buf) -> np.ndarray:
         raise CorruptChunkError(f"Expected a header consistent with model {model.name}. Got {header} instead.")
     batch = header.batch
     symbols = entropy.decode(payload, header.quality, (batch, m, lh, lw), model.tables)
+    mask = bitstream.unpack_mask(mask_bytes, (batch, c, h, w)) if mask_bytes is not None else None
+    if mask is not None and header.nodata is None:
+        raise CorruptChunkError("Expected a nodata value with a nodata mask. Got a mask alone instead.")
     if header.residual is not None:
-        images_shape = (batch, c, h, w)
-        mask = bitstream.unpack_mask(mask_bytes, images_shape) if mask_bytes is not None else None
-        if mask is not None and header.nodata is None:
-            raise CorruptChunkError("Expected a nodata value with a nodata mask. Got a mask alone instead.")
-        valid = ~mask if mask is not None else np.ones(images_shape, bool)
-        result = bounded.avoid_nodata(bounded.decode(header, symbols, model, valid), header.nodata)
-        if mask is not None:
-            result[mask] = np.asarray(header.nodata).astype(result.dtype)
-        return result.reshape(header.shape)
-    y_hat = symbols.astype(np.float32) * model.inv_gain[header.quality][None, :, None, None]
-    x_hat = runtime.run(model.decoder_sha256, model.decoder_onnx, {"y_hat": np.ascontiguousarray(y_hat)})
-    x_hat = x_hat[:, :, :h, :w] * model.std[:, None, None] + model.mean[:, None, None]
-    values = x_hat * np.float32(DN_PER_REFLECTANCE / header.float_scale)
-    result = _to_dtype(values, header.dtype)
-    if header.nodata is not None:
-        result = _apply_nodata(result, header, mask_bytes)
-    return result.reshape(header.shape)
+        valid = ~mask if mask is not None else np.ones((batch, c, h, w), bool)
+        result = bounded.decode(header, symbols, model, valid)
+    else:
+        y_hat = symbols.astype(np.float32) * model.inv_gain[header.quality][None, :, None, None]
+        x_hat = runtime.run(model.decoder_sha256, model.decoder_onnx, {"y_hat": np.ascontiguousarray(y_hat)})
+        x_hat = x_hat[:, :, :h, :w] * model.std[:, None, None] + model.mean[:, None, None]
+        result = _to_dtype(x_hat * np.float32(DN_PER_REFLECTANCE / header.float_scale), header.dtype)
+    return _apply_nodata(result, header.nodata, mask).reshape(header.shape)
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -217,10 +211,9 @@ def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.clip(np.rint(values), info.min, info.max).astype(dtype)
 
 
-def _apply_nodata(result: np.ndarray, header: bitstream.ChunkHeader, mask_bytes: bytes | None) -> np.ndarray:
-    nodata = np.asarray(header.nodata).astype(result.dtype)
-    result = bounded.avoid_nodata(result, header.nodata)
-    if mask_bytes is not None:
-        mask = bitstream.unpack_mask(mask_bytes, result.shape)
-        result[mask] = nodata
+def _apply_nodata(result: np.ndarray, nodata: float | None, mask: np.ndarray | None) -> np.ndarray:
+    """No valid element reads back as nodata; the masked elements are exactly nodata."""
+    result = bounded.avoid_nodata(result, nodata)
+    if mask is not None:
+        result[mask] = np.asarray(nodata).astype(result.dtype)
     return result
