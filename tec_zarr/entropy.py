@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import BitstreamError, CorruptChunkError
+from .errors import CorruptChunkError
 
 TABLE_PRECISION_BITS = 16
 _ESCAPE_CHUNK_BITS = 16
@@ -121,27 +121,35 @@ def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: 
     uniform_bits = constriction.stream.model.Uniform(_ESCAPE_MAX_BITS)
     uniform_chunk = constriction.stream.model.Uniform(1 << _ESCAPE_CHUNK_BITS)
     b, m, h, w = shape
-    out = np.empty((m, b * h * w), np.int32)
+    out = np.empty((m, b * h * w), np.int64)
+    escaped: list[tuple[int, np.ndarray, list[int]]] = []  # (channel, positions, values): applied after the loop
     try:
         for c in range(m):
-            lo = int(tables.offsets[quality, c])
+            out[c] = index = decoder.decode(tables.model(quality, c), b * h * w)
             escape = int(tables.lengths[quality, c]) - 1
-            index = decoder.decode(tables.model(quality, c), b * h * w).astype(np.int64)
-            values = index + lo
-            for i in np.flatnonzero(index == escape):
-                nbits = int(decoder.decode(uniform_bits, 1)[0])
-                rest = 0
-                for shift in range(0, nbits, _ESCAPE_CHUNK_BITS):
-                    rest |= int(decoder.decode(uniform_chunk, 1)[0]) << shift
-                z = (1 << nbits) + rest - 1
-                values[i] = lo + escape + z // 2 if z % 2 == 0 else lo - 1 - z // 2
-            if values.min(initial=0) < np.iinfo(np.int32).min or values.max(initial=0) > np.iinfo(np.int32).max:
-                raise CorruptChunkError("Expected latent symbols within int32. Got an overflowing escape instead.")
-            out[c] = values
-    except BitstreamError:
-        raise
+            positions = np.flatnonzero(index == escape)
+            if positions.size:
+                escaped.append((c, positions, [_decode_escape(decoder, uniform_bits, uniform_chunk) for _ in positions]))
     except (AssertionError, ValueError, RuntimeError, OverflowError) as e:  # constriction's words for invalid data
         raise CorruptChunkError(f"Expected a decodable latent payload. Got {type(e).__name__}: {e} instead.") from None
+    out += tables.offsets[quality, :m, None].astype(np.int64)
+    for c, positions, zs in escaped:
+        lo, escape = int(tables.offsets[quality, c]), int(tables.lengths[quality, c]) - 1
+        z = np.asarray(zs, np.int64)
+        out[c, positions] = np.where(z % 2 == 0, lo + escape + z // 2, lo - 1 - z // 2)
+    if escaped and (out.min() < np.iinfo(np.int32).min or out.max() > np.iinfo(np.int32).max):
+        raise CorruptChunkError("Expected latent symbols within int32. Got an overflowing escape instead.")
     if not decoder.maybe_exhausted():
         raise CorruptChunkError("Expected the latent payload to end with its last symbol. Got trailing data instead.")
-    return np.ascontiguousarray(np.moveaxis(out.reshape(m, b, h, w), 0, 1))
+    return np.ascontiguousarray(np.moveaxis(out.reshape(m, b, h, w), 0, 1), dtype=np.int32)
+
+
+def _decode_escape(decoder, uniform_bits, uniform_chunk) -> int:
+    """An escaped symbol's zigzag offset ``z >= 0`` (see :func:`encode`)."""
+    nbits = int(decoder.decode(uniform_bits, 1)[0])
+    rest = 0
+    for shift in range(0, nbits, _ESCAPE_CHUNK_BITS):
+        rest |= int(decoder.decode(uniform_chunk, 1)[0]) << shift
+    if nbits > 33:  # int32 symbols never need more: only corrupt data gets here
+        raise CorruptChunkError(f"Expected an escaped latent symbol within int32. Got a {nbits}-bit offset instead.")
+    return (1 << nbits) + rest - 1
