@@ -27,6 +27,11 @@ from .params import (
 class TEC(Codec):
     """Learned TerraCodec compression of Sentinel-2 chunks shaped (..., bands, H, W).
 
+    A chunk's leading axes are its batch: all its (bands, H, W) images go through the networks together, in
+    onnxruntime calls of up to :data:`tec_zarr.chunk.MAX_BATCH_IMAGES` images (chunks such as (4, 12, 256, 256)
+    batch four dates). numcodecs hands codecs one chunk at a time; :func:`tec_zarr.chunk.encode_chunks` stacks
+    several chunks, with the same bytes.
+
     Parameters
     ----------
     quality : int, optional
@@ -68,10 +73,11 @@ class TEC(Codec):
         array = ensure_ndarray_like(buf)
         if not isinstance(array, np.ndarray):
             raise InvalidInputError(f"Expected a numpy array chunk. Got {type(buf).__name__} instead.")
-        return chunk.encode_chunk(
-            array, model=self.model, quality=self.quality, nodata=self.nodata, float_scale=self.float_scale,
-            max_error=self.max_error, psnr=self.psnr,
-        )
+        return chunk.encode_chunk(array, **self._chunk_params())
+
+    def _chunk_params(self) -> dict:
+        return {"model": self.model, "quality": self.quality, "nodata": self.nodata, "float_scale": self.float_scale,
+                "max_error": self.max_error, "psnr": self.psnr}
 
     def decode(self, buf, out=None):
         decoded = chunk.decode_chunk(ensure_ndarray_like(buf).view("u1").reshape(-1))

@@ -32,6 +32,7 @@ none. It is tiled like level 0.
 from __future__ import annotations
 
 import builtins
+import itertools
 import json
 import math
 import os
@@ -306,14 +307,19 @@ def write(
 
 def encode_tiles(array: np.ndarray, meta: TecMetadata, levels: Iterable[int]):
     """The tiles of ``levels`` of the full-resolution ``array``, in index order (None: an absent tile)."""
+    from .chunk import MAX_BATCH_IMAGES, encode_chunks
     from .codec import TEC
 
-    codec = TEC(**{k: v for k, v in meta.codec.items() if k != "id"})
+    params = TEC(**{k: v for k, v in meta.codec.items() if k != "id"})._chunk_params()
     for level in levels:
         image = array if meta.parse_level(level) == 0 else downsample(array, 2**level, meta.nodata)
-        for block in _blocks(image, meta):
+        blocks = _blocks(image, meta)
+        # Tiles go through the encoder network MAX_BATCH_IMAGES at a time (the same bytes as one by one).
+        while batch := list(itertools.islice(blocks, MAX_BATCH_IMAGES)):
             # An all-fill tile is left absent, as Zarr leaves such chunks unwritten.
-            yield None if (block == meta.fill).all() else codec.encode(block)
+            empty = [bool((b == meta.fill).all()) for b in batch]
+            coded = iter(encode_chunks([b for b, e in zip(batch, empty) if not e], **params))
+            yield from (None if e else next(coded) for e in empty)
 
 
 def _blocks(image: np.ndarray, meta: TecMetadata):

@@ -24,6 +24,7 @@ from .params import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
     from typing import Self
 
     from zarr.core.array_spec import ArraySpec
@@ -41,6 +42,10 @@ class TEC(ArrayBytesCodec):
     """Learned TerraCodec serializer for chunks shaped (..., bands, H, W); see :class:`tec_zarr.TEC` for parameters.
 
     ``nodata="fill_value"`` takes the array's fill value as nodata when the array is created.
+
+    zarr passes a serializer ``codec_pipeline.batch_size`` chunks at a time (default 1); with e.g.
+    ``zarr.config.set({"codec_pipeline.batch_size": 8})`` one network call covers several chunks (at most
+    :data:`tec_zarr.chunk.MAX_BATCH_IMAGES` images). The chunks' bytes are the same either way.
     """
 
     is_fixed_size = False
@@ -101,26 +106,59 @@ class TEC(ArrayBytesCodec):
                 f"set chunks like (1, {bands}, 256, 256), or use tec_zarr.zarr_encoding(ds, chunks=...)."
             )
 
-    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer:
-        array = np.ascontiguousarray(chunk_array.as_numpy_array())
+    def _chunk_params(self) -> dict[str, Any]:
         nodata = None if self.nodata == FILL_VALUE else self.nodata
-        data = chunk.encode_chunk(
-            array, model=self.model, quality=self.quality, nodata=nodata, float_scale=self.float_scale,
-            max_error=self.max_error, psnr=self.psnr,
-        )
-        return chunk_spec.prototype.buffer.from_bytes(data)
+        return {"model": self.model, "quality": self.quality, "nodata": nodata, "float_scale": self.float_scale,
+                "max_error": self.max_error, "psnr": self.psnr}
+
+    def _encode_batch_sync(self, chunks_and_specs: list[tuple[NDBuffer | None, ArraySpec]]) -> list[Buffer | None]:
+        present = [i for i, (chunk_array, _) in enumerate(chunks_and_specs) if chunk_array is not None]
+        arrays = [np.ascontiguousarray(chunks_and_specs[i][0].as_numpy_array()) for i in present]
+        out: list[Buffer | None] = [None] * len(chunks_and_specs)
+        for i, data in zip(present, chunk.encode_chunks(arrays, **self._chunk_params()), strict=True):
+            out[i] = chunks_and_specs[i][1].prototype.buffer.from_bytes(data)
+        return out
+
+    def _decode_batch_sync(self, chunk_bytes_and_specs: list[tuple[Buffer | None, ArraySpec]]) -> list[NDBuffer | None]:
+        present = [i for i, (chunk_bytes, _) in enumerate(chunk_bytes_and_specs) if chunk_bytes is not None]
+        decoded = chunk.decode_chunks([chunk_bytes_and_specs[i][0].as_numpy_array() for i in present])
+        out: list[NDBuffer | None] = [None] * len(chunk_bytes_and_specs)
+        for i, array in zip(present, decoded, strict=True):
+            spec = chunk_bytes_and_specs[i][1]
+            if array.shape != tuple(spec.shape):
+                raise CorruptChunkError(f"Expected a chunk of shape {spec.shape}. Got {array.shape} instead.")
+            out[i] = spec.prototype.nd_buffer.from_numpy_array(array)
+        return out
+
+    def _encode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer:
+        return self._encode_batch_sync([(chunk_array, chunk_spec)])[0]
 
     def _decode_sync(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
-        decoded = chunk.decode_chunk(chunk_bytes.as_numpy_array())
-        if decoded.shape != tuple(chunk_spec.shape):
-            raise CorruptChunkError(f"Expected a chunk of shape {chunk_spec.shape}. Got {decoded.shape} instead.")
-        return chunk_spec.prototype.nd_buffer.from_numpy_array(decoded)
+        return self._decode_batch_sync([(chunk_bytes, chunk_spec)])[0]
 
     async def _encode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> Buffer:
         return await asyncio.to_thread(self._encode_sync, chunk_array, chunk_spec)
 
     async def _decode_single(self, chunk_bytes: Buffer, chunk_spec: ArraySpec) -> NDBuffer:
         return await asyncio.to_thread(self._decode_sync, chunk_bytes, chunk_spec)
+
+    # zarr hands a serializer its chunks in batches (None: a chunk to skip, e.g. one left unwritten): the whole
+    # batch goes to one worker thread, where the networks run on stacks of chunks (chunk.encode_chunks).
+    async def encode(
+        self, chunks_and_specs: Iterable[tuple[NDBuffer | None, ArraySpec]]
+    ) -> Iterable[Buffer | None]:
+        batch = list(chunks_and_specs)
+        if all(chunk_array is None for chunk_array, _ in batch):
+            return [None] * len(batch)
+        return await asyncio.to_thread(self._encode_batch_sync, batch)
+
+    async def decode(
+        self, chunk_bytes_and_specs: Iterable[tuple[Buffer | None, ArraySpec]]
+    ) -> Iterable[NDBuffer | None]:
+        batch = list(chunk_bytes_and_specs)
+        if all(chunk_bytes is None for chunk_bytes, _ in batch):
+            return [None] * len(batch)
+        return await asyncio.to_thread(self._decode_batch_sync, batch)
 
     def compute_encoded_size(self, _input_byte_length: int, _chunk_spec: ArraySpec) -> int:
         raise NotImplementedError
