@@ -336,8 +336,11 @@ def _finish_decode(parsed: dict, x_hat: np.ndarray | None) -> np.ndarray:
         valid = ~mask if mask is not None else np.ones((batch, c, h, w), bool)
         result = bounded.decode(header, parsed["symbols"], model, valid)
     else:
-        x_hat = x_hat[:, :, :h, :w] * model.std[:, None, None] + model.mean[:, None, None]
-        result = _to_dtype(x_hat * np.float32(DN_PER_REFLECTANCE / header.float_scale), header.dtype)
+        # Denormalize and scale to data units in one multiply-add per element, in place.
+        units = np.float32(DN_PER_REFLECTANCE / header.float_scale)
+        values = np.multiply(x_hat[:, :, :h, :w], (model.std * units)[:, None, None])
+        values += (model.mean * units)[:, None, None]
+        result = _to_dtype(values, header.dtype)
     return _apply_nodata(result, header.nodata, mask).reshape(header.shape)
 
 
@@ -345,7 +348,8 @@ def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     if dtype.kind == "f":
         return values.astype(dtype)
     info = np.iinfo(dtype)
-    return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    np.rint(values, out=values)
+    return np.clip(values, info.min, info.max, out=values).astype(dtype)
 
 
 def _apply_nodata(result: np.ndarray, nodata: float | None, mask: np.ndarray | None) -> np.ndarray:
