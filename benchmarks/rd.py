@@ -32,7 +32,12 @@ from tec_zarr.train import data  # noqa: E402
 
 TARGETS_DB = (35.0, 40.0, 45.0, 50.0)
 REFERENCES = ("JPEG 2000 per band", "KLT + JPEG 2000")
-# bpp for 40 / 45 / 50 dB measured for the issue tracker on 20 SSL4EO-S12 L2A tiles (no offset in the data).
+# bpp for 40 / 45 / 50 dB measured for the issue tracker on the 20 SSL4EO-S12 L2A tiles of ``--images anchors``
+# (top-left 256 x 256). They are in the paper's "10k" metric (psnr_10k below), not the project's: the harness
+# reproduces them only there (within 1 % for JPEG 2000 and KLT + JPEG 2000, 2 % for SPERR, 7 % for AVIF, 5 % for
+# JPEG XL at 50 dB; see benchmarks/results/rd-anchors.json). The data carry no +1000 offset, so the 10k metric
+# clips every DN below 1000 to 0 and ignores its error: at equal bits it reads 0.8-1.6 dB higher, and the same
+# PSNR takes 10-23 % fewer bits. Our own claims use the project's metric.
 ANCHORS = {
     "JPEG 2000 per band": (3.08, 5.97, 10.02), "KLT + JPEG 2000": (1.37, 3.84, 8.69), "SPERR-3D": (1.39, 4.11, 8.99),
     "AVIF 12-bit": (2.18, 4.73, 8.67), "JPEG XL per band": (2.68, 5.67, 10.69),
@@ -46,14 +51,28 @@ def benchmark_images(root: Path, which: str) -> tuple[np.ndarray, list[str]]:
     return crops, [im.name for im in chosen]
 
 
+def psnr_10k(original: np.ndarray, decoded: np.ndarray) -> float:
+    """The paper's (TerraCodec's) "10k" PSNR: DN - 1000 clipped to [0, 10000], peak 10000, per image.
+
+    It assumes L2A data with the +1000 BOA offset of processing baseline 04.00; on offset-free data like ours it
+    hides the error of every DN below 1000 (most of B01-B05 over land, all water). For comparisons with paper
+    figures only.
+    """
+    a = np.clip(np.asarray(original, np.float64) - 1000.0, 0, metrics.PEAK)
+    b = np.clip(np.asarray(decoded, np.float64) - 1000.0, 0, metrics.PEAK)
+    mse = np.mean((a - b) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(metrics.PEAK**2 / mse))
+
+
 def measure(codec: BenchCodec, setting, images: np.ndarray) -> dict:
-    bpps, psnrs, errs, ssims, sams, mses = [], [], [], [], [], []
+    bpps, psnrs, psnrs_10k, errs, ssims, sams, mses = [], [], [], [], [], [], []
     t_enc = t_dec = 0.0
     for img, enc, dec, te, td in round_trips(codec, setting, images):
         t_enc += te
         t_dec += td
         bpps.append(metrics.bpp(len(enc), img.shape[1], img.shape[2]))
         psnrs.append(metrics.psnr(img, dec))
+        psnrs_10k.append(psnr_10k(img, dec))
         errs.append(metrics.max_error(img, dec))
         ssims.append(ssim(img, dec))
         sams.append(spectral_angle_deg(img, dec))
@@ -63,23 +82,49 @@ def measure(codec: BenchCodec, setting, images: np.ndarray) -> dict:
         "setting": setting,
         "bpp": float(np.mean(bpps)),
         "psnr": float(np.mean(psnrs)),
+        "psnr_10k": float(np.mean(psnrs_10k)),
         "max_error": float(np.max(errs)),
         "ssim": float(np.mean(ssims)),
         "sam_deg": float(np.mean(sams)),
         "band_mse": [float(v) for v in np.mean(mses, axis=0)],
         "encode_MBps": raw_mb / t_enc,
         "decode_MBps": raw_mb / t_dec,
+        "per_image": {"bpp": bpps, "psnr": psnrs, "psnr_10k": psnrs_10k},
     }
 
 
-def bpp_at(points: list[dict], target: float) -> float | None:
-    """bpp needed for ``target`` dB: log-linear interpolation on the codec's RD curve; None outside it."""
-    pts = sorted((p["psnr"], p["bpp"]) for p in points)
+def _interp_log_bpp(pairs: list[tuple[float, float]], target: float) -> float | None:
+    pts = sorted(pairs)
     for (p0, b0), (p1, b1) in zip(pts, pts[1:]):
         if p0 <= target <= p1 and p1 > p0:
             w = (target - p0) / (p1 - p0)
             return float(np.exp((1 - w) * np.log(b0) + w * np.log(b1)))
     return None
+
+
+def bpp_at(points: list[dict], target: float, key: str = "psnr") -> float | None:
+    """bpp needed for ``target`` dB on the set's mean RD curve; None outside it.
+
+    Each setting gives one point (mean bpp, mean PSNR over the images), and log(bpp) is interpolated linearly in
+    PSNR between neighbouring settings. This is one fixed codec setting for the whole set, which is how codecs
+    are deployed (and how the anchor figures were made). Per-image interpolation (``bpp_at_per_image``) instead
+    assumes a rate control that hits the target on every image; on the anchor set it reads -1 to +18 % against
+    the mean curve (mostly higher), and it cannot answer once one image falls outside the sweep.
+    """
+    return _interp_log_bpp([(p[key], p["bpp"]) for p in points], target)
+
+
+def bpp_at_per_image(points: list[dict], target: float, key: str = "psnr") -> float | None:
+    """Mean over images of each image's own bpp at ``target`` dB; None if any image's sweep misses it."""
+    n = len(points[0]["per_image"]["bpp"])
+    per = [_interp_log_bpp([(p["per_image"][key][i], p["per_image"]["bpp"][i]) for p in points], target)
+           for i in range(n)]
+    return None if any(v is None for v in per) else float(np.mean(per))
+
+
+def sweep_MBps(points: list[dict], which: str) -> float:
+    """Raw MB over the whole sweep / the time it took (the harmonic mean of the points' rates)."""
+    return float(len(points) / sum(1.0 / p[f"{which}_MBps"] for p in points))
 
 
 def plot(results: dict, path: Path) -> None:
@@ -132,6 +177,25 @@ def table(results: dict) -> str:
     return "\n".join(lines + rows) + "\n" + note
 
 
+def anchor_table(results: dict) -> str:
+    """Ours against the issue tracker's anchor figures, in the anchors' (paper 10k) metric and in ours."""
+    lines = ["| codec | 10k metric: ours @ 40 / 45 / 50 dB | anchor | ours / anchor | project metric: ours "
+             "@ 40 / 45 / 50 dB | per image, project metric | encode / decode MB/s (sweep) |",
+             "|---|---|---|---|---|---|---|"]
+    for c in results["codecs"]:
+        anchor = c.get("anchor_bpp_at_40_45_50")
+        ours = [c["bpp_at_10k"][t] for t in ("40", "45", "50")]
+        ratio = ("—" if anchor is None else
+                 " / ".join("—" if o is None else f"{o / a:.2f}" for o, a in zip(ours, anchor)))
+        lines.append(
+            f"| {c['name']} | {' / '.join(_fmt(v) for v in ours)} | "
+            f"{'—' if anchor is None else ' / '.join(f'{v:.2f}' for v in anchor)} | {ratio} | "
+            f"{' / '.join(_fmt(c['bpp_at'][t]) for t in ('40', '45', '50'))} | "
+            f"{' / '.join(_fmt(c['bpp_at_per_image'][t]) for t in ('40', '45', '50'))} | "
+            f"{c['encode_MBps']:.1f} / {c['decode_MBps']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
@@ -154,8 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         "images": len(images),
         "names": names,
         "places": [n.split("_")[2] for n in names],
-        "metric": "PSNR = 10 log10(10000^2 / MSE), DN clipped to [0, 10000], per image, mean over images "
-                  "(the data carry no +1000 offset, so the paper's 10k metric gives the same numbers)",
+        "metric": "PSNR = 10 log10(10000^2 / MSE), DN clipped to [0, 10000], per image, mean over images; "
+                  "psnr_10k: the paper's 10k metric, DN - 1000 clipped to [0, 10000] (the data carry no +1000 "
+                  "offset, so it hides the error of every DN below 1000 and reads 0.8-1.6 dB higher); "
+                  "bpp_at*: log-bpp interpolated on the mean curve over images, *_per_image: per image, then mean",
         "codecs": [],
     }
     codecs = all_codecs() + (classical_codecs() if args.codecs == "all" else [])
@@ -166,10 +232,15 @@ def main(argv: list[str] | None = None) -> int:
         for setting in codec.settings():
             point = measure(codec, setting, images)
             points.append(point)
-            print(f"{codec.name:<26} {setting!s:>5}  {point['bpp']:7.3f} bpp  {point['psnr']:6.2f} dB", flush=True)
+            print(f"{codec.name:<26} {setting!s:>5}  {point['bpp']:7.3f} bpp  {point['psnr']:6.2f} dB  "
+                  f"({point['psnr_10k']:6.2f} dB 10k)", flush=True)
         results["codecs"].append({
             "name": codec.name, "family": codec.family, "points": points,
             "bpp_at": {f"{t:.0f}": bpp_at(points, t) for t in TARGETS_DB},
+            "bpp_at_10k": {f"{t:.0f}": bpp_at(points, t, "psnr_10k") for t in TARGETS_DB},
+            "bpp_at_per_image": {f"{t:.0f}": bpp_at_per_image(points, t) for t in TARGETS_DB},
+            "bpp_at_10k_per_image": {f"{t:.0f}": bpp_at_per_image(points, t, "psnr_10k") for t in TARGETS_DB},
+            "encode_MBps": sweep_MBps(points, "encode"), "decode_MBps": sweep_MBps(points, "decode"),
             "anchor_bpp_at_40_45_50": ANCHORS.get(codec.name),
         })
     curves = {c["name"]: [(pt["bpp"], pt["psnr"]) for pt in c["points"]] for c in results["codecs"]}
@@ -181,6 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, args.out / f"rd{suffix}.png")
     text = table(results)
     print(text)
+    if args.images == "anchors":
+        print(anchor_table(results))
     if not args.no_readme and args.images == "validation":
         update_readme("rd", text)
     return 0
