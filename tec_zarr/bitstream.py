@@ -1,9 +1,10 @@
-"""The TEC chunk bitstream, format versions 1 and 2. This module is its only definition.
+"""The TEC chunk bitstream, format versions 1, 2 and 3. This module is its only definition.
 
 Layout (all integers little-endian)::
 
     magic        4 bytes  b"TECZ"
-    version      u8       1; 2 when the residual section is present (flag bit 2), so older readers refuse it
+    version      u8       1; 2 when a residual section of coder 1 is present (flag bit 2), 3 for a residual section
+                          of a later coder, so readers that do not know it refuse it
     flags        u8       bit 0: a nodata value is set; bit 1: a mask section is present; bit 2: residual section
     quality      u8       quality level of the model used
     dtype        u8       1 uint16, 2 int16, 3 float32
@@ -19,9 +20,13 @@ Layout (all integers little-endian)::
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.bounded --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
     mode         u8       RESIDUAL_MODES: how residual steps map to values
-    tile         u16      residual tile size; the base is the integer synthesis at the header's quality
-    params_len   u32      then 2 bytes (table k, shift s) per (image, band, tile), row-major
-    residual_len u32      then crc32 of the residuals (4 bytes) + their range-coded words (tec_zarr.residual)
+    coder        u8       version 3 only: RESIDUAL_CODERS, the residual's entropy coder (version 2: coder 1)
+    tile         u16      coder 1: residual tile size; coder 2: coarsest stride of its hierarchical passes.
+                          The base is the integer synthesis at the header's quality
+    params_len   u32      then the coder's parameters: coder 1, 2 bytes (table k, shift s) per (image, band,
+                          tile), row-major; coder 2, zlib-compressed (tec_zarr.residual_v2)
+    residual_len u32      then crc32 of the residuals (4 bytes) + their range-coded words (coder 1:
+                          tec_zarr.residual, coder 2: tec_zarr.residual_v2)
     crc32        u32      zlib.crc32 of every byte before it
 """
 
@@ -37,7 +42,9 @@ from .errors import CorruptChunkError, TruncatedChunkError
 
 MAGIC = b"TECZ"
 FORMAT_VERSION = 1
-RESIDUAL_FORMAT_VERSION = 2
+RESIDUAL_V1_FORMAT_VERSION = 2  # residual section of coder 1, no coder byte (written before coder 2 existed)
+RESIDUAL_FORMAT_VERSION = 3  # residual section with a coder byte
+RESIDUAL_CODERS = (1, 2)
 HASH_PREFIX_BYTES = 8
 FLAG_NODATA = 1
 FLAG_MASK = 2
@@ -59,6 +66,7 @@ class ResidualSection:
     tile: int
     params: bytes = field(repr=False)
     payload: bytes = field(repr=False)
+    coder: int = 1
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes) -> bytes:
     res = header.residual
     flags = (FLAG_NODATA if header.nodata is not None else 0) | (FLAG_MASK if mask is not None else 0)
     flags |= FLAG_RESIDUAL if res is not None else 0
-    version = FORMAT_VERSION if res is None else RESIDUAL_FORMAT_VERSION
+    version = FORMAT_VERSION if res is None else RESIDUAL_V1_FORMAT_VERSION if res.coder == 1 else RESIDUAL_FORMAT_VERSION
     parts = [
         MAGIC,
         struct.pack("<BBBBB", version, flags, header.quality, DTYPE_CODES[np.dtype(header.dtype)], len(name)),
@@ -98,8 +106,9 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes) -> bytes:
         parts += [struct.pack("<I", len(mask)), mask]
     parts += [struct.pack("<I", len(payload)), payload]
     if res is not None:
-        parts += [struct.pack("<dBHI", res.max_error, res.mode, res.tile, len(res.params)), res.params,
-                  struct.pack("<I", len(res.payload)), res.payload]
+        coder = b"" if res.coder == 1 else struct.pack("<B", res.coder)
+        parts += [struct.pack("<dB", res.max_error, res.mode), coder, struct.pack("<HI", res.tile, len(res.params)),
+                  res.params, struct.pack("<I", len(res.payload)), res.payload]
     body = b"".join(parts)
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -132,11 +141,12 @@ def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | No
     r = _Reader(view[:-4])
     r.take(4)
     version, flags, quality, dtype_code, name_len = r.unpack("<BBBBB")
-    if version not in (FORMAT_VERSION, RESIDUAL_FORMAT_VERSION) or (version == RESIDUAL_FORMAT_VERSION) != bool(
-        flags & FLAG_RESIDUAL
-    ):
+    if version not in (FORMAT_VERSION, RESIDUAL_V1_FORMAT_VERSION, RESIDUAL_FORMAT_VERSION) or (
+        version != FORMAT_VERSION
+    ) != bool(flags & FLAG_RESIDUAL):
         raise CorruptChunkError(
-            f"Expected TEC chunk format version {FORMAT_VERSION} or {RESIDUAL_FORMAT_VERSION} (residual flag set). "
+            f"Expected TEC chunk format version {FORMAT_VERSION}, or {RESIDUAL_V1_FORMAT_VERSION} or "
+            f"{RESIDUAL_FORMAT_VERSION} with the residual flag set. "
             f"Got version {version}, flags {flags:#04x} instead (written by a newer tec_zarr, or corrupt)."
         )
     try:
@@ -150,9 +160,11 @@ def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | No
         payload = bytes(r.take(r.unpack("<I")[0]))
         residual = None
         if flags & FLAG_RESIDUAL:
-            max_error, mode, tile, params_len = r.unpack("<dBHI")
+            max_error, mode = r.unpack("<dB")
+            coder = r.unpack("<B")[0] if version == RESIDUAL_FORMAT_VERSION else 1
+            tile, params_len = r.unpack("<HI")
             params = bytes(r.take(params_len))
-            residual = ResidualSection(max_error, mode, tile, params, bytes(r.take(r.unpack("<I")[0])))
+            residual = ResidualSection(max_error, mode, tile, params, bytes(r.take(r.unpack("<I")[0])), coder)
     except UnicodeDecodeError as e:
         _check_crc(view)
         raise CorruptChunkError(f"Expected a UTF-8 model name in the TEC chunk. Got {e} instead.") from None
@@ -163,6 +175,7 @@ def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | No
         raise CorruptChunkError(f"Expected a valid dtype code and shape. Got dtype code {dtype_code}, shape {shape} instead.")
     if residual is not None and (
         residual.mode not in RESIDUAL_MODES or residual.tile == 0 or not (residual.max_error >= 0)
+        or residual.coder not in RESIDUAL_CODERS or (version == RESIDUAL_FORMAT_VERSION) == (residual.coder == 1)
         or residual.max_error == float("inf")
     ):
         raise CorruptChunkError(f"Expected a valid residual section. Got {residual} instead.")

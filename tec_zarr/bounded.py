@@ -2,7 +2,8 @@
 
 The base is :mod:`tec_zarr.synthesis`'s integer transform of the chunk's latent symbols, so encoder and decoder
 agree on it bit for bit on any machine. The residual ``x - base`` is quantized and coded by
-:mod:`tec_zarr.residual`. Per dtype (``E`` = max_error, in the array's own units):
+:mod:`tec_zarr.residual_v2` (coder 2, context-modelled), or by :mod:`tec_zarr.residual` (coder 1, memoryless
+tiles) where that is smaller, as it can be when nearly every residual rounds to 0. Per dtype (``E`` = max_error, in the array's own units):
 
 * uint16 / int16: residual steps of ``2 floor(E) + 1`` DN, ``q = sign(r) floor((|r| + E) / (2E + 1))``; the
   decoded value is clipped to the dtype's range, which only moves it towards ``x``. ``E = 0`` is lossless.
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import bitstream, residual, synthesis
+from . import bitstream, residual, residual_v2, synthesis
 from .errors import CorruptChunkError, InvalidInputError
 
 MODE_INTEGER, MODE_FLOAT, MODE_FLOAT_EXACT = 0, 1, 2
@@ -94,9 +95,22 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata) -> 
         mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT_EXACT
         q = quantize(images, base, mode, bound)
     q = np.where(valid, q, 0)
-    params = residual.choose_parameters(q, valid)
-    payload = residual.encode(q, valid, params)
-    return bitstream.ResidualSection(bound, mode, residual.TILE, params.tobytes(), payload)
+    anchor, step = residual_anchor(base, mode, bound)
+    params, payload = residual_v2.encode(q, valid, anchor, step)
+    v2 = bitstream.ResidualSection(bound, mode, residual_v2.STRIDE, params, payload, coder=residual_v2.CODER)
+    # Coder 1's memoryless tiles can win where nearly every residual rounds to 0 (large bounds): keep the smaller.
+    tiles = residual.choose_parameters(q, valid)
+    v1 = bitstream.ResidualSection(bound, mode, residual.TILE, tiles.tobytes(), residual.encode(q, valid, tiles))
+    return v2 if len(v2.params) + len(v2.payload) + 1 <= len(v1.params) + len(v1.payload) else v1
+
+
+def residual_anchor(base: np.ndarray, mode: int, bound: float) -> tuple[np.ndarray | None, int]:
+    """Coder 2's integer view of the base (on the grid of ``q * step``) and the step; None where there is none."""
+    if mode == MODE_INTEGER:
+        return base.astype(np.int64), 2 * int(bound) + 1
+    if mode == MODE_FLOAT_EXACT:
+        return _key(base), 1
+    return None, 1
 
 
 def decode(header: bitstream.ChunkHeader, symbols, model, valid) -> np.ndarray:
@@ -109,6 +123,10 @@ def decode(header: bitstream.ChunkHeader, symbols, model, valid) -> np.ndarray:
     if not 0 <= header.quality < synthesis.load(model).qualities:
         raise CorruptChunkError(f"Expected a base quality of model {model.name}. Got {header.quality} instead.")
     base = base_values(model, symbols, header.quality, header.shape[-2:], dtype, header.float_scale)
+    if res.coder == residual_v2.CODER:
+        anchor, step = residual_anchor(base, res.mode, res.max_error)
+        q = residual_v2.decode(res.params, res.payload, valid, anchor, step, res.tile)
+        return reconstruct(base, q, res.mode, res.max_error, dtype)
     params = np.frombuffer(res.params, np.uint8)
     if params.size % 2:
         raise CorruptChunkError(f"Expected 2 bytes per residual tile. Got {params.size} bytes instead.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import warnings
 import zlib
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from common import check_config, check_repr
-from tec_zarr import TEC, bitstream, chunk, entropy, metrics, residual, synthesis
+from tec_zarr import TEC, bitstream, bounded, chunk, entropy, metrics, residual, residual_v2, synthesis
 from tec_zarr.errors import BitstreamError, CorruptChunkError, InvalidInputError
 from tec_zarr.models import load_model
 from tec_zarr.zarr3 import TEC as TEC3
@@ -202,7 +203,7 @@ def test_psnr_unreachable_warns_and_takes_the_best_level(image):
 def _with_residual_payload(enc: bytes, payload: bytes) -> bytes:
     header, mask, latent = bitstream.unpack(enc)
     res = header.residual
-    fake = bitstream.ResidualSection(res.max_error, res.mode, res.tile, res.params, payload)
+    fake = dataclasses.replace(res, payload=payload)
     return bitstream.pack(bitstream.ChunkHeader(**{**header.__dict__, "residual": fake}), mask, latent)
 
 
@@ -224,16 +225,77 @@ def test_damaged_residual_section_raises(image):
     with pytest.raises(CorruptChunkError):  # the chunk CRC
         TEC().decode(enc[:-30] + bytes([enc[-30] ^ 1]) + enc[-29:])
     header, mask, latent = bitstream.unpack(enc)
-    for res in (bitstream.ResidualSection(0.0, 1, 64, header.residual.params, header.residual.payload),  # wrong mode
-                bitstream.ResidualSection(0.0, 0, 64, header.residual.params[:-2], header.residual.payload)):
+    res = header.residual
+    assert res.coder == residual_v2.CODER
+    params = bytearray(zlib.decompress(res.params))
+    params[0] = residual_v2.NO_SPATIAL + 1  # alpha out of range
+    bad_ref = bytearray(zlib.decompress(res.params))
+    bad_ref[1] = 0  # band 0 cannot refer to band 0
+    for bad in (dataclasses.replace(res, mode=1),  # wrong mode
+                dataclasses.replace(res, params=res.params[:-2]), dataclasses.replace(res, params=b""),
+                dataclasses.replace(res, params=zlib.compress(bytes(params))),
+                dataclasses.replace(res, params=zlib.compress(bytes(bad_ref))),
+                dataclasses.replace(res, params=zlib.compress(zlib.decompress(res.params) + b"\0")),
+                dataclasses.replace(res, params=res.params + b"\0"), dataclasses.replace(res, tile=3),
+                dataclasses.replace(res, coder=1)):  # coder 2's data read as coder 1's
         with pytest.raises(BitstreamError):
-            TEC().decode(bitstream.pack(bitstream.ChunkHeader(**{**header.__dict__, "residual": res}), mask, latent))
+            TEC().decode(bitstream.pack(bitstream.ChunkHeader(**{**header.__dict__, "residual": bad}), mask, latent))
 
 
 def test_version_one_chunks_unchanged(image):
     enc = TEC().encode(np.ascontiguousarray(image[:, :16, :16]))
     assert enc[4] == bitstream.FORMAT_VERSION and bitstream.unpack(enc)[0].residual is None
-    assert TEC(max_error=0).encode(np.ascontiguousarray(image[:, :16, :16]))[4] == bitstream.RESIDUAL_FORMAT_VERSION
+    assert TEC(max_error=0).encode(np.ascontiguousarray(image[:, :64, :64]))[4] == bitstream.RESIDUAL_FORMAT_VERSION
+
+
+def test_residual_coder_byte_is_strict(image):
+    """Version 3 carries the coder byte (2); version 2 means coder 1. Any other pairing is refused."""
+    enc = TEC(max_error=3).encode(np.ascontiguousarray(image[:, :64, :64]))
+    assert bitstream.unpack(enc)[0].residual.coder == 2
+    tiny = TEC(max_error=3).encode(np.ascontiguousarray(image[:, :16, :16]))  # coder 1 where it is smaller
+    assert tiny[4] == bitstream.RESIDUAL_V1_FORMAT_VERSION and bitstream.unpack(tiny)[0].residual.coder == 1
+    header, mask, latent = bitstream.unpack(enc)
+    for version, coder in ((3, 1), (3, 9), (2, 2)):
+        body = bytearray(enc[:-4])
+        body[4] = version
+        pos = enc.index(struct.pack("<dB", header.residual.max_error, header.residual.mode), 40) + 9
+        if version == 3:
+            body[pos] = coder
+        else:  # a version 2 reader takes the coder byte for the tile field: misaligned, refused
+            pass
+        with pytest.raises(BitstreamError):
+            TEC().decode(bytes(body) + struct.pack("<I", zlib.crc32(bytes(body))))
+
+
+@FAST
+@given(h=st.integers(1, 23), w=st.integers(1, 23), b=st.integers(1, 2), c=st.integers(1, 4),
+       stride=st.sampled_from([1, 2, 8, 64]), scale=st.sampled_from([0, 1, 50, 10**6, 2**36]),
+       step=st.sampled_from([1, 3, 201]), anchored=st.booleans(), seed=st.integers(0, 2**16))
+def test_residual_coder2_round_trip(h, w, b, c, stride, scale, step, anchored, seed):
+    """Any residuals (escapes up to 2**37, masks, tiny and odd sizes, any stride) decode exactly."""
+    rng = np.random.default_rng(seed)
+    q = np.rint(rng.laplace(0, 1, (b, c, h, w)) * scale).astype(np.int64)
+    q.flat[:: 7] = rng.integers(-scale - 1, scale + 1, q.flat[::7].size)
+    valid = rng.random(q.shape) > 0.2
+    anchor = rng.integers(-(2**31), 2**31, q.shape) if anchored else None
+    params, payload = residual_v2.encode(q, valid, anchor, step, stride)
+    np.testing.assert_array_equal(residual_v2.decode(params, payload, valid, anchor, step, stride), np.where(valid, q, 0))
+
+
+def test_residual_coder2_beats_coder1(image):
+    """The context model: fewer bytes than coder 1's memoryless tiles, lossless and bounded."""
+    a = np.ascontiguousarray(image[:, :128, :128])
+    for e in (0, 5, 50):
+        enc = chunk.encode_chunk(a, model=MODEL, quality=0, max_error=e)
+        header, _, payload = bitstream.unpack(enc)
+        symbols = entropy.decode(payload, 0, (header.batch,) + header.latent, MODEL.tables)
+        base = bounded.base_values(MODEL, symbols, 0, a.shape[-2:], a.dtype, 1.0)
+        q = bounded.quantize(a[None], base, bounded.MODE_INTEGER, e)
+        valid = a[None] != 0
+        q = np.where(valid, q, 0)
+        old = residual.encode(q, valid, residual.choose_parameters(q, valid))
+        new = header.residual
+        assert len(new.params) + len(new.payload) < 0.9 * (len(old) + 2 * q.size // residual.TILE**2)
 
 
 # Codecs, config, xarray, CLI.
@@ -282,11 +344,32 @@ def test_cli_lossless_and_max_error(cube, tmp_path):
         cli.main(["compress", str(src), str(tmp_path / "x.zarr"), "--lossless", "--psnr", "30"])
 
 
+def test_golden_bounded_bitstreams_coder1():
+    """Chunks written by residual coder 1 (tec_zarr < coder 2) still decode to the same bits. Never regenerated."""
+    from common import FIXTURES
+
+    import json
+
+    for name, n in (("lossless", 1), ("max-error-7", 2)):
+        d = FIXTURES / "tec_zarr.tec" / name
+        codec = numcodecs.get_codec(json.loads((d / "config.json").read_text()))
+        files = sorted(d.glob("encoded.*.dat"))
+        assert len(files) == n
+        for i, f in enumerate(files):
+            enc = f.read_bytes()
+            assert enc[4] == bitstream.RESIDUAL_V1_FORMAT_VERSION and bitstream.unpack(enc)[0].residual.coder == 1
+            np.testing.assert_array_equal(codec.decode(enc), np.load(d / f"decoded.{i:02d}.npy"))
+
+
 def test_golden_bounded_bitstreams(cube):
     """The integer synthesis makes these exact on any machine: stored chunks decode to the same bits."""
-    from common import check_golden
+    from common import FIXTURES, check_golden
 
     a = np.ascontiguousarray(cube[0, :, 10:43, 20:61])
     a[:, :3, :4] = 0
-    check_golden(TEC(max_error=0), [a], "lossless", max_abs_error=0)
-    check_golden(TEC(quality=1, max_error=7), [a, a.astype(np.int16)], "max-error-7", max_abs_error=0)
+    check_golden(TEC(max_error=0), [a], "lossless-coder2", max_abs_error=0)
+    check_golden(TEC(quality=1, max_error=7), [a, a.astype(np.int16)], "max-error-7-coder2", max_abs_error=0)
+    refl = (a / 1e4).astype(np.float32)
+    check_golden(TEC(max_error=0, nodata=None), [refl], "float32-lossless-coder2", max_abs_error=0)
+    for f in (FIXTURES / "tec_zarr.tec").glob("*-coder2/encoded.*.dat"):
+        assert bitstream.unpack(f.read_bytes())[0].residual.coder == 2
