@@ -35,6 +35,7 @@ bench: $(VENV)/.test-installed
 
 bench-throughput: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/throughput.py
+	$(BIN)/python benchmarks/precision.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
