@@ -120,15 +120,40 @@ def gpu_throughput(items: list[np.ndarray], model: str, quality: int) -> str:
     return f"TEC q{quality} encode {r['encode_MBps']:.1f} MB/s, decode {r['decode_MBps']:.1f} MB/s"
 
 
-def tiled_cube(base: np.ndarray, n: int, images_per_task: int):
-    """A lazy (n, 12, 256, 256) cube repeating the real patches: the graph holds them once, not n times.
+def _tile_block(patches_file: str, block_info=None):
+    """One dask block of the tiled cube, read from the memory-mapped patches (page cache shared by the workers)."""
+    start, stop = block_info[None]["array-location"][0]
+    patches = np.load(patches_file, mmap_mode="r")
+    return np.ascontiguousarray(patches[np.arange(start, stop) % len(patches)])
 
-    Each dask task covers ``images_per_task`` zarr chunks, as a user would chunk dask coarser than the store.
+
+def tiled_cube(base: np.ndarray, n: int, images_per_task: int, workdir: Path):
+    """A lazy (n, 12, 256, 256) cube repeating the real patches, ``images_per_task`` zarr chunks per dask task.
+
+    Every block is a root task reading the patches from one .npy file: no block depends on data held by one
+    worker, so the scheduler spreads them evenly (a graph holding the patches pins the tasks to their holder).
     """
     import dask.array as da
 
-    patches_da = da.from_array(base, chunks=(1,) + base.shape[1:])
-    return patches_da[np.arange(n) % len(base)].rechunk((images_per_task,) + base.shape[1:])
+    patches_file = workdir / "patches.npy"
+    np.save(patches_file, base)
+    starts = range(0, n, images_per_task)
+    chunks = (tuple(min(images_per_task, n - s) for s in starts),) + tuple((d,) for d in base.shape[1:])
+    return da.map_blocks(_tile_block, str(patches_file), dtype=base.dtype, chunks=chunks,
+                         meta=np.empty((0,) * base.ndim, base.dtype))
+
+
+def _one_core_per_worker() -> None:
+    """A worker computes on one core: one onnxruntime thread, and one zarr codec thread.
+
+    zarr runs a chunk batch's codecs in its own thread pool (``threading.max_workers``), so a single worker would
+    otherwise use every core and 1 -> 2 workers would measure nothing. On a real cluster leave zarr's default
+    and give each worker process its cores.
+    """
+    import zarr
+
+    runtime.configure(intra_op_threads=1)
+    zarr.config.set({"threading.max_workers": 1})
 
 
 def cluster_throughput(base: np.ndarray, n: int, workers: int, workdir: Path, quality: int, images_per_task: int) -> dict:
@@ -137,12 +162,12 @@ def cluster_throughput(base: np.ndarray, n: int, workers: int, workdir: Path, qu
 
     from tec_zarr import zarr_encoding
 
-    ds = xr.Dataset({"reflectance": (("time", "band", "y", "x"), tiled_cube(base, n, images_per_task))})
+    ds = xr.Dataset({"reflectance": (("time", "band", "y", "x"), tiled_cube(base, n, images_per_task, workdir))})
     enc = zarr_encoding(ds, zarr_format=3, chunks={"time": 1, "y": 256, "x": 256}, quality=quality, nodata=None)
     path = workdir / f"cube-{workers}.zarr"
     with distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                                   silence_logs=50) as cluster, distributed.Client(cluster) as client:
-        client.run(lambda: runtime.configure(intra_op_threads=1))
+        client.run(_one_core_per_worker)
         t0 = time.perf_counter()
         ds.to_zarr(path, zarr_format=3, encoding=enc, consolidated=False, mode="w")
         t1 = time.perf_counter()
