@@ -29,6 +29,7 @@ from .errors import CorruptChunkError, InvalidInputError
 
 MODE_INTEGER, MODE_FLOAT, MODE_FLOAT_EXACT = 0, 1, 2
 FLOAT_STEP_MARGIN = 1.0 - 2.0**-12
+CODER1_MIN_AREA = 64 * 64  # pixels per band from which coder 1 is tried only where coder 2 is very small
 _KEY_MAX = 0x7F7FFFFF  # key of float32's largest finite value; -_KEY_MAX - 1 is that of the most negative one
 
 
@@ -98,10 +99,14 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata) -> 
     anchor, step = residual_anchor(base, mode, bound)
     params, payload = residual_v2.encode(q, valid, anchor, step)
     v2 = bitstream.ResidualSection(bound, mode, residual_v2.STRIDE, params, payload, coder=residual_v2.CODER)
-    # Coder 1's memoryless tiles can win where nearly every residual rounds to 0 (large bounds): keep the smaller.
+    # Coder 1's memoryless tiles can win where nearly every residual rounds to 0 (large bounds) or on small chunks:
+    # tried there only (coder 2 below a quarter bit per element, or under 64 x 64 per band), keeping the smaller.
+    size = len(v2.params) + len(v2.payload) + 1
+    if 32 * size > max(int(valid.sum()), 1) and images.shape[-1] * images.shape[-2] >= CODER1_MIN_AREA:
+        return v2
     tiles = residual.choose_parameters(q, valid)
     v1 = bitstream.ResidualSection(bound, mode, residual.TILE, tiles.tobytes(), residual.encode(q, valid, tiles))
-    return v2 if len(v2.params) + len(v2.payload) + 1 <= len(v1.params) + len(v1.payload) else v1
+    return v2 if size <= len(v1.params) + len(v1.payload) else v1
 
 
 def residual_anchor(base: np.ndarray, mode: int, bound: float) -> tuple[np.ndarray | None, int]:

@@ -195,3 +195,44 @@ def _decode_escape(dec) -> int:
         bits = min(_CHUNK_BITS, nbits - shift)
         rest |= int(dec.decode(_uniform(bits), 1)[0]) << shift
     return (1 << nbits) + rest - 1
+
+
+# Coder 2's second family (indices len(THETAS) ..): hyperbolic-secant tables P(n) ~ sech(n / a) = 2 theta**n /
+# (1 + theta**(2n)), theta_j x 2**16 below (table means 2**(j/3 - 5) as THETAS'). Flatter near 0 and a lighter head
+# than the geometric's, with the same exponential tail: a better fit to the context-modelled residuals. Coder 1 keeps
+# THETAS only.
+SECH_THETAS = (1024, 1290, 1625, 2048, 2580, 3249, 4092, 5151, 6479, 8137, 10190, 12700, 15701, 19183, 23072, 27238,
+               31523, 35770, 39844, 43638, 47083, 50140, 52801, 55081)
+TABLES = len(THETAS) + len(SECH_THETAS)
+_SECH_FRACTION_BITS = 96
+_SECH_TERMS = 4096  # enough: theta <= 55081 / 2**16 leaves terms below 2**-96 well before
+
+
+@lru_cache(maxsize=None)
+def any_table(k: int) -> np.ndarray:
+    """Table ``k`` of either family: integer counts summing to 2**16, all positive, from exact integer arithmetic."""
+    if k < len(THETAS):
+        return table(k)
+    n_den, total, one = 1 << 16, 1 << PRECISION_BITS, 1 << _SECH_FRACTION_BITS
+    theta = SECH_THETAS[k - len(THETAS)]
+    weights = []
+    t = one  # theta**n in fixed point, rounded down at each step: the same integers on any machine
+    for _ in range(_SECH_TERMS):
+        w = (t * one) // (one + (t * t >> _SECH_FRACTION_BITS))
+        if w == 0:
+            break
+        weights.append(w)
+        t = t * theta // n_den
+    norm = sum(weights)
+    head = weights[: TABLE_LENGTH - 1] + [0] * max(0, TABLE_LENGTH - 1 - len(weights))
+    counts = [max(1, total * w // norm) for w in head]
+    counts.append(max(1, total * sum(weights[TABLE_LENGTH - 1 :]) // norm))  # the tail
+    counts[0] += total - sum(counts)
+    return np.asarray(counts, np.int64)
+
+
+@lru_cache(maxsize=None)
+def any_model(k: int):
+    import constriction
+
+    return constriction.stream.model.Categorical(any_table(k).astype(np.float64), perfect=False)

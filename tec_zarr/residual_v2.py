@@ -13,16 +13,25 @@ decoded earlier, so each pass decodes in one vectorized step:
   values; ``alpha = NO_SPATIAL`` predicts 0 (the base; best when most residuals round to 0).
   ``D = 4 step q - P`` is the pixel's spatial prediction error;
 * inter-band prediction: ``+ round(gamma D_ref / 4)``, ``D_ref`` the spatial error of an earlier band ``ref`` at
-  the same pixel (``gamma`` in 0..``MAX_GAMMA`` quarters, ``ref``: both per (image, band));
+  the same pixel (``gamma`` in 0..``MAX_GAMMA`` quarters, ``ref``: both per (image, band)); with an optional second
+  reference (added later) ``+ round((gamma D_ref + gamma2 D_ref2) / 4)``, ``gamma2`` in -8..8 quarters;
 * the coded symbol is ``e = q - round(prediction / (4 step))``;
 * its context: the level (root, diagonal, edge pass) and the class of an activity, ``4 x`` the mean spatial error
   magnitude of the decoded neighbours plus ``|D_ref| / step``, cut at :data:`THRESHOLDS`;
-* per (image, band, level, class) the encoder writes coder 1's ``(k, s)``: ``|e| >> s`` with geometric table
-  ``k`` (escape beyond it), ``s`` low bits and the sign of a non-zero ``e`` uniformly.
+* per (image, band, level, class) the encoder writes ``(k, s)``: ``|e| >> s`` with table ``k`` (escape beyond it),
+  ``s`` low bits and the sign of a non-zero ``e`` uniformly. Tables ``k < 24`` are coder 1's geometric ones;
+  ``24 <= k < 48`` the hyperbolic-secant family (:data:`tec_zarr.residual.SECH_THETAS`), added later: flatter near
+  0, closer to the context-modelled residuals (streams written before use ``k < 24`` only and decode as ever).
+
+The encoder chooses ``alpha``, the references and gammas per (image, band) by estimated bits
+(:func:`choose_predictors`), and ``(k, s)`` per group by the tables' exact code lengths (:func:`choose_tables`);
+the decoder takes what it reads.
 
 All of it is integer arithmetic (rounded divisions ties away from zero), so the decoder's probabilities equal the
 encoder's on any machine. Parameters: per (image, band) ``alpha, ref, gamma`` (u8 each; ``ref`` 255 = none), then
-the ``(k, s)`` pairs, all zlib-compressed. Payload: crc32 of the residuals and the payload length, then the range
+the ``(k, s)`` pairs, then, only where some band has one, per (image, band) ``ref2`` (u8, 255 = none; an earlier
+band other than ``ref``) and ``gamma2`` (int8), all zlib-compressed. Streams without the last block (all written
+before it existed) read as ever. Payload: crc32 of the residuals and the payload length, then the range
 coded words, as in coder 1.
 """
 
@@ -34,8 +43,8 @@ from functools import lru_cache
 import numpy as np
 
 from .errors import CorruptChunkError
-from .residual import MAX_SHIFT, PRECISION_BITS, TABLE_LENGTH, THETAS, _crc, _decode_escape, _encode_escape, _model
-from .residual import _uniform, table
+from .residual import MAX_SHIFT, PRECISION_BITS, TABLE_LENGTH, TABLES, _crc, _decode_escape, _encode_escape, _uniform
+from .residual import any_model, any_table
 
 CODER = 2
 STRIDE = 8
@@ -48,16 +57,15 @@ MAX_ALPHA = 4
 NO_SPATIAL = 5  # alpha value: no spatial prediction
 MAX_GAMMA = 8
 NO_REF = 255
-ALPHAS = (0, 2, 4, NO_SPATIAL)  # the encoder's candidates; any 0..MAX_ALPHA or NO_SPATIAL decodes
-GAMMAS = (0, 1, 2, 3, 4, 5, 6)
+ALPHAS = (0, 1, 2, 3, 4, NO_SPATIAL)  # the encoder's candidates (all that decode)
 _CHUNK_BITS = 16
 _ESCAPE = TABLE_LENGTH - 1
 
 
 def rdiv(a: np.ndarray, b) -> np.ndarray:
     """round(a / b) for b > 0, ties away from zero, in integers."""
-    half = b // 2
-    return np.where(a >= 0, (a + half) // b, -((half - a) // b))
+    r = (np.abs(a) + b // 2) // b
+    return np.where(a >= 0, r, -r)
 
 
 @lru_cache(maxsize=None)
@@ -134,15 +142,17 @@ def _spatial_all(q, valid, anchor, step, alpha4, stride):
     return pred, act, level
 
 
-def _context(pred, d_ref, gamma, act, level, step, group_base):
-    """Final prediction (in steps) and context group of elements, from spatial P, D_ref, gamma and activity."""
-    qhat = rdiv(pred + rdiv(gamma * d_ref, 4), 4 * step)
+def _context(pred, d_ref, gamma, act, level, step, group_base, d_ref2=0, gamma2=0):
+    """Final prediction (in steps) and context group of elements, from spatial P, D_ref, gamma and activity (and
+    the optional second reference's D_ref2, gamma2; 0 leaves the prediction as without)."""
+    qhat = rdiv(pred + rdiv(gamma * d_ref + gamma2 * d_ref2, 4), 4 * step)
     cls = np.searchsorted(THRESHOLDS, act + rdiv(np.abs(d_ref), step), side="right")
     return qhat, (group_base * LEVELS + level) * CLASSES + cls
 
 
+@lru_cache(maxsize=None)
 def _cost_tables() -> np.ndarray:
-    return np.stack([-np.log2(table(k) / float(1 << PRECISION_BITS)) for k in range(len(THETAS))])
+    return np.stack([-np.log2(any_table(k) / float(1 << PRECISION_BITS)) for k in range(TABLES)])
 
 
 def choose_tables(m: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
@@ -170,6 +180,170 @@ def choose_tables(m: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarra
     return params
 
 
+def _bits(e: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Encoder's estimate of the bits per group: the entropy of a geometric of the group's mean ``|e|``, plus signs."""
+    m = np.abs(e).astype(np.float64)
+    n = np.bincount(groups, minlength=n_groups)
+    mu = np.bincount(groups, m, n_groups) / np.maximum(n, 1)
+    h = (mu + 1) * np.log2(mu + 1) - mu * np.log2(np.maximum(mu, 1e-300))
+    return n * h + np.bincount(groups, m != 0, n_groups)
+
+
+def _spatial_alphas(q, valid, anchor, step, alphas, stride):
+    """Encoder: :func:`_spatial_all` for several ``alpha``: the prediction is linear in ``alpha`` before rounding, so
+    the neighbour sums are gathered once; only the activity is gathered per ``alpha``. Yields (pred, act)."""
+    b, c, h, w = q.shape
+    p = stride
+    pad = lambda a: np.pad(a, ((0, 0), (0, 0), (p, p), (p, p)))  # noqa: E731
+    qp, kp, ap = pad(4 * step * q), pad(valid.astype(np.int64)), pad(anchor)
+    t0, t1, count = (np.zeros(q.shape, np.int64) for _ in range(3))
+    geometry = []
+    for _, y0, x0, st, offs in passes(stride):
+        inner = (slice(None), slice(None), slice(y0, h, st), slice(x0, w, st))
+        around = [(slice(None), slice(None), slice(p + y0 + dy, p + h + dy, st), slice(p + x0 + dx, p + w + dx, st))
+                  for dy, dx in offs]
+        geometry.append((inner, around))
+        a0 = anchor[inner]
+        for sl in around:
+            k = kp[sl]
+            t0[inner] += qp[sl] * k
+            t1[inner] += (ap[sl] - a0) * k
+            count[inner] += k
+    count = np.maximum(count, 1)
+    errp = np.zeros(qp.shape, np.int64)
+    for alpha in alphas:
+        pred = np.zeros(q.shape, np.int64) if alpha == NO_SPATIAL else rdiv(t0 + alpha * t1, count)
+        errp[:, :, p : p + h, p : p + w] = np.where(valid, np.abs(q - rdiv(pred, 4 * step)), 0)
+        total = np.zeros(q.shape, np.int64)
+        for inner, around in geometry:
+            for sl in around:
+                total[inner] += errp[sl] * kp[sl]
+        yield pred, (4 * total) // count
+
+
+def _sample(h: int, w: int, fraction: int = 4) -> np.ndarray:
+    """Flat pixel indices the encoder estimates bits on: a fixed scatter of about 1/fraction of them (all if few)."""
+    n = h * w
+    if n <= 4096:
+        return np.arange(n)
+    return np.flatnonzero(np.random.default_rng(n).random(n) * fraction < 1)
+
+
+def choose_predictors(q, valid, anchor, step, stride):
+    """Encoder side: per (image, band) ``alpha, ref, gamma, ref2, gamma2`` of the fewest estimated bits, band by
+    band (greedy). Each int64 (B, C).
+
+    Predictions and activities come from the whole image; the bits are estimated on a scatter of its pixels.
+    ``alpha`` with the previous band as the reference, then ``ref`` (any earlier band, or none) and ``gamma`` (near
+    the least-squares one) for that ``alpha``, then a second reference with least-squares gammas."""
+    b, c, h, w = q.shape
+    idx = _sample(h, w)
+    flat = lambda a: a.reshape(b, c, h * w)[:, :, idx]  # noqa: E731
+    alphas = ALPHAS if np.any(anchor != anchor.reshape(b, c, -1)[:, :, :1, None]) else (0, NO_SPATIAL)
+    spatial = [(flat(p), flat(a)) for p, a in _spatial_alphas(q, valid, anchor, step, alphas, stride)]
+    level = flat(np.broadcast_to(_levels(h, w, stride), q.shape))[:, 0]
+    qs, vs = flat(q), flat(valid)
+    n_groups = b * LEVELS * CLASSES
+    gbase = (np.arange(b)[:, None] * LEVELS + level) * CLASSES
+    alpha = np.zeros((b, c), np.int64)
+    ref = np.full((b, c), NO_REF, np.int64)
+    gamma = np.zeros((b, c), np.int64)
+    ref2 = np.full((b, c), NO_REF, np.int64)
+    gamma2 = np.zeros((b, c), np.int64)
+    images = np.arange(b)
+    ds = np.zeros(qs.shape, np.int64)
+
+    def groups_of(band, act, d_ref):  # as _context's; invalid elements in an extra group, left out
+        g = gbase + np.searchsorted(THRESHOLDS, act + rdiv(np.abs(d_ref), step), side="right")
+        return np.where(vs[:, band], g, n_groups)
+
+    def bits(band, pred, groups, inter=None):  # inter: gamma D_ref (+ gamma2 D_ref2), as in _context
+        qhat = rdiv(pred if inter is None else pred + rdiv(inter, 4), 4 * step)
+        return _bits((qs[:, band] - qhat).ravel(), groups.ravel(), n_groups + 1)[:-1].reshape(b, -1).sum(1)
+
+    def ls_gamma(dcur, dr):
+        num = np.sum(dcur.astype(np.float64) * dr, axis=1)
+        den = np.maximum(np.sum(dr.astype(np.float64) ** 2, axis=1), 1.0)
+        return np.clip(np.floor(4 * num / den), 0, MAX_GAMMA).astype(np.int64)
+
+    for band in range(c):
+        cost = []
+        for pred, act in spatial:
+            p, a = pred[:, band], act[:, band]
+            cst = bits(band, p, groups_of(band, a, 0))
+            if band:
+                dcur = np.where(vs[:, band], 4 * step * qs[:, band] - p, 0)
+                d_prev = ds[:, band - 1]
+                inter = ls_gamma(dcur, d_prev)[:, None] * d_prev
+                cst = np.minimum(cst, bits(band, p, groups_of(band, a, d_prev), inter))
+            cost.append(cst)
+        pick = np.argmin(np.stack(cost), axis=0)
+        alpha[:, band] = np.asarray(alphas)[pick]
+        pred = np.stack([spatial[k][0][i, band] for i, k in enumerate(pick)])
+        act = np.stack([spatial[k][1][i, band] for i, k in enumerate(pick)])
+        best = bits(band, pred, groups_of(band, act, 0))
+        dcur = np.where(vs[:, band], 4 * step * qs[:, band] - pred, 0)
+        for r in range(band):
+            dr = ds[:, r]
+            groups = groups_of(band, act, dr)
+            g_ls = ls_gamma(dcur, dr)
+            # gamma near the least-squares one (quarters), and 0 (the reference as context only)
+            for g in np.unique(np.concatenate([[0], np.clip(g_ls[:, None] + np.arange(-1, 2), 0, MAX_GAMMA).ravel()])):
+                cst = bits(band, pred, groups, g * dr)
+                better = cst < best
+                best = np.where(better, cst, best)
+                ref[better, band], gamma[better, band] = r, g
+        has = ref[:, band] != NO_REF
+        if band < 2 or not has.any():
+            ds[:, band] = dcur
+            continue
+        d1 = ds[images, np.where(has, ref[:, band], 0)] * has[:, None]
+        groups = groups_of(band, act, d1)  # the context keeps the first reference
+        pair = np.full(b, -1)
+        for r in range(band):
+            d2 = ds[:, r]
+            g1s, g2s = _ls_pair(dcur, d1, d2)
+            cst = bits(band, pred, groups, g1s[:, None] * d1 + g2s[:, None] * d2)
+            better = has & (r != ref[:, band]) & (g2s != 0) & (cst < best)
+            best = np.where(better, cst, best)
+            pair[better] = r
+            ref2[better, band], gamma2[better, band], gamma[better, band] = r, g2s[better], g1s[better]
+        if (pair >= 0).any():  # refine the pair's gammas around the least-squares ones
+            d2 = ds[images, np.maximum(pair, 0)]
+            for dg1, dg2 in ((0, -1), (0, 1), (-1, 0), (1, 0)):
+                gg1 = np.clip(gamma[:, band] + dg1, 0, MAX_GAMMA)
+                gg2 = np.clip(gamma2[:, band] + dg2, -MAX_GAMMA, MAX_GAMMA)
+                cst = bits(band, pred, groups, gg1[:, None] * d1 + gg2[:, None] * d2)
+                better = (pair >= 0) & (gg2 != 0) & (cst < best)
+                best = np.where(better, cst, best)
+                gamma[better, band], gamma2[better, band] = gg1[better], gg2[better]
+        ds[:, band] = dcur
+    return alpha, ref, gamma, ref2, gamma2
+
+
+def _ls_pair(dcur, d1, d2):
+    """Least-squares gammas (quarters, rounded, first clipped to 0..MAX_GAMMA, second to +-MAX_GAMMA) per image."""
+    a11 = np.sum(d1.astype(np.float64) ** 2, axis=1) + 1.0  # + 1: never singular
+    a22 = np.sum(d2.astype(np.float64) ** 2, axis=1) + 1.0
+    d1 = d1.astype(np.float64)  # float: the products may exceed int64
+    a12 = np.sum(d1 * d2, axis=1)
+    b1 = np.sum(dcur * d1, axis=1)
+    b2 = np.sum(d2.astype(np.float64) * dcur, axis=1)
+    det = np.maximum(a11 * a22 - a12 * a12, 1e-9 * a11 * a22)
+    g1 = 4 * (b1 * a22 - b2 * a12) / det
+    g2 = 4 * (a11 * b2 - a12 * b1) / det
+    return (np.clip(np.rint(g1), 0, MAX_GAMMA).astype(np.int64),
+            np.clip(np.rint(g2), -MAX_GAMMA, MAX_GAMMA).astype(np.int64))
+
+
+@lru_cache(maxsize=8)
+def _levels(h: int, w: int, stride: int) -> np.ndarray:
+    out = np.zeros((h, w), np.int64)
+    for level, y0, x0, st, _ in passes(stride):
+        out[y0::st, x0::st] = level
+    return out
+
+
 def encode(q: np.ndarray, valid: np.ndarray, anchor: np.ndarray | None, step: int,
            stride: int = STRIDE) -> tuple[bytes, bytes]:
     """``q`` int64 (B, C, H, W) residual steps coded where ``valid``; ``anchor`` the base on the same integer grid
@@ -179,37 +353,21 @@ def encode(q: np.ndarray, valid: np.ndarray, anchor: np.ndarray | None, step: in
     b, c, h, w = q.shape
     q = np.where(valid, q, 0).astype(np.int64)
     anchor = np.zeros(q.shape, np.int64) if anchor is None else anchor.astype(np.int64)
-    alphas = ALPHAS if np.any(anchor != anchor.reshape(b, c, -1)[:, :, :1, None]) else (0, NO_SPATIAL)
-    best = None
-    for a in alphas:
-        pred, act, level = _spatial_all(q, valid, anchor, step, a, stride)
-        l1 = np.sum(np.where(valid, np.abs(q - rdiv(pred, 4 * step)), 0), axis=(2, 3))
-        if best is None:
-            best = [l1, pred, act, np.full((b, c), a, np.int64)]
-            continue
-        better = l1 < best[0]
-        best[0] = np.where(better, l1, best[0])
-        for i, new in ((1, pred), (2, act)):
-            best[i] = np.where(better[:, :, None, None], new, best[i])
-        best[3] = np.where(better, a, best[3])
-    _, pred, act, alpha = best
+    alpha, ref, gamma, ref2, gamma2 = choose_predictors(q, valid, anchor, step, stride)
+    pred, act, level = _spatial_all(q, valid, anchor, step, alpha[:, :, None, None], stride)
     d = np.where(valid, 4 * step * q - pred, 0)
-    ref = np.full((b, c), NO_REF, np.int64)
-    gamma = np.zeros((b, c), np.int64)
-    d_ref = np.zeros_like(d)
-    for band in range(1, c):
-        ref[:, band] = band - 1
-        dr = d[:, band - 1]
-        costs = [np.sum(np.where(valid[:, band], np.abs(q[:, band] - rdiv(pred[:, band] + rdiv(g * dr, 4), 4 * step)),
-                                 0), axis=(1, 2)) for g in GAMMAS]
-        gamma[:, band] = np.asarray(GAMMAS)[np.argmin(np.stack(costs), axis=0)]
-        d_ref[:, band] = dr
+    images = np.arange(b)[:, None]
+    d_ref = d[images, np.where(ref == NO_REF, 0, ref)] * (ref != NO_REF)[:, :, None, None]
+    d_ref2 = d[images, np.where(ref2 == NO_REF, 0, ref2)] * (ref2 != NO_REF)[:, :, None, None]
     group_base = np.arange(b * c).reshape(b, c)[:, :, None, None]
-    qhat, groups = _context(pred, d_ref, gamma[:, :, None, None], act, level, step, group_base)
+    qhat, groups = _context(pred, d_ref, gamma[:, :, None, None], act, level, step, group_base,
+                            d_ref2, gamma2[:, :, None, None])
     e = q - qhat
     n_groups = b * c * LEVELS * CLASSES
     tables = choose_tables(np.abs(e[valid]), groups[valid], n_groups)
     params = np.concatenate([np.stack([alpha, ref, gamma], -1).astype(np.uint8).ravel(), tables.ravel()])
+    if (ref2 != NO_REF).any():  # the optional block: absent, the stream reads as before it existed
+        params = np.concatenate([params, np.stack([ref2, gamma2 & 0xFF], -1).astype(np.uint8).ravel()])
 
     enc = constriction.stream.queue.RangeEncoder()
     for band in range(c):
@@ -223,46 +381,49 @@ def encode(q: np.ndarray, valid: np.ndarray, anchor: np.ndarray | None, step: in
     return zlib.compress(params.tobytes(), 9), payload
 
 
+def _by_value(v: np.ndarray):
+    """(value, indices with that value in ascending order) for each value present: the coding order's groups."""
+    order = np.argsort(v, kind="stable")
+    counts = np.bincount(v)
+    ends = np.cumsum(counts)
+    for value in np.flatnonzero(counts):
+        yield int(value), order[ends[value] - counts[value] : ends[value]]
+
+
 def _encode_symbols(enc, e: np.ndarray, ks: np.ndarray) -> None:
-    k, s = ks[:, 0].astype(np.int64), ks[:, 1].astype(np.int64)
+    k, s = ks[:, 0].astype(np.intp), ks[:, 1].astype(np.intp)
     m = np.abs(e)
     high = m >> s
-    order = np.argsort(k, kind="stable")
-    for kk in np.unique(k):
-        h = high[order[k[order] == kk]]
-        enc.encode(np.minimum(h, _ESCAPE).astype(np.int32), _model(int(kk)))
+    for kk, sel in _by_value(k):
+        h = high[sel]
+        enc.encode(np.minimum(h, _ESCAPE).astype(np.int32), any_model(kk))
         for z in h[h >= _ESCAPE] - _ESCAPE:
             _encode_escape(enc, int(z))
-    order = np.argsort(s, kind="stable")
-    for ss in np.unique(s):
+    for ss, sel in _by_value(s):
         if ss == 0:
             continue
-        low = m[order[s[order] == ss]] & ((1 << int(ss)) - 1)
-        for shift in range(0, int(ss), _CHUNK_BITS):
-            bits = min(_CHUNK_BITS, int(ss) - shift)
+        low = m[sel] & ((1 << ss) - 1)
+        for shift in range(0, ss, _CHUNK_BITS):
+            bits = min(_CHUNK_BITS, ss - shift)
             enc.encode(((low >> shift) & ((1 << bits) - 1)).astype(np.int32), _uniform(bits))
     enc.encode((e[m != 0] < 0).astype(np.int32), _uniform(1))
 
 
 def _decode_symbols(dec, ks: np.ndarray) -> np.ndarray:
-    k, s = ks[:, 0].astype(np.int64), ks[:, 1].astype(np.int64)
+    k, s = ks[:, 0].astype(np.intp), ks[:, 1].astype(np.intp)
     m = np.zeros(k.size, np.int64)
-    order = np.argsort(k, kind="stable")
-    for kk in np.unique(k):
-        sel = order[k[order] == kk]
-        h = dec.decode(_model(int(kk)), sel.size).astype(np.int64)
+    for kk, sel in _by_value(k):
+        h = dec.decode(any_model(kk), sel.size).astype(np.int64)
         for i in np.flatnonzero(h == _ESCAPE):
             h[i] = _ESCAPE + _decode_escape(dec)
         m[sel] = h
     m <<= s
-    order = np.argsort(s, kind="stable")
-    for ss in np.unique(s):
+    for ss, sel in _by_value(s):
         if ss == 0:
             continue
-        sel = order[s[order] == ss]
         low = np.zeros(sel.size, np.int64)
-        for shift in range(0, int(ss), _CHUNK_BITS):
-            bits = min(_CHUNK_BITS, int(ss) - shift)
+        for shift in range(0, ss, _CHUNK_BITS):
+            bits = min(_CHUNK_BITS, ss - shift)
             low |= dec.decode(_uniform(bits), sel.size).astype(np.int64) << shift
         m[sel] |= low
     nonzero = np.flatnonzero(m)
@@ -271,26 +432,33 @@ def _decode_symbols(dec, ks: np.ndarray) -> np.ndarray:
     return m
 
 
-def _read_params(data: bytes, b: int, c: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _read_params(data: bytes, b: int, c: int) -> tuple[np.ndarray, ...]:
     n_groups = b * c * LEVELS * CLASSES
     expected = 3 * b * c + 2 * n_groups
+    longest = expected + 2 * b * c
     try:
         d = zlib.decompressobj()
-        raw = d.decompress(data, expected + 1)
+        raw = d.decompress(data, longest + 1)
         if d.unconsumed_tail or not d.eof or d.unused_data:
             raise CorruptChunkError("Expected one zlib stream of residual parameters. Got more data instead.")
     except zlib.error as e:
         raise CorruptChunkError(f"Expected zlib-compressed residual parameters. Got {e} instead.") from None
-    if len(raw) != expected:
-        raise CorruptChunkError(f"Expected {expected} residual parameter bytes. Got {len(raw)} instead.")
+    if len(raw) not in (expected, longest):
+        raise CorruptChunkError(f"Expected {expected} or {longest} residual parameter bytes. Got {len(raw)} instead.")
     p = np.frombuffer(raw, np.uint8).astype(np.int64)
-    head, tables = p[: 3 * b * c].reshape(b, c, 3), p[3 * b * c :].reshape(n_groups, 2)
+    head, tables = p[: 3 * b * c].reshape(b, c, 3), p[3 * b * c : expected].reshape(n_groups, 2)
     alpha, ref, gamma = head[..., 0], head[..., 1], head[..., 2]
+    second = p[expected:].reshape(b, c, 2) if len(raw) == longest else np.zeros((b, c, 2), np.int64) + [NO_REF, 0]
+    ref2, gamma2 = second[..., 0], (second[..., 1] ^ 0x80) - 0x80  # gamma2: int8
     bands = np.arange(c)[None, :]
+    if len(raw) == longest and (((ref2 != NO_REF) & ((ref2 >= bands) | (ref2 == ref) | (ref == NO_REF))).any()
+                                or (np.abs(gamma2) > MAX_GAMMA).any() or ((ref2 == NO_REF) & (gamma2 != 0)).any()
+                                or (ref2 == NO_REF).all()):
+        raise CorruptChunkError("Expected second references in range. Got others instead.")
     if ((alpha > NO_SPATIAL).any() or (gamma > MAX_GAMMA).any() or ((ref != NO_REF) & (ref >= bands)).any()
-            or (tables[:, 0] >= len(THETAS)).any() or (tables[:, 1] > MAX_SHIFT).any()):
+            or (tables[:, 0] >= TABLES).any() or (tables[:, 1] > MAX_SHIFT).any()):
         raise CorruptChunkError("Expected residual parameters in range. Got others instead.")
-    return alpha, ref, gamma, tables
+    return alpha, ref, gamma, tables, ref2, gamma2
 
 
 def decode(params: bytes, data: bytes, valid: np.ndarray, anchor: np.ndarray | None, step: int,
@@ -303,7 +471,7 @@ def decode(params: bytes, data: bytes, valid: np.ndarray, anchor: np.ndarray | N
     if stride < 1 or stride > MAX_STRIDE or stride & (stride - 1):
         raise CorruptChunkError(f"Expected a residual stride, a power of two up to {MAX_STRIDE}. Got {stride} instead.")
     b, c, h, w = valid.shape
-    alpha, ref, gamma, tables = _read_params(params, b, c)
+    alpha, ref, gamma, tables, ref2, gamma2 = _read_params(params, b, c)
     anchor = np.zeros(valid.shape, np.int64) if anchor is None else anchor.astype(np.int64)
     state = _State(valid.shape, anchor, stride)
     d = np.zeros(valid.shape, np.int64)
@@ -315,6 +483,10 @@ def decode(params: bytes, data: bytes, valid: np.ndarray, anchor: np.ndarray | N
             has_ref = ref[:, band] != NO_REF
             ref_band = np.where(has_ref, ref[:, band], 0)
             g = np.where(has_ref, gamma[:, band], 0)[:, None, None, None]
+            has_ref2 = ref2[:, band] != NO_REF
+            ref2_band = np.where(has_ref2, ref2[:, band], 0)
+            g2 = np.where(has_ref2, gamma2[:, band], 0)[:, None, None, None]
+            any2 = bool(has_ref2.any())
             a4 = alpha[:, band][:, None, None, None]
             base = (images * c + band)[:, None, None, None]
             for pass_ in passes(stride):
@@ -322,7 +494,8 @@ def decode(params: bytes, data: bytes, valid: np.ndarray, anchor: np.ndarray | N
                 inner = _inner(sl, h, w, state.pad)
                 v = valid[inner]
                 d_ref = d[images, ref_band][:, None, inner[2], inner[3]] * has_ref[:, None, None, None]
-                qhat, groups = _context(pred, d_ref, g, act, pass_[0], step, base)
+                d_ref2 = d[images, ref2_band][:, None, inner[2], inner[3]] * has_ref2[:, None, None, None] if any2 else 0
+                qhat, groups = _context(pred, d_ref, g, act, pass_[0], step, base, d_ref2, g2)
                 q = qhat.copy()
                 q[v] += _decode_symbols(dec, tables[groups[v]])
                 state.fill(sl, q, v, pred, step)

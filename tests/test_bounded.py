@@ -169,6 +169,96 @@ def test_residual_tables_are_exact_integers():
         t = residual.table(k)
         assert t.dtype == np.int64 and t.sum() == 1 << residual.PRECISION_BITS and (t > 0).all()
     assert residual.table(0)[0] > residual.table(0)[1] and residual.table(23)[0] < residual.table(0)[0]
+    assert residual.TABLES == 2 * len(residual.THETAS) == len(residual.THETAS) + len(residual.SECH_THETAS)
+    for k in range(residual.TABLES):
+        t = residual.any_table(k)
+        assert t.dtype == np.int64 and t.size == residual.TABLE_LENGTH
+        assert t.sum() == 1 << residual.PRECISION_BITS and (t > 0).all()
+        if k < len(residual.THETAS):  # old indices keep their meaning
+            np.testing.assert_array_equal(t, residual.table(k))
+        else:  # decreasing, and flatter at the head than the geometric of the same mean
+            head = t[: np.argmax(t <= 1)] if (t <= 1).any() else t[:-1]
+            assert (np.diff(head) <= 0).all()
+            geometric = residual.table(k - len(residual.THETAS))
+            assert t[1] / t[0] >= geometric[1] / geometric[0]
+    # The tables are part of the format: pinned, so that no edit changes them unnoticed.
+    sech = np.concatenate([residual.any_table(k) for k in range(len(residual.THETAS), residual.TABLES)])
+    assert zlib.crc32(sech.astype("<i8").tobytes()) == SECH_TABLES_CRC32
+
+
+SECH_TABLES_CRC32 = 0xFEA5C0B2
+
+
+@pytest.mark.parametrize("k", [0, 23, 24, 31, 40, 47])
+def test_residual_coder2_each_table_round_trip(k):
+    """Symbols coded with either family (shifts, escapes up to 2**37, signs) decode exactly."""
+    import constriction
+
+    rng = np.random.default_rng(k)
+    n = 3000
+    s = rng.choice([0, 1, 5, 17], n)
+    high = np.where(rng.random(n) < 0.02, rng.integers(0, 2**20, n), rng.geometric(0.3, n) - 1)
+    e = (high << s) | (rng.integers(0, 2**17, n) & ((1 << s) - 1))
+    e[:3] = (0, 2**37, 95 << 5)
+    e *= rng.choice([-1, 1], n)
+    ks = np.stack([np.full(n, k), s], -1).astype(np.uint8)
+    enc = constriction.stream.queue.RangeEncoder()
+    residual_v2._encode_symbols(enc, e, ks)
+    dec = constriction.stream.queue.RangeDecoder(enc.get_compressed())
+    np.testing.assert_array_equal(residual_v2._decode_symbols(dec, ks), e)
+    assert dec.maybe_exhausted()
+
+
+def test_residual_second_reference(image):
+    """The optional block of second references: used on real chunks, decoded exactly, strict on damage."""
+    a = np.ascontiguousarray(image[:, :64, :64])
+    enc = TEC(max_error=0).encode(a)
+    np.testing.assert_array_equal(TEC().decode(enc), a)
+    header, mask, latent = bitstream.unpack(enc)
+    raw = zlib.decompress(header.residual.params)
+    b, c = 1, a.shape[0]
+    expected = 3 * b * c + 2 * b * c * residual_v2.LEVELS * residual_v2.CLASSES
+    assert len(raw) == expected + 2 * b * c
+    second = np.frombuffer(raw[expected:], np.uint8).reshape(c, 2)
+    used = np.flatnonzero(second[:, 0] != residual_v2.NO_REF)
+    assert used.size and (second[used, 0] < used).all()
+
+    def refused(new: bytes) -> None:
+        bad = dataclasses.replace(header.residual, params=zlib.compress(new))
+        with pytest.raises(CorruptChunkError):
+            TEC().decode(bitstream.pack(bitstream.ChunkHeader(**{**header.__dict__, "residual": bad}), mask, latent))
+
+    band = int(used[0])
+    for ref2, gamma2 in ((band, 1), (residual_v2.NO_REF, 1), (int(second[band, 0]), 9), (int(second[band, 0]), 0xF7),
+                         (raw[3 * band + 1], 1)):  # itself, none with a gamma, gammas beyond +-8, the first reference
+        damaged = bytearray(raw)
+        damaged[expected + 2 * band : expected + 2 * band + 2] = bytes([ref2, gamma2])
+        refused(bytes(damaged))
+    refused(raw[:expected] + bytes([residual_v2.NO_REF, 0]) * c)  # a block naming no second reference
+    refused(raw + b"\0\0")
+    # Without the block, the same parameters are coder 2's original layout: decodable, other values (CRC).
+    bad = dataclasses.replace(header.residual, params=zlib.compress(raw[:expected]))
+    with pytest.raises(CorruptChunkError):
+        TEC().decode(bitstream.pack(bitstream.ChunkHeader(**{**header.__dict__, "residual": bad}), mask, latent))
+
+
+def test_residual_new_tables_used_and_refused_where_unknown(image):
+    """Real lossless chunks pick hyperbolic-secant tables; coder 1 (tiles) and out-of-range indices refuse them."""
+    a = np.ascontiguousarray(image[:, :64, :64])
+    enc = TEC(max_error=0).encode(a)
+    np.testing.assert_array_equal(TEC().decode(enc), a)
+    header, mask, latent = bitstream.unpack(enc)
+    raw = bytearray(zlib.decompress(header.residual.params))
+    b, c = 1, a.shape[0]
+    tables = np.frombuffer(bytes(raw[3 * b * c :]), np.uint8).reshape(-1, 2)
+    assert (tables[:, 0] >= len(residual.THETAS)).any()
+    raw[3 * b * c] = residual.TABLES  # one past the last table
+    bad = dataclasses.replace(header.residual, params=zlib.compress(bytes(raw)))
+    with pytest.raises(CorruptChunkError):
+        TEC().decode(bitstream.pack(bitstream.ChunkHeader(**{**header.__dict__, "residual": bad}), mask, latent))
+    valid = np.ones((1, 1, 64, 64), bool)
+    with pytest.raises(CorruptChunkError):
+        residual.decode(b"\0" * 8, valid, np.array([[len(residual.THETAS), 0]], np.uint8))
 
 
 # psnr= targets.
@@ -252,7 +342,7 @@ def test_residual_coder_byte_is_strict(image):
     """Version 3 carries the coder byte (2); version 2 means coder 1. Any other pairing is refused."""
     enc = TEC(max_error=3).encode(np.ascontiguousarray(image[:, :64, :64]))
     assert bitstream.unpack(enc)[0].residual.coder == 2
-    tiny = TEC(max_error=3).encode(np.ascontiguousarray(image[:, :16, :16]))  # coder 1 where it is smaller
+    tiny = TEC(max_error=100).encode(np.ascontiguousarray(image[:, :16, :16]))  # coder 1 where it is smaller
     assert tiny[4] == bitstream.RESIDUAL_V1_FORMAT_VERSION and bitstream.unpack(tiny)[0].residual.coder == 1
     header, mask, latent = bitstream.unpack(enc)
     for version, coder in ((3, 1), (3, 9), (2, 2)):
@@ -371,5 +461,13 @@ def test_golden_bounded_bitstreams(cube):
     check_golden(TEC(quality=1, max_error=7), [a, a.astype(np.int16)], "max-error-7-coder2", max_abs_error=0)
     refl = (a / 1e4).astype(np.float32)
     check_golden(TEC(max_error=0, nodata=None), [refl], "float32-lossless-coder2", max_abs_error=0)
+    # Written after the hyperbolic-secant tables and the second references were added: a chunk that uses both.
+    b = np.ascontiguousarray(cube[2, :, 100:164, 60:124])
+    check_golden(TEC(max_error=0), [b], "lossless-coder2-sech", max_abs_error=0)
+    sech = FIXTURES / "tec_zarr.tec" / "lossless-coder2-sech" / "encoded.00.dat"
+    res = bitstream.unpack(sech.read_bytes())[0].residual
+    raw = np.frombuffer(zlib.decompress(res.params), np.uint8)
+    expected = 3 * 12 + 2 * 12 * residual_v2.LEVELS * residual_v2.CLASSES
+    assert raw.size == expected + 2 * 12 and (raw[3 * 12 : expected : 2] >= len(residual.THETAS)).any()
     for f in (FIXTURES / "tec_zarr.tec").glob("*-coder2/encoded.*.dat"):
         assert bitstream.unpack(f.read_bytes())[0].residual.coder == 2
