@@ -36,7 +36,8 @@ class TEC(Codec):
     ----------
     quality : int, optional
         Quality level of the model, 0 (smallest) to its highest; ``tec models`` lists each level's measured
-        PSNR and bpp. Default: the model's default level.
+        PSNR and bpp. Default: the model's default level; with ``max_error``, level 0 (the base under the
+        residual; the fewest bits for bounds up to about 50 DN).
     model : str, optional
         Name of an installed model (``tec_zarr.list_models()``). Default ``"tec-fp"``.
     nodata : int or float or None
@@ -63,10 +64,10 @@ class TEC(Codec):
         card = parse_model(model)
         self.model = card.name
         self.model_sha256 = parse_model_sha256(model_sha256, card)
-        self.quality = parse_quality(quality, card)
+        self.max_error = parse_max_error(max_error)
+        self.quality = parse_quality(quality, card, self.max_error)
         self.nodata = parse_nodata(nodata)
         self.float_scale = parse_float_scale(float_scale)
-        self.max_error = parse_max_error(max_error)
         self.psnr = parse_psnr(psnr, self.max_error)
 
     def encode(self, buf):

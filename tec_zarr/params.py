@@ -33,9 +33,16 @@ def parse_model_sha256(value: str | None, card: ModelCard) -> str:
     return value
 
 
-def parse_quality(quality: int | None, card: ModelCard) -> int:
+# The base quality when max_error is set and no quality is given. The lowest level: the residual coder predicts
+# from decoded neighbours better than a finer base does, so q0 gives the fewest bits at every bound up to 50 DN
+# and still beats SZ3 and LERC at 100 (benchmarks/bounded.py). Configs store the level, so this never changes
+# how stored data decodes.
+BOUNDED_DEFAULT_QUALITY = 0
+
+
+def parse_quality(quality: int | None, card: ModelCard, max_error: float | int | None = None) -> int:
     if quality is None:
-        return card.default_quality
+        return BOUNDED_DEFAULT_QUALITY if max_error is not None else card.default_quality
     if isinstance(quality, bool) or not isinstance(quality, int) or not 0 <= quality < len(card.qualities):
         raise InvalidInputError(
             f"Expected a quality level 0..{len(card.qualities) - 1} of model {card.name}. Got {quality!r} instead."

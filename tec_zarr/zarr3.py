@@ -63,10 +63,10 @@ class TEC(ArrayBytesCodec):
         card = parse_model(model)
         object.__setattr__(self, "model", card.name)
         object.__setattr__(self, "model_sha256", parse_model_sha256(model_sha256, card))
-        object.__setattr__(self, "quality", parse_quality(quality, card))
+        object.__setattr__(self, "max_error", parse_max_error(max_error))
+        object.__setattr__(self, "quality", parse_quality(quality, card, self.max_error))
         object.__setattr__(self, "nodata", parse_nodata_or_fill_value(nodata))
         object.__setattr__(self, "float_scale", parse_float_scale(float_scale))
-        object.__setattr__(self, "max_error", parse_max_error(max_error))
         object.__setattr__(self, "psnr", parse_psnr(psnr, self.max_error))
 
     @classmethod

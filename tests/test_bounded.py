@@ -342,7 +342,7 @@ def test_residual_coder_byte_is_strict(image):
     """Version 3 carries the coder byte (2); version 2 means coder 1. Any other pairing is refused."""
     enc = TEC(max_error=3).encode(np.ascontiguousarray(image[:, :64, :64]))
     assert bitstream.unpack(enc)[0].residual.coder == 2
-    tiny = TEC(max_error=100).encode(np.ascontiguousarray(image[:, :16, :16]))  # coder 1 where it is smaller
+    tiny = TEC(max_error=100, quality=2).encode(np.ascontiguousarray(image[:, :16, :16]))  # coder 1 where smaller
     assert tiny[4] == bitstream.RESIDUAL_V1_FORMAT_VERSION and bitstream.unpack(tiny)[0].residual.coder == 1
     header, mask, latent = bitstream.unpack(enc)
     for version, coder in ((3, 1), (3, 9), (2, 2)):
@@ -393,7 +393,10 @@ def test_residual_coder2_beats_coder1(image):
 def test_codec_config_and_validation():
     for codec in (TEC(max_error=3), TEC(max_error=0.5), TEC(psnr=35.0), TEC(quality=1, max_error=0)):
         check_config(codec)
-    check_repr(TEC(max_error=0), "TEC(quality=2, model='tec-fp', nodata=0, float_scale=10000.0, max_error=0)")
+    # A bound without a quality takes base level 0 (params.BOUNDED_DEFAULT_QUALITY); a given quality is kept.
+    check_repr(TEC(max_error=0), "TEC(quality=0, model='tec-fp', nodata=0, float_scale=10000.0, max_error=0)")
+    assert TEC(max_error=5).quality == TEC3(max_error=5).quality == 0
+    assert TEC(quality=2, max_error=5).quality == TEC3(quality=2, max_error=5).quality == 2
     check_repr(TEC(psnr=35), "TEC(quality=2, model='tec-fp', nodata=0, float_scale=10000.0, psnr=35.0)")
     assert TEC(max_error=2) != TEC(max_error=3) and TEC() != TEC(max_error=0)
     assert numcodecs.get_codec(TEC(max_error=4).get_config()) == TEC(max_error=4)
@@ -457,13 +460,14 @@ def test_golden_bounded_bitstreams(cube):
 
     a = np.ascontiguousarray(cube[0, :, 10:43, 20:61])
     a[:, :3, :4] = 0
-    check_golden(TEC(max_error=0), [a], "lossless-coder2", max_abs_error=0)
+    # Written at base quality 2 (the default before bounded chunks defaulted to 0): the configs name it.
+    check_golden(TEC(quality=2, max_error=0), [a], "lossless-coder2", max_abs_error=0)
     check_golden(TEC(quality=1, max_error=7), [a, a.astype(np.int16)], "max-error-7-coder2", max_abs_error=0)
     refl = (a / 1e4).astype(np.float32)
-    check_golden(TEC(max_error=0, nodata=None), [refl], "float32-lossless-coder2", max_abs_error=0)
+    check_golden(TEC(quality=2, max_error=0, nodata=None), [refl], "float32-lossless-coder2", max_abs_error=0)
     # Written after the hyperbolic-secant tables and the second references were added: a chunk that uses both.
     b = np.ascontiguousarray(cube[2, :, 100:164, 60:124])
-    check_golden(TEC(max_error=0), [b], "lossless-coder2-sech", max_abs_error=0)
+    check_golden(TEC(quality=2, max_error=0), [b], "lossless-coder2-sech", max_abs_error=0)
     sech = FIXTURES / "tec_zarr.tec" / "lossless-coder2-sech" / "encoded.00.dat"
     res = bitstream.unpack(sech.read_bytes())[0].residual
     raw = np.frombuffer(zlib.decompress(res.params), np.uint8)
