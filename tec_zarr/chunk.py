@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from . import bitstream, bounded, entropy, metrics, runtime
+from . import bitstream, bounded, entropy, hyperprior, metrics, runtime
 from .errors import (
     CorruptChunkError,
     InvalidInputError,
@@ -152,7 +152,22 @@ def _code(model: Model, c: dict, y: np.ndarray, nodata, max_error, q: int) -> by
     if max_error is not None:
         valid = ~c["mask"] if c["mask"] is not None else np.ones(c["images"].shape, bool)
         res = bounded.encode(c["images"], valid, symbols, q, model, c["scale"], max_error, nodata)
-    return _pack(model, q, c["array"].shape, c["array"].dtype, c["pad"], symbols, nodata, c["scale"], c["mask"], res)
+    payload = _entropy_encode(model, y, symbols, q)
+    return _pack(model, q, c["array"].shape, c["array"].dtype, c["pad"], symbols, nodata, c["scale"], c["mask"], res,
+                 payload)
+
+
+def _entropy_encode(model: Model, y: np.ndarray, symbols: np.ndarray, q: int) -> bytes:
+    """The latent payload: the base tables per channel, or the hyperprior (its side information z from ``y``)."""
+    if model.entropy_model == "factorized":
+        return entropy.encode(symbols, q, model.tables)
+    return hyperprior.encode(model, y, symbols, q)
+
+
+def _entropy_decode(model: Model, payload: bytes, quality: int, shape: tuple[int, int, int, int]) -> np.ndarray:
+    if model.entropy_model == "factorized":
+        return entropy.decode(payload, quality, shape, model.tables)
+    return hyperprior.decode(model, payload, quality, shape)
 
 
 def _prepare(array, model: Model, quality, nodata, float_scale, max_error, psnr) -> dict:
@@ -244,8 +259,7 @@ def _lowest_rate_reaching(at, array: np.ndarray, target: float, qualities: int, 
     return best[1]
 
 
-def _pack(model, quality, shape, dtype, pad, symbols, nodata, scale, mask, res) -> bytes:
-    payload = entropy.encode(symbols, quality, model.tables)
+def _pack(model, quality, shape, dtype, pad, symbols, nodata, scale, mask, res, payload: bytes) -> bytes:
     header = bitstream.ChunkHeader(
         model=model.name,
         model_hash=bytes.fromhex(model.sha256),
@@ -310,12 +324,12 @@ def _parse(buf) -> dict:
     if (
         c != len(model.bands)
         or header.pad != (-h % model.multiple, -w % model.multiple)
-        or (lh * model.multiple, lw * model.multiple) != (h + header.pad[0], w + header.pad[1])
+        or (lh * model.latent_stride, lw * model.latent_stride) != (h + header.pad[0], w + header.pad[1])
         or m != model.tables.channels
     ):
         raise CorruptChunkError(f"Expected a header consistent with model {model.name}. Got {header} instead.")
     batch = header.batch
-    symbols = entropy.decode(payload, header.quality, (batch, m, lh, lw), model.tables)
+    symbols = _entropy_decode(model, payload, header.quality, (batch, m, lh, lw))
     mask = bitstream.unpack_mask(mask_bytes, (batch, c, h, w)) if mask_bytes is not None else None
     if mask is not None and header.nodata is None:
         raise CorruptChunkError("Expected a nodata value with a nodata mask. Got a mask alone instead.")

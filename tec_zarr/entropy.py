@@ -95,15 +95,34 @@ def encode(symbols: np.ndarray, quality: int, tables: EntropyTables) -> bytes:
         index[outside] = escape
         encoder.encode(index.astype(np.int32), tables.model(quality, c))
         for v in values[outside]:
-            z = (int(v) - lo - escape) * 2 if v >= lo + escape else (lo - int(v) - 1) * 2 + 1
-            z += 1  # z >= 1: send its bit length, then the bits below the leading one
-            nbits = z.bit_length() - 1
-            encoder.encode(np.array([nbits], np.int32), uniform_bits)
-            rest = z - (1 << nbits)
-            for shift in range(0, nbits, _ESCAPE_CHUNK_BITS):
-                part = (rest >> shift) & ((1 << _ESCAPE_CHUNK_BITS) - 1)
-                encoder.encode(np.array([part], np.int32), uniform_chunk)
+            encode_escape(encoder, int(v), lo, escape, uniform_bits, uniform_chunk)
     return encoder.get_compressed().tobytes()
+
+
+def escape_models():
+    """The two uniform models escapes are coded with: (bit length, 16-bit chunk)."""
+    import constriction
+
+    return (constriction.stream.model.Uniform(_ESCAPE_MAX_BITS),
+            constriction.stream.model.Uniform(1 << _ESCAPE_CHUNK_BITS))
+
+
+def encode_escape(encoder, v: int, lo: int, escape: int, uniform_bits, uniform_chunk) -> None:
+    """A value ``v`` outside a table of symbols ``lo .. lo + escape - 1``, after its escape symbol."""
+    z = (v - lo - escape) * 2 if v >= lo + escape else (lo - v - 1) * 2 + 1
+    z += 1  # z >= 1: send its bit length, then the bits below the leading one
+    nbits = z.bit_length() - 1
+    encoder.encode(np.array([nbits], np.int32), uniform_bits)
+    rest = z - (1 << nbits)
+    for shift in range(0, nbits, _ESCAPE_CHUNK_BITS):
+        part = (rest >> shift) & ((1 << _ESCAPE_CHUNK_BITS) - 1)
+        encoder.encode(np.array([part], np.int32), uniform_chunk)
+
+
+def escaped_values(zs, lo: int, escape: int) -> np.ndarray:
+    """Values from the zigzag offsets :func:`decode_escape` returns, for a table of ``lo .. lo + escape - 1``."""
+    z = np.asarray(zs, np.int64)
+    return np.where(z % 2 == 0, lo + escape + z // 2, lo - 1 - z // 2)
 
 
 def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: EntropyTables) -> np.ndarray:
@@ -129,14 +148,13 @@ def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: 
             escape = int(tables.lengths[quality, c]) - 1
             positions = np.flatnonzero(index == escape)
             if positions.size:
-                escaped.append((c, positions, [_decode_escape(decoder, uniform_bits, uniform_chunk) for _ in positions]))
+                escaped.append((c, positions, [decode_escape(decoder, uniform_bits, uniform_chunk) for _ in positions]))
     except (AssertionError, ValueError, RuntimeError, OverflowError) as e:  # constriction's words for invalid data
         raise CorruptChunkError(f"Expected a decodable latent payload. Got {type(e).__name__}: {e} instead.") from None
     out += tables.offsets[quality, :m, None].astype(np.int64)
     for c, positions, zs in escaped:
         lo, escape = int(tables.offsets[quality, c]), int(tables.lengths[quality, c]) - 1
-        z = np.asarray(zs, np.int64)
-        out[c, positions] = np.where(z % 2 == 0, lo + escape + z // 2, lo - 1 - z // 2)
+        out[c, positions] = escaped_values(zs, lo, escape)
     if escaped and (out.min() < np.iinfo(np.int32).min or out.max() > np.iinfo(np.int32).max):
         raise CorruptChunkError("Expected latent symbols within int32. Got an overflowing escape instead.")
     if not decoder.maybe_exhausted():
@@ -144,7 +162,7 @@ def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: 
     return np.ascontiguousarray(np.moveaxis(out.reshape(m, b, h, w), 0, 1), dtype=np.int32)
 
 
-def _decode_escape(decoder, uniform_bits, uniform_chunk) -> int:
+def decode_escape(decoder, uniform_bits, uniform_chunk) -> int:
     """An escaped symbol's zigzag offset ``z >= 0`` (see :func:`encode`)."""
     nbits = int(decoder.decode(uniform_bits, 1)[0])
     rest = 0

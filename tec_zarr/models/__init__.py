@@ -22,6 +22,7 @@ from ..errors import UnknownModelError, WeightsIntegrityError
 MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "tec-fp"
 REQUIRED_FILES = ("encoder.onnx", "decoder.onnx", "tables.npz")
+ENTROPY_MODELS = ("factorized", "hyperprior")
 
 
 def model_digest(files: dict[str, str]) -> str:
@@ -60,7 +61,9 @@ class Model:
     gain: np.ndarray  # (Q, M) float32
     inv_gain: np.ndarray
     tables: EntropyTables
-    multiple: int
+    multiple: int  # chunks are edge-padded to multiples of it
+    latent_stride: int = 4  # image pixels per latent element along each axis
+    entropy_model: str = "factorized"  # or "hyperprior" (tec_zarr.hyperprior): how the latent symbols are coded
 
     @property
     def name(self) -> str:
@@ -169,7 +172,19 @@ def load_model(name: str = DEFAULT_MODEL) -> Model:
                 inv_gain=t["inv_gain"].astype(np.float32),
                 tables=tables,
                 multiple=int(card.manifest["multiple"]),
+                latent_stride=int(card.manifest.get("latent_stride", card.manifest["multiple"])),
+                entropy_model=str(card.manifest.get("entropy_model", "factorized")),
             )
+        if model.entropy_model not in ENTROPY_MODELS:
+            raise WeightsIntegrityError(
+                f"Expected an entropy model in {ENTROPY_MODELS} for {name}. Got {model.entropy_model!r} instead: "
+                "install a newer tec_zarr."
+            )
+        if model.entropy_model == "hyperprior":  # its own files, verified now like the others
+            from .. import hyperprior
+
+            hyperprior.load(model)
+            hyperprior.analysis_graph(model)
         _loaded[name] = model
         return model
 
