@@ -8,16 +8,13 @@ Logs one JSON line per ``--log-every`` steps (rate and distortion per quality) a
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import data
+from . import data, loop
 from .model import ModelConfig, TECFactorized
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -83,10 +80,6 @@ class Trainer:
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * self._std_t + self._mean_t
 
-    def learning_rate_scale(self) -> float:
-        frac = self.step / max(self.args.steps, 1)
-        return 1.0 if frac < 0.75 else (0.3 if frac < 0.9 else 0.1)
-
     def train_step(self) -> dict:
         x = torch.from_numpy(self.sampler.batch(self.args.batch)).to(self.device)
         q = torch.randint(len(self.cfg.lambdas), (x.shape[0],), device=self.device)
@@ -99,7 +92,7 @@ class Trainer:
         self.opt_entropy.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        scale = self.learning_rate_scale()
+        scale = loop.step_scale(self.step, self.args.steps, first_drop=0.75)
         for group in self.opt_transform.param_groups:
             group["lr"] = group["base_lr"] * scale
         for group in self.opt_entropy.param_groups:
@@ -129,8 +122,8 @@ class Trainer:
         self.model.train()
         return rows
 
-    def save(self) -> None:
-        ckpt = {
+    def checkpoint(self) -> dict:
+        return {
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "opt_transform": self.opt_transform.state_dict(),
@@ -145,36 +138,10 @@ class Trainer:
             "crop": self.args.crop,
             "batch": self.args.batch,
         }
-        tmp = self.out / "checkpoint.pt.tmp"
-        torch.save(ckpt, tmp)
-        os.replace(tmp, self.out / "checkpoint.pt")
 
-    def run(self) -> None:
-        log = (self.out / "log.jsonl").open("a")
-        acc: list[dict] = []
-        t0 = time.time()
-        while self.step < self.args.steps:
-            acc.append(self.train_step())
-            self.step += 1
-            if self.step % self.args.log_every == 0:
-                q = np.concatenate([a["q"] for a in acc])
-                bpp = np.concatenate([a["bpp"] for a in acc])
-                psnr = np.concatenate([a["psnr"] for a in acc])
-                per_q = {int(k): {"bpp": round(float(bpp[q == k].mean()), 4), "psnr": round(float(psnr[q == k].mean()), 3)}
-                         for k in np.unique(q)}
-                rec = {"step": self.step, "seconds": round(time.time() - t0, 1),
-                       "loss": round(float(np.mean([a["loss"] for a in acc])), 5), "train": per_q}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                print(json.dumps(rec), flush=True)
-                acc.clear()
-            if self.step % self.args.val_every == 0 or self.step == self.args.steps:
-                rec = {"step": self.step, "validation": self.validate()}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                print(json.dumps(rec), flush=True)
-                self.save()
-        self.save()
+    def summarize(self, records: list[dict]) -> dict:
+        return {"loss": round(float(np.mean([r["loss"] for r in records])), 5),
+                "train": loop.per_quality(records, {"bpp": 4, "psnr": 3})}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -203,12 +170,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    Trainer(args).run()
-    return 0
+    return loop.main(Trainer, parse_args(argv))
 
 
 if __name__ == "__main__":

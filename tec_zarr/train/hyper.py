@@ -29,20 +29,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import data
+from . import data, loop
 from .layers import FactorizedDensity
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
-QUIET = Path("/tmp/exp/QUIET")  # while it exists, heavy loops sleep (timed benchmarks run beside training)
-
-
-def wait_while_quiet() -> None:
-    while QUIET.exists():
-        time.sleep(2.0)
-
 
 @dataclass(frozen=True)
 class HyperConfig:
@@ -177,7 +169,7 @@ def precompute(out: Path, data_root: Path, base: str, crops: int, crop: int, see
     sampler = data.CropSampler(train, crop, seed=seed)
     t0 = time.time()
     for start in range(0, crops, batch):
-        wait_while_quiet()
+        loop.wait_while_paused()
         n = min(batch, crops - start)
         mm[start : start + n] = encode_latents(model, sampler.batch(n))
         if start % (batch * 50) == 0:
@@ -255,10 +247,6 @@ class Trainer:
             out.append(float(-np.log2(p).sum() / (y.shape[0] * y.shape[2] * y.shape[3] * 16)))
         return out
 
-    def lr_scale(self) -> float:
-        frac = self.step / max(self.args.steps, 1)
-        return 1.0 if frac < 0.7 else (0.3 if frac < 0.9 else 0.1)
-
     def train_step(self) -> dict:
         n = self.args.batch
         idx = np.sort(self.rng.choice(len(self.latents), n, replace=False))
@@ -277,7 +265,7 @@ class Trainer:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
-        s = self.lr_scale()
+        s = loop.step_scale(self.step, self.args.steps, first_drop=0.7)
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * s
         self.opt.step()
@@ -299,8 +287,8 @@ class Trainer:
         self.net.train()
         return rows
 
-    def save(self) -> None:
-        ckpt = {
+    def checkpoint(self) -> dict:
+        return {
             "config": self.cfg.to_dict(),
             "model": self.net.state_dict(),
             "opt": self.opt.state_dict(),
@@ -310,40 +298,9 @@ class Trainer:
             "latents": self.info,
             "batch": self.args.batch,
         }
-        tmp = self.out / "checkpoint.pt.tmp"
-        torch.save(ckpt, tmp)
-        os.replace(tmp, self.out / "checkpoint.pt")
 
-    def run(self) -> None:
-        log = (self.out / "log.jsonl").open("a")
-        acc: list[dict] = []
-        t0 = last_save = time.time()
-        while self.step < self.args.steps:
-            wait_while_quiet()
-            acc.append(self.train_step())
-            self.step += 1
-            if self.step % self.args.log_every == 0:
-                q = np.concatenate([a["q"] for a in acc])
-                bpp = np.concatenate([a["bpp"] for a in acc])
-                bz = np.concatenate([a["bpp_z"] for a in acc])
-                per_q = {int(k): {"bpp": round(float(bpp[q == k].mean()), 4), "bpp_z": round(float(bz[q == k].mean()), 4)}
-                         for k in np.unique(q)}
-                rec = {"step": self.step, "seconds": round(time.time() - t0, 1), "train": per_q}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                print(json.dumps(rec), flush=True)
-                acc.clear()
-            if self.step % self.args.val_every == 0 or self.step == self.args.steps:
-                rec = {"step": self.step, "validation": self.validate()}
-                log.write(json.dumps(rec) + "\n")
-                log.flush()
-                print(json.dumps(rec), flush=True)
-                self.save()
-                last_save = time.time()
-            elif time.time() - last_save > self.args.save_every_s:
-                self.save()
-                last_save = time.time()
-        self.save()
+    def summarize(self, records: list[dict]) -> dict:
+        return {"train": loop.per_quality(records, {"bpp": 4, "bpp_z": 4})}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -370,12 +327,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    Trainer(args).run()
-    return 0
+    return loop.main(Trainer, parse_args(argv))
 
 
 if __name__ == "__main__":

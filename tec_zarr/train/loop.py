@@ -1,0 +1,88 @@
+"""What every trainer shares: the step loop, its JSON log, atomic checkpoints, the learning-rate steps, pausing.
+
+A trainer has ``args`` (steps, log_every, val_every, optional save_every_s), ``out`` (the run directory),
+``step``, and the methods ``train_step() -> dict``, ``summarize(records) -> dict``, ``validate() -> list`` and
+``checkpoint() -> dict``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# Set to a file's path to pause training while that file exists (e.g. while a timed benchmark runs beside it).
+PAUSE_FILE_VARIABLE = "TEC_ZARR_PAUSE_FILE"
+
+
+def wait_while_paused() -> None:
+    pause = os.environ.get(PAUSE_FILE_VARIABLE)
+    while pause and Path(pause).exists():
+        time.sleep(2.0)
+
+
+def step_scale(step: int, steps: int, first_drop: float) -> float:
+    """Learning-rate factor: 1 until ``first_drop`` of the steps, 0.3 until 90 %, then 0.1."""
+    frac = step / max(steps, 1)
+    return 1.0 if frac < first_drop else (0.3 if frac < 0.9 else 0.1)
+
+
+def per_quality(records: list[dict], digits: dict[str, int]) -> dict[int, dict[str, float]]:
+    """Mean of each key in ``digits`` per quality ``q`` over the steps' records, rounded to its digits."""
+    q = np.concatenate([r["q"] for r in records])
+    values = {key: np.concatenate([r[key] for r in records]) for key in digits}
+    return {int(k): {key: round(float(v[q == k].mean()), digits[key]) for key, v in values.items()} for k in np.unique(q)}
+
+
+def save_checkpoint(checkpoint: dict, out: Path) -> None:
+    """``out/checkpoint.pt``, replaced atomically: a run killed while saving keeps its previous checkpoint."""
+    tmp = out / "checkpoint.pt.tmp"
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, out / "checkpoint.pt")
+
+
+def run(trainer) -> None:
+    """Train to ``args.steps``: log every ``log_every`` steps, validate and save every ``val_every`` steps and at
+    the end, and also save every ``save_every_s`` seconds where the trainer has that argument."""
+    args, out = trainer.args, trainer.out
+    save_every_s = getattr(args, "save_every_s", None)
+    records: list[dict] = []
+    t0 = last_save = time.time()
+
+    def save() -> None:
+        nonlocal last_save
+        save_checkpoint(trainer.checkpoint(), out)
+        last_save = time.time()
+
+    with (out / "log.jsonl").open("a") as log:
+
+        def write(record: dict) -> None:
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            print(json.dumps(record), flush=True)
+
+        while trainer.step < args.steps:
+            wait_while_paused()
+            records.append(trainer.train_step())
+            trainer.step += 1
+            if trainer.step % args.log_every == 0:
+                write({"step": trainer.step, "seconds": round(time.time() - t0, 1), **trainer.summarize(records)})
+                records.clear()
+            if trainer.step % args.val_every == 0 or trainer.step == args.steps:
+                write({"step": trainer.step, "validation": trainer.validate()})
+                save()
+            elif save_every_s and time.time() - last_save > save_every_s:
+                save()
+    save()
+
+
+def main(trainer_class, args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    run(trainer_class(args))
+    return 0
