@@ -12,9 +12,7 @@ Writes benchmarks/results/bounded.json and .png.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,7 +23,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from baselines import BenchCodec  # noqa: E402
-from common import machine, round_trips, update_readme  # noqa: E402
+from common import machine, publish, round_trips  # noqa: E402
 from bounded_codecs import BOUNDS, bounded_codecs  # noqa: E402
 
 from tec_zarr import metrics  # noqa: E402
@@ -126,12 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"  max err {points[-1]['measured_max_error']:g}", flush=True)
         results["codecs"].append({"name": codec.name, "family": codec.family, "points": points})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.out.with_suffix(".png"))
-    text = readme_text(results)
-    print(text)
-    if not args.no_readme:
-        update_readme("bounded", text)
+    publish("bounded", results, args.out.with_suffix(".json"), readme_text(results), not args.no_readme)
     return 0
 
 

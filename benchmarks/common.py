@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -34,6 +35,19 @@ def round_trips(codec, setting, images: np.ndarray) -> Iterator[tuple[np.ndarray
         t1 = time.perf_counter()
         dec = codec.decode(enc, setting, img.shape)
         yield img, enc, dec, t1 - t0, time.perf_counter() - t1
+
+
+def write_json(path: Path, results: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def publish(name: str, results: dict, json_path: Path, text: str, readme: bool) -> None:
+    """Write a benchmark's JSON, print its table, and regenerate the README block ``name`` when ``readme``."""
+    write_json(json_path, results)
+    print(text)
+    if readme:
+        update_readme(name, text)
 
 
 def update_readme(name: str, text: str) -> None:

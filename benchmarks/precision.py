@@ -18,7 +18,6 @@ reference; the table gives its PSNR and bpp minus fp32's and its speed as a rati
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -31,7 +30,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, update_readme  # noqa: E402
+from common import machine, publish  # noqa: E402
 
 from tec_zarr import chunk, entropy, metrics  # noqa: E402
 from tec_zarr.models import load_model  # noqa: E402
@@ -191,12 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         ships = all(r["within_cost"] and r["encode_speedup"] >= MIN_SPEEDUP and r["decode_speedup"] >= MIN_SPEEDUP
                     for r in rows)
         results["variants"][name] = {"qualities": rows, "ships": ships}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "precision.json").write_text(json.dumps(results, indent=1) + "\n")
-    text = table(results)
-    print(text)
-    if not args.no_readme:
-        update_readme("precision", text)
+    publish("precision", results, args.out / "precision.json", table(results), not args.no_readme)
     return 0
 
 

@@ -11,7 +11,6 @@ Writes benchmarks/results/rd[-anchors].json and .png, and regenerates the RD tab
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,7 +22,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from baselines import BenchCodec, all_codecs  # noqa: E402
-from common import machine, round_trips, update_readme  # noqa: E402
+from common import machine, publish, round_trips  # noqa: E402
 from classical import classical_codecs  # noqa: E402
 from quality import band_mse, bd_rate, spectral_angle_deg, ssim  # noqa: E402
 
@@ -248,14 +247,11 @@ def main(argv: list[str] | None = None) -> int:
         c["bd_rate_percent"] = {ref: bd_rate(curves[ref], curves[c["name"]]) for ref in REFERENCES if ref in curves}
     suffix = "" if args.images == "validation" else f"-{args.images}"
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"rd{suffix}.json").write_text(json.dumps(results, indent=1) + "\n")
     plot(results, args.out / f"rd{suffix}.png")
-    text = table(results)
-    print(text)
+    publish("rd", results, args.out / f"rd{suffix}.json", table(results),
+            not args.no_readme and args.images == "validation")
     if args.images == "anchors":
         print(anchor_table(results))
-    if not args.no_readme and args.images == "validation":
-        update_readme("rd", text)
     return 0
 
 

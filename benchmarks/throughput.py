@@ -11,7 +11,6 @@ MB/s depend on the machine, which the JSON names.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -27,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, update_readme  # noqa: E402
+from common import machine, publish  # noqa: E402
 
 from tec_zarr import chunk, runtime  # noqa: E402
 from tec_zarr.models import get_card  # noqa: E402
@@ -253,12 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             for workers, images in ((1, n), (2, n), (2, n // 4)):
                 results["cluster"].append(cluster_throughput(base, images, workers, Path(tmp), q, args.images_per_task))
                 print(results["cluster"][-1], flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "throughput.json").write_text(json.dumps(results, indent=1) + "\n")
-    text = table(results)
-    print(text)
-    if not args.no_readme:
-        update_readme("throughput", text)
+    publish("throughput", results, args.out / "throughput.json", table(results), not args.no_readme)
     return 0
 
 
