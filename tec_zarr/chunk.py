@@ -21,7 +21,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from . import bitstream, bounded, entropy, hyperprior, metrics, runtime
+from . import bitstream, bounded, context, entropy, hyperprior, metrics, runtime
 from .errors import (
     CorruptChunkError,
     InvalidInputError,
@@ -158,15 +158,19 @@ def _code(model: Model, c: dict, y: np.ndarray, nodata, max_error, q: int) -> by
 
 
 def _entropy_encode(model: Model, y: np.ndarray, symbols: np.ndarray, q: int) -> bytes:
-    """The latent payload: the base tables per channel, or the hyperprior (its side information z from ``y``)."""
+    """The latent payload: the base tables per channel, or the hyperprior or context model (z chosen from ``y``)."""
     if model.entropy_model == "factorized":
         return entropy.encode(symbols, q, model.tables)
+    if model.entropy_model == "context":
+        return context.encode(model, y, symbols, q)
     return hyperprior.encode(model, y, symbols, q)
 
 
 def _entropy_decode(model: Model, payload: bytes, quality: int, shape: tuple[int, int, int, int]) -> np.ndarray:
     if model.entropy_model == "factorized":
         return entropy.decode(payload, quality, shape, model.tables)
+    if model.entropy_model == "context":
+        return context.decode(model, payload, quality, shape)
     return hyperprior.decode(model, payload, quality, shape)
 
 

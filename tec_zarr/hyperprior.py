@@ -30,7 +30,7 @@ import numpy as np
 from . import entropy, runtime
 from .entropy import EntropyTables
 from .errors import CorruptChunkError, WeightsIntegrityError
-from .synthesis import KERNEL, _deconv, _deconv_matrix
+from .synthesis import KERNEL, _deconv
 
 FILENAME = "hyperprior.npz"
 ANALYSIS_FILENAME = "hyper_analysis.onnx"
@@ -167,11 +167,15 @@ class Hyperprior:
     def parameters(self, z: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
         """z symbols -> (table index, integer mean of y_q), both int64 (B, M, 4h, 4w); integer operations only."""
         log_sigma, mu = self.synthesize(z, quality)
-        lg = self.log_gain[quality][None, :, None, None]
-        scaled = (log_sigma + lg - self.log_sigma_min) * self.steps_per_octave + (1 << (LOG_BITS - 1))
+        return self.index_and_mean(log_sigma, mu, self.log_gain[quality][None, :, None, None],
+                                   self.gain_int[quality][None, :, None, None])
+
+    def index_and_mean(self, log_sigma, mu, log_gain, gain_int) -> tuple[np.ndarray, np.ndarray]:
+        """Integer log2 sigma and mean of y (2**LOG_BITS) -> scale table index and integer mean of y_q."""
+        scaled = (log_sigma + log_gain - self.log_sigma_min) * self.steps_per_octave + (1 << (LOG_BITS - 1))
         index = np.clip(scaled >> LOG_BITS, 0, self.tables - 1)
         half = 1 << (LOG_BITS + GAIN_BITS - 1)
-        mean = (mu * self.gain_int[quality][None, :, None, None] + half) >> (LOG_BITS + GAIN_BITS)
+        mean = (mu * gain_int + half) >> (LOG_BITS + GAIN_BITS)
         return index, np.clip(mean, -MEAN_LIMIT, MEAN_LIMIT)
 
 
@@ -214,12 +218,19 @@ def encode(model, y: np.ndarray, symbols: np.ndarray, quality: int, z: np.ndarra
     z_bytes = entropy.encode(z, quality, hp.z_tables)
     index, mean = hp.parameters(z, quality)
     y_bytes = encode_grouped(symbols.astype(np.int64) - mean, index, hp)
-    return struct.pack("<I", len(z_bytes)) + z_bytes + y_bytes
+    return z_section(z_bytes) + y_bytes
 
 
 def decode(model, payload: bytes, quality: int, shape: tuple[int, int, int, int]) -> np.ndarray:
     """Inverse of :func:`encode`: int32 symbols of ``shape`` (B, M, h, w). Raises CorruptChunkError."""
     hp = load(model)
+    z, rest = read_z(hp, payload, quality, shape)
+    index, mean = hp.parameters(z, quality)
+    return checked_symbols(decode_grouped(rest, index, hp) + mean)
+
+
+def read_z(hp: Hyperprior, payload: bytes, quality: int, shape: tuple[int, int, int, int]):
+    """The z symbols at the head of a payload and the bytes after them. Raises CorruptChunkError."""
     b, m, h, w = shape
     if h % Z_STRIDE or w % Z_STRIDE or m != hp.log_gain.shape[1] or not 0 <= quality < hp.log_gain.shape[0]:
         raise CorruptChunkError(f"Expected latents of sides that are multiples of {Z_STRIDE}. Got {shape} instead.")
@@ -229,9 +240,14 @@ def decode(model, payload: bytes, quality: int, shape: tuple[int, int, int, int]
     if 4 + z_len > len(payload):
         raise CorruptChunkError(f"Expected a z section of {z_len} bytes. Got {len(payload) - 4} instead.")
     z = entropy.decode(payload[4 : 4 + z_len], quality, (b, hp.z_channels, h // Z_STRIDE, w // Z_STRIDE), hp.z_tables)
-    index, mean = hp.parameters(z, quality)
-    residual = decode_grouped(payload[4 + z_len :], index, hp)
-    symbols = residual + mean
+    return z, payload[4 + z_len :]
+
+
+def z_section(z_bytes: bytes) -> bytes:
+    return struct.pack("<I", len(z_bytes)) + z_bytes
+
+
+def checked_symbols(symbols: np.ndarray) -> np.ndarray:
     if symbols.min() < np.iinfo(np.int32).min or symbols.max() > np.iinfo(np.int32).max:
         raise CorruptChunkError("Expected latent symbols within int32. Got an overflowing escape instead.")
     return symbols.astype(np.int32)
@@ -242,6 +258,12 @@ def encode_grouped(values: np.ndarray, index: np.ndarray, hp: Hyperprior) -> byt
     import constriction
 
     encoder = constriction.stream.queue.RangeEncoder()
+    write_grouped(encoder, values, index, hp)
+    return encoder.get_compressed().tobytes()
+
+
+def write_grouped(encoder, values: np.ndarray, index: np.ndarray, hp: Hyperprior) -> None:
+    """:func:`encode_grouped` into an open range encoder (later sections follow in the same stream)."""
     uniform_bits, uniform_chunk = entropy.escape_models()
     flat_index = index.ravel()
     order = np.argsort(flat_index, kind="stable")
@@ -258,16 +280,27 @@ def encode_grouped(values: np.ndarray, index: np.ndarray, hp: Hyperprior) -> byt
         encoder.encode(sym.astype(np.int32), hp.scale_model(int(t)))
         for v in part[outside]:
             entropy.encode_escape(encoder, int(v), lo, escape, uniform_bits, uniform_chunk)
-    return encoder.get_compressed().tobytes()
 
 
 def decode_grouped(data: bytes, index: np.ndarray, hp: Hyperprior) -> np.ndarray:
     """Inverse of :func:`encode_grouped`: int64 values shaped like ``index``."""
+    decoder = range_decoder(data, "y section")
+    out = read_grouped(decoder, index, hp)
+    if not decoder.maybe_exhausted():
+        raise CorruptChunkError("Expected the y section to end with its last symbol. Got trailing data instead.")
+    return out
+
+
+def range_decoder(data: bytes, what: str):
     import constriction
 
     if len(data) % 4:
-        raise CorruptChunkError(f"Expected a y section of whole 32-bit words. Got {len(data)} bytes instead.")
-    decoder = constriction.stream.queue.RangeDecoder(np.frombuffer(data, np.uint32).copy())
+        raise CorruptChunkError(f"Expected a {what} of whole 32-bit words. Got {len(data)} bytes instead.")
+    return constriction.stream.queue.RangeDecoder(np.frombuffer(data, np.uint32).copy())
+
+
+def read_grouped(decoder, index: np.ndarray, hp: Hyperprior) -> np.ndarray:
+    """Inverse of :func:`write_grouped` from an open range decoder: int64 values shaped like ``index``."""
     uniform_bits, uniform_chunk = entropy.escape_models()
     flat_index = index.ravel()
     order = np.argsort(flat_index, kind="stable")
@@ -288,8 +321,6 @@ def decode_grouped(data: bytes, index: np.ndarray, hp: Hyperprior) -> np.ndarray
             start += n
     except (AssertionError, ValueError, RuntimeError, OverflowError) as e:  # constriction's words for invalid data
         raise CorruptChunkError(f"Expected a decodable y section. Got {type(e).__name__}: {e} instead.") from None
-    if not decoder.maybe_exhausted():
-        raise CorruptChunkError("Expected the y section to end with its last symbol. Got trailing data instead.")
     out = np.empty_like(ordered)
     out[order] = ordered
     return out.reshape(index.shape)

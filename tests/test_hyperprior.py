@@ -1,17 +1,29 @@
-"""tec-hp: tec-fp's transforms and symbols, coded with a hyperprior whose entropy parameters are integers only."""
+"""tec-hp and tec-ctx: tec-fp's transforms and symbols, coded with a hyperprior (tec-hp) or a hyperprior with
+channel-group and checkerboard context (tec-ctx), whose entropy parameters are integers only."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from tec_zarr import TEC, bitstream, chunk, hyperprior, metrics, models, runtime
-from tec_zarr.errors import CorruptChunkError, TecZarrError
+from tec_zarr import TEC, bitstream, chunk, context, hyperprior, metrics, models, runtime
+from tec_zarr.errors import CorruptChunkError, TecZarrError, WeightsIntegrityError
 
 from common import FIXTURES, REGENERATE, check_golden
 
-HP, FP = "tec-hp", "tec-fp"
-pytestmark = pytest.mark.skipif(HP not in [c.name for c in models.list_models()], reason="tec-hp is not installed")
+HP, CTX, FP = "tec-hp", "tec-ctx", "tec-fp"
+INSTALLED = [c.name for c in models.list_models()]
+pytestmark = pytest.mark.skipif(HP not in INSTALLED, reason="tec-hp is not installed")
+ENTROPY_FILES = {HP: (hyperprior.FILENAME, hyperprior.ANALYSIS_FILENAME),
+                 CTX: (hyperprior.FILENAME, hyperprior.ANALYSIS_FILENAME, context.FILENAME)}
+
+
+@pytest.fixture(params=[HP, CTX])
+def name(request) -> str:
+    """Each shipped model whose entropy parameters come from integer networks."""
+    if request.param not in INSTALLED:
+        pytest.skip(f"{request.param} is not installed")
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +39,16 @@ def symbols_of(buf) -> np.ndarray:
     return chunk._entropy_decode(model, payload, header.quality, (header.batch,) + header.latent)
 
 
-def test_manifest_shares_the_base_files_byte_for_byte():
-    hp, fp = models.get_card(HP), models.get_card(FP)
-    assert hp.manifest["entropy_model"] == "hyperprior" and hp.manifest["base_model"]["sha256"] == fp.sha256
+def test_manifest_shares_the_base_files_byte_for_byte(name):
+    hp, fp = models.get_card(name), models.get_card(FP)
+    kind = {HP: "hyperprior", CTX: "context"}[name]
+    assert hp.manifest["entropy_model"] == kind and hp.manifest["base_model"]["sha256"] == fp.sha256
     for f in ("encoder.onnx", "decoder.onnx", "tables.npz", "synthesis_int.npz"):
         assert (hp.folder / f).read_bytes() == (fp.folder / f).read_bytes()
         assert hp.manifest["files"][f] == fp.manifest["files"][f]
-    assert set(hp.manifest["files"]) >= {hyperprior.FILENAME, hyperprior.ANALYSIS_FILENAME}
-    model = models.load_model(HP)
-    assert (model.multiple, model.latent_stride, model.entropy_model) == (16, 4, "hyperprior")
+    assert set(hp.manifest["files"]) >= set(ENTROPY_FILES[name])
+    model = models.load_model(name)
+    assert (model.multiple, model.latent_stride, model.entropy_model) == (16, 4, kind)
     for q in hp.qualities:
         v = q["validation"]
         assert v["bpp"] < v[f"{FP}_bpp"] and v["same_pixels_as_base"]
@@ -48,22 +61,28 @@ def test_same_pixels_as_tec_fp_and_fewer_bits(crops, quality):
     np.testing.assert_array_equal(symbols_of(enc_hp), symbols_of(enc_fp))
     np.testing.assert_array_equal(hp.decode(enc_hp), fp.decode(enc_fp))
     assert len(enc_hp) < len(enc_fp)
+    if CTX in INSTALLED:  # the context model: same symbols again, fewer bits than the hyperprior alone
+        ctx = TEC(model=CTX, quality=quality)
+        enc_ctx = ctx.encode(crops)
+        np.testing.assert_array_equal(symbols_of(enc_ctx), symbols_of(enc_fp))
+        np.testing.assert_array_equal(ctx.decode(enc_ctx), fp.decode(enc_fp))
+        assert len(enc_ctx) < len(enc_hp)
 
 
-def test_codec_round_trip_any_size(cube):
-    """264 x 264 pads to 272 for tec-hp (a multiple of 16) and is cropped back."""
-    codec = TEC(model=HP, quality=2)
+def test_codec_round_trip_any_size(cube, name):
+    """264 x 264 pads to 272 (a multiple of 16) and is cropped back."""
+    codec = TEC(model=name, quality=2)
     enc = codec.encode(cube)
     header = chunk.read_header(enc)
     assert header.pad == (8, 8) and header.latent == (192, 68, 68)
     dec = codec.decode(enc)
     assert dec.shape == cube.shape and metrics.mean_psnr(cube, dec) > 40
     small = np.ascontiguousarray(cube[:1, :, :37, :21])
-    assert TEC(model=HP, quality=0).decode(TEC(model=HP, quality=0).encode(small)).shape == small.shape
+    assert TEC(model=name, quality=0).decode(TEC(model=name, quality=0).encode(small)).shape == small.shape
 
 
-def test_symbols_never_touch_a_float_network(crops, monkeypatch):
-    enc = TEC(model=HP, quality=3).encode(crops)
+def test_symbols_never_touch_a_float_network(crops, monkeypatch, name):
+    enc = TEC(model=name, quality=3).encode(crops)
     expected = symbols_of(enc)
 
     def refuse(*args, **kwargs):
@@ -74,8 +93,8 @@ def test_symbols_never_touch_a_float_network(crops, monkeypatch):
     np.testing.assert_array_equal(symbols_of(enc), expected)
 
 
-def test_decode_under_other_runtime_settings_and_a_perturbed_decoder(crops, monkeypatch):
-    codec = TEC(model=HP, quality=1)
+def test_decode_under_other_runtime_settings_and_a_perturbed_decoder(crops, monkeypatch, name):
+    codec = TEC(model=name, quality=1)
     enc = codec.encode(crops)
     expected, pixels = symbols_of(enc), codec.decode(enc)
     monkeypatch.setattr(runtime, "GRAPH_OPTIMIZATION", "ORT_DISABLE_ALL")
@@ -92,9 +111,9 @@ def test_decode_under_other_runtime_settings_and_a_perturbed_decoder(crops, monk
     np.testing.assert_array_equal(symbols_of(enc), expected)
 
 
-def test_hyper_analysis_only_chooses_z(crops, monkeypatch):
+def test_hyper_analysis_only_chooses_z(crops, monkeypatch, name):
     """Another z (a perturbed encoder-side h_a) costs bits, never symbols: the decoder reads z from the chunk."""
-    codec = TEC(model=HP, quality=2)
+    codec = TEC(model=name, quality=2)
     reference = codec.encode(crops)
     real = hyperprior.analysis_z
 
@@ -140,12 +159,97 @@ def test_integer_hyper_synthesis_matches_golden_and_any_summation_order():
             np.testing.assert_array_equal(golden[key], value)
 
 
-def test_golden_bitstreams(cube):
-    check_golden(TEC(model=HP, quality=2), [np.ascontiguousarray(cube[1, :, :48, :40])], "tec-hp-q2")
+def test_integer_context_matches_golden_and_any_summation_order():
+    """Every step's table indices and means, for given symbols, are fixed integers in any summation order."""
+    if CTX not in INSTALLED:
+        pytest.skip("tec-ctx is not installed")
+    model = models.load_model(CTX)
+    hp, ctx = hyperprior.load(model), context.load(model)
+    rng = np.random.default_rng(11)
+    z = rng.integers(-4, 5, (1, hp.z_channels, 2, 2)).astype(np.int32)
+    symbols = rng.integers(-40, 41, (1, 192, 8, 8))
+    symbols[0, ctx.order[0], 0, 0], symbols[0, ctx.order[-1], 1, 0] = hyperprior.Z_LIMIT, -(2**31)  # clipped inputs
+
+    def parameters(quality, matmul=np.matmul):
+        steps = []
+
+        def record(index, mean, channels, rows, cols):
+            steps.append(np.stack([index, mean]))
+            return symbols[:, channels][:, :, rows, cols].transpose(0, 2, 1)
+
+        np.testing.assert_array_equal(context.run_steps(hp, ctx, z, quality, symbols.shape, record, matmul=matmul),
+                                      symbols)
+        return np.concatenate([s.ravel() for s in steps])
+
+    results = {f"q{q}": parameters(q) for q in range(hp.log_gain.shape[0])}
+    for q in (0, 4):
+        np.testing.assert_array_equal(parameters(q, _shuffled_matmul(q)), results[f"q{q}"])
+    path = FIXTURES / "context" / "steps.npz"
+    if REGENERATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(path, z=z, symbols=symbols, **results)
+    with np.load(path) as golden:
+        np.testing.assert_array_equal(golden["z"], z)
+        np.testing.assert_array_equal(golden["symbols"], symbols)
+        for key, value in results.items():
+            np.testing.assert_array_equal(golden[key], value)
 
 
-def test_corrupt_and_truncated_chunks_raise(crops):
-    enc = TEC(model=HP, quality=2).encode(crops[:1])
+def test_context_steps_are_causal():
+    """A symbol changes only the parameters of later steps: the decoder has everything each step needs."""
+    if CTX not in INSTALLED:
+        pytest.skip("tec-ctx is not installed")
+    model = models.load_model(CTX)
+    hp, ctx = hyperprior.load(model), context.load(model)
+    rng = np.random.default_rng(5)
+    z = rng.integers(-3, 4, (1, hp.z_channels, 2, 2)).astype(np.int32)
+    symbols = rng.integers(-20, 21, (1, 192, 8, 8))
+
+    def steps_of(sym):
+        out = []
+
+        def record(index, mean, channels, rows, cols):
+            out.append(np.stack([index, mean]))
+            return sym[:, channels][:, :, rows, cols].transpose(0, 2, 1)
+
+        context.run_steps(hp, ctx, z, 2, sym.shape, record)
+        return out
+
+    reference = steps_of(symbols)
+    channel = ctx.order[ctx.groups[0] + 3]  # a channel of group 1
+    for (row, col), step in (((2, 4), 2), ((3, 4), 3)):  # an anchor (coded in step 2), a non-anchor (step 3)
+        changed = symbols.copy()
+        changed[0, channel, row, col] += 7
+        got = steps_of(changed)
+        for k in range(step + 1):
+            np.testing.assert_array_equal(got[k], reference[k])
+        assert any(not np.array_equal(g, r) for g, r in zip(got[step + 1 :], reference[step + 1 :]))
+
+
+def test_context_model_structure_is_checked_on_load():
+    if CTX not in INSTALLED:
+        pytest.skip("tec-ctx is not installed")
+    ctx = context.load(models.load_model(CTX))
+    import dataclasses
+
+    with pytest.raises(WeightsIntegrityError):
+        dataclasses.replace(ctx, groups=ctx.groups[:-1] + (ctx.groups[-1] - 1,))
+    with pytest.raises(WeightsIntegrityError):
+        dataclasses.replace(ctx, order=np.zeros_like(ctx.order))
+    huge = dataclasses.replace(ctx.networks[0], hidden_w=ctx.networks[0].hidden_w * 2.0**40)
+    with pytest.raises(WeightsIntegrityError, match="2\\*\\*52"):
+        dataclasses.replace(ctx, networks=(huge,) + ctx.networks[1:])
+    with pytest.raises(WeightsIntegrityError):
+        context.ContextModel.from_npz(b"not an npz")
+
+
+@pytest.mark.parametrize("quality", [2])
+def test_golden_bitstreams(cube, name, quality):
+    check_golden(TEC(model=name, quality=quality), [np.ascontiguousarray(cube[1, :, :48, :40])], f"{name}-q{quality}")
+
+
+def test_corrupt_and_truncated_chunks_raise(crops, name):
+    enc = TEC(model=name, quality=2).encode(crops[:1])
     for pos in (len(enc) // 2, len(enc) - 10, 80):
         damaged = bytearray(enc)
         damaged[pos] ^= 0x10
@@ -155,45 +259,45 @@ def test_corrupt_and_truncated_chunks_raise(crops):
         with pytest.raises(TecZarrError):
             chunk.decode_chunk(enc[:cut])
     header, _, payload = bitstream.unpack(enc)
-    model = models.load_model(HP)
+    model = models.load_model(name)
     shape = (header.batch,) + header.latent
     bad = [payload[:3], b"\xff\xff\xff\x7f" + payload[4:], payload[:-2], payload[:4] + payload[4:-4]]
     for p in bad:
         with pytest.raises(CorruptChunkError):
-            hyperprior.decode(model, p, header.quality, shape)
+            chunk._entropy_decode(model, p, header.quality, shape)
     with pytest.raises(CorruptChunkError):
-        hyperprior.decode(model, payload, header.quality, (1, 192, 6, 64))
+        chunk._entropy_decode(model, payload, header.quality, (1, 192, 6, 64))
 
 
-def test_escapes_and_extreme_symbols_round_trip():
-    model = models.load_model(HP)
+def test_escapes_and_extreme_symbols_round_trip(name):
+    model = models.load_model(name)
     hp = hyperprior.load(model)
     rng = np.random.default_rng(3)
     y = rng.normal(0, 3, (1, 192, 8, 8)).astype(np.float32)
     symbols = np.rint(y * model.gain[4][None, :, None, None]).astype(np.int32)
     symbols[0, 5, 1, 1], symbols[0, 7, 2, 3] = np.iinfo(np.int32).max, np.iinfo(np.int32).min + 1
-    payload = hyperprior.encode(model, y, symbols, 4)
-    np.testing.assert_array_equal(hyperprior.decode(model, payload, 4, symbols.shape), symbols)
+    payload = chunk._entropy_encode(model, y, symbols, 4)
+    np.testing.assert_array_equal(chunk._entropy_decode(model, payload, 4, symbols.shape), symbols)
     assert hp.tables == len(hp.scale_lengths)
 
 
-def test_max_error_works_on_tec_hp(crops):
+def test_max_error_works(crops, name):
     a = np.ascontiguousarray(crops[1])
-    dec = TEC(model=HP, quality=1, max_error=5).decode(TEC(model=HP, quality=1, max_error=5).encode(a))
+    dec = TEC(model=name, quality=1, max_error=5).decode(TEC(model=name, quality=1, max_error=5).encode(a))
     assert np.abs(dec.astype(np.int64) - a).max() <= 5
 
 
-@pytest.mark.parametrize("filename", [hyperprior.FILENAME, hyperprior.ANALYSIS_FILENAME])
-def test_tampered_hyperprior_files_are_refused_on_load(tmp_path, monkeypatch, filename):
+@pytest.mark.parametrize("filename", [hyperprior.FILENAME, hyperprior.ANALYSIS_FILENAME, context.FILENAME])
+def test_tampered_entropy_model_files_are_refused_on_load(tmp_path, monkeypatch, filename, name):
     import json
     import shutil
 
-    from tec_zarr.errors import WeightsIntegrityError
-
-    dst = tmp_path / "models" / "tec-hp-copy"
-    shutil.copytree(models.get_card(HP).folder, dst)
+    if filename not in ENTROPY_FILES[name]:
+        pytest.skip(f"{name} has no {filename}")
+    dst = tmp_path / "models" / "copy"
+    shutil.copytree(models.get_card(name).folder, dst)
     manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["name"] = "tec-hp-copy"
+    manifest["name"] = "copy"
     (dst / "manifest.json").write_text(json.dumps(manifest))
     data = bytearray((dst / filename).read_bytes())
     data[len(data) // 2] ^= 1
@@ -202,6 +306,6 @@ def test_tampered_hyperprior_files_are_refused_on_load(tmp_path, monkeypatch, fi
     models.clear_cache()
     try:
         with pytest.raises(WeightsIntegrityError, match="sha256"):
-            models.load_model("tec-hp-copy")
+            models.load_model("copy")
     finally:
         models.clear_cache()

@@ -22,7 +22,7 @@ from ..errors import UnknownModelError, WeightsIntegrityError
 MODELS_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "tec-fp"
 REQUIRED_FILES = ("encoder.onnx", "decoder.onnx", "tables.npz")
-ENTROPY_MODELS = ("factorized", "hyperprior")
+ENTROPY_MODELS = ("factorized", "hyperprior", "context")
 
 
 def model_digest(files: dict[str, str]) -> str:
@@ -63,7 +63,7 @@ class Model:
     tables: EntropyTables
     multiple: int  # chunks are edge-padded to multiples of it
     latent_stride: int = 4  # image pixels per latent element along each axis
-    entropy_model: str = "factorized"  # or "hyperprior" (tec_zarr.hyperprior): how the latent symbols are coded
+    entropy_model: str = "factorized"  # "hyperprior" or "context" (their modules): how symbols are coded
 
     @property
     def name(self) -> str:
@@ -180,11 +180,13 @@ def load_model(name: str = DEFAULT_MODEL) -> Model:
                 f"Expected an entropy model in {ENTROPY_MODELS} for {name}. Got {model.entropy_model!r} instead: "
                 "install a newer tec_zarr."
             )
-        if model.entropy_model == "hyperprior":  # its own files, verified now like the others
-            from .. import hyperprior
+        if model.entropy_model in ("hyperprior", "context"):  # their own files, verified now like the others
+            from .. import context, hyperprior
 
             hyperprior.load(model)
             hyperprior.analysis_graph(model)
+            if model.entropy_model == "context":
+                context.load(model)
         _loaded[name] = model
         return model
 

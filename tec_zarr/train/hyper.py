@@ -190,6 +190,21 @@ def precompute(out: Path, data_root: Path, base: str, crops: int, crop: int, see
 # Training
 
 
+def factorized_bits(model, y: np.ndarray) -> list[float]:
+    """Ideal bits per pixel of the base model's own tables on latents ``y`` per quality (no headers)."""
+    out = []
+    t = model.tables
+    for q in range(t.qualities):
+        sym = np.rint(y * model.gain[q][None, :, None, None]).astype(np.int64)
+        idx = sym - t.offsets[q][None, :, None, None]
+        esc = (t.lengths[q] - 1)[None, :, None, None]
+        idx = np.where((idx < 0) | (idx >= esc), esc, idx)
+        pm = t.pmf[q].astype(np.float64)  # (M, L)
+        p = pm[np.arange(pm.shape[0])[None, :, None, None], idx] / 65536.0
+        out.append(float(-np.log2(p).sum() / (y.shape[0] * y.shape[2] * y.shape[3] * 16)))
+    return out
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -230,22 +245,7 @@ class Trainer:
                 torch.set_rng_state(ckpt["torch_rng"])
             self.step = ckpt["step"]
             print(f"resumed at step {self.step}", flush=True)
-        self.baseline = self.factorized_bits(model)
-
-    def factorized_bits(self, model) -> list[float]:
-        """Ideal bits per pixel of the base model's own tables on the validation symbols (no headers)."""
-        out = []
-        y = self.val.numpy()
-        t = model.tables
-        for q in range(t.qualities):
-            sym = np.rint(y * model.gain[q][None, :, None, None]).astype(np.int64)
-            idx = sym - t.offsets[q][None, :, None, None]
-            esc = (t.lengths[q] - 1)[None, :, None, None]
-            idx = np.where((idx < 0) | (idx >= esc), esc, idx)
-            pm = t.pmf[q].astype(np.float64)  # (M, L)
-            p = pm[np.arange(pm.shape[0])[None, :, None, None], idx] / 65536.0
-            out.append(float(-np.log2(p).sum() / (y.shape[0] * y.shape[2] * y.shape[3] * 16)))
-        return out
+        self.baseline = factorized_bits(model, self.val.numpy())
 
     def train_step(self) -> dict:
         n = self.args.batch

@@ -204,7 +204,7 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None, run_
     return folder
 
 
-def integer_penalty(net: HyperPrior, folder: Path, y: np.ndarray) -> None:
+def integer_penalty(net, folder: Path, y: np.ndarray, encode=hyperprior.encode) -> None:
     """Bits of the float model (continuous sigma, float h_s) against the coded integer path, same latents."""
     from ..models import clear_cache, load_model
 
@@ -218,12 +218,12 @@ def integer_penalty(net: HyperPrior, folder: Path, y: np.ndarray) -> None:
         return
     pixels = y.shape[0] * y.shape[2] * y.shape[3] * 16
     rows = []
-    for q in range(net.cfg.qualities):
+    for q in range(model.gain.shape[0]):
         with torch.no_grad():
             out = net(torch.from_numpy(y), torch.full((y.shape[0],), q, dtype=torch.int64), noise=False)
         float_bpp = float((out["bits_y"] + out["bits_z"]).sum()) / pixels
         symbols = np.rint(y * model.gain[q][None, :, None, None]).astype(np.int32)
-        coded = sum(len(hyperprior.encode(model, y[i : i + 1], symbols[i : i + 1], q)) for i in range(len(y)))
+        coded = sum(len(encode(model, y[i : i + 1], symbols[i : i + 1], q)) for i in range(len(y)))
         rows.append({"quality": q, "float_model_bpp": round(float_bpp, 4), "coded_bpp": round(coded * 8 / pixels, 4),
                      "integer_penalty": round(coded * 8 / pixels / float_bpp - 1, 4)})
         print(json.dumps(rows[-1]), flush=True)

@@ -1,0 +1,253 @@
+"""Context entropy coding (ELIC's image model) of a model's latent symbols, every probability fixed by integers.
+
+A model whose manifest says ``"entropy_model": "context"`` (``tec-ctx``) has its base model's graphs, gains and
+symbols and a hyperprior (:mod:`tec_zarr.hyperprior`, same ``hyperprior.npz`` layout). The symbols are coded in
+steps: the channels, permuted by ``order``, form uneven groups (16, 16, 32, 64, 64); each group is coded in two
+checkerboard halves, the anchors (``(i + j) % 2 == 0``) first. Before each step a group's parameter network
+corrects the hyperprior's log2 sigma and mean of the step's symbols from
+
+* the hyperprior features ``[L, L + log2|gain|, MU]`` of the group (1x1),
+* the decoded values of all earlier groups (3x3, channel context),
+* the group's decoded anchors (the 12 taps of a 5x5 window at odd offsets; non-anchors only: spatial context),
+
+then ``ReLU -> 1x1 -> ReLU -> 1x1``. Decoded values enter in latent units, ``symbol / gain`` at ``2**input_exp``
+(integer: ``symbol * y_in[q, c] >> INPUT_EXTRA_BITS``). Every layer is exact integer arithmetic like the
+hyperprior's (float64 holding integers, partial sums bounded below 2**52 and checked on load, ``np.floor`` of
+power-of-two multiples), and the table index and mean come from the same integer mapping, so the encoder and any
+decoder compute the same bits on any machine.
+
+Payload: ``u32 z_len | z section | y section``; the y section is one range-coder stream holding the ten steps in
+order (group 0 anchors, group 0 others, group 1 anchors, ...), each coded table by table as the hyperprior's.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import hyperprior
+from .errors import CorruptChunkError, WeightsIntegrityError
+from .hyperprior import CLIP_BITS, EXACT_LIMIT, INPUT_EXTRA_BITS, LOG_BITS, Hyperprior, _conv3
+
+FILENAME = "context.npz"
+ENTROPY_MODEL = "context"
+# The 5x5 spatial taps (dy, dx) that can hold an anchor seen from a non-anchor: odd |dy| + |dx|.
+SPATIAL_TAPS = tuple((dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if (dy + dx) % 2)
+
+
+@dataclass(frozen=True, eq=False)
+class GroupNetwork:
+    """One group's parameter network; float64 integer weights, accumulators shifted right into activations."""
+
+    hyper_w: np.ndarray  # (3c, H): 1x1 over [L, L + log_gain, MU] at 2**input_exp
+    channel_w: np.ndarray  # (9, earlier, H): 3x3 over earlier groups' decoded values (earlier may be 0)
+    spatial_w: np.ndarray  # (12, c, H): SPATIAL_TAPS over the group's decoded anchors
+    b1: np.ndarray
+    hidden_w: np.ndarray  # (H, H)
+    b2: np.ndarray
+    out_w: np.ndarray  # (H, 2c): dL, dMU at 2**LOG_BITS
+    b3: np.ndarray
+    shifts: tuple[int, int, int]
+
+    @property
+    def channels(self) -> int:
+        return self.spatial_w.shape[1]
+
+    def check(self) -> None:
+        limit = 2.0**CLIP_BITS
+        first = (np.abs(self.hyper_w).sum(0) + np.abs(self.channel_w).sum((0, 1)) + np.abs(self.spatial_w).sum((0, 1)))
+        layers = ((first, self.b1), (np.abs(self.hidden_w).sum(0), self.b2), (np.abs(self.out_w).sum(0), self.b3))
+        for colsum, b in layers:
+            if (colsum * limit + np.abs(b)).max() >= EXACT_LIMIT:
+                raise WeightsIntegrityError("Expected context network sums bounded by 2**52. Got a larger bound.")
+        if min(self.shifts) < 0:
+            raise WeightsIntegrityError(f"Expected non-negative shifts. Got {self.shifts} instead.")
+
+
+@dataclass(frozen=True, eq=False)
+class ContextModel:
+    """Everything the decoder needs besides the base model and the hyperprior (stored in ``context.npz``)."""
+
+    order: np.ndarray  # (M,) int64: coded channel i is latent channel order[i]
+    groups: tuple[int, ...]
+    input_exp: int  # the networks' inputs are real values * 2**input_exp
+    y_in: np.ndarray  # (Q, M) int64, coded order: round(2**(input_exp + INPUT_EXTRA_BITS) / gain[q, c])
+    networks: tuple[GroupNetwork, ...]
+
+    def __post_init__(self):
+        m = self.order.shape[0]
+        if sorted(self.order.tolist()) != list(range(m)) or sum(self.groups) != m or self.y_in.shape[1] != m:
+            raise WeightsIntegrityError("Expected a channel permutation and groups covering every latent channel.")
+        if len(self.networks) != len(self.groups) or (np.abs(self.y_in) >= 2**40).any():
+            raise WeightsIntegrityError("Expected one network per group and input factors below 2**40.")
+        earlier = 0
+        for c, net in zip(self.groups, self.networks):
+            if net.channels != c or net.channel_w.shape[1] != earlier or net.hyper_w.shape[0] != 3 * c:
+                raise WeightsIntegrityError(f"Expected a network for a group of {c} after {earlier} channels.")
+            net.check()
+            earlier += c
+
+    @property
+    def bounds(self) -> list[tuple[int, int]]:
+        starts = np.cumsum((0,) + self.groups)
+        return [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+
+    # -- serialization ------------------------------------------------------------------------------------------
+
+    def to_npz(self) -> bytes:
+        arrays = {"order": self.order, "groups": np.asarray(self.groups, np.int64),
+                  "input_exp": np.int64(self.input_exp), "y_in": self.y_in}
+        for k, net in enumerate(self.networks):
+            for name in ("hyper_w", "channel_w", "spatial_w", "b1", "hidden_w", "b2", "out_w", "b3"):
+                arrays[f"g{k}_{name}"] = getattr(net, name).astype(np.int64)
+            arrays[f"g{k}_shifts"] = np.asarray(net.shifts, np.int64)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz(cls, data: bytes) -> ContextModel:
+        try:
+            with np.load(io.BytesIO(data)) as z:
+                groups = tuple(int(g) for g in z["groups"])
+                networks = []
+                for k in range(len(groups)):
+                    f = {n: z[f"g{k}_{n}"].astype(np.float64)
+                         for n in ("hyper_w", "channel_w", "spatial_w", "b1", "hidden_w", "b2", "out_w", "b3")}
+                    networks.append(GroupNetwork(**f, shifts=tuple(int(s) for s in z[f"g{k}_shifts"])))
+                return cls(order=z["order"].astype(np.int64), groups=groups, input_exp=int(z["input_exp"]),
+                           y_in=z["y_in"].astype(np.int64), networks=tuple(networks))
+        except (KeyError, ValueError, TypeError, OSError) as e:
+            raise WeightsIntegrityError(f"Expected a valid {FILENAME}. Got {type(e).__name__}: {e} instead.") from None
+
+
+# -- the steps, shared by encoder and decoder -------------------------------------------------------------------------
+
+
+def _activation(acc: np.ndarray, shift: int, relu: bool) -> np.ndarray:
+    limit = 2.0**CLIP_BITS
+    x = np.clip(np.floor(acc * 2.0**-shift), -limit, limit)
+    return np.maximum(x, 0.0, out=x) if relu else x
+
+
+def _spatial(anchors: np.ndarray, rows: np.ndarray, cols: np.ndarray, w: np.ndarray, matmul) -> np.ndarray:
+    """Exact 12-tap sum over the anchors-only map (B, h, w, c) at positions (rows, cols): (B, P, H)."""
+    b, h, wd, c = anchors.shape
+    padded = np.zeros((b, h + 4, wd + 4, c), np.float64)
+    padded[:, 2:-2, 2:-2] = anchors
+    acc = None
+    for t, (dy, dx) in enumerate(SPATIAL_TAPS):
+        part = matmul(padded[:, rows + 2 + dy, cols + 2 + dx].reshape(-1, c), w[t]).reshape(b, rows.size, -1)
+        acc = part if acc is None else acc + part
+    return acc
+
+
+def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, shape, code_step, *,
+              matmul=np.matmul) -> np.ndarray:
+    """Walk the ten steps; ``code_step(index, mean, channels, rows, cols)`` codes (encoder) or decodes (decoder)
+    the step's symbols, int64 (B, P, c) at those latent positions of those (original) channels, and returns them.
+    Returns every symbol, int64 (B, M, h, w). ``matmul`` (tests): any exact summation order gives the same bits."""
+
+    def dense(x, w):
+        return matmul(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[1],))
+
+    b, m, h, w = shape
+    log_sigma, mu = hp.synthesize(z, quality, matmul=matmul)  # (B, M, h, w) at 2**LOG_BITS
+    order = ctx.order
+    L = np.moveaxis(log_sigma[:, order], 1, -1)  # (B, h, w, M), coded channel order
+    MU = np.moveaxis(mu[:, order], 1, -1)
+    log_gain = hp.log_gain[quality][order]
+    gain_int = hp.gain_int[quality][order]
+    y_in = ctx.y_in[quality]
+    limit = 2**CLIP_BITS
+    decoded = np.zeros((b, h, w, m), np.float64)  # latent values at 2**input_exp, coded order
+    symbols = np.zeros((b, h, w, m), np.int64)
+    ii, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    anchor = ((ii + jj) % 2 == 0).ravel()
+    halves = [(ii.ravel()[sel], jj.ravel()[sel]) for sel in (anchor, ~anchor)]
+    to_input = 2.0 ** (ctx.input_exp - LOG_BITS)
+    for (a, e), net in zip(ctx.bounds, ctx.networks):
+        feats = np.concatenate([L[..., a:e], L[..., a:e] + log_gain[a:e], MU[..., a:e]], axis=-1)
+        feats = np.clip(np.floor(feats * to_input), -limit, limit)
+        base = dense(feats, net.hyper_w) + net.b1
+        if a:
+            base += _conv3(decoded[..., :a], net.channel_w, 0.0, matmul)
+        for half, (rows, cols) in enumerate(halves):
+            acc = base[:, rows, cols]
+            if half:
+                acc = acc + _spatial(decoded[..., a:e], rows, cols, net.spatial_w, matmul)
+            x = _activation(acc, net.shifts[0], True)
+            x = _activation(dense(x, net.hidden_w) + net.b2, net.shifts[1], True)
+            out = _activation(dense(x, net.out_w) + net.b3, net.shifts[2], False).astype(np.int64)
+            c = e - a
+            step_l = L[:, rows, cols, a:e] + out[..., :c]
+            step_mu = MU[:, rows, cols, a:e] + out[..., c:]
+            index, mean = hp.index_and_mean(step_l, step_mu, log_gain[a:e], gain_int[a:e])
+            got = code_step(index, mean, order[a:e], rows, cols)
+            symbols[:, rows, cols, a:e] = got
+            values = (np.clip(got, -hyperprior.Z_LIMIT, hyperprior.Z_LIMIT) * y_in[a:e]) >> INPUT_EXTRA_BITS
+            decoded[:, rows, cols, a:e] = np.clip(values, -limit, limit)
+    out = np.empty((b, m, h, w), np.int64)
+    out[:, order] = np.moveaxis(symbols, -1, 1)
+    return out
+
+
+# -- coding ----------------------------------------------------------------------------------------------------------
+
+
+def encode(model, y: np.ndarray, symbols: np.ndarray, quality: int, z: np.ndarray | None = None) -> bytes:
+    """``y`` float (B, M, h, w) from the encoder, ``symbols`` its int32 y_q. Returns the payload bytes."""
+    import constriction
+
+    hp, ctx = hyperprior.load(model), load(model)
+    if symbols.shape[2] % hyperprior.Z_STRIDE or symbols.shape[3] % hyperprior.Z_STRIDE:
+        raise ValueError(f"Expected latent sides that are multiples of {hyperprior.Z_STRIDE}. Got {symbols.shape} instead.")
+    if z is None:
+        z = hyperprior.analysis_z(model, y, quality)
+    z_bytes = hyperprior.entropy.encode(z, quality, hp.z_tables)
+    known = np.asarray(symbols, np.int64)
+    encoder = constriction.stream.queue.RangeEncoder()
+
+    def code_step(index, mean, channels, rows, cols):
+        values = np.moveaxis(known[:, channels][:, :, rows, cols], 1, -1)  # (B, P, c)
+        hyperprior.write_grouped(encoder, values - mean, index, hp)
+        return values
+
+    run_steps(hp, ctx, z, quality, known.shape, code_step)
+    return hyperprior.z_section(z_bytes) + encoder.get_compressed().tobytes()
+
+
+def decode(model, payload: bytes, quality: int, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """Inverse of :func:`encode`: int32 symbols of ``shape`` (B, M, h, w). Raises CorruptChunkError."""
+    hp, ctx = hyperprior.load(model), load(model)
+    z, rest = hyperprior.read_z(hp, payload, quality, shape)
+    decoder = hyperprior.range_decoder(rest, "y section")
+
+    def code_step(index, mean, channels, rows, cols):
+        return hyperprior.read_grouped(decoder, index, hp) + mean
+
+    symbols = run_steps(hp, ctx, z, quality, shape, code_step)
+    if not decoder.maybe_exhausted():
+        raise CorruptChunkError("Expected the y section to end with its last symbol. Got trailing data instead.")
+    return hyperprior.checked_symbols(symbols)
+
+
+# -- loading ---------------------------------------------------------------------------------------------------------
+
+_cache: dict[tuple[str, str], ContextModel] = {}
+
+
+def load(model) -> ContextModel:
+    """The verified context model of a loaded context :class:`~tec_zarr.models.Model`, once per process."""
+    key = (str(model.card.folder), model.sha256)
+    found = _cache.get(key)
+    if found is None:
+        from .models import read_verified
+
+        found = ContextModel.from_npz(read_verified(model.card, FILENAME))
+        if found.y_in.shape[0] != hyperprior.load(model).log_gain.shape[0]:
+            raise WeightsIntegrityError("Expected context input factors for every quality of the hyperprior.")
+        _cache[key] = found
+    return found

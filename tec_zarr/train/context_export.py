@@ -1,0 +1,165 @@
+"""Export a context checkpoint (``python -m tec_zarr.train.context``) as a shipped model beside its base model.
+
+``python -m tec_zarr.train.context_export runs/ctx/checkpoint.pt --name tec-ctx --data ../shared/data``
+
+The folder gets the base model's graphs and tables byte for byte (same symbols, same pixels), the hyper-analysis
+graph and ``hyperprior.npz`` built as :mod:`tec_zarr.train.hyper_export` builds them, and ``context.npz``: the
+group networks quantized to integers here once in float64 (see :mod:`tec_zarr.context`). Activation scales come
+from calibration latents of the training places, weights get the most bits that keep every sum exact.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import context, hyperprior
+from ..models import MODELS_DIR, get_card, model_digest
+from .context import ContextConfig, ContextPrior
+from .export import export_onnx, machine_description, sha256_file
+from .hyper import HyperConfig
+from .hyper_export import BASE_FILES, _Analysis, _exponent, build, integer_penalty, keep_checkpoint, measure
+
+
+def load_checkpoint(path: Path) -> tuple[ContextPrior, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    net = ContextPrior(ContextConfig.from_dict(ckpt["context"]), HyperConfig.from_dict(ckpt["config"]),
+                       ckpt["model"]["hyper.gain"].numpy(), ckpt["order"])
+    net.load_state_dict(ckpt["model"])
+    return net.eval(), ckpt
+
+
+def _matrix(conv: torch.nn.Conv2d) -> np.ndarray:
+    """1x1 conv weight (Cout, Cin, 1, 1) -> (Cin, Cout), float64."""
+    return conv.weight.detach().double().numpy()[:, :, 0, 0].T.copy()
+
+
+def _spatial_matrix(conv: torch.nn.Conv2d) -> np.ndarray:
+    w = conv.weight.detach().double().numpy()  # (H, c, 5, 5), cross-correlation taps
+    return np.stack([w[:, :, dy + 2, dx + 2].T for dy, dx in context.SPATIAL_TAPS])
+
+
+def build_context(net: ContextPrior, calibration: np.ndarray) -> context.ContextModel:
+    """Quantize the group networks; layer scales from the peaks seen on ``calibration`` at every quality."""
+    qualities = net.hyper.cfg.qualities
+    record = [dict() for _ in net.contexts]
+    with torch.no_grad():
+        y = torch.from_numpy(np.ascontiguousarray(calibration, np.float32))
+        for q in range(qualities):
+            net(y, torch.full((y.shape[0],), q, dtype=torch.int64), noise=False, record=record)
+    input_exp = _exponent(max(r["input"] for r in record), hyperprior.CALIBRATION_BITS)
+    clip = 2.0**hyperprior.CLIP_BITS
+    networks = []
+    for module, peaks in zip(net.contexts, record):
+        hidden = module.hidden.weight.shape[0]
+        channel_w = (hyperprior.conv3_matrix(module.channel.weight.detach().double().numpy())
+                     if module.channel is not None else np.zeros((9, 0, hidden)))
+        first = (_matrix(module.hyper), channel_w, _spatial_matrix(module.spatial))
+        layers = [(first, module.hyper.bias), ((_matrix(module.hidden),), module.hidden.bias),
+                  ((_matrix(module.out),), module.out.bias)]
+        scales = [input_exp, _exponent(peaks["h1"], hyperprior.CALIBRATION_BITS),
+                  _exponent(peaks["h2"], hyperprior.CALIBRATION_BITS), hyperprior.LOG_BITS]
+        quantized, shifts = [], []
+        for i, (ws, bias) in enumerate(layers):
+            bias = bias.detach().double().numpy()
+            colsum = sum(np.abs(w).reshape(-1, w.shape[-1]).sum(0) for w in ws).max()
+            wexp = min(_exponent(colsum * clip + np.abs(bias).max() * 2.0 ** scales[i], 51), 40)
+            quantized.append(([np.rint(w * 2.0**wexp) for w in ws], np.rint(bias * 2.0 ** (wexp + scales[i]))))
+            shifts.append(wexp + scales[i] - scales[i + 1])
+        (hw, cw, sw), b1 = quantized[0]
+        networks.append(context.GroupNetwork(
+            hyper_w=hw, channel_w=cw, spatial_w=sw, b1=b1, hidden_w=quantized[1][0][0], b2=quantized[1][1],
+            out_w=quantized[2][0][0], b3=quantized[2][1], shifts=tuple(shifts)))
+    order = net.order.numpy().astype(np.int64)
+    gain = net.hyper.gain.detach().double().numpy()[:, order]
+    y_in = np.rint(2.0 ** (input_exp + hyperprior.INPUT_EXTRA_BITS) / np.where(gain == 0, math.inf, gain))
+    return context.ContextModel(order=order, groups=tuple(net.cfg.groups), input_exp=input_exp,
+                                y_in=y_in.astype(np.int64), networks=tuple(networks))
+
+
+def export(checkpoint: Path, name: str, version: str, out_dir: Path | None, run_dir: Path | None,
+           data_root: Path | None, calibration_crops: int = 64) -> Path:
+    net, ckpt = load_checkpoint(checkpoint)
+    info = ckpt["latents"]
+    base = get_card(info["base"])
+    if base.sha256 != info["base_sha256"]:
+        raise SystemExit(f"{checkpoint} was trained on another {info['base']} ({info['base_sha256'][:16]}...)")
+    folder = Path(out_dir) if out_dir else MODELS_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in BASE_FILES:
+        shutil.copyfile(base.folder / f, folder / f)
+    run_dir = Path(run_dir) if run_dir else Path(checkpoint).parent
+    latents = np.load(run_dir / "latents.npy", mmap_mode="r")
+    calibration = np.asarray(latents[:calibration_crops], np.float32)
+    with torch.no_grad():
+        export_onnx(_Analysis(net.hyper), torch.from_numpy(calibration[:1]), "y", "t",
+                    folder / hyperprior.ANALYSIS_FILENAME)
+    (folder / hyperprior.FILENAME).write_bytes(build(net.hyper, calibration).to_npz())
+    (folder / context.FILENAME).write_bytes(build_context(net, calibration).to_npz())
+    names = (*BASE_FILES, hyperprior.ANALYSIS_FILENAME, hyperprior.FILENAME, context.FILENAME)
+    files = {f: sha256_file(folder / f) for f in names}
+    manifest = {k: v for k, v in base.manifest.items() if k not in ("files", "sha256", "exported", "qualities")}
+    manifest.update({
+        "name": name,
+        "version": version,
+        "architecture": f"ELIC-style context entropy model on {base.name}'s frozen transforms and gains (same "
+                        "symbols and pixels): hyperprior (float h_a on the encoder side, integer h_s) plus uneven "
+                        f"channel groups {list(net.cfg.groups)} with channel context and a checkerboard spatial "
+                        "context, all decoder-side networks in integer arithmetic, integer Gaussian scale tables",
+        "entropy_model": context.ENTROPY_MODEL,
+        "base_model": {"name": base.name, "sha256": base.sha256},
+        "hyperprior": net.hyper.cfg.to_dict(),
+        "context": net.cfg.to_dict(),
+        "multiple": 16,
+        "latent_stride": base.manifest.get("latent_stride", base.manifest["multiple"]),
+        "qualities": [{"quality": q["quality"], "lambda": q.get("lambda")} for q in base.manifest["qualities"]],
+        "training": {
+            "base_training": base.manifest.get("training"),
+            "context_steps": int(ckpt["step"]),
+            "started_from": "checkpoints/tec-hp (hyperprior, then trained jointly with the context networks)",
+            "batch": ckpt.get("batch"),
+            "crops": info["crops"], "crop": info["crop"], "images": info["train_images"],
+            "validation_places": info["validation_places"],
+            "data": (base.manifest.get("training") or {}).get("data"),
+        },
+        "exported": {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_description()},
+        "files": files,
+        "sha256": model_digest(files),
+        "default_quality": base.manifest.get("default_quality", 2),
+    })
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if (run_dir / "val_latents.npy").exists():
+        integer_penalty(net, folder, np.load(run_dir / "val_latents.npy"), context.encode)
+    if data_root is not None:
+        measure(folder, data_root, base.name)
+    return folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tec_zarr.train.context_export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--name", default="tec-ctx")
+    p.add_argument("--version", default="1")
+    p.add_argument("--out", type=Path, help="model folder (default: inside the package)")
+    p.add_argument("--run", type=Path, help="run directory with latents.npy (default: the checkpoint's folder)")
+    p.add_argument("--data", type=Path, help="shared data folder: measure RD on the validation places")
+    p.add_argument("--keep", type=Path, help="also write a slim checkpoint and the log here, e.g. checkpoints/tec-ctx")
+    args = p.parse_args(argv)
+    if args.keep:
+        keep_checkpoint(args.checkpoint, args.keep)
+    folder = export(args.checkpoint, args.name, args.version, args.out, args.run, args.data)
+    print(f"exported {args.name} to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
