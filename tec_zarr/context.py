@@ -132,23 +132,44 @@ def _activation(acc: np.ndarray, shift: int, relu: bool) -> np.ndarray:
     return np.maximum(x, 0.0, out=x) if relu else x
 
 
-def _spatial(anchors: np.ndarray, rows: np.ndarray, cols: np.ndarray, w: np.ndarray, matmul) -> np.ndarray:
-    """Exact 12-tap sum over the anchors-only map (B, h, w, c) at positions (rows, cols): (B, P, H)."""
+# The two checkerboard halves, each as two parity classes (row % 2, column % 2): strided slices, no gathers.
+HALVES = (((0, 0), (1, 1)), ((0, 1), (1, 0)))
+
+
+def gather(grid: np.ndarray, classes) -> np.ndarray:
+    """(B, h, w, C) -> (B, P, C): the positions of the parity classes, class by class, each row-major."""
+    b, c = grid.shape[0], grid.shape[-1]
+    return np.concatenate([grid[:, r::2, q::2].reshape(b, -1, c) for r, q in classes], axis=1)
+
+
+def scatter(grid: np.ndarray, classes, values: np.ndarray) -> None:
+    """Inverse of :func:`gather`: write (B, P, C) into the positions of ``classes`` of ``grid``."""
+    b, h, w, c = grid.shape
+    n = (h // 2) * (w // 2)
+    for k, (r, q) in enumerate(classes):
+        grid[:, r::2, q::2] = values[:, k * n : (k + 1) * n].reshape(b, h // 2, w // 2, -1)
+
+
+def _spatial(anchors: np.ndarray, classes, w: np.ndarray, matmul) -> np.ndarray:
+    """Exact 12-tap sum over the anchors-only map (B, h, w, c) at the positions of ``classes``: (B, P, H)."""
     b, h, wd, c = anchors.shape
     padded = np.zeros((b, h + 4, wd + 4, c), np.float64)
     padded[:, 2:-2, 2:-2] = anchors
-    acc = None
-    for t, (dy, dx) in enumerate(SPATIAL_TAPS):
-        part = matmul(padded[:, rows + 2 + dy, cols + 2 + dx].reshape(-1, c), w[t]).reshape(b, rows.size, -1)
-        acc = part if acc is None else acc + part
-    return acc
+    parts = []
+    for r, q in classes:
+        taps = [padded[:, 2 + dy + r : 2 + dy + r + h - 1 : 2, 2 + dx + q : 2 + dx + q + wd - 1 : 2]
+                for dy, dx in SPATIAL_TAPS]
+        patches = np.concatenate(taps, axis=-1).reshape(-1, len(taps) * c)  # (B * h/2 * w/2, 12 c)
+        parts.append(matmul(patches, w.reshape(-1, w.shape[-1])).reshape(b, -1, w.shape[-1]))
+    return np.concatenate(parts, axis=1)
 
 
 def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, shape, code_step, *,
               matmul=np.matmul) -> np.ndarray:
-    """Walk the ten steps; ``code_step(index, mean, channels, rows, cols)`` codes (encoder) or decodes (decoder)
-    the step's symbols, int64 (B, P, c) at those latent positions of those (original) channels, and returns them.
-    Returns every symbol, int64 (B, M, h, w). ``matmul`` (tests): any exact summation order gives the same bits."""
+    """Walk the ten steps; ``code_step(index, mean, a, e, classes)`` codes (encoder) or decodes (decoder) the
+    step's symbols: coded channels a..e-1 at the positions of ``classes`` (see :func:`gather`), int64 (B, P, c),
+    and returns them. Returns every symbol, int64 (B, M, h, w) in the model's channel order.
+    ``matmul`` (tests): any exact summation order gives the same bits."""
 
     def dense(x, w):
         return matmul(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[1],))
@@ -164,31 +185,28 @@ def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, sh
     limit = 2**CLIP_BITS
     decoded = np.zeros((b, h, w, m), np.float64)  # latent values at 2**input_exp, coded order
     symbols = np.zeros((b, h, w, m), np.int64)
-    ii, jj = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-    anchor = ((ii + jj) % 2 == 0).ravel()
-    halves = [(ii.ravel()[sel], jj.ravel()[sel]) for sel in (anchor, ~anchor)]
     to_input = 2.0 ** (ctx.input_exp - LOG_BITS)
     for (a, e), net in zip(ctx.bounds, ctx.networks):
+        c = e - a
         feats = np.concatenate([L[..., a:e], L[..., a:e] + log_gain[a:e], MU[..., a:e]], axis=-1)
         feats = np.clip(np.floor(feats * to_input), -limit, limit)
         base = dense(feats, net.hyper_w) + net.b1
         if a:
             base += _conv3(decoded[..., :a], net.channel_w, 0.0, matmul)
-        for half, (rows, cols) in enumerate(halves):
-            acc = base[:, rows, cols]
+        for half, classes in enumerate(HALVES):
+            acc = gather(base, classes)
             if half:
-                acc = acc + _spatial(decoded[..., a:e], rows, cols, net.spatial_w, matmul)
+                acc += _spatial(decoded[..., a:e], classes, net.spatial_w, matmul)
             x = _activation(acc, net.shifts[0], True)
             x = _activation(dense(x, net.hidden_w) + net.b2, net.shifts[1], True)
             out = _activation(dense(x, net.out_w) + net.b3, net.shifts[2], False).astype(np.int64)
-            c = e - a
-            step_l = L[:, rows, cols, a:e] + out[..., :c]
-            step_mu = MU[:, rows, cols, a:e] + out[..., c:]
+            step_l = gather(L[..., a:e], classes) + out[..., :c]
+            step_mu = gather(MU[..., a:e], classes) + out[..., c:]
             index, mean = hp.index_and_mean(step_l, step_mu, log_gain[a:e], gain_int[a:e])
-            got = code_step(index, mean, order[a:e], rows, cols)
-            symbols[:, rows, cols, a:e] = got
+            got = code_step(index, mean, a, e, classes)
+            scatter(symbols[..., a:e], classes, got)
             values = (np.clip(got, -hyperprior.Z_LIMIT, hyperprior.Z_LIMIT) * y_in[a:e]) >> INPUT_EXTRA_BITS
-            decoded[:, rows, cols, a:e] = np.clip(values, -limit, limit)
+            scatter(decoded[..., a:e], classes, np.clip(values, -limit, limit))
     out = np.empty((b, m, h, w), np.int64)
     out[:, order] = np.moveaxis(symbols, -1, 1)
     return out
@@ -207,15 +225,15 @@ def encode(model, y: np.ndarray, symbols: np.ndarray, quality: int, z: np.ndarra
     if z is None:
         z = hyperprior.analysis_z(model, y, quality)
     z_bytes = hyperprior.entropy.encode(z, quality, hp.z_tables)
-    known = np.asarray(symbols, np.int64)
+    known = np.moveaxis(np.asarray(symbols, np.int64)[:, ctx.order], 1, -1)  # (B, h, w, M), coded order
     encoder = constriction.stream.queue.RangeEncoder()
 
-    def code_step(index, mean, channels, rows, cols):
-        values = np.moveaxis(known[:, channels][:, :, rows, cols], 1, -1)  # (B, P, c)
+    def code_step(index, mean, a, e, classes):
+        values = gather(known[..., a:e], classes)
         hyperprior.write_grouped(encoder, values - mean, index, hp)
         return values
 
-    run_steps(hp, ctx, z, quality, known.shape, code_step)
+    run_steps(hp, ctx, z, quality, symbols.shape, code_step)
     return hyperprior.z_section(z_bytes) + encoder.get_compressed().tobytes()
 
 
@@ -225,7 +243,7 @@ def decode(model, payload: bytes, quality: int, shape: tuple[int, int, int, int]
     z, rest = hyperprior.read_z(hp, payload, quality, shape)
     decoder = hyperprior.range_decoder(rest, "y section")
 
-    def code_step(index, mean, channels, rows, cols):
+    def code_step(index, mean, a, e, classes):
         return hyperprior.read_grouped(decoder, index, hp) + mean
 
     symbols = run_steps(hp, ctx, z, quality, shape, code_step)

@@ -173,9 +173,11 @@ def test_integer_context_matches_golden_and_any_summation_order():
     def parameters(quality, matmul=np.matmul):
         steps = []
 
-        def record(index, mean, channels, rows, cols):
+        coded = np.moveaxis(symbols[:, ctx.order], 1, -1)
+
+        def record(index, mean, a, e, classes):
             steps.append(np.stack([index, mean]))
-            return symbols[:, channels][:, :, rows, cols].transpose(0, 2, 1)
+            return context.gather(coded[..., a:e], classes)
 
         np.testing.assert_array_equal(context.run_steps(hp, ctx, z, quality, symbols.shape, record, matmul=matmul),
                                       symbols)
@@ -208,9 +210,11 @@ def test_context_steps_are_causal():
     def steps_of(sym):
         out = []
 
-        def record(index, mean, channels, rows, cols):
+        coded = np.moveaxis(sym[:, ctx.order], 1, -1)
+
+        def record(index, mean, a, e, classes):
             out.append(np.stack([index, mean]))
-            return sym[:, channels][:, :, rows, cols].transpose(0, 2, 1)
+            return context.gather(coded[..., a:e], classes)
 
         context.run_steps(hp, ctx, z, 2, sym.shape, record)
         return out
