@@ -236,7 +236,12 @@ def cmd_models(args) -> int:
     for m in models:
         tr = m.manifest.get("training", {})
         print(f"{m.name} v{m.version}  sha256 {m.sha256}")
-        print(f"  {m.manifest.get('architecture', '')}; trained {tr.get('steps', '?')} steps; bands {' '.join(m.bands)}")
+        stages = [(key, tr[key]) for key in ("steps", "hyperprior_steps", "context_steps") if key in tr]
+        trained = ", ".join(f"{n} {key.replace('_', ' ')}" for key, n in stages) or "? steps"
+        if "base_training" in tr:
+            trained = f"{tr['base_training'].get('steps', '?')} steps ({m.manifest['base_model']['name']}) + {trained}"
+        print(f"  {m.manifest.get('architecture', '')}; entropy model {m.manifest.get('entropy_model', 'factorized')}; "
+              f"trained {trained}; bands {' '.join(m.bands)}")
         print(f"  validation ({', '.join(tr.get('validation_places') or [])}, never trained on):")
         print(f"  {'quality':>8} {'bpp':>8} {'PSNR dB':>8}")
         for q in m.qualities:
