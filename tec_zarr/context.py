@@ -10,7 +10,8 @@ corrects the hyperprior's log2 sigma and mean of the step's symbols from
 * the decoded values of all earlier groups (3x3, channel context),
 * the group's decoded anchors (the 12 taps of a 5x5 window at odd offsets; non-anchors only: spatial context),
 
-then ``ReLU -> 1x1 -> ReLU -> 1x1``. Decoded values enter in latent units, ``symbol / gain`` at ``2**input_exp``
+then ``ReLU -> 1x1 -> ReLU -> 1x1`` (log2 sigma at ``2**LOG_BITS``, mean at the hyperprior's ``2**mean_bits``).
+Decoded values enter in latent units, ``symbol / gain`` at ``2**input_exp``
 (integer: ``symbol * y_in[q, c] >> INPUT_EXTRA_BITS``). Every layer is exact integer arithmetic like the
 hyperprior's (float64 holding integers, partial sums bounded below 2**52 and checked on load, ``np.floor`` of
 power-of-two multiples), and the table index and mean come from the same integer mapping, so the encoder and any
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import hyperprior
+from . import entropy, hyperprior
 from .errors import CorruptChunkError, WeightsIntegrityError
 from .hyperprior import CLIP_BITS, EXACT_LIMIT, INPUT_EXTRA_BITS, LOG_BITS, Hyperprior, _conv3
 
@@ -186,10 +187,14 @@ def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, sh
     decoded = np.zeros((b, h, w, m), np.float64)  # latent values at 2**input_exp, coded order
     symbols = np.zeros((b, h, w, m), np.int64)
     to_input = 2.0 ** (ctx.input_exp - LOG_BITS)
+    mean_to_input = 2.0 ** (ctx.input_exp - hp.mean_bits)
+    extra = hp.mean_bits - LOG_BITS
     for (a, e), net in zip(ctx.bounds, ctx.networks):
         c = e - a
-        feats = np.concatenate([L[..., a:e], L[..., a:e] + log_gain[a:e], MU[..., a:e]], axis=-1)
-        feats = np.clip(np.floor(feats * to_input), -limit, limit)
+        l = L[..., a:e]
+        feats = np.concatenate([np.floor(l * to_input), np.floor((l + log_gain[a:e]) * to_input),
+                                np.floor(MU[..., a:e] * mean_to_input)], axis=-1)
+        feats = np.clip(feats, -limit, limit)
         base = dense(feats, net.hyper_w) + net.b1
         if a:
             base += _conv3(decoded[..., :a], net.channel_w, 0.0, matmul)
@@ -199,9 +204,11 @@ def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, sh
                 acc += _spatial(decoded[..., a:e], classes, net.spatial_w, matmul)
             x = _activation(acc, net.shifts[0], True)
             x = _activation(dense(x, net.hidden_w) + net.b2, net.shifts[1], True)
-            out = _activation(dense(x, net.out_w) + net.b3, net.shifts[2], False).astype(np.int64)
-            step_l = gather(L[..., a:e], classes) + out[..., :c]
-            step_mu = gather(MU[..., a:e], classes) + out[..., c:]
+            acc = dense(x, net.out_w) + net.b3
+            d_l = _activation(acc[..., :c], net.shifts[2], False).astype(np.int64)
+            d_mu = np.clip(np.floor(acc[..., c:] * 2.0 ** (extra - net.shifts[2])), -limit << extra, limit << extra)
+            step_l = gather(L[..., a:e], classes) + d_l
+            step_mu = gather(MU[..., a:e], classes) + d_mu.astype(np.int64)
             index, mean = hp.index_and_mean(step_l, step_mu, log_gain[a:e], gain_int[a:e])
             got = code_step(index, mean, a, e, classes)
             scatter(symbols[..., a:e], classes, got)
@@ -224,7 +231,7 @@ def encode(model, y: np.ndarray, symbols: np.ndarray, quality: int, z: np.ndarra
         raise ValueError(f"Expected latent sides that are multiples of {hyperprior.Z_STRIDE}. Got {symbols.shape} instead.")
     if z is None:
         z = hyperprior.analysis_z(model, y, quality)
-    z_bytes = hyperprior.entropy.encode(z, quality, hp.z_tables)
+    z_bytes = entropy.encode(z, quality, hp.z_tables)
     known = np.moveaxis(np.asarray(symbols, np.int64)[:, ctx.order], 1, -1)  # (B, h, w, M), coded order
     encoder = constriction.stream.queue.RangeEncoder()
 
@@ -265,7 +272,10 @@ def load(model) -> ContextModel:
         from .models import read_verified
 
         found = ContextModel.from_npz(read_verified(model.card, FILENAME))
-        if found.y_in.shape[0] != hyperprior.load(model).log_gain.shape[0]:
+        hp = hyperprior.load(model)
+        if found.y_in.shape[0] != hp.log_gain.shape[0]:
             raise WeightsIntegrityError("Expected context input factors for every quality of the hyperprior.")
+        if min(net.shifts[2] for net in found.networks) < hp.mean_bits - LOG_BITS:
+            raise WeightsIntegrityError("Expected output shifts that leave room for the hyperprior's mean bits.")
         _cache[key] = found
     return found

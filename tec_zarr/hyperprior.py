@@ -4,9 +4,9 @@ A model whose manifest says ``"entropy_model": "hyperprior"`` (``tec-hp``) has t
 gains and symbols ``y_q = round(y * gain[q])`` as its base model; only the coding of the symbols differs::
 
     y ──h_a (ONNX, float, encoder only)──▶ × zgain[q] ──round──▶ z_q ──factorized integer tables[q]──▶ z section
-    z_q ──integer h_s (this module)──▶ L, MU: log2 sigma and mean of y, round(real * 2**LOG_BITS), per element
+    z_q ──integer h_s (this module)──▶ L, MU: log2 sigma and mean of y, round(real * 2**LOG_BITS | 2**mean_bits)
     table  = clip(round((L + log2|gain[q, c]| - log2 sigma_min) * steps_per_octave), 0, T - 1)   (integer ops)
-    mean_q = round(MU * gain[q, c])                                                            (integer ops)
+    mean_q = round(MU * gain[q, c] / 2**mean_bits)                                             (integer ops)
     y_q - mean_q ──integer Gaussian table[table], grouped by table──▶ y section
 
 The float ``h_a`` only chooses z, which is stored, so its rounding never reaches the decoder. ``h_s`` runs in exact
@@ -43,6 +43,7 @@ CALIBRATION_BITS = 18  # the largest calibration activation maps to 2**18: 16x h
 INPUT_EXTRA_BITS = 8
 Z_LIMIT = 1 << 20  # z symbols are clipped to this before h_s (only corrupt or absurd data reaches it)
 MEAN_LIMIT = 1 << 24
+MAX_MEAN_BITS = 20  # |MU * gain_int| < 2**(CLIP_BITS + MAX_MEAN_BITS - LOG_BITS) * 2**30 = 2**60
 LOG_GAIN_FLOOR = -64  # log2 |gain| below this (dead channels) counts as this
 Z_STRIDE = 4  # z is 1/4 of the latent resolution
 ROWS_PER_BLOCK = 16
@@ -65,6 +66,8 @@ class Hyperprior:
     scale_lengths: np.ndarray  # (T,) int64
     z_tables: EntropyTables  # (Q, Z, Lz): factorized z tables, as the base model's latent tables
     z_gain: np.ndarray  # (Q, Z) float32: encoder side only (z_q = round(h_a(y) * z_gain[q]))
+    # MU is round(mean * 2**mean_bits): finer than LOG_BITS where large gains magnify its rounding (tec-ctx: 20).
+    mean_bits: int = LOG_BITS
     _models: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
@@ -77,6 +80,8 @@ class Hyperprior:
                 worst = np.abs(w).reshape(w.shape[0], KERNEL * KERNEL, cout).sum(axis=(0, 1)) * limit + np.abs(b)
             if worst.max() >= EXACT_LIMIT or self.shifts[i] < 0:
                 raise WeightsIntegrityError(f"Expected integer hyper-synthesis sums bounded by 2**52. Got {worst.max():.3g}.")
+        if not LOG_BITS <= self.mean_bits <= MAX_MEAN_BITS or self.shifts[-1] < self.mean_bits - LOG_BITS:
+            raise WeightsIntegrityError(f"Expected mean bits in [{LOG_BITS}, {MAX_MEAN_BITS}]. Got {self.mean_bits}.")
         if (np.abs(self.z_in) >= 2**40).any() or (np.abs(self.gain_int) >= 2**30).any():
             raise WeightsIntegrityError("Expected hyperprior input and gain integers below 2**40 and 2**30.")
         t = self.scale_lengths.shape[0]
@@ -115,6 +120,7 @@ class Hyperprior:
             "scale_pmf": self.scale_pmf.astype(np.int64), "scale_lengths": self.scale_lengths,
             "z_offsets": self.z_tables.offsets, "z_pmf": self.z_tables.pmf.astype(np.int64),
             "z_lengths": self.z_tables.lengths, "z_gain": self.z_gain.astype(np.float32),
+            "mean_bits": np.int64(self.mean_bits),
         }
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             arrays[f"w{i}"], arrays[f"b{i}"] = w.astype(np.int64), b.astype(np.int64)
@@ -142,6 +148,7 @@ class Hyperprior:
                     z_tables=EntropyTables(offsets=z["z_offsets"].astype(np.int32), pmf=z["z_pmf"].astype(np.int64),
                                            lengths=z["z_lengths"].astype(np.int32)),
                     z_gain=z["z_gain"].astype(np.float32),
+                    mean_bits=int(z["mean_bits"]) if "mean_bits" in z.files else LOG_BITS,
                 )
         except (KeyError, ValueError, OSError, CorruptChunkError) as e:
             raise WeightsIntegrityError(f"Expected a valid {FILENAME}. Got {type(e).__name__}: {e} instead.") from None
@@ -149,7 +156,8 @@ class Hyperprior:
     # -- the integer hyper-synthesis ------------------------------------------------------------------------------
 
     def synthesize(self, z: np.ndarray, quality: int, *, matmul=np.matmul) -> tuple[np.ndarray, np.ndarray]:
-        """z symbols (B, Z, h, w) -> (L, MU): int64 (B, M, 4h, 4w), log2 sigma and mean of y at 2**LOG_BITS."""
+        """z symbols (B, Z, h, w) -> (L, MU): int64 (B, M, 4h, 4w), log2 sigma of y at 2**LOG_BITS and its mean
+        at 2**mean_bits (the last layer's mean half is shifted that much less, and clipped that much wider)."""
         limit = 2**CLIP_BITS
         s = np.clip(np.asarray(z, np.int64), -Z_LIMIT, Z_LIMIT)
         x = np.clip((s * self.z_in[quality][None, :, None, None]) >> INPUT_EXTRA_BITS, -limit, limit)
@@ -157,12 +165,16 @@ class Hyperprior:
         last = len(self.weights) - 1
         for i, (w, b, shift) in enumerate(zip(self.weights, self.biases, self.shifts)):
             acc = _conv3(x, w, b, matmul) if w.ndim == 3 else _deconv(x, w, b, ROWS_PER_BLOCK, matmul)
+            if i == last:
+                break
             x = np.clip(np.floor(acc * 2.0**-shift), -limit, limit)
-            if i < last:
-                np.maximum(x, 0.0, out=x)  # ReLU
-        out = np.moveaxis(x, -1, 1).astype(np.int64)
-        m = out.shape[1] // 2
-        return np.ascontiguousarray(out[:, :m]), np.ascontiguousarray(out[:, m:])
+            np.maximum(x, 0.0, out=x)  # ReLU
+        m = acc.shape[-1] // 2
+        log_sigma = np.clip(np.floor(acc[..., :m] * 2.0**-shift), -limit, limit)
+        extra = self.mean_bits - LOG_BITS
+        mu = np.clip(np.floor(acc[..., m:] * 2.0 ** (extra - shift)), -limit << extra, limit << extra)
+        return (np.ascontiguousarray(np.moveaxis(log_sigma, -1, 1).astype(np.int64)),
+                np.ascontiguousarray(np.moveaxis(mu, -1, 1).astype(np.int64)))
 
     def parameters(self, z: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
         """z symbols -> (table index, integer mean of y_q), both int64 (B, M, 4h, 4w); integer operations only."""
@@ -171,11 +183,11 @@ class Hyperprior:
                                    self.gain_int[quality][None, :, None, None])
 
     def index_and_mean(self, log_sigma, mu, log_gain, gain_int) -> tuple[np.ndarray, np.ndarray]:
-        """Integer log2 sigma and mean of y (2**LOG_BITS) -> scale table index and integer mean of y_q."""
+        """Integer log2 sigma (2**LOG_BITS) and mean (2**mean_bits) of y -> scale table index, integer mean of y_q."""
         scaled = (log_sigma + log_gain - self.log_sigma_min) * self.steps_per_octave + (1 << (LOG_BITS - 1))
         index = np.clip(scaled >> LOG_BITS, 0, self.tables - 1)
-        half = 1 << (LOG_BITS + GAIN_BITS - 1)
-        mean = (mu * gain_int + half) >> (LOG_BITS + GAIN_BITS)
+        half = 1 << (self.mean_bits + GAIN_BITS - 1)
+        mean = (mu * gain_int + half) >> (self.mean_bits + GAIN_BITS)
         return index, np.clip(mean, -MEAN_LIMIT, MEAN_LIMIT)
 
 

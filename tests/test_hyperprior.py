@@ -245,6 +245,10 @@ def test_context_model_structure_is_checked_on_load():
         dataclasses.replace(ctx, networks=(huge,) + ctx.networks[1:])
     with pytest.raises(WeightsIntegrityError):
         context.ContextModel.from_npz(b"not an npz")
+    hp = hyperprior.load(models.load_model(CTX))
+    assert hp.mean_bits > hyperprior.LOG_BITS == hyperprior.load(models.load_model(HP)).mean_bits
+    with pytest.raises(WeightsIntegrityError, match="mean bits"):
+        dataclasses.replace(hp, mean_bits=hyperprior.MAX_MEAN_BITS + 1)
 
 
 @pytest.mark.parametrize("quality", [2])

@@ -109,8 +109,9 @@ def scale_tables(cfg: HyperConfig, log_sigma_min: int) -> tuple[np.ndarray, np.n
     return np.asarray(offsets, np.int64), pmf, np.asarray(lengths, np.int64)
 
 
-def build(net: HyperPrior, calibration: np.ndarray) -> hyperprior.Hyperprior:
-    """Quantize the float h_s; ``calibration``: training latents y (N, M, h, w) whose z fix the activation scales."""
+def build(net: HyperPrior, calibration: np.ndarray, mean_bits: int = hyperprior.LOG_BITS) -> hyperprior.Hyperprior:
+    """Quantize the float h_s; ``calibration``: training latents y (N, M, h, w) whose z fix the activation scales.
+    ``mean_bits``: fixed-point bits of the mean (the context model's means need finer steps)."""
     cfg = net.cfg
     layers = _layers(net)
     z_gain = torch.exp2(net.z_log_gain).detach().double().numpy()  # (Q, Z)
@@ -148,6 +149,7 @@ def build(net: HyperPrior, calibration: np.ndarray) -> hyperprior.Hyperprior:
         scale_offsets=offsets, scale_pmf=pmf, scale_lengths=lengths,
         z_tables=EntropyTables(offsets=zt["offsets"], pmf=zt["pmf"].astype(np.int64), lengths=zt["lengths"]),
         z_gain=z_gain.astype(np.float32),
+        mean_bits=mean_bits,
     )
 
 
