@@ -21,18 +21,16 @@ Resumable like :mod:`tec_zarr.train.hyper` (same latents cache, ``checkpoint.pt`
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import loop
-from .hyper import DEFAULT_DATA, HyperConfig, HyperPrior, base_model, factorized_bits, gaussian_bin_probability, precompute
+from . import hyper, loop
+from .hyper import DEFAULT_DATA, HyperConfig, HyperPrior, gaussian_bin_probability
 
 
 @dataclass(frozen=True)
@@ -150,105 +148,32 @@ def channel_order(latents: np.ndarray, gain: np.ndarray) -> np.ndarray:
     return np.argsort(-spread, kind="stable")
 
 
-class Trainer:
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.out = Path(args.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        if not (self.out / "latents.npy").exists():
-            precompute(self.out, Path(args.data), args.base, args.crops, args.crop, args.seed)
-        self.info = json.loads((self.out / "latents.json").read_text())
-        self.latents = np.load(self.out / "latents.npy", mmap_mode="r")
-        self.val = torch.from_numpy(np.load(self.out / "val_latents.npy"))
-        model = base_model(self.info["base"])
-        if model.sha256 != self.info["base_sha256"]:
-            raise SystemExit(f"latents were computed with another {self.info['base']}: delete {self.out}/latents.npy")
-        ckpt_path = self.out / "checkpoint.pt"
-        self.step = 0
-        self.rng = np.random.default_rng(args.seed + 1)
-        if ckpt_path.exists() or args.init:
-            ckpt = torch.load(ckpt_path if ckpt_path.exists() else args.init, map_location="cpu", weights_only=False)
-            self.cfg = ContextConfig.from_dict(ckpt["context"])
-            self.net = ContextPrior(self.cfg, HyperConfig.from_dict(ckpt["config"]), model.gain, ckpt["order"])
-            self.net.load_state_dict(ckpt["model"])
-            self.step = ckpt["step"]
-        else:  # a new context model on a trained hyperprior
-            hyper = torch.load(args.init_hyper, map_location="cpu", weights_only=False)
-            self.cfg = ContextConfig(groups=tuple(args.groups), hidden=args.hidden)
-            order = channel_order(self.latents[: min(512, len(self.latents))], model.gain)
-            self.net = ContextPrior(self.cfg, HyperConfig.from_dict(hyper["config"]), model.gain, order)
-            self.net.hyper.load_state_dict(hyper["model"])
-            ckpt = None
-        self.opt = torch.optim.Adam([
-            {"params": self.net.parameters_of("context"), "base_lr": args.lr},
-            {"params": self.net.parameters_of("transforms"), "base_lr": args.lr_hyper},
-            {"params": self.net.parameters_of("entropy"), "base_lr": args.lr_entropy},
-        ], lr=args.lr)
-        if ckpt is not None and "opt" in ckpt:
-            self.opt.load_state_dict(ckpt["opt"])
-            for group, lr in zip(self.opt.param_groups, (args.lr, args.lr_hyper, args.lr_entropy)):
-                group["base_lr"] = lr
-            self.rng.bit_generator.state = ckpt["rng"]
-            torch.set_rng_state(ckpt["torch_rng"])
-        if self.step:
-            print(f"resumed at step {self.step}", flush=True)
-        self.baseline = factorized_bits(model, self.val.numpy())
+class Trainer(hyper.Trainer):
+    """The hyperprior's rate-only training loop with the context model as its network."""
 
-    def train_step(self) -> dict:
-        n = self.args.batch
-        idx = np.sort(self.rng.choice(len(self.latents), n, replace=False))
-        y = np.ascontiguousarray(self.latents[idx])
-        crop = self.args.latent_crop
-        if crop and crop < y.shape[2]:  # aligned windows: z sees whole 4 x 4 cells, anchors stay (i + j) even
-            top = 4 * int(self.rng.integers((y.shape[2] - crop) // 4 + 1))
-            left = 4 * int(self.rng.integers((y.shape[3] - crop) // 4 + 1))
-            y = np.ascontiguousarray(y[:, :, top : top + crop, left : left + crop])
-        y = torch.from_numpy(y)
-        q = torch.from_numpy(self.rng.integers(self.net.hyper.cfg.qualities, size=n))
-        out = self.net(y, q)
-        pixels = y.shape[2] * y.shape[3] * 16
-        bpp = (out["bits_y"] + out["bits_z"]) / pixels
-        loss = bpp.mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
-        s = loop.step_scale(self.step, self.args.steps, first_drop=0.7)
-        for g in self.opt.param_groups:
-            g["lr"] = g["base_lr"] * s
-        self.opt.step()
-        return {"q": q.numpy(), "bpp": bpp.detach().numpy(), "bpp_z": (out["bits_z"] / pixels).detach().numpy()}
+    @property
+    def qualities(self) -> int:
+        return self.net.hyper.cfg.qualities
 
-    @torch.no_grad()
-    def validate(self) -> list[dict]:
-        self.net.eval()
-        rows = []
-        y = self.val
-        pixels = y.shape[2] * y.shape[3] * 16
-        for q in range(self.net.hyper.cfg.qualities):
-            out = self.net(y, torch.full((y.shape[0],), q, dtype=torch.int64), noise=False)
-            bpp_z = float(out["bits_z"].mean() / pixels)
-            bpp = float(out["bits_y"].mean() / pixels) + bpp_z
-            rows.append({"quality": q, "bpp": round(bpp, 4), "bpp_z": round(bpp_z, 4),
-                         "factorized_bpp": round(self.baseline[q], 4), "saving": round(1 - bpp / self.baseline[q], 4)})
-        self.net.train()
-        return rows
+    def build(self, ckpt: dict | None, model) -> ContextPrior:
+        if ckpt is not None:
+            return ContextPrior(ContextConfig.from_dict(ckpt["context"]), HyperConfig.from_dict(ckpt["config"]),
+                                model.gain, ckpt["order"])
+        trained = torch.load(self.args.init_hyper, map_location="cpu", weights_only=False)  # a new context model
+        cfg = ContextConfig(groups=tuple(self.args.groups), hidden=self.args.hidden)
+        order = channel_order(self.latents[: min(512, len(self.latents))], model.gain)
+        net = ContextPrior(cfg, HyperConfig.from_dict(trained["config"]), model.gain, order)
+        net.hyper.load_state_dict(trained["model"])
+        return net
 
-    def checkpoint(self) -> dict:
-        return {
-            "config": self.net.hyper.cfg.to_dict(),
-            "context": self.cfg.to_dict(),
-            "order": self.net.order.numpy(),
-            "model": self.net.state_dict(),
-            "opt": self.opt.state_dict(),
-            "rng": self.rng.bit_generator.state,
-            "torch_rng": torch.get_rng_state(),
-            "step": self.step,
-            "latents": self.info,
-            "batch": self.args.batch,
-        }
+    def rates(self) -> list[tuple[list, float]]:
+        return [(self.net.parameters_of("context"), self.args.lr),
+                (self.net.parameters_of("transforms"), self.args.lr_hyper),
+                (self.net.parameters_of("entropy"), self.args.lr_entropy)]
 
-    def summarize(self, records: list[dict]) -> dict:
-        return {"train": loop.per_quality(records, {"bpp": 4, "bpp_z": 4})}
+    def checkpoint_extra(self) -> dict:
+        return {"config": self.net.hyper.cfg.to_dict(), "context": self.net.cfg.to_dict(),
+                "order": self.net.order.numpy()}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -11,22 +11,17 @@ from calibration latents of the training places, weights get the most bits that 
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shutil
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .. import context, hyperprior
-from ..models import MODELS_DIR, get_card, model_digest
 from .context import ContextConfig, ContextPrior
-from .export import export_onnx, machine_description, sha256_file
 from .hyper import HyperConfig
-from .hyper_export import BASE_FILES, _Analysis, _exponent, build, integer_penalty, keep_checkpoint, measure
+from .hyper_export import _exponent, integer_penalty, keep_checkpoint, measure, write_model
 
 
 # Trained means sit close to rounding boundaries (the rounded mean's gradient passes straight through), and gains up
@@ -93,58 +88,21 @@ def build_context(net: ContextPrior, calibration: np.ndarray) -> context.Context
 def export(checkpoint: Path, name: str, version: str, out_dir: Path | None, run_dir: Path | None,
            data_root: Path | None, calibration_crops: int = 64) -> Path:
     net, ckpt = load_checkpoint(checkpoint)
-    info = ckpt["latents"]
-    base = get_card(info["base"])
-    if base.sha256 != info["base_sha256"]:
-        raise SystemExit(f"{checkpoint} was trained on another {info['base']} ({info['base_sha256'][:16]}...)")
-    folder = Path(out_dir) if out_dir else MODELS_DIR / name
-    folder.mkdir(parents=True, exist_ok=True)
-    for f in BASE_FILES:
-        shutil.copyfile(base.folder / f, folder / f)
-    run_dir = Path(run_dir) if run_dir else Path(checkpoint).parent
-    latents = np.load(run_dir / "latents.npy", mmap_mode="r")
-    calibration = np.asarray(latents[:calibration_crops], np.float32)
-    with torch.no_grad():
-        export_onnx(_Analysis(net.hyper), torch.from_numpy(calibration[:1]), "y", "t",
-                    folder / hyperprior.ANALYSIS_FILENAME)
-    (folder / hyperprior.FILENAME).write_bytes(build(net.hyper, calibration, MEAN_BITS).to_npz())
-    (folder / context.FILENAME).write_bytes(build_context(net, calibration).to_npz())
-    names = (*BASE_FILES, hyperprior.ANALYSIS_FILENAME, hyperprior.FILENAME, context.FILENAME)
-    files = {f: sha256_file(folder / f) for f in names}
-    manifest = {k: v for k, v in base.manifest.items() if k not in ("files", "sha256", "exported", "qualities")}
-    manifest.update({
-        "name": name,
-        "version": version,
-        "architecture": f"ELIC-style context entropy model on {base.name}'s frozen transforms and gains (same "
-                        "symbols and pixels): hyperprior (float h_a on the encoder side, integer h_s) plus uneven "
-                        f"channel groups {list(net.cfg.groups)} with channel context and a checkerboard spatial "
-                        "context, all decoder-side networks in integer arithmetic, integer Gaussian scale tables",
-        "entropy_model": context.ENTROPY_MODEL,
-        "base_model": {"name": base.name, "sha256": base.sha256},
-        "hyperprior": net.hyper.cfg.to_dict(),
-        "context": net.cfg.to_dict(),
-        "multiple": 16,
-        "latent_stride": base.manifest.get("latent_stride", base.manifest["multiple"]),
-        "qualities": [{"quality": q["quality"], "lambda": q.get("lambda")} for q in base.manifest["qualities"]],
-        "training": {
-            "base_training": base.manifest.get("training"),
-            "context_steps": int(ckpt["step"]),
-            "started_from": "checkpoints/tec-hp (hyperprior, then trained jointly with the context networks)",
-            "batch": ckpt.get("batch"),
-            "crops": info["crops"], "crop": info["crop"], "images": info["train_images"],
-            "validation_places": info["validation_places"],
-            "data": (base.manifest.get("training") or {}).get("data"),
-        },
-        "exported": {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_description()},
-        "files": files,
-        "sha256": model_digest(files),
-        "default_quality": base.manifest.get("default_quality", 2),
-    })
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    folder, run_dir = write_model(
+        net.hyper, ckpt, checkpoint, name, version, out_dir, run_dir, calibration_crops=calibration_crops,
+        mean_bits=MEAN_BITS, more_files=lambda calibration: {context.FILENAME: build_context(net, calibration).to_npz()},
+        manifest={"architecture": "ELIC-style context entropy model on {base}'s frozen transforms and gains (same "
+                                  "symbols and pixels): hyperprior (float h_a on the encoder side, integer h_s) plus "
+                                  f"uneven channel groups {list(net.cfg.groups)} with channel context and a "
+                                  "checkerboard spatial context, all decoder-side networks in integer arithmetic, "
+                                  "integer Gaussian scale tables",
+                  "entropy_model": context.ENTROPY_MODEL, "context": net.cfg.to_dict()},
+        training={"context_steps": int(ckpt["step"]),
+                  "started_from": "checkpoints/tec-hp (hyperprior, then trained jointly with the context networks)"})
     if (run_dir / "val_latents.npy").exists():
         integer_penalty(net, folder, np.load(run_dir / "val_latents.npy"), context.encode)
     if data_root is not None:
-        measure(folder, data_root, base.name)
+        measure(folder, data_root, ckpt["latents"]["base"])
     return folder
 
 

@@ -206,6 +206,9 @@ def factorized_bits(model, y: np.ndarray) -> list[float]:
 
 
 class Trainer:
+    """Rate-only training on precomputed latents; subclasses change the network (``build``, ``rates``,
+    ``checkpoint_extra``), everything else (latents, sampling, resuming, validation) is shared."""
+
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.out = Path(args.out)
@@ -221,31 +224,45 @@ class Trainer:
         ckpt_path = self.out / "checkpoint.pt"
         source = ckpt_path if ckpt_path.exists() else (Path(args.init) if args.init else None)
         ckpt = torch.load(source, map_location="cpu", weights_only=False) if source else None
-        self.cfg = HyperConfig.from_dict(ckpt["config"]) if ckpt else HyperConfig(
-            latent_channels=model.tables.channels, qualities=model.tables.qualities)
-        self.net = HyperPrior(self.cfg, model.gain)
-        self.opt = torch.optim.Adam([
-            {"params": self.net.parameters_of("transforms"), "base_lr": args.lr},
-            {"params": self.net.parameters_of("entropy"), "base_lr": args.lr_entropy},
-        ], lr=args.lr)
         self.rng = np.random.default_rng(args.seed + 1)
         self.step = 0
-        if ckpt is None:  # start sigma at each channel's spread: the first steps then refine, not rescue
-            sample = np.asarray(self.latents[: min(256, len(self.latents))], np.float64)
-            std = sample.std(axis=(0, 2, 3)).clip(min=1e-3)
-            with torch.no_grad():
-                self.net.h_s[-1].bias[: self.cfg.latent_channels] = torch.from_numpy(np.log2(std)).float()
-        else:
+        self.net = self.build(ckpt, model)
+        rates = self.rates()
+        self.opt = torch.optim.Adam([{"params": p, "base_lr": lr} for p, lr in rates], lr=rates[0][1])
+        if ckpt is not None:
             self.net.load_state_dict(ckpt["model"])
             if "opt" in ckpt:  # a slim (committed) checkpoint has none: a new optimizer starts
                 self.opt.load_state_dict(ckpt["opt"])
-                for group, lr in zip(self.opt.param_groups, (args.lr, args.lr_entropy)):
+                for group, (_, lr) in zip(self.opt.param_groups, rates):
                     group["base_lr"] = lr  # the command line's rates, not the checkpoint's
                 self.rng.bit_generator.state = ckpt["rng"]
                 torch.set_rng_state(ckpt["torch_rng"])
             self.step = ckpt["step"]
             print(f"resumed at step {self.step}", flush=True)
         self.baseline = factorized_bits(model, self.val.numpy())
+
+    @property
+    def qualities(self) -> int:
+        return self.net.cfg.qualities
+
+    def build(self, ckpt: dict | None, model) -> nn.Module:
+        cfg = HyperConfig.from_dict(ckpt["config"]) if ckpt else HyperConfig(
+            latent_channels=model.tables.channels, qualities=model.tables.qualities)
+        net = HyperPrior(cfg, model.gain)
+        if ckpt is None:  # start sigma at each channel's spread: the first steps then refine, not rescue
+            sample = np.asarray(self.latents[: min(256, len(self.latents))], np.float64)
+            std = sample.std(axis=(0, 2, 3)).clip(min=1e-3)
+            with torch.no_grad():
+                net.h_s[-1].bias[: cfg.latent_channels] = torch.from_numpy(np.log2(std)).float()
+        return net
+
+    def rates(self) -> list[tuple[list, float]]:
+        """(parameters, learning rate) per optimizer group, in a fixed order."""
+        return [(self.net.parameters_of("transforms"), self.args.lr),
+                (self.net.parameters_of("entropy"), self.args.lr_entropy)]
+
+    def checkpoint_extra(self) -> dict:
+        return {"config": self.net.cfg.to_dict()}
 
     def train_step(self) -> dict:
         n = self.args.batch
@@ -257,7 +274,7 @@ class Trainer:
             left = 4 * int(self.rng.integers((y.shape[3] - crop) // 4 + 1))
             y = np.ascontiguousarray(y[:, :, top : top + crop, left : left + crop])
         y = torch.from_numpy(y)
-        q = torch.from_numpy(self.rng.integers(self.cfg.qualities, size=n))
+        q = torch.from_numpy(self.rng.integers(self.qualities, size=n))
         out = self.net(y, q)
         pixels = y.shape[2] * y.shape[3] * 16
         bpp = (out["bits_y"] + out["bits_z"]) / pixels
@@ -277,7 +294,7 @@ class Trainer:
         rows = []
         y = self.val
         pixels = y.shape[2] * y.shape[3] * 16
-        for q in range(self.cfg.qualities):
+        for q in range(self.qualities):
             out = self.net(y, torch.full((y.shape[0],), q, dtype=torch.int64), noise=False)
             bpp_y = float(out["bits_y"].mean() / pixels)
             bpp_z = float(out["bits_z"].mean() / pixels)
@@ -289,7 +306,7 @@ class Trainer:
 
     def checkpoint(self) -> dict:
         return {
-            "config": self.cfg.to_dict(),
+            **self.checkpoint_extra(),
             "model": self.net.state_dict(),
             "opt": self.opt.state_dict(),
             "rng": self.rng.bit_generator.state,

@@ -153,9 +153,12 @@ def build(net: HyperPrior, calibration: np.ndarray, mean_bits: int = hyperprior.
     )
 
 
-def export(checkpoint: Path, name: str, version: str, out_dir: Path | None, run_dir: Path | None,
-           data_root: Path | None, calibration_crops: int = 64) -> Path:
-    net, ckpt = load_checkpoint(checkpoint)
+def write_model(hyper_net: HyperPrior, ckpt: dict, checkpoint: Path, name: str, version: str, out_dir: Path | None,
+                run_dir: Path | None, *, manifest: dict, training: dict, mean_bits: int = hyperprior.LOG_BITS,
+                more_files=None, calibration_crops: int = 64) -> tuple[Path, Path]:
+    """A model folder of a hyperprior-based entropy model: the base model's files byte for byte, the
+    hyper-analysis graph, ``hyperprior.npz``, ``more_files(calibration) -> {filename: bytes}`` and the manifest
+    (``manifest`` and ``training`` entries added; ``{base}`` in the architecture names the base model)."""
     info = ckpt["latents"]
     base = get_card(info["base"])
     if base.sha256 != info["base_sha256"]:
@@ -166,28 +169,29 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None, run_
         shutil.copyfile(base.folder / f, folder / f)
     run_dir = Path(run_dir) if run_dir else Path(checkpoint).parent
     latents = np.load(run_dir / "latents.npy", mmap_mode="r")
-    calibration = np.asarray(latents[:calibration_crops], np.float32)
+    calibration = np.array(latents[:calibration_crops], np.float32)
     with torch.no_grad():
-        export_onnx(_Analysis(net), torch.from_numpy(calibration[:1]), "y", "t", folder / hyperprior.ANALYSIS_FILENAME)
-    (folder / hyperprior.FILENAME).write_bytes(build(net, calibration).to_npz())
-    files = {f: sha256_file(folder / f) for f in (*BASE_FILES, hyperprior.ANALYSIS_FILENAME, hyperprior.FILENAME)}
-    manifest = {k: v for k, v in base.manifest.items() if k not in ("files", "sha256", "exported", "qualities")}
-    cfg = net.cfg
-    manifest.update({
+        export_onnx(_Analysis(hyper_net), torch.from_numpy(calibration[:1]), "y", "t",
+                    folder / hyperprior.ANALYSIS_FILENAME)
+    written = {hyperprior.FILENAME: build(hyper_net, calibration, mean_bits).to_npz()}
+    written.update(more_files(calibration) if more_files else {})
+    for f, data in written.items():
+        (folder / f).write_bytes(data)
+    files = {f: sha256_file(folder / f) for f in (*BASE_FILES, hyperprior.ANALYSIS_FILENAME, *written)}
+    out = {k: v for k, v in base.manifest.items() if k not in ("files", "sha256", "exported", "qualities")}
+    out.update({
         "name": name,
         "version": version,
-        "architecture": f"hyperprior entropy model on {base.name}'s frozen transforms and gains (same symbols and "
-                        "pixels): ReLU conv h_a (float, encoder side) -> z (1/16 resolution), integer h_s -> "
-                        "log2 sigma and mean of each latent, integer Gaussian scale tables",
-        "entropy_model": hyperprior.ENTROPY_MODEL,
+        **manifest,
+        "architecture": manifest["architecture"].format(base=base.name),
         "base_model": {"name": base.name, "sha256": base.sha256},
-        "hyperprior": cfg.to_dict(),
+        "hyperprior": hyper_net.cfg.to_dict(),
         "multiple": 16,
         "latent_stride": base.manifest.get("latent_stride", base.manifest["multiple"]),
         "qualities": [{"quality": q["quality"], "lambda": q.get("lambda")} for q in base.manifest["qualities"]],
         "training": {
             "base_training": base.manifest.get("training"),
-            "hyperprior_steps": int(ckpt["step"]),
+            **training,
             "batch": ckpt.get("batch"),
             "crops": info["crops"], "crop": info["crop"], "images": info["train_images"],
             "validation_places": info["validation_places"],
@@ -196,13 +200,26 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None, run_
         "exported": {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_description()},
         "files": files,
         "sha256": model_digest(files),
+        "default_quality": base.manifest.get("default_quality", 2),
     })
-    manifest["default_quality"] = base.manifest.get("default_quality", 2)
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (folder / "manifest.json").write_text(json.dumps(out, indent=1) + "\n")
+    return folder, run_dir
+
+
+def export(checkpoint: Path, name: str, version: str, out_dir: Path | None, run_dir: Path | None,
+           data_root: Path | None, calibration_crops: int = 64) -> Path:
+    net, ckpt = load_checkpoint(checkpoint)
+    folder, run_dir = write_model(
+        net, ckpt, checkpoint, name, version, out_dir, run_dir, calibration_crops=calibration_crops,
+        manifest={"architecture": "hyperprior entropy model on {base}'s frozen transforms and gains (same symbols "
+                                  "and pixels): ReLU conv h_a (float, encoder side) -> z (1/16 resolution), integer "
+                                  "h_s -> log2 sigma and mean of each latent, integer Gaussian scale tables",
+                  "entropy_model": hyperprior.ENTROPY_MODEL},
+        training={"hyperprior_steps": int(ckpt["step"])})
     if (run_dir / "val_latents.npy").exists():
         integer_penalty(net, folder, np.load(run_dir / "val_latents.npy"))
     if data_root is not None:
-        measure(folder, data_root, base.name)
+        measure(folder, data_root, ckpt["latents"]["base"])
     return folder
 
 
