@@ -159,29 +159,38 @@ def test_integer_hyper_synthesis_matches_golden_and_any_summation_order():
             np.testing.assert_array_equal(golden[key], value)
 
 
-def test_integer_context_matches_golden_and_any_summation_order():
-    """Every step's table indices and means, for given symbols, are fixed integers in any summation order."""
+def context_parts():
+    """tec-ctx's hyperprior and context model (the test skips without tec-ctx)."""
     if CTX not in INSTALLED:
         pytest.skip("tec-ctx is not installed")
     model = models.load_model(CTX)
-    hp, ctx = hyperprior.load(model), context.load(model)
+    return hyperprior.load(model), context.load(model)
+
+
+def step_parameters(hp, ctx, z, symbols, quality, matmul=np.matmul) -> list[np.ndarray]:
+    """(table index, mean) of every step of the context model, walking it with known ``symbols``."""
+    steps = []
+    coded = np.moveaxis(symbols[:, ctx.order], 1, -1)
+
+    def record(index, mean, a, e, classes):
+        steps.append(np.stack([index, mean]))
+        return context.gather(coded[..., a:e], classes)
+
+    walked = context.run_steps(hp, ctx, z, quality, symbols.shape, record, matmul=matmul)
+    np.testing.assert_array_equal(walked, symbols)
+    return steps
+
+
+def test_integer_context_matches_golden_and_any_summation_order():
+    """Every step's table indices and means, for given symbols, are fixed integers in any summation order."""
+    hp, ctx = context_parts()
     rng = np.random.default_rng(11)
     z = rng.integers(-4, 5, (1, hp.z_channels, 2, 2)).astype(np.int32)
     symbols = rng.integers(-40, 41, (1, 192, 8, 8))
     symbols[0, ctx.order[0], 0, 0], symbols[0, ctx.order[-1], 1, 0] = hyperprior.Z_LIMIT, -(2**31)  # clipped inputs
 
     def parameters(quality, matmul=np.matmul):
-        steps = []
-
-        coded = np.moveaxis(symbols[:, ctx.order], 1, -1)
-
-        def record(index, mean, a, e, classes):
-            steps.append(np.stack([index, mean]))
-            return context.gather(coded[..., a:e], classes)
-
-        np.testing.assert_array_equal(context.run_steps(hp, ctx, z, quality, symbols.shape, record, matmul=matmul),
-                                      symbols)
-        return np.concatenate([s.ravel() for s in steps])
+        return np.concatenate([s.ravel() for s in step_parameters(hp, ctx, z, symbols, quality, matmul)])
 
     results = {f"q{q}": parameters(q) for q in range(hp.log_gain.shape[0])}
     for q in (0, 4):
@@ -199,25 +208,13 @@ def test_integer_context_matches_golden_and_any_summation_order():
 
 def test_context_steps_are_causal():
     """A symbol changes only the parameters of later steps: the decoder has everything each step needs."""
-    if CTX not in INSTALLED:
-        pytest.skip("tec-ctx is not installed")
-    model = models.load_model(CTX)
-    hp, ctx = hyperprior.load(model), context.load(model)
+    hp, ctx = context_parts()
     rng = np.random.default_rng(5)
     z = rng.integers(-3, 4, (1, hp.z_channels, 2, 2)).astype(np.int32)
     symbols = rng.integers(-20, 21, (1, 192, 8, 8))
 
     def steps_of(sym):
-        out = []
-
-        coded = np.moveaxis(sym[:, ctx.order], 1, -1)
-
-        def record(index, mean, a, e, classes):
-            out.append(np.stack([index, mean]))
-            return context.gather(coded[..., a:e], classes)
-
-        context.run_steps(hp, ctx, z, 2, sym.shape, record)
-        return out
+        return step_parameters(hp, ctx, z, sym, 2)
 
     reference = steps_of(symbols)
     channel = ctx.order[ctx.groups[0] + 3]  # a channel of group 1

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import hyper, loop
-from .hyper import DEFAULT_DATA, HyperConfig, HyperPrior, gaussian_bin_probability
+from .hyper import HyperConfig, HyperPrior, gaussian_bin_probability
 
 
 @dataclass(frozen=True)
@@ -109,14 +109,8 @@ class ContextPrior(nn.Module):
                 record: list[dict] | None = None) -> dict:
         """Bits per sample of y_q and z; ``record`` (export): one dict of layer peaks per group."""
         hp = self.hyper
-        z = hp.h_a(y) * hp.z_gain(quality)
-        bits_z = torch.zeros(y.shape[0], device=y.device)
-        zq = z + torch.empty_like(z).uniform_(-0.5, 0.5) if noise else torch.round(z)
-        for q in torch.unique(quality).tolist():
-            sel = quality == q
-            bits_z[sel] = -torch.log2(hp.densities[q].likelihood(zq[sel])).sum(dim=(1, 2, 3))
-        rounded = z + (torch.round(z) - z).detach()
-        out = hp.h_s(rounded / hp.z_gain(quality))
+        bits_z, z_hat = hp.side_information(y, quality, noise)
+        out = hp.h_s(z_hat)
         m = hp.cfg.latent_channels
         order = self.order
         log_sigma, mean = out[:, :m][:, order], out[:, m:][:, order]
@@ -177,30 +171,15 @@ class Trainer(hyper.Trainer):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tec_zarr.train.context", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="shared Sentinel-2 data folder")
-    p.add_argument("--out", required=True, help="run directory (latents, checkpoint.pt, log.jsonl)")
-    p.add_argument("--base", default="tec-fp", help="installed model whose frozen transforms and gains are used")
+    p = hyper.parser("python -m tec_zarr.train.context", __doc__,
+                     init_help="a context checkpoint to start from (e.g. checkpoints/tec-ctx/checkpoint.pt)",
+                     steps=9000, latent_crop=16, lr=1e-3, lr_help="learning rate of the context networks",
+                     lr_entropy=1e-3)
     p.add_argument("--init-hyper", default="checkpoints/tec-hp/checkpoint.pt",
-                   help="trained hyperprior to start from when --out has no checkpoint")
-    p.add_argument("--init", help="a context checkpoint to start from (e.g. checkpoints/tec-ctx/checkpoint.pt)")
+                   help="trained hyperprior to start from when --out has no checkpoint and no --init")
     p.add_argument("--groups", type=int, nargs="+", default=[16, 16, 32, 64, 64])
     p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--crops", type=int, default=3200, help="training crops to precompute latents for")
-    p.add_argument("--crop", type=int, default=128, help="crop size (a multiple of 16)")
-    p.add_argument("--steps", type=int, default=6000)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--latent-crop", type=int, default=16,
-                   help="train on random aligned windows of this many latent rows/columns (a multiple of 4; 0: whole)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of the context networks")
     p.add_argument("--lr-hyper", type=float, default=2e-4, help="learning rate of h_a and h_s")
-    p.add_argument("--lr-entropy", type=float, default=1e-3, help="learning rate of z gains and z densities")
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--val-every", type=int, default=500)
-    p.add_argument("--save-every-s", type=float, default=180.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0)
     return p.parse_args(argv)
 
 

@@ -10,7 +10,6 @@ from calibration latents of the training places, weights get the most bits that 
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -19,9 +18,10 @@ import numpy as np
 import torch
 
 from .. import context, hyperprior
+from . import hyper_export
 from .context import ContextConfig, ContextPrior
 from .hyper import HyperConfig
-from .hyper_export import _exponent, integer_penalty, keep_checkpoint, measure, write_model
+from .hyper_export import _exponent, integer_penalty, measure, write_model
 
 
 # Trained means sit close to rounding boundaries (the rounded mean's gradient passes straight through), and gains up
@@ -107,21 +107,7 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None, run_
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tec_zarr.train.context_export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", type=Path)
-    p.add_argument("--name", default="tec-ctx")
-    p.add_argument("--version", default="1")
-    p.add_argument("--out", type=Path, help="model folder (default: inside the package)")
-    p.add_argument("--run", type=Path, help="run directory with latents.npy (default: the checkpoint's folder)")
-    p.add_argument("--data", type=Path, help="shared data folder: measure RD on the validation places")
-    p.add_argument("--keep", type=Path, help="also write a slim checkpoint and the log here, e.g. checkpoints/tec-ctx")
-    args = p.parse_args(argv)
-    if args.keep:
-        keep_checkpoint(args.checkpoint, args.keep)
-    folder = export(args.checkpoint, args.name, args.version, args.out, args.run, args.data)
-    print(f"exported {args.name} to {folder}")
-    return 0
+    return hyper_export.command_line(argv, "python -m tec_zarr.train.context_export", __doc__, "tec-ctx", export)
 
 
 if __name__ == "__main__":

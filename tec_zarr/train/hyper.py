@@ -119,8 +119,8 @@ class HyperPrior(nn.Module):
         log_sigma = (out[:, :m] + torch.log2(g.abs().clamp(min=1e-9))).clamp(lo, hi)
         return log_sigma, out[:, m:] * g
 
-    def forward(self, y: torch.Tensor, quality: torch.Tensor, *, noise: bool = True) -> dict:
-        """``y``: base latents (N, M, h, w), h and w multiples of 4; ``quality`` (N,). Bits per sample of y_q and z."""
+    def side_information(self, y: torch.Tensor, quality: torch.Tensor, noise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bits per sample of z (noisy z in training, rounded when ``noise`` is off) and the dequantized rounded z."""
         z = self.h_a(y) * self.z_gain(quality)
         bits_z = torch.zeros(y.shape[0], device=y.device)
         zq = z + torch.empty_like(z).uniform_(-0.5, 0.5) if noise else torch.round(z)
@@ -128,7 +128,12 @@ class HyperPrior(nn.Module):
             sel = quality == q
             bits_z[sel] = -torch.log2(self.densities[q].likelihood(zq[sel])).sum(dim=(1, 2, 3))
         rounded = z + (torch.round(z) - z).detach()
-        log_sigma, mean = self.scales_and_means(rounded / self.z_gain(quality), quality)
+        return bits_z, rounded / self.z_gain(quality)
+
+    def forward(self, y: torch.Tensor, quality: torch.Tensor, *, noise: bool = True) -> dict:
+        """``y``: base latents (N, M, h, w), h and w multiples of 4; ``quality`` (N,). Bits per sample of y_q and z."""
+        bits_z, z_hat = self.side_information(y, quality, noise)
+        log_sigma, mean = self.scales_and_means(z_hat, quality)
         symbols = torch.round(y * self.gain[quality][:, :, None, None])
         mean_int = mean + (torch.round(mean) - mean).detach()
         p = gaussian_bin_probability(symbols - mean_int, torch.exp2(log_sigma)).clamp(min=1e-9)
@@ -320,27 +325,35 @@ class Trainer:
         return {"train": loop.per_quality(records, {"bpp": 4, "bpp_z": 4})}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tec_zarr.train.hyper", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(prog: str, doc: str, *, init_help: str, steps: int, latent_crop: int, lr: float, lr_help: str,
+           lr_entropy: float) -> argparse.ArgumentParser:
+    """The arguments every rate-only trainer on precomputed latents takes; callers add their own."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(DEFAULT_DATA), help="shared Sentinel-2 data folder")
     p.add_argument("--out", required=True, help="run directory (latents, checkpoint.pt, log.jsonl)")
     p.add_argument("--base", default="tec-fp", help="installed model whose frozen transforms and gains are used")
-    p.add_argument("--init", help="start from this checkpoint (e.g. checkpoints/tec-hp/checkpoint.pt) when --out has none")
+    p.add_argument("--init", help=init_help)
     p.add_argument("--crops", type=int, default=3200, help="training crops to precompute latents for")
     p.add_argument("--crop", type=int, default=128, help="crop size (a multiple of 16)")
-    p.add_argument("--steps", type=int, default=8000)
+    p.add_argument("--steps", type=int, default=steps)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--latent-crop", type=int, default=0,
+    p.add_argument("--latent-crop", type=int, default=latent_crop,
                    help="train on random aligned windows of this many latent rows/columns (a multiple of 4; 0: whole)")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--lr-entropy", type=float, default=3e-3, help="learning rate of z gains and z densities")
+    p.add_argument("--lr", type=float, default=lr, help=lr_help)
+    p.add_argument("--lr-entropy", type=float, default=lr_entropy, help="learning rate of z gains and z densities")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--val-every", type=int, default=500)
     p.add_argument("--save-every-s", type=float, default=180.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parser("python -m tec_zarr.train.hyper", __doc__,
+                  init_help="start from this checkpoint (e.g. checkpoints/tec-hp/checkpoint.pt) when --out has none",
+                  steps=8000, latent_crop=0, lr=5e-4, lr_help="learning rate of h_a and h_s",
+                  lr_entropy=3e-3).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

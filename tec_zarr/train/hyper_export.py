@@ -291,16 +291,20 @@ def keep_checkpoint(checkpoint: Path, folder: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tec_zarr.train.hyper_export", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    return command_line(argv, "python -m tec_zarr.train.hyper_export", __doc__, "tec-hp", export)
+
+
+def command_line(argv: list[str] | None, prog: str, doc: str, name: str, export) -> int:
+    """The command line of every exporter of this shape: ``export(checkpoint, name, version, out, run, data)``."""
+    p = argparse.ArgumentParser(prog=prog, description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", type=Path)
-    p.add_argument("--name", default="tec-hp")
+    p.add_argument("--name", default=name)
     p.add_argument("--version", default="1")
     p.add_argument("--out", type=Path, help="model folder (default: inside the package)")
     p.add_argument("--run", type=Path, help="run directory with latents.npy (default: the checkpoint's folder)")
     p.add_argument("--data", type=Path, help="shared data folder: measure RD on the validation places")
     p.add_argument("--keep", type=Path, help="also write a slim checkpoint (no optimizer state) and the log here, "
-                                             "e.g. checkpoints/tec-hp (training resumes from it with a new optimizer)")
+                                             f"e.g. checkpoints/{name} (training resumes from it with a new optimizer)")
     args = p.parse_args(argv)
     if args.keep:
         keep_checkpoint(args.checkpoint, args.keep)
