@@ -22,8 +22,9 @@ SCRIPT = textwrap.dedent(
     from tec_zarr.zarr3 import TEC
 
     a = np.ascontiguousarray(sample.load_array()[0, :, :64, :64])
-    codec = tec_zarr.TEC()
-    assert codec.decode(codec.encode(a)).shape == a.shape
+    for name in [m.name for m in tec_zarr.list_models()]:  # every entropy model: factorized, hyperprior, context
+        codec = tec_zarr.TEC(model=name)
+        assert codec.decode(codec.encode(a)).shape == a.shape
     arr = zarr.create_array({}, shape=a.shape, chunks=a.shape, dtype="uint16", serializer=TEC(), compressors=None)
     arr[:] = a
     assert arr[:].shape == a.shape
