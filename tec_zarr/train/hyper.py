@@ -231,6 +231,8 @@ class Trainer:
         ckpt = torch.load(source, map_location="cpu", weights_only=False) if source else None
         self.rng = np.random.default_rng(args.seed + 1)
         self.step = 0
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(auto if args.device == "auto" else args.device)
         self.net = self.build(ckpt, model)
         rates = self.rates()
         self.opt = torch.optim.Adam([{"params": p, "base_lr": lr} for p, lr in rates], lr=rates[0][1])
@@ -244,6 +246,12 @@ class Trainer:
                 torch.set_rng_state(ckpt["torch_rng"])
             self.step = ckpt["step"]
             print(f"resumed at step {self.step}", flush=True)
+        self.net.to(self.device)
+        if ckpt is not None and "opt" in ckpt:  # Adam's moments follow their parameters' device
+            for state in self.opt.state.values():
+                for key, value in state.items():
+                    if torch.is_tensor(value) and key != "step":
+                        state[key] = value.to(self.device)
         self.baseline = factorized_bits(model, self.val.numpy())
 
     @property
@@ -278,8 +286,8 @@ class Trainer:
             top = 4 * int(self.rng.integers((y.shape[2] - crop) // 4 + 1))
             left = 4 * int(self.rng.integers((y.shape[3] - crop) // 4 + 1))
             y = np.ascontiguousarray(y[:, :, top : top + crop, left : left + crop])
-        y = torch.from_numpy(y)
-        q = torch.from_numpy(self.rng.integers(self.qualities, size=n))
+        y = torch.from_numpy(y).to(self.device)
+        q = torch.from_numpy(self.rng.integers(self.qualities, size=n)).to(self.device)
         out = self.net(y, q)
         pixels = y.shape[2] * y.shape[3] * 16
         bpp = (out["bits_y"] + out["bits_z"]) / pixels
@@ -291,16 +299,17 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = g["base_lr"] * s
         self.opt.step()
-        return {"q": q.numpy(), "bpp": bpp.detach().numpy(), "bpp_z": (out["bits_z"] / pixels).detach().numpy()}
+        return {"q": q.cpu().numpy(), "bpp": bpp.detach().cpu().numpy(),
+                "bpp_z": (out["bits_z"] / pixels).detach().cpu().numpy()}
 
     @torch.no_grad()
     def validate(self) -> list[dict]:
         self.net.eval()
         rows = []
-        y = self.val
+        y = self.val.to(self.device)
         pixels = y.shape[2] * y.shape[3] * 16
         for q in range(self.qualities):
-            out = self.net(y, torch.full((y.shape[0],), q, dtype=torch.int64), noise=False)
+            out = self.net(y, torch.full((y.shape[0],), q, dtype=torch.int64, device=self.device), noise=False)
             bpp_y = float(out["bits_y"].mean() / pixels)
             bpp_z = float(out["bits_z"].mean() / pixels)
             rows.append({"quality": q, "bpp": round(bpp_y + bpp_z, 4), "bpp_z": round(bpp_z, 4),
@@ -312,7 +321,7 @@ class Trainer:
     def checkpoint(self) -> dict:
         return {
             **self.checkpoint_extra(),
-            "model": self.net.state_dict(),
+            "model": {k: v.cpu() for k, v in self.net.state_dict().items()},
             "opt": self.opt.state_dict(),
             "rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
@@ -346,6 +355,7 @@ def parser(prog: str, doc: str, *, init_help: str, steps: int, latent_crop: int,
     p.add_argument("--save-every-s", type=float, default=180.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda when torch sees a GPU), cpu or cuda")
     return p
 
 
