@@ -30,7 +30,7 @@ import numpy as np
 
 from . import entropy, hyperprior
 from .errors import CorruptChunkError, WeightsIntegrityError
-from .hyperprior import CLIP_BITS, EXACT_LIMIT, INPUT_EXTRA_BITS, LOG_BITS, Hyperprior, _conv3
+from .hyperprior import CLIP_BITS, EXACT_LIMIT, INPUT_EXTRA_BITS, LOG_BITS, PATCH_BYTES, Hyperprior, _conv3
 
 FILENAME = "context.npz"
 ENTROPY_MODEL = "context"
@@ -156,13 +156,18 @@ def _spatial(anchors: np.ndarray, classes, w: np.ndarray, matmul) -> np.ndarray:
     b, h, wd, c = anchors.shape
     padded = np.zeros((b, h + 4, wd + 4, c), np.float64)
     padded[:, 2:-2, 2:-2] = anchors
-    parts = []
-    for r, q in classes:
-        taps = [padded[:, 2 + dy + r : 2 + dy + r + h - 1 : 2, 2 + dx + q : 2 + dx + q + wd - 1 : 2]
-                for dy, dx in SPATIAL_TAPS]
-        patches = np.concatenate(taps, axis=-1).reshape(-1, len(taps) * c)  # (B * h/2 * w/2, 12 c)
-        parts.append(matmul(patches, w.reshape(-1, w.shape[-1])).reshape(b, -1, w.shape[-1]))
-    return np.concatenate(parts, axis=1)
+    half_h, half_w, taps = h // 2, wd // 2, len(SPATIAL_TAPS)
+    out = np.empty((b, 2, half_h, half_w, w.shape[-1]), np.float64)
+    rows = max(1, PATCH_BYTES // max(1, b * half_w * taps * c * 8))  # bounded patch matrix, as in _conv3
+    for k, (r, q) in enumerate(classes):
+        for top in range(0, half_h, rows):
+            n = min(rows, half_h - top)
+            y0 = 2 + r + 2 * top
+            patches = np.concatenate([padded[:, y0 + dy : y0 + dy + 2 * n - 1 : 2, 2 + dx + q : 2 + dx + q + wd - 1 : 2]
+                                      for dy, dx in SPATIAL_TAPS], axis=-1)  # (B, n, w/2, 12 c)
+            out[:, k, top : top + n] = matmul(patches.reshape(-1, taps * c), w.reshape(-1, w.shape[-1])).reshape(
+                b, n, half_w, -1)
+    return out.reshape(b, -1, w.shape[-1])
 
 
 def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, shape, code_step, *,

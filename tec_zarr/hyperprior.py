@@ -191,15 +191,23 @@ class Hyperprior:
         return index, np.clip(mean, -MEAN_LIMIT, MEAN_LIMIT)
 
 
+PATCH_BYTES = 1 << 24  # the 3x3 patch matrix is built a block of rows at a time, at most this large
+
+
 def _conv3(x: np.ndarray, w: np.ndarray, b, matmul) -> np.ndarray:
     """Conv2d(k3, s1, p1) of integer (B, H, W, Cin) with w (9, Cin, Cout), taps (ky, kx): exact (B, H, W, Cout).
-    One product over all 9 taps (patches of 9 Cin columns): fewer, larger matrix products."""
+    One product over all 9 taps (patches of 9 Cin columns) per block of rows: fewer, larger matrix products."""
     bsz, h, wd, cin = x.shape
     padded = np.zeros((bsz, h + 2, wd + 2, cin), np.float64)
     padded[:, 1:-1, 1:-1] = x
-    patches = np.concatenate([padded[:, ky : ky + h, kx : kx + wd] for ky in range(3) for kx in range(3)], axis=-1)
-    acc = matmul(patches.reshape(-1, 9 * cin), w.reshape(-1, w.shape[-1]))
-    return acc.reshape(bsz, h, wd, -1) + b
+    out = np.empty((bsz, h, wd, w.shape[-1]), np.float64)
+    rows = max(1, PATCH_BYTES // max(1, bsz * wd * 9 * cin * 8))
+    for top in range(0, h, rows):
+        n = min(rows, h - top)
+        patches = np.concatenate([padded[:, top + ky : top + ky + n, kx : kx + wd]
+                                  for ky in range(3) for kx in range(3)], axis=-1)
+        out[:, top : top + n] = matmul(patches.reshape(-1, 9 * cin), w.reshape(-1, w.shape[-1])).reshape(bsz, n, wd, -1)
+    return out + b
 
 
 def conv3_matrix(w: np.ndarray) -> np.ndarray:

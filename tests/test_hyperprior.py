@@ -327,3 +327,24 @@ def test_tampered_entropy_model_files_are_refused_on_load(tmp_path, monkeypatch,
             models.load_model("copy")
     finally:
         models.clear_cache()
+
+
+def test_blocked_patch_products_match_the_definition(monkeypatch):
+    """3x3 and checkerboard sums built a few rows at a time equal the direct sums (memory stays bounded)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(-1000, 1000, (2, 12, 8, 5)).astype(np.float64)
+    w3 = rng.integers(-50, 50, (9, 5, 7)).astype(np.float64)
+    w12 = rng.integers(-50, 50, (12, 5, 7)).astype(np.float64)
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    direct3 = sum(padded[:, ky : ky + 12, kx : kx + 8] @ w3[3 * ky + kx] for ky in range(3) for kx in range(3))
+    expected = []
+    for r, q in context.HALVES[1]:
+        for i in range(r, 12, 2):
+            for j in range(q, 8, 2):
+                taps = [(i + dy, j + dx, t) for t, (dy, dx) in enumerate(context.SPATIAL_TAPS)]
+                expected.append(sum(x[:, a, b] @ w12[t] for a, b, t in taps if 0 <= a < 12 and 0 <= b < 8))
+    for budget in (hyperprior.PATCH_BYTES, 1):
+        monkeypatch.setattr(hyperprior, "PATCH_BYTES", budget)
+        monkeypatch.setattr(context, "PATCH_BYTES", budget)
+        np.testing.assert_array_equal(hyperprior._conv3(x, w3, 0.0, np.matmul), direct3)
+        np.testing.assert_array_equal(context._spatial(x, context.HALVES[1], w12, np.matmul), np.stack(expected, 1))
