@@ -11,7 +11,6 @@ Writes benchmarks/results/bounded.json and .png.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,11 +18,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from baselines import BenchCodec  # noqa: E402
-from common import machine, publish, round_trips  # noqa: E402
+from common import argument_parser, machine, publish, round_trips  # noqa: E402
 from bounded_codecs import BOUNDS, bounded_codecs  # noqa: E402
 
 from tec_zarr import metrics  # noqa: E402
@@ -98,14 +96,11 @@ def readme_text(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p = argument_parser(__doc__, HERE / "results" / "bounded")
     p.add_argument("--images", type=int, default=8,
                    help="validation crops to use (default 8: both unseen places, 4 dates each; a ~6 min run)")
     p.add_argument("--qualities", type=int, nargs="+", default=[0, 2], help="TEC base quality levels")
     p.add_argument("--bounds", type=int, nargs="+", default=list(BOUNDS))
-    p.add_argument("--out", type=Path, default=HERE / "results" / "bounded")
-    p.add_argument("--no-readme", action="store_true")
     args = p.parse_args(argv)
     images, names = validation_images(args.data, args.images)
     results = {"machine": machine(), "images": len(images), "image_names": names[: len(images)],

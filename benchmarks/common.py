@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -35,6 +36,15 @@ def round_trips(codec, setting, images: np.ndarray) -> Iterator[tuple[np.ndarray
         t1 = time.perf_counter()
         dec = codec.decode(enc, setting, img.shape)
         yield img, enc, dec, t1 - t0, time.perf_counter() - t1
+
+
+def argument_parser(doc: str, out: Path) -> argparse.ArgumentParser:
+    """The arguments every benchmark script takes (--data, --out, --no-readme); callers add their own."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data", help="shared Sentinel-2 data folder")
+    p.add_argument("--out", type=Path, default=out, help="where the JSON (and plot) go")
+    p.add_argument("--no-readme", action="store_true", help="do not regenerate the README table")
+    return p
 
 
 def write_json(path: Path, results: dict) -> None:

@@ -17,7 +17,6 @@ reference; the table gives its PSNR and bpp minus fp32's and its speed as a rati
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -27,10 +26,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, publish  # noqa: E402
+from common import argument_parser, machine, publish  # noqa: E402
 
 from tec_zarr import chunk, entropy, metrics  # noqa: E402
 from tec_zarr.models import load_model  # noqa: E402
@@ -152,11 +150,8 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    p.add_argument("--out", type=Path, default=HERE / "results")
+    p = argument_parser(__doc__, HERE / "results")
     p.add_argument("--model", default="tec-fp")
-    p.add_argument("--no-readme", action="store_true")
     args = p.parse_args(argv)
 
     model = load_model(args.model)

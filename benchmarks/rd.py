@@ -10,7 +10,6 @@ Writes benchmarks/results/rd[-anchors].json and .png, and regenerates the RD tab
 
 from __future__ import annotations
 
-import argparse
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,11 +17,10 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from baselines import BenchCodec, all_codecs  # noqa: E402
-from common import machine, publish, round_trips  # noqa: E402
+from common import argument_parser, machine, publish, round_trips  # noqa: E402
 from classical import classical_codecs  # noqa: E402
 from quality import band_mse, bd_rate, spectral_angle_deg, ssim  # noqa: E402
 
@@ -196,14 +194,11 @@ def anchor_table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    p.add_argument("--out", type=Path, default=HERE / "results")
+    p = argument_parser(__doc__, HERE / "results")
     p.add_argument("--images", choices=("validation", "anchors"), default="validation")
     p.add_argument("--codecs", choices=("core", "all"), default="all",
                    help="core: TEC, JPEG 2000 per band, KLT + JPEG 2000; all: every classical codec too")
     p.add_argument("--no-tec", action="store_true", help="classical codecs only")
-    p.add_argument("--no-readme", action="store_true")
     args = p.parse_args(argv)
 
     from tec_zarr import runtime

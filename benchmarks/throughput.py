@@ -10,7 +10,6 @@ MB/s depend on the machine, which the JSON names.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -23,10 +22,9 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
-from common import machine, publish  # noqa: E402
+from common import argument_parser, machine, publish  # noqa: E402
 
 from tec_zarr import chunk, runtime  # noqa: E402
 from tec_zarr.models import get_card  # noqa: E402
@@ -214,16 +212,13 @@ def table(results: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    p.add_argument("--out", type=Path, default=HERE / "results")
+    p = argument_parser(__doc__, HERE / "results")
     p.add_argument("--model", default="tec-fp")
     p.add_argument("--chunks", type=int, default=24, help="chunks for the single-process measurements")
     p.add_argument("--cube-mb", type=float, default=2048, help="size of the cube the clusters write and read; "
                    "a cube a quarter that size is written too, to show that worker memory does not grow with it")
     p.add_argument("--images-per-task", type=int, default=8, help="zarr chunks (12 x 256 x 256) per dask task")
     p.add_argument("--no-cluster", action="store_true")
-    p.add_argument("--no-readme", action="store_true")
     args = p.parse_args(argv)
 
     base = patches(args.data)
