@@ -232,8 +232,7 @@ def encode(model, y: np.ndarray, symbols: np.ndarray, quality: int, z: np.ndarra
     import constriction
 
     hp, ctx = hyperprior.load(model), load(model)
-    if symbols.shape[2] % hyperprior.Z_STRIDE or symbols.shape[3] % hyperprior.Z_STRIDE:
-        raise ValueError(f"Expected latent sides that are multiples of {hyperprior.Z_STRIDE}. Got {symbols.shape} instead.")
+    hyperprior.require_z_grid(symbols.shape)
     if z is None:
         z = hyperprior.analysis_z(model, y, quality)
     z_bytes = entropy.encode(z, quality, hp.z_tables)

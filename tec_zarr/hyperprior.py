@@ -230,14 +230,19 @@ def analysis_z(model, y: np.ndarray, quality: int) -> np.ndarray:
 def encode(model, y: np.ndarray, symbols: np.ndarray, quality: int, z: np.ndarray | None = None) -> bytes:
     """``y`` float (B, M, h, w) from the encoder, ``symbols`` its int32 y_q. Returns the payload bytes."""
     hp = load(model)
-    if symbols.shape[2] % Z_STRIDE or symbols.shape[3] % Z_STRIDE:
-        raise ValueError(f"Expected latent sides that are multiples of {Z_STRIDE}. Got {symbols.shape} instead.")
+    require_z_grid(symbols.shape)
     if z is None:
         z = analysis_z(model, y, quality)
     z_bytes = entropy.encode(z, quality, hp.z_tables)
     index, mean = hp.parameters(z, quality)
     y_bytes = encode_grouped(symbols.astype(np.int64) - mean, index, hp)
     return z_section(z_bytes) + y_bytes
+
+
+def require_z_grid(shape) -> None:
+    """Encoders' precondition (chunks pad to the model's multiple): latent sides that z's grid divides."""
+    if shape[2] % Z_STRIDE or shape[3] % Z_STRIDE:
+        raise ValueError(f"Expected latent sides that are multiples of {Z_STRIDE}. Got {tuple(shape)} instead.")
 
 
 def decode(model, payload: bytes, quality: int, shape: tuple[int, int, int, int]) -> np.ndarray:
