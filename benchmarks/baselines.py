@@ -41,14 +41,14 @@ class TECBench(BenchCodec):
         return self._qualities
 
     def encode(self, image, setting):
-        from tec_zarr import chunk
+        from tec_zarr import pipeline
 
-        return chunk.encode_chunk(image, model=self.model, quality=setting, nodata=None)
+        return pipeline.encode_chunk(image, model=self.model, quality=setting, nodata=None)
 
     def decode(self, data, setting, shape):
-        from tec_zarr import chunk
+        from tec_zarr import pipeline
 
-        return chunk.decode_chunk(data)
+        return pipeline.decode_chunk(data)
 
 
 def _j2k_encode(plane: np.ndarray, level: int) -> bytes:
@@ -78,11 +78,11 @@ def _j2k_decode(data: bytes) -> np.ndarray:
     return imagecodecs.jpeg2k_decode(data, numthreads=1)
 
 
-def _frame(parts: list[bytes]) -> bytes:
+def frame(parts: list[bytes]) -> bytes:
     return b"".join(struct.pack("<I", len(p)) + p for p in parts)
 
 
-def _unframe(data: bytes) -> list[bytes]:
+def unframe(data: bytes) -> list[bytes]:
     parts, pos = [], 0
     while pos < len(data):
         (n,) = struct.unpack_from("<I", data, pos)
@@ -106,10 +106,10 @@ class Jpeg2kPerBand(BenchCodec):
         return J2K_LEVELS
 
     def encode(self, image, setting):
-        return _frame([_j2k_encode(b, setting) for b in image])
+        return frame([_j2k_encode(b, setting) for b in image])
 
     def decode(self, data, setting, shape):
-        return np.stack([_j2k_decode(p) for p in _unframe(data)])
+        return np.stack([_j2k_decode(p) for p in unframe(data)])
 
 
 class KltJpeg2k(BenchCodec):
@@ -136,11 +136,11 @@ class KltJpeg2k(BenchCodec):
         comps = basis.T.astype(np.float64) @ (x - mean[:, None])
         comps = np.clip(np.rint(comps) + self.OFFSET, 0, 65535).astype(np.uint16).reshape(image.shape)
         side = mean.astype(np.float32).tobytes() + basis.tobytes()
-        return _frame([side] + [_j2k_encode(p, setting) for p in comps])
+        return frame([side] + [_j2k_encode(p, setting) for p in comps])
 
     def decode(self, data, setting, shape):
         c = shape[0]
-        parts = _unframe(data)
+        parts = unframe(data)
         side = np.frombuffer(parts[0], np.float32)
         mean, basis = side[:c].astype(np.float64), side[c:].reshape(c, c).astype(np.float64)
         comps = np.stack([_j2k_decode(p) for p in parts[1:]]).reshape(c, -1).astype(np.float64) - self.OFFSET

@@ -8,7 +8,7 @@ an integer bound. All side information (shapes, per-band framing) is counted.
 from __future__ import annotations
 
 import numpy as np
-from baselines import BenchCodec, _frame, _unframe
+from baselines import BenchCodec, frame, unframe
 
 BOUNDS = (0, 1, 2, 5, 10, 25, 50, 100)
 
@@ -34,14 +34,14 @@ class TECBounded(BenchCodec):
         return list(BOUNDS)
 
     def encode(self, image, setting):
-        from tec_zarr import chunk
+        from tec_zarr import pipeline
 
-        return chunk.encode_chunk(image, model=self.model, quality=self.quality, nodata=None, max_error=setting)
+        return pipeline.encode_chunk(image, model=self.model, quality=self.quality, nodata=None, max_error=setting)
 
     def decode(self, data, setting, shape):
-        from tec_zarr import chunk
+        from tec_zarr import pipeline
 
-        return chunk.decode_chunk(data)
+        return pipeline.decode_chunk(data)
 
 
 class _PerBand(BenchCodec):
@@ -53,10 +53,10 @@ class _PerBand(BenchCodec):
         return [0] if self.lossless_only else list(BOUNDS)
 
     def encode(self, image, setting):
-        return _frame([self._enc(np.ascontiguousarray(b), setting) for b in image])
+        return frame([self._enc(np.ascontiguousarray(b), setting) for b in image])
 
     def decode(self, data, setting, shape):
-        return np.stack([self._dec(p, shape[1:]) for p in _unframe(data)])
+        return np.stack([self._dec(p, shape[1:]) for p in unframe(data)])
 
 
 class JpegXLLossless(_PerBand):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from baselines import BenchCodec, _frame, _unframe
+from baselines import BenchCodec, frame, unframe
 
 
 def _ic():
@@ -51,10 +51,10 @@ class JpegXLPerBand(BenchCodec):
         return [0.05, 0.1, 0.15, 0.25, 0.4, 0.5, 0.6, 0.8, 1.0, 1.3, 1.6, 2.0, 2.5, 3.2, 4.0]
 
     def encode(self, image, setting):
-        return _frame([_ic().jpegxl_encode(b, distance=setting, effort=5, numthreads=1) for b in image])
+        return frame([_ic().jpegxl_encode(b, distance=setting, effort=5, numthreads=1) for b in image])
 
     def decode(self, data, setting, shape):
-        return np.stack([_ic().jpegxl_decode(p, numthreads=1) for p in _unframe(data)])
+        return np.stack([_ic().jpegxl_decode(p, numthreads=1) for p in unframe(data)])
 
 
 class Avif12Triplets(BenchCodec):
@@ -78,11 +78,11 @@ class Avif12Triplets(BenchCodec):
         planes = np.clip(np.rint(image / 4.0), 0, 4095).astype(np.uint16)
         groups = [np.ascontiguousarray(np.moveaxis(planes[i : i + 3], 0, -1)) for i in range(0, len(planes), 3)]
         identity = _ic().AVIF.MATRIX_COEFFICIENTS.IDENTITY
-        return _frame([_ic().avif_encode(g, level=setting, bitspersample=12, speed=8, matrix=identity, numthreads=1)
+        return frame([_ic().avif_encode(g, level=setting, bitspersample=12, speed=8, matrix=identity, numthreads=1)
                        for g in groups])
 
     def decode(self, data, setting, shape):
-        planes = np.concatenate([np.moveaxis(_ic().avif_decode(p, numthreads=1), -1, 0) for p in _unframe(data)])
+        planes = np.concatenate([np.moveaxis(_ic().avif_decode(p, numthreads=1), -1, 0) for p in unframe(data)])
         return np.clip(planes.astype(np.int64) * 4, 0, 65535).astype(np.uint16)
 
 
@@ -114,10 +114,10 @@ class WebP8PerBand(BenchCodec):
 
     def encode(self, image, setting):
         planes = np.clip(np.rint(image * (255 / 10000)), 0, 255).astype(np.uint8)
-        return _frame([_ic().webp_encode(np.repeat(p[..., None], 3, axis=-1), level=setting, lossless=False, method=4) for p in planes])
+        return frame([_ic().webp_encode(np.repeat(p[..., None], 3, axis=-1), level=setting, lossless=False, method=4) for p in planes])
 
     def decode(self, data, setting, shape):
-        planes = np.stack([_ic().webp_decode(p)[..., 0] for p in _unframe(data)]).astype(np.float64)
+        planes = np.stack([_ic().webp_decode(p)[..., 0] for p in unframe(data)]).astype(np.float64)
         return np.clip(np.rint(planes * (10000 / 255)), 0, 65535).astype(np.uint16)
 
 

@@ -30,7 +30,9 @@ sys.path.insert(0, str(HERE))
 
 from common import argument_parser, machine, publish  # noqa: E402
 
-from tec_zarr import chunk, entropy, metrics  # noqa: E402
+from tec_zarr import metrics  # noqa: E402
+from tec_zarr.entropy import factorized as entropy  # noqa: E402
+from tec_zarr.pipeline.prepare import normalize  # noqa: E402
 from tec_zarr.models import load_model  # noqa: E402
 
 MAX_COST_DB = 0.05
@@ -50,9 +52,9 @@ def calibration_inputs(model, quality_count: int) -> tuple[list[dict], list[dict
 
     sample = load_array()[:, :, :256, :256]
     enc_inputs, dec_inputs = [], []
-    reference = _session(model.encoder_onnx)
+    reference = _session(model.encoder.data)
     for image in sample:
-        x, _ = chunk.normalize(image[None], model, None, 1.0)
+        x, _ = normalize(image[None], model, None, 1.0)
         enc_inputs.append({"x": x})
         y = reference.run(None, {"x": x})[0]
         for q in range(quality_count):
@@ -99,14 +101,14 @@ def int8(graph: bytes, inputs: list[dict]) -> bytes:
 
 
 def _coded(model, encoder, decoder, image: np.ndarray, quality: int) -> tuple[bytes, np.ndarray, float, float]:
-    """The codec's lossy path (as chunk.py runs it) with the given sessions: payload, decoded DN, seconds."""
+    """The codec's lossy path (as tec_zarr.pipeline runs it) with the given sessions: payload, decoded DN, seconds."""
     gain, inv_gain = model.gain[quality][None, :, None, None], model.inv_gain[quality][None, :, None, None]
     t0 = time.perf_counter()
-    x, _ = chunk.normalize(image[None], model, None, 1.0)
+    x, _ = normalize(image[None], model, None, 1.0)
     symbols = np.rint(encoder.run(None, {"x": x})[0] * gain).astype(np.int32)
-    payload = entropy.encode(symbols, quality, model.tables)
+    payload = entropy.encode(symbols, quality, model.coder.tables)
     t1 = time.perf_counter()
-    decoded = entropy.decode(payload, quality, symbols.shape, model.tables)
+    decoded = entropy.decode(payload, quality, symbols.shape, model.coder.tables)
     x_hat = decoder.run(None, {"y_hat": (decoded * inv_gain).astype(np.float32)})[0][0]
     dn = np.clip(np.rint((x_hat * model.std[:, None, None] + model.mean[:, None, None]) * 1e4), 0, 65535)
     return payload, dn.astype(np.uint16), t1 - t0, time.perf_counter() - t1
@@ -155,16 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     model = load_model(args.model)
-    qualities = model.tables.qualities
+    qualities = model.qualities
     images = test_images(args.data)
     enc_cal, dec_cal = calibration_inputs(model, qualities)
-    reference = (_session(model.encoder_onnx), _session(model.decoder_onnx))
+    reference = (_session(model.encoder.data), _session(model.decoder.data))
     builders = {"fp16": lambda g, cal: fp16(g), "int8 (QDQ, per-channel)": int8}
     results = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
                "images": len(images), "model": model.name, "variants": {}}
     for name, build in builders.items():
         try:
-            sessions = (_session(build(model.encoder_onnx, enc_cal)), _session(build(model.decoder_onnx, dec_cal)))
+            sessions = (_session(build(model.encoder.data, enc_cal)), _session(build(model.decoder.data, dec_cal)))
         except Exception as e:  # a variant onnxruntime cannot build or run on this machine is a result, not a crash
             results["variants"][name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"}
             print(name, results["variants"][name], flush=True)

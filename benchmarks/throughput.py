@@ -26,7 +26,8 @@ sys.path.insert(0, str(HERE))
 
 from common import argument_parser, machine, publish  # noqa: E402
 
-from tec_zarr import chunk, runtime  # noqa: E402
+from tec_zarr import pipeline  # noqa: E402
+from tec_zarr import runtime  # noqa: E402
 from tec_zarr.models import get_card  # noqa: E402
 from tec_zarr.train import data  # noqa: E402
 
@@ -50,8 +51,8 @@ def codecs(model: str) -> list[Codec]:
     for q in get_card(model).qualities:
         quality = q["quality"]
         out.append(Codec(f"TEC q{quality}",
-                         lambda a, quality=quality: chunk.encode_chunk(a, model=model, quality=quality, nodata=None),
-                         chunk.decode_chunk))
+                         lambda a, quality=quality: pipeline.encode_chunk(a, model=model, quality=quality, nodata=None),
+                         pipeline.decode_chunk))
 
     def j2k_encode(a):
         # The RD harness's settings (baselines._j2k_encode); level 60 lands near TEC q2's 44 dB on these patches.
@@ -226,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     cores = os.cpu_count() or 1
     runtime.configure(intra_op_threads=1)
     results = {"machine": machine(), "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-               "chunks": args.chunks, "cores": cores, "onnxruntime_graph_optimization": runtime.GRAPH_OPTIMIZATION,
+               "chunks": args.chunks, "cores": cores, "onnxruntime_graph_optimization": runtime.onnx.GRAPH_OPTIMIZATION,
                "local": {}}
     for codec in codecs(args.model):
         single = local_throughput(items, codec, 1)

@@ -1,7 +1,8 @@
-"""The GDAL route for ``.tec`` files: a VRT sidecar (:mod:`gdal_driver.vrt`) whose derived bands call a trusted
-Python pixel function (:mod:`gdal_driver.pixelfunction`). GDAL's Python driver plug-ins are vector-only, hence
-this shape. Users go through :mod:`tec_zarr.gdal`.
+"""The module name GDAL imports for ``.tec`` sidecars' pixel function (``gdal_driver.pixelfunction.tec_band``).
+
+Sidecars written by every version name it, so it stays; the code lives in :mod:`tec_zarr.gdal`.
 """
 
-TRUSTED_MODULE = "gdal_driver.pixelfunction"  # the value of GDAL_VRT_PYTHON_TRUSTED_MODULES
-PIXEL_FUNCTION = f"{TRUSTED_MODULE}.tec_band"
+from tec_zarr.gdal.vrt import PIXEL_FUNCTION, TRUSTED_MODULE
+
+__all__ = ["PIXEL_FUNCTION", "TRUSTED_MODULE"]

@@ -14,6 +14,8 @@ import numpy as np
 import rasterio
 from rasterio.warp import transform
 
+from tec_zarr.sample import pack_cube, unpack_cube
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "s2l2a_ssl4eo_seasonal"
 PLACE = "0173706"
@@ -38,10 +40,13 @@ def main() -> int:
     x = x0 + 5 + 10 * np.arange(w)
     y = y0 - 5 - 10 * np.arange(h)
     out = ROOT / "tec_zarr" / "sample" / f"s2l2a_{PLACE}.npz"
-    np.savez_compressed(
-        out, reflectance=cube, time=np.array([r["acq_time_utc"] for r in rows]), x=x, y=y, epsg=epsg,
+    np.savez(
+        out, reflectance_xz=pack_cube(cube), shape=np.asarray(cube.shape), time=np.array([r["acq_time_utc"] for r in rows]), x=x, y=y, epsg=epsg,
         mgrs_tile=rows[0]["mgrs_tile"],
     )
+    with np.load(out) as f:
+        if not np.array_equal(unpack_cube(f["reflectance_xz"], cube.shape), cube):
+            raise SystemExit("expected the packed sample to unpack to the same DN")
     print(f"wrote {out} ({out.stat().st_size} bytes), shape {cube.shape}")
     return 0
 

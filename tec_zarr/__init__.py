@@ -8,10 +8,9 @@ Importing this package loads no model and never imports torch; models load (and 
 
 from __future__ import annotations
 
-from .codec import TEC
-from .encoding import zarr_encoding
-from .errors import TecZarrError
+from .codec import TEC, zarr_encoding
+from .errors import PsnrTargetWarning, TecZarrError
 from .models import list_models
 
 __version__ = "0.1.0"
-__all__ = ["TEC", "TecZarrError", "list_models", "zarr_encoding", "__version__"]
+__all__ = ["TEC", "PsnrTargetWarning", "TecZarrError", "list_models", "zarr_encoding", "__version__"]

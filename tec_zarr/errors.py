@@ -57,3 +57,7 @@ class CorruptTileError(TecFileError, CorruptChunkError):
 
 class SidecarMismatchError(TecFileError):
     """A VRT sidecar names a ``.tec`` file that moved, vanished or was replaced (another uuid)."""
+
+
+class PsnrTargetWarning(UserWarning):
+    """No quality level reaches a chunk's ``psnr=`` target: the chunk was written at its best level instead."""

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import array
+import functools
 import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numcodecs
@@ -14,6 +17,43 @@ from tec_zarr import metrics
 
 FIXTURES = Path(__file__).resolve().parent / "fixture"
 REGENERATE = os.environ.get("TEC_ZARR_REGENERATE_GOLDEN") == "1"
+
+# The scene of the .tec and GDAL tests: UTM zone 10N (EPSG:32610, WKT as GDAL writes it), 10 m pixels.
+UTM10N_WKT = (
+    'PROJCS["WGS 84 / UTM zone 10N",GEOGCS["WGS 84",DATUM["WGS_1984",SPHEROID["WGS 84",6378137,298.257223563,'
+    'AUTHORITY["EPSG","7030"]],AUTHORITY["EPSG","6326"]],PRIMEM["Greenwich",0,AUTHORITY["EPSG","8901"]],'
+    'UNIT["degree",0.0174532925199433,AUTHORITY["EPSG","9122"]],AUTHORITY["EPSG","4326"]],'
+    'PROJECTION["Transverse_Mercator"],PARAMETER["latitude_of_origin",0],PARAMETER["central_meridian",-123],'
+    'PARAMETER["scale_factor",0.9996],PARAMETER["false_easting",500000],PARAMETER["false_northing",0],'
+    'UNIT["metre",1,AUTHORITY["EPSG","9001"]],AXIS["Easting",EAST],AXIS["Northing",NORTH],AUTHORITY["EPSG","32610"]]'
+)
+GEOTRANSFORM = (600000.0, 10.0, 0.0, 4130000.0, 0.0, -10.0)
+TILE = 64
+
+# System packages the GDAL tests need beyond the venv; the skip reasons name them (conftest.py summarizes the skips).
+GDAL_CLI_MISSING = "gdalinfo is not on PATH (Debian package gdal-bin)"
+QGIS_MISSING = "QGIS's Python bindings are not importable by /usr/bin/python3 (Debian package python3-qgis)"
+OSGEO_MISSING = "GDAL's Python bindings (osgeo) are not importable by this interpreter"
+
+
+def has_gdal_cli() -> bool:
+    return shutil.which("gdalinfo") is not None
+
+
+@functools.lru_cache(maxsize=None)
+def system_python_with_qgis() -> str | None:
+    """Debian's Python, which QGIS's bindings are built for (not the venv's), where it imports qgis.core."""
+    python = shutil.which("python3", path="/usr/bin")
+    if python is None:
+        return None
+    probe = subprocess.run([python, "-c", "import qgis.core"], capture_output=True)
+    return python if probe.returncode == 0 else None
+
+
+def has_osgeo() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("osgeo") is not None
 
 
 def check_encode_decode(codec, arr: np.ndarray, min_psnr: float) -> np.ndarray:
@@ -29,6 +69,14 @@ def check_encode_decode(codec, arr: np.ndarray, min_psnr: float) -> np.ndarray:
     scale = 1e4 if arr.dtype.kind == "f" else 1.0
     assert metrics.mean_psnr(arr, dec, scale=scale) >= min_psnr
     return dec
+
+
+def assert_bound(a: np.ndarray, dec: np.ndarray, max_error: float) -> None:
+    """``dec`` within ``max_error`` of ``a`` everywhere; bit-exact at 0."""
+    if max_error == 0:
+        np.testing.assert_array_equal(dec.view(f"u{a.itemsize}"), a.view(f"u{a.itemsize}"))
+    else:
+        assert np.abs(dec.astype(np.float64) - a.astype(np.float64)).max() <= max_error
 
 
 def check_config(codec) -> None:
@@ -70,3 +118,46 @@ def check_golden(codec, arrays: list[np.ndarray], name: str, max_abs_error: floa
         got = stored.decode(f.read_bytes())
         assert got.dtype == expected.dtype and got.shape == expected.shape
         assert metrics.max_error(got, expected) <= max_abs_error
+
+
+def shuffled_matmul(seed: int):
+    """A matmul summing in another order: a permuted inner axis, in uneven blocks, accumulated backwards."""
+    rng = np.random.default_rng(seed)
+
+    def matmul(x, w):
+        perm = rng.permutation(x.shape[1])
+        cuts = np.sort(rng.choice(np.arange(1, x.shape[1]), size=min(3, x.shape[1] - 1), replace=False))
+        parts = [x[:, p] @ w[p] for p in np.split(perm, cuts)]
+        out = np.zeros((x.shape[0], w.shape[1]))
+        for part in reversed(parts):
+            out += part
+        return out
+
+    return matmul
+
+
+def copy_model(name: str, root: Path, new_name: str) -> Path:
+    """A copy of an installed model as ``root/new_name``, every file in its own folder (files shared in the package's
+    ``blobs/`` are copied too, resolved through the registry), its manifest renamed. Returns the folder."""
+    from tec_zarr import models
+    from tec_zarr.models.card import MANIFEST
+    from tec_zarr.models.registry import file_path
+
+    card = models.get_card(name)
+    dst = Path(root) / new_name
+    dst.mkdir(parents=True)
+    for filename in card.files:
+        shutil.copyfile(file_path(card, filename), dst / filename)
+    manifest = json.loads((card.folder / MANIFEST).read_text())
+    manifest["name"] = new_name
+    (dst / MANIFEST).write_text(json.dumps(manifest))
+    return dst
+
+
+def golden_chunks() -> list[Path]:
+    """Every stored golden chunk (tests/fixture/tec_zarr.tec/<name>/encoded.NN.dat)."""
+    return sorted((FIXTURES / "tec_zarr.tec").glob("*/encoded.*.dat"))
+
+
+def golden_id(path: Path) -> str:
+    return f"{path.parent.name}/{path.stem}"

@@ -1,4 +1,5 @@
-"""The chunk format: every damaged chunk ends in a BitstreamError subclass, never a crash or wrong pixels."""
+"""The chunk format (tec_zarr.chunk.chunk) and the framing of its payload sections (tec_zarr.chunk.payload):
+every damaged chunk ends in a BitstreamError subclass, never a crash or wrong pixels."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import zlib
 import numpy as np
 import pytest
 
-from tec_zarr import TEC, bitstream
+from tec_zarr import TEC
+from tec_zarr.bitstream import chunk
+from tec_zarr.bitstream import payload as sections
 from tec_zarr.errors import BitstreamError, CorruptChunkError, ModelMismatchError, TruncatedChunkError
 from tec_zarr.models import load_model
 
@@ -21,16 +24,16 @@ def encoded(image) -> bytes:
 
 
 def test_header_round_trip(encoded):
-    header, mask, payload = bitstream.unpack(encoded)
+    header, mask, payload = chunk.unpack(encoded)
     assert header.model == "tec-fp"
     assert header.shape == (12, 40, 56)
     model = load_model("tec-fp")
     m = model.multiple
-    assert header.latent == (model.tables.channels, -(-40 // m), -(-56 // m))
+    assert header.latent == (model.latent_channels, -(-40 // m), -(-56 // m))
     assert header.pad == (-40 % m, -56 % m)
     assert header.dtype == np.uint16 and header.nodata == 0.0
     assert mask is not None and payload
-    again = bitstream.pack(header, mask, payload)
+    again = chunk.pack(header, mask, payload)
     assert again == encoded
 
 
@@ -59,35 +62,108 @@ def test_bad_magic_and_future_version(encoded):
     with pytest.raises(CorruptChunkError, match="TECZ"):
         TEC().decode(b"JUNK" + encoded[4:])
     body = bytearray(encoded[:-4])
-    body[4] = bitstream.FORMAT_VERSION + 1
+    body[4] = chunk.FORMAT_VERSION + 1
     with pytest.raises(CorruptChunkError, match="format version"):
         TEC().decode(bytes(body) + struct.pack("<I", zlib.crc32(body)))
 
 
 def test_chunk_from_other_weights(encoded):
-    header, mask, payload = bitstream.unpack(encoded)
-    other = bitstream.ChunkHeader(**{**header.__dict__, "model_hash": b"\x00" * 8})
+    header, mask, payload = chunk.unpack(encoded)
+    other = chunk.ChunkHeader(**{**header.__dict__, "model_hash": b"\x00" * 8})
     with pytest.raises(ModelMismatchError):
-        TEC().decode(bitstream.pack(other, mask, payload))
+        TEC().decode(chunk.pack(other, mask, payload))
 
 
 def test_inconsistent_header_with_valid_crc(encoded):
-    header, mask, payload = bitstream.unpack(encoded)
+    header, mask, payload = chunk.unpack(encoded)
     m, h, w = header.latent
-    lying = bitstream.ChunkHeader(**{**header.__dict__, "latent": (m, h + 1, w)})
+    lying = chunk.ChunkHeader(**{**header.__dict__, "latent": (m, h + 1, w)})
     with pytest.raises(CorruptChunkError):
-        TEC().decode(bitstream.pack(lying, mask, payload))
-    huge = bitstream.ChunkHeader(**{**header.__dict__, "shape": (4096, 12, 40, 56)})
+        TEC().decode(chunk.pack(lying, mask, payload))
+    huge = chunk.ChunkHeader(**{**header.__dict__, "shape": (4096, 12, 40, 56)})
     with pytest.raises(BitstreamError):
-        TEC().decode(bitstream.pack(huge, mask, payload))
+        TEC().decode(chunk.pack(huge, mask, payload))
 
 
 def test_garbage_payload_with_valid_crc(encoded):
-    header, mask, payload = bitstream.unpack(encoded)
+    header, mask, payload = chunk.unpack(encoded)
     rng = np.random.default_rng(1)
     junk = rng.integers(0, 256, len(payload) // 4 * 4, dtype=np.uint8).tobytes()
     try:
-        out = TEC().decode(bitstream.pack(header, mask, junk))
+        out = TEC().decode(chunk.pack(header, mask, junk))
     except BitstreamError:
         return
     assert out.shape == (12, 40, 56)  # random symbols decode to *some* image; the CRC is what guards real data
+
+
+def test_header_names_the_codec_and_checks_its_crc(encoded):
+    assert chunk.CODEC_ID == "tec_zarr.tec" and encoded[:4] == chunk.MAGIC
+    (crc,) = struct.unpack("<I", encoded[-4:])
+    assert crc == zlib.crc32(encoded[:-4])
+    with pytest.raises(CorruptChunkError):
+        chunk.unpack(encoded[:-4] + struct.pack("<I", crc ^ 1))
+
+
+def test_mask_packing_round_trips():
+    rng = np.random.default_rng(0)
+    for shape in ((1, 12, 1, 1), (2, 12, 5, 7), (1, 3, 40, 56)):
+        mask = rng.random(shape) < 0.3
+        np.testing.assert_array_equal(chunk.unpack_mask(chunk.pack_mask(mask), shape), mask)
+
+
+def test_version_one_chunks_unchanged(image):
+    enc = TEC().encode(np.ascontiguousarray(image[:, :16, :16]))
+    assert enc[4] == chunk.FORMAT_VERSION and chunk.unpack(enc)[0].residual is None
+    assert TEC(max_error=0).encode(np.ascontiguousarray(image[:, :64, :64]))[4] == chunk.RESIDUAL_FORMAT_VERSION
+
+
+def test_residual_coder_byte_is_strict(image):
+    """Version 3 carries the coder byte (2); version 2 means coder 1. Any other pairing is refused."""
+    enc = TEC(max_error=3).encode(np.ascontiguousarray(image[:, :64, :64]))
+    assert chunk.unpack(enc)[0].residual.coder == 2
+    tiny = TEC(max_error=100, quality=2).encode(np.ascontiguousarray(image[:, :16, :16]))  # coder 1 where smaller
+    assert tiny[4] == chunk.RESIDUAL_V1_FORMAT_VERSION and chunk.unpack(tiny)[0].residual.coder == 1
+    header, mask, latent = chunk.unpack(enc)
+    for version, coder in ((3, 1), (3, 9), (2, 2)):
+        body = bytearray(enc[:-4])
+        body[4] = version
+        pos = enc.index(struct.pack("<dB", header.residual.max_error, header.residual.mode), 40) + 9
+        if version == 3:
+            body[pos] = coder
+        else:  # a version 2 reader takes the coder byte for the tile field: misaligned, refused
+            pass
+        with pytest.raises(BitstreamError):
+            TEC().decode(bytes(body) + struct.pack("<I", zlib.crc32(bytes(body))))
+
+
+
+# -- payload sections ------------------------------------------------------------------------------------------------
+
+
+def test_residual_seal_refuses_other_values_and_extra_words():
+    values = np.array([3, -1, 0, 2**40], np.int64)
+    words = np.arange(6, dtype=np.uint32).tobytes()
+    sealed = sections.seal_residual(values, words)
+    np.testing.assert_array_equal(sections.residual_words(sealed), np.arange(6, dtype=np.uint32))
+    sections.check_residual_seal(sealed, values, exhausted=True)
+    for other, exhausted in ((values + 1, True), (values[:-1], True), (values, False)):
+        with pytest.raises(CorruptChunkError):
+            sections.check_residual_seal(sealed, other, exhausted)
+    with pytest.raises(CorruptChunkError):  # the seal covers the words' length: an appended word is refused
+        sections.check_residual_seal(sealed + b"\0" * 4, values, exhausted=True)
+    for bad in (b"", b"abc", sealed[:-1]):
+        with pytest.raises(CorruptChunkError):
+            sections.residual_words(bad)
+
+
+def test_parameter_sections_are_strict():
+    np.testing.assert_array_equal(sections.tile_parameters(bytes([1, 2, 3, 4])), [[1, 2], [3, 4]])
+    with pytest.raises(CorruptChunkError):
+        sections.tile_parameters(b"\x01\x02\x03")
+    raw = bytes(range(200))
+    packed = sections.deflate_parameters(raw)
+    assert sections.inflate_parameters(packed, len(raw)) == raw
+    for bad, limit in ((packed, len(raw) - 1), (packed + b"\0", len(raw)), (packed[:-3], len(raw)), (b"junk", 10),
+                       (packed + packed, 2 * len(raw))):
+        with pytest.raises(CorruptChunkError):
+            sections.inflate_parameters(bad, limit)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from common import assert_bound
 from tec_zarr import cli, metrics
 
 rasterio = pytest.importorskip("rasterio")
@@ -34,7 +35,7 @@ def test_compress_geotiff_then_info(geotiff, tmp_path, capsys, zarr_format):
     ds = xr.open_zarr(out)
     back = ds["reflectance"].values
     assert back.shape == a.shape and back.dtype == np.uint16
-    assert metrics.psnr(a, back) > 28
+    assert metrics.psnr(a, back) > 37.5  # measured 38.8 dB at quality 1
     assert list(ds.band.values)[-1] == "B12"
     assert ds.x.values[0] == 600005.0 and ds.y.values[0] == 4129995.0
     assert "32610" in ds.attrs["crs"]
@@ -63,3 +64,27 @@ def test_errors_are_reported_not_raised(tmp_path, geotiff, capsys):
     assert cli.main(["compress", str(path), str(tmp_path / "x.zarr"), "--model", "nope"]) == 2
     assert "Expected one of the installed models" in capsys.readouterr().err
     assert cli.main(["compress", str(tmp_path / "missing.txt"), str(tmp_path / "y.zarr")]) == 2
+
+
+def test_cli_lossless_and_max_error(cube, tmp_path):
+    src = tmp_path / "in.zarr"
+    a = np.ascontiguousarray(cube[:1, :, :50, :60])
+    xr.Dataset({"reflectance": (("time", "band", "y", "x"), a)}).to_zarr(src, zarr_format=3)
+    for flags, bound in ((["--lossless"], 0), (["--max-error", "10"], 10)):
+        out = tmp_path / f"out{bound}.zarr"
+        assert cli.main(["compress", str(src), str(out), "--quiet", *flags]) == 0
+        assert_bound(a, xr.open_zarr(out)["reflectance"].values, bound)
+    with pytest.raises(SystemExit):
+        cli.main(["compress", str(src), str(tmp_path / "x.zarr"), "--lossless", "--psnr", "30"])
+
+
+def test_entry_points_reach_main():
+    """``tec`` (the console script), ``python -m tec_zarr`` and ``tec_zarr.cli.main(argv)`` are one function."""
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    (script,) = entry_points(group="console_scripts", name="tec")
+    assert script.load() is cli.main and sys.modules["tec_zarr.cli.commands"].main is cli.main
+    res = subprocess.run([sys.executable, "-m", "tec_zarr", "models"], capture_output=True, text=True)
+    assert res.returncode == 0 and "tec-fp" in res.stdout

@@ -1,7 +1,8 @@
-"""The numcodecs codec (zarr format 2) on real Sentinel-2 data the model never saw."""
+"""The numcodecs codec (zarr format 2) on real Sentinel-2 data the model never saw, and the CodecConfig behind it."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numcodecs
@@ -10,6 +11,7 @@ import pytest
 
 from common import check_config, check_encode_decode, check_golden, check_repr
 from tec_zarr import TEC, metrics
+from tec_zarr.codec import CodecConfig, config
 from tec_zarr.errors import (
     InvalidInputError,
     ModelMismatchError,
@@ -18,6 +20,7 @@ from tec_zarr.errors import (
     UnsupportedDtypeError,
 )
 from tec_zarr.models import get_card
+from tec_zarr.zarr3 import TEC as TEC3
 
 CARD = get_card("tec-fp")
 
@@ -26,9 +29,15 @@ def crop(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.ascontiguousarray(a[..., :h, :w])
 
 
+# Mean PSNR of the shipped tec-fp per quality on the sample's 128 x 128 crop, as measured (35.9, 38.9, 42.5, 47.0,
+# 51.7 dB; odd sizes, int16 and float32 at the default level: 42.4 to 44.2 dB). The card's validation PSNR (another
+# place) is 0.8 to 1.7 dB above these.
+MEASURED_PSNR = (35.9, 38.85, 42.45, 46.95, 51.7)
+
+
 def expected_psnr(quality: int) -> float:
-    """The model card's validation PSNR, less a margin for a different place and crop."""
-    return CARD.qualities[quality]["validation"]["psnr"] - 4.0
+    """What the codec measured on the sample, less 1 dB: a regression in the transforms or gains fails here."""
+    return MEASURED_PSNR[quality] - 1.0
 
 
 @pytest.mark.parametrize("quality", range(len(CARD.qualities)))
@@ -46,7 +55,7 @@ def test_rate_grows_with_quality(image):
 def test_odd_sizes(cube, shape):
     h, w = shape
     tile = np.ascontiguousarray(np.tile(cube[0], (1, 2, 2))[:, :h, :w])
-    dec = check_encode_decode(TEC(), tile, min_psnr=20.0 if min(shape) < 8 else expected_psnr(CARD.default_quality))
+    dec = check_encode_decode(TEC(), tile, min_psnr=expected_psnr(CARD.default_quality))
     assert dec.shape == tile.shape
 
 
@@ -116,6 +125,53 @@ def test_pickle_carries_config_not_sessions(image):
     data = pickle.dumps(codec)
     assert len(data) < 1000 and b"onnxruntime" not in data
     assert pickle.loads(data) == codec
+
+
+def test_codec_config_and_validation():
+    for codec in (TEC(max_error=3), TEC(max_error=0.5), TEC(psnr=35.0), TEC(quality=1, max_error=0)):
+        check_config(codec)
+    # A bound without a quality takes base level 0 (config.BOUNDED_DEFAULT_QUALITY); a given quality is kept.
+    check_repr(TEC(max_error=0), "TEC(quality=0, model='tec-fp', nodata=0, float_scale=10000.0, max_error=0)")
+    assert TEC(max_error=5).quality == TEC3(max_error=5).quality == 0
+    assert TEC(quality=2, max_error=5).quality == TEC3(quality=2, max_error=5).quality == 2
+    check_repr(TEC(psnr=35), "TEC(quality=2, model='tec-fp', nodata=0, float_scale=10000.0, psnr=35.0)")
+    assert TEC(max_error=2) != TEC(max_error=3) and TEC() != TEC(max_error=0)
+    assert numcodecs.get_codec(TEC(max_error=4).get_config()) == TEC(max_error=4)
+    for bad in ({"max_error": -1}, {"max_error": float("nan")}, {"max_error": True}, {"psnr": 0},
+                {"psnr": "40"}, {"max_error": 1, "psnr": 40}):
+        with pytest.raises(InvalidInputError, match="Expected"):
+            TEC(**bad)
+        with pytest.raises(InvalidInputError, match="Expected"):
+            TEC3(**bad)
+    assert TEC3.from_dict(TEC3(max_error=2).to_dict()) == TEC3(max_error=2)
+    assert "max_error" not in TEC3().to_dict()["configuration"]
+
+
+def test_codec_config_is_frozen_and_round_trips_json():
+    c = CodecConfig.create(quality=1, max_error=2.0)
+    assert c.max_error == 2 and isinstance(c.max_error, int)  # integral bounds are stored as integers
+    assert c.model == "tec-fp" and c.model_sha256 == CARD.sha256 and c.psnr is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        c.quality = 2
+    stored = c.to_json()
+    assert list(stored) == ["id", *config.CONFIG_KEYS] and stored["id"] == "tec_zarr.tec"
+    assert CodecConfig.from_json(stored) == c
+    assert CodecConfig.from_json({k: v for k, v in stored.items() if k != "id"}) == c
+    assert TEC(quality=1, max_error=2).get_config() == stored
+    assert c.chunk_params() == {"model": "tec-fp", "quality": 1, "nodata": 0, "float_scale": 10000.0,
+                                "max_error": 2, "psnr": None}
+    for bad in ([], {"id": "other"}, {**stored, "qualty": 1}):
+        with pytest.raises(InvalidInputError, match="Expected"):
+            CodecConfig.from_json(bad)
+
+
+def test_fill_value_nodata_is_zarr3_only():
+    zarr3 = CodecConfig.create(nodata=config.FILL_VALUE, allow_fill_value=True)
+    assert zarr3.nodata == config.FILL_VALUE and zarr3.chunk_params()["nodata"] is None
+    with pytest.raises(InvalidInputError):
+        CodecConfig.create(nodata=config.FILL_VALUE)
+    with pytest.raises(InvalidInputError):
+        TEC(nodata=config.FILL_VALUE)
 
 
 def test_registered_under_prefixed_id():

@@ -15,9 +15,9 @@ from tec_zarr import sample, zarr_encoding  # noqa: E402
 
 
 def _sessions_in_this_process() -> int:
-    from tec_zarr import runtime
+    from tec_zarr.runtime import onnx
 
-    return len(runtime._sessions)
+    return len(onnx._sessions)
 
 
 def _chunk_files(store: Path, var: str) -> dict[str, bytes]:
@@ -97,4 +97,4 @@ def test_worker_killed_mid_write_is_retried(client, tmp_path):
     single = ds["reflectance"].values
     from tec_zarr import metrics
 
-    assert back.shape == single.shape and metrics.mean_psnr(single, back) > 28
+    assert back.shape == single.shape and metrics.mean_psnr(single, back) > 41.2  # measured 42.4 dB

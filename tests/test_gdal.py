@@ -1,4 +1,5 @@
-"""``.tec`` files: the format, Zarr byte copies, and reads through GDAL (command line and rasterio)."""
+"""GDAL's route to ``.tec`` files: rasterio in this process, osgeo, the GDAL command line and QGIS, through the VRT
+sidecar and its trusted pixel function. The format itself, without GDAL: test_tecfile.py."""
 
 from __future__ import annotations
 
@@ -10,39 +11,29 @@ import subprocess
 import numpy as np
 import pytest
 import xarray as xr
-import zarr
 
-from tec_zarr import TEC, cli, convert, metrics, tecfile
+from common import (
+    GDAL_CLI_MISSING,
+    GEOTRANSFORM,
+    OSGEO_MISSING,
+    QGIS_MISSING,
+    TILE,
+    has_gdal_cli,
+    has_osgeo,
+    system_python_with_qgis,
+)
+from tec_zarr import cli, tecfile
 from tec_zarr.bands import S2_L2A_BANDS
-from tec_zarr.errors import CorruptTileError, SidecarMismatchError, TecFormatError, TruncatedTecFileError
+from tec_zarr.errors import CorruptTileError, SidecarMismatchError
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.errors import RasterioError  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
-from gdal_driver import pixelfunction  # noqa: E402
 from tec_zarr import gdal  # noqa: E402
+from tec_zarr.gdal import convert, pixelfunction  # noqa: E402
 
-TILE = 64
-GEOTRANSFORM = (600000.0, 10.0, 0.0, 4130000.0, 0.0, -10.0)
-needs_gdal_cli = pytest.mark.skipif(shutil.which("gdalinfo") is None, reason="gdalinfo is not on PATH")
-
-
-@pytest.fixture(scope="module")
-def original(image) -> np.ndarray:
-    return np.ascontiguousarray(image[:, :200, :150])  # odd size: partial edge tiles on both axes
-
-
-@pytest.fixture(scope="module")
-def scene(tmp_path_factory, original):
-    """scene.tec (tile 64, overviews 1 and 2, UTM 10N, 10 m) and everything TecFile decodes from it."""
-    path = tmp_path_factory.mktemp("tec") / "scene.tec"
-    crs = rasterio.crs.CRS.from_epsg(32610).to_wkt()
-    tecfile.write(path, original, crs_wkt=crs, geotransform=GEOTRANSFORM, nodata=0, tile=TILE, quality=1,
-                  overviews=(1, 2))
-    with tecfile.open(path) as f:
-        levels = {k: f.read(level=k) for k in (0, 1, 2)}
-    return path, levels
+needs_gdal_cli = pytest.mark.skipif(not has_gdal_cli(), reason=GDAL_CLI_MISSING)
 
 
 def sha256(path) -> str:
@@ -60,102 +51,15 @@ def covered(window: Window) -> int:
     return len(rows) * len(cols)
 
 
-# --- the format ---------------------------------------------------------------------------------------------------
+def test_sidecars_name_the_shim_module(scene):
+    """Sidecars (of every version) name gdal_driver.pixelfunction.tec_band: the shim exports it, and only it."""
+    import gdal_driver
+    import gdal_driver.pixelfunction as shim
 
-
-def test_metadata_and_quality(scene, original):
-    path, levels = scene
-    with tecfile.open(path) as f:
-        m = f.metadata
-        assert m.shape == (12, 200, 150) and m.dtype == "uint16" and m.band_names == S2_L2A_BANDS
-        assert m.geotransform == GEOTRANSFORM and "UTM zone 10N" in m.crs_wkt and m.nodata == 0
-        assert m.codec == TEC(quality=1, nodata=0).get_config() and len(m.uuid) == 36
-        assert [m.level_shape(k) for k in m.levels] == [(200, 150), (100, 75), (50, 38)]
-        assert f.read_tile(0, 0, 0)[:4] == b"TECZ"
-    assert metrics.psnr(original, levels[0]) > 28
-    assert metrics.psnr(tecfile.downsample(original, 2, 0), levels[1]) > 28
-
-
-@pytest.mark.parametrize("zarr_format", [2, 3])
-def test_tiles_are_the_zarr_chunks(tmp_path, scene, original, zarr_format):
-    """Zarr pads edge chunks with its fill value, .tec with nodata: the same bytes come out."""
-    from tec_zarr.zarr3 import TEC as TEC3
-
-    group = zarr.open_group(tmp_path / "z.zarr", mode="w", zarr_format=zarr_format)
-    common = {"name": "r", "shape": original.shape, "dtype": "uint16", "chunks": (12, TILE, TILE), "fill_value": 0}
-    if zarr_format == 3:
-        array = group.create_array(**common, serializer=TEC3(quality=1), compressors=None)
-    else:
-        array = group.create_array(**common, compressors=TEC(quality=1))
-    array[...] = original
-    with tecfile.open(scene[0]) as f:
-        for ty in range(4):
-            for tx in range(3):
-                assert convert._chunk_bytes(array, (0, ty, tx)) == f.read_tile(0, ty, tx)
-
-
-def test_window_read_decodes_only_its_tiles(scene):
-    path, levels = scene
-    with tecfile.open(path) as f:
-        before = tecfile.decoded_tiles()
-        got = f.read((slice(10, 70), slice(60, 140)), bands=[3, 2, 1])
-        assert tecfile.decoded_tiles() - before == 2 * 3  # rows 0-1, columns 0-2 of the 4 x 3 grid
-        np.testing.assert_array_equal(got, levels[0][[3, 2, 1], 10:70, 60:140])
-        np.testing.assert_array_equal(f.read((slice(40, 50), slice(0, 20)), level=2), levels[2][:, 40:50, :20])
-
-
-def test_damaged_files_raise_package_errors(tmp_path, scene):
-    data = scene[0].read_bytes()
-    bad = tmp_path / "bad.tec"
-    for cut in (3, 10, 100, len(data) - 5):
-        bad.write_bytes(data[:cut])
-        with pytest.raises(TruncatedTecFileError):
-            tecfile.open(bad)
-    for damaged, error in ((b"GIF8" + data[4:], TecFormatError), (data[:4] + b"\x09" + data[5:], TecFormatError),
-                           (data[:30] + bytes([data[30] ^ 1]) + data[31:], TecFormatError)):
-        bad.write_bytes(damaged)
-        with pytest.raises(error):
-            tecfile.open(bad)
-
-
-# --- Zarr <-> .tec without re-encoding -----------------------------------------------------------------------------
-
-
-@pytest.mark.filterwarnings("ignore:Consolidated metadata is currently not part")
-@pytest.mark.parametrize("zarr_format", [2, 3])
-def test_zarr_to_tec_to_zarr_keeps_every_chunk(tmp_path, original, zarr_format):
-    ds = xr.Dataset(
-        {"reflectance": (("band", "y", "x"), original)},
-        coords={"band": np.array(S2_L2A_BANDS, dtype=object), "x": 600005.0 + 10 * np.arange(150), "y": 4129995.0 - 10 * np.arange(200)},
-        attrs={"crs": "EPSG:32610"},
-    )
-    src, back = tmp_path / "src.zarr", tmp_path / "back.zarr"
-    from tec_zarr import zarr_encoding
-
-    enc = zarr_encoding(ds, zarr_format=zarr_format, chunks={"y": TILE, "x": TILE}, quality=0)
-    ds.to_zarr(src, zarr_format=zarr_format, encoding=enc)
-    assert cli.main(["convert", str(src), str(tmp_path / "s.tec"), "--quiet"]) == 0
-    assert cli.main(["convert", str(tmp_path / "s.tec"), str(back), "--zarr-format", str(zarr_format), "--quiet"]) == 0
-    a, b = zarr.open_array(src / "reflectance", mode="r"), zarr.open_array(back / "reflectance", mode="r")
-    assert a.metadata.zarr_format == b.metadata.zarr_format == zarr_format
-    for ty in range(4):
-        for tx in range(3):
-            chunk = convert._chunk_bytes(a, (0, ty, tx))
-            assert chunk is not None and convert._chunk_bytes(b, (0, ty, tx)) == chunk
-    with tecfile.open(tmp_path / "s.tec") as f:
-        assert f.metadata.geotransform == GEOTRANSFORM and "UTM zone 10N" in f.metadata.crs_wkt
-    opened, reopened = xr.open_zarr(src), xr.open_zarr(back)
-    assert reopened["reflectance"].dims == ("band", "y", "x") and reopened["reflectance"].dtype == np.uint16
-    np.testing.assert_array_equal(reopened["reflectance"].values, opened["reflectance"].values)
-    np.testing.assert_array_equal(reopened.x.values, ds.x.values)
-    np.testing.assert_array_equal(reopened.y.values, ds.y.values)
-    assert list(reopened.band.values) == list(S2_L2A_BANDS)
-
-
-def test_4d_chunks_are_refused(tmp_path, original):
-    ds = xr.Dataset({"r": (("time", "band", "y", "x"), original[None, :, :64, :64])})
-    ds.to_zarr(tmp_path / "t.zarr", encoding={"r": {"compressors": TEC()}}, zarr_format=2)
-    assert cli.main(["convert", str(tmp_path / "t.zarr"), str(tmp_path / "t.tec")]) == 2
+    assert shim.tec_band is pixelfunction.tec_band and shim.__all__ == ["tec_band"]
+    assert gdal_driver.PIXEL_FUNCTION == "gdal_driver.pixelfunction.tec_band"
+    assert gdal.config_options()["GDAL_VRT_PYTHON_TRUSTED_MODULES"] == "gdal_driver.pixelfunction"
+    assert "gdal_driver.pixelfunction.tec_band" in gdal.sidecar(scene[0]).read_text()
 
 
 # --- GDAL: rasterio in this process ----------------------------------------------------------------------------
@@ -195,8 +99,6 @@ def test_corrupt_tile_is_a_read_error(tmp_path, scene):
     data = bytearray(bad.read_bytes())
     data[offset + length // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
-    with tecfile.open(bad) as f, pytest.raises(CorruptTileError):
-        f.read_tile(0, 1, 1)
     with gdal.open(bad) as ds:
         with pytest.raises(RasterioError) as e:
             ds.read(1, window=Window(64, 64, 10, 10))
@@ -225,8 +127,8 @@ def test_moved_or_replaced_file_is_a_clear_error(tmp_path, scene, original):
         assert ds.shape == (32, 32)
 
 
+@pytest.mark.skipif(not has_osgeo(), reason=OSGEO_MISSING)
 def test_open_osgeo(scene):
-    pytest.importorskip("osgeo")
     ds = gdal.open_osgeo(scene[0])
     np.testing.assert_array_equal(ds.ReadAsArray(), scene[1][0])
 
@@ -275,7 +177,22 @@ def test_gdal_cli_reports_a_corrupt_tile(tmp_path, scene):
     data[offset + length // 2] ^= 0xFF
     bad.write_bytes(bytes(data))
     out = gdal_cli("gdal_translate", "-q", gdal.sidecar(bad).name, "x.tif", cwd=tmp_path)
-    assert out.returncode != 0 and "CorruptTileError" in out.stderr
+    assert out.returncode != 0 and CorruptTileError.__name__ in out.stderr
+
+
+def test_zarr_crs_code_becomes_wkt(tmp_path, original):
+    """A Zarr store naming its CRS by EPSG code converts to a .tec file holding the WKT (rasterio resolves it)."""
+    from tec_zarr import zarr_encoding
+
+    ds = xr.Dataset({"reflectance": (("band", "y", "x"), original[:, :64, :64])},
+                    coords={"x": 600005.0 + 10 * np.arange(64), "y": 4129995.0 - 10 * np.arange(64)},
+                    attrs={"crs": "EPSG:32610"})
+    ds.to_zarr(tmp_path / "s.zarr", zarr_format=3, encoding=zarr_encoding(ds, zarr_format=3, chunks={"y": TILE, "x": TILE}),
+               consolidated=False)
+    meta = convert.zarr_to_tec(tmp_path / "s.zarr", tmp_path / "s.tec")
+    assert "UTM zone 10N" in meta.crs_wkt and meta.geotransform == GEOTRANSFORM
+    with gdal.open(tmp_path / "s.tec") as f:
+        assert f.crs.to_epsg() == 32610
 
 
 # --- the tec command ------------------------------------------------------------------------------------------------
@@ -327,19 +244,11 @@ app.exitQgis()
 """
 
 
-def _system_python_with_qgis() -> str | None:
-    python = shutil.which("python3", path="/usr/bin")
-    if python is None:
-        return None
-    probe = subprocess.run([python, "-c", "import qgis.core"], capture_output=True)
-    return python if probe.returncode == 0 else None
-
-
 def test_qgis_opens_the_sidecar(scene, tmp_path):
     """PyQGIS (Debian's QGIS, its own Python) reads the sidecar as a GIS user's QGIS would, headless."""
-    python = _system_python_with_qgis()
+    python = system_python_with_qgis()
     if python is None:
-        pytest.skip("QGIS's Python bindings (Debian python3-qgis) are not installed")
+        pytest.skip(QGIS_MISSING)
     path, levels = scene
     sidecar = gdal.sidecar(path)
     env = {**os.environ, **gdal.gdal_environment(), "QT_QPA_PLATFORM": "offscreen"}

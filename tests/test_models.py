@@ -1,27 +1,25 @@
-"""The model registry: hashes verified on load, tampering detected, cards listed with measured RD."""
+"""The model registry: hashes verified on load, tampering detected, cards listed with measured RD, shared files
+stored once in blobs/, and broken folders on TEC_ZARR_MODEL_PATH skipped with a warning."""
 
 from __future__ import annotations
 
 import json
-import shutil
+import warnings
 
 import numpy as np
 import pytest
 
 import tec_zarr
+from common import copy_model
 from tec_zarr import models
 from tec_zarr.errors import UnknownModelError, WeightsIntegrityError
+from tec_zarr.models.registry import SHIPPED, BrokenModelWarning, file_path
 
 
 @pytest.fixture
 def model_copy(tmp_path, monkeypatch):
     """A copy of the shipped model under another name, found through TEC_ZARR_MODEL_PATH."""
-    src = models.get_card("tec-fp").folder
-    dst = tmp_path / "models" / "tec-copy"
-    shutil.copytree(src, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    manifest["name"] = "tec-copy"
-    (dst / "manifest.json").write_text(json.dumps(manifest))
+    dst = copy_model("tec-fp", tmp_path / "models", "tec-copy")
     monkeypatch.setenv("TEC_ZARR_MODEL_PATH", str(tmp_path / "models"))
     models.clear_cache()
     yield dst
@@ -30,18 +28,52 @@ def model_copy(tmp_path, monkeypatch):
 
 def test_list_models_has_measured_rd():
     cards = tec_zarr.list_models()
-    assert "tec-fp" in [c.name for c in cards]
+    assert set(SHIPPED) <= {c.name for c in cards}
     card = models.get_card("tec-fp")
     assert len(card.qualities) >= 4
     for q in card.qualities:
         assert q["validation"]["bpp"] > 0 and q["validation"]["psnr"] > 20
+    rd = [(q["validation"]["bpp"], q["validation"]["psnr"]) for q in card.qualities]
+    assert rd == sorted(rd) and len({p for _, p in rd}) == len(rd)  # both grow with the quality level
     assert len(card.sha256) == 64
 
 
 def test_load_verifies_every_file():
     model = models.load_model("tec-fp")
-    assert model.tables.qualities == len(model.card.qualities)
+    assert model.qualities == model.coder.tables.qualities == len(model.card.qualities)
+    assert model.latent_channels == model.coder.tables.channels
     assert models.load_model("tec-fp") is model  # once per process
+    assert (model.encoder.sha256, model.decoder.sha256) == (model.card.files["encoder.onnx"],
+                                                            model.card.files["decoder.onnx"])
+    assert (model.encoder.input_name, model.decoder.input_name) == ("x", "y_hat")
+
+
+def test_shared_files_are_stored_once():
+    """Files several shipped models list live once in blobs/<sha256>, and verify like any other."""
+    cards = [models.get_card(n) for n in SHIPPED]
+    shared = set.intersection(*(set(c.files.items()) for c in cards))
+    assert {f for f, _ in shared} >= {"encoder.onnx", "decoder.onnx", "tables.npz", "synthesis_int.npz"}
+    for filename, digest in shared:
+        for card in cards:
+            assert file_path(card, filename) == models.MODELS_DIR / "blobs" / digest
+            assert not (card.folder / filename).exists()
+    assert models.verified_bytes(cards[1], "tables.npz") == models.verified_bytes(cards[0], "tables.npz")
+
+
+def test_share_files_moves_duplicates_into_blobs(tmp_path):
+    a = copy_model("tec-fp", tmp_path, "a")
+    b = copy_model("tec-fp", tmp_path, "b")
+    blobs = models.share_files(tmp_path)
+    card = models.get_card("tec-fp")
+    from tec_zarr.models.card import read_card
+
+    assert sorted(p.name for p in blobs) == sorted(card.files.values())
+    assert not any((a / f).exists() or (b / f).exists() for f in card.files)
+    for folder in (a, b):
+        copied = read_card(folder)
+        assert copied.sha256 == card.sha256  # the model digest does not change
+        for f in card.files:
+            assert models.verified_bytes(copied, f) == models.verified_bytes(card, f)
 
 
 def test_unknown_model():
@@ -49,7 +81,7 @@ def test_unknown_model():
         models.load_model("nope")
 
 
-@pytest.mark.parametrize("filename", ["encoder.onnx", "decoder.onnx", "tables.npz"])
+@pytest.mark.parametrize("filename", ["encoder.onnx", "decoder.onnx", "tables.npz", "synthesis_int.npz"])
 def test_tampered_file_is_refused(model_copy, filename):
     path = model_copy / filename
     data = bytearray(path.read_bytes())
@@ -69,8 +101,20 @@ def test_edited_manifest_hash_is_refused(model_copy):
     manifest = json.loads((model_copy / "manifest.json").read_text())
     manifest["files"]["tables.npz"] = "0" * 64
     (model_copy / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(WeightsIntegrityError, match="digest"):
-        models.get_card("tec-copy")
+    with pytest.warns(BrokenModelWarning, match="digest"):
+        with pytest.raises(UnknownModelError):
+            models.get_card("tec-copy")
+
+
+def test_broken_manifest_on_model_path_is_skipped_with_a_warning(model_copy):
+    (model_copy.parent / "broken").mkdir()
+    (model_copy.parent / "broken" / "manifest.json").write_text("{not json")
+    with pytest.warns(BrokenModelWarning, match="broken"):
+        names = [c.name for c in models.list_models()]
+    assert "tec-copy" in names and set(SHIPPED) <= set(names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BrokenModelWarning)
+        assert models.load_model("tec-copy").sha256 == models.get_card("tec-fp").sha256
 
 
 def test_shipped_name_is_never_shadowed(model_copy):

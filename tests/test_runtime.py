@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from tec_zarr import TEC, chunk, runtime
+from tec_zarr import TEC, pipeline, runtime
+from tec_zarr.runtime import batching, onnx
 from tec_zarr.sample import load_array
 
 
@@ -28,27 +29,27 @@ def images() -> np.ndarray:
 
 def test_threads_change_neither_bytes_nor_pixels(images, restore_settings):
     runtime.configure(intra_op_threads=1)
-    one = chunk.encode_chunk(images, model="tec-fp", quality=1)
-    decoded_one = chunk.decode_chunk(one)
+    one = pipeline.encode_chunk(images, model="tec-fp", quality=1)
+    decoded_one = pipeline.decode_chunk(one)
     runtime.configure(intra_op_threads=2)
-    assert chunk.encode_chunk(images, model="tec-fp", quality=1) == one
-    np.testing.assert_array_equal(chunk.decode_chunk(one), decoded_one)
+    assert pipeline.encode_chunk(images, model="tec-fp", quality=1) == one
+    np.testing.assert_array_equal(pipeline.decode_chunk(one), decoded_one)
 
 
 def test_missing_provider_falls_back_to_cpu(images, restore_settings):
     import onnxruntime as ort
 
     runtime.configure(providers=("NoSuchExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"))
-    data = chunk.encode_chunk(images, model="tec-fp", quality=0)
+    data = pipeline.encode_chunk(images, model="tec-fp", quality=0)
     from tec_zarr.models import load_model
 
     model = load_model("tec-fp")
-    used = runtime.session(model.decoder_sha256, model.decoder_onnx).get_providers()
+    used = runtime.session(model.decoder.sha256, model.decoder.data).get_providers()
     expected = "CUDAExecutionProvider" if "CUDAExecutionProvider" in ort.get_available_providers() else "CPUExecutionProvider"
     assert used[0] == expected
     if expected == "CPUExecutionProvider":  # the fallback is the plain CPU session, byte for byte
         runtime.configure(providers=("CPUExecutionProvider",))
-        assert chunk.encode_chunk(images, model="tec-fp", quality=0) == data
+        assert pipeline.encode_chunk(images, model="tec-fp", quality=0) == data
 
 
 def test_settings_come_from_the_environment():
@@ -64,3 +65,17 @@ def test_codec_config_holds_no_runtime_setting(restore_settings):
     runtime.configure(intra_op_threads=1, providers=("CPUExecutionProvider",))
     assert TEC(quality=2).get_config() == config
     assert not {"threads", "intra_op_threads", "providers"} & set(config)
+
+
+def test_graphs_run_through_one_session_each(images):
+    """A model's graphs are keyed by their verified bytes' sha256: one session per graph and settings, reused."""
+    from tec_zarr.models import load_model
+
+    model = load_model("tec-fp")
+    assert runtime.Graph.from_bytes(model.decoder.data, "y_hat").sha256 == model.decoder.sha256
+    y = model.encoder.run(np.ascontiguousarray((images[:1] / 1e4).astype(np.float32)))
+    before = len(onnx._sessions)
+    np.testing.assert_array_equal(model.encoder.run(np.ascontiguousarray((images[:1] / 1e4).astype(np.float32))), y)
+    assert len(onnx._sessions) == before
+    assert runtime.session(model.encoder.sha256, model.encoder.data) is runtime.session(model.encoder.sha256, b"")
+    assert batching.stacks_exactly(model.encoder) == model.encoder.cpu_only()

@@ -1,4 +1,5 @@
-"""Training smoke test (a few steps on small crops of real data), resume, and export parity torch vs ONNX."""
+"""Training smoke test (a few steps on small crops of real data), resume, export parity torch vs ONNX, and the
+held-out validation places kept out of everything the trainer fits (images, band statistics, the KLT)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 rasterio = pytest.importorskip("rasterio")
 
-from tec_zarr import chunk, entropy, models, runtime  # noqa: E402
+from tec_zarr import models, pipeline  # noqa: E402
+from tec_zarr.entropy import factorized  # noqa: E402
 from tec_zarr.train import __main__ as train_main  # noqa: E402
 from tec_zarr.train import data, export  # noqa: E402
 
@@ -36,11 +38,37 @@ def data_root(tmp_path_factory, cube):
     return root
 
 
+class FitSpy:
+    """Records the images the trainer hands to data.band_statistics and data.block_klt (and what they returned)."""
+
+    def __init__(self, mp: pytest.MonkeyPatch):
+        self.images: dict[str, list] = {}
+        self.results: dict[str, object] = {}
+        for name in ("band_statistics", "block_klt"):
+            mp.setattr(data, name, self._spy(name, getattr(data, name)))
+
+    def _spy(self, name, real):
+        def spy(images, *args, **kwargs):
+            self.images[name] = list(images)
+            self.results[name] = real(images, *args, **kwargs)
+            return self.results[name]
+
+        return spy
+
+
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, data_root):
+def fitted(tmp_path_factory, data_root):
+    """A 3-step run of the trainer, and what it fitted its normalization and KLT on."""
     out = tmp_path_factory.mktemp("run")
-    assert train_main.main(["--data", str(data_root), "--out", str(out), "--steps", "3", *TINY]) == 0
-    return out
+    with pytest.MonkeyPatch.context() as mp:
+        spy = FitSpy(mp)
+        assert train_main.main(["--data", str(data_root), "--out", str(out), "--steps", "3", *TINY]) == 0
+    return out, spy
+
+
+@pytest.fixture(scope="module")
+def run_dir(fitted):
+    return fitted[0]
 
 
 def test_training_logs_and_checkpoints(run_dir):
@@ -68,9 +96,9 @@ def test_resume_continues(run_dir, data_root, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def exported(run_dir, tmp_path_factory):
+def exported(run_dir, data_root, tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tec-tiny"
-    export.export(run_dir / "checkpoint.pt", "tec-tiny", "0", out_dir=folder)
+    export.export(run_dir / "checkpoint.pt", "tec-tiny", "0", out_dir=folder, calibration_root=data_root)
     return folder
 
 
@@ -82,34 +110,84 @@ def test_export_parity(exported, run_dir, image, monkeypatch):
 
     a = np.ascontiguousarray(image[:, :48, :40])
     x = ((a.astype(np.float32) / 1e4 - model.mean[:, None, None]) / model.std[:, None, None])[None]
-    y_onnx = runtime.run(model.encoder_sha256, model.encoder_onnx, {"x": x})
+    y_onnx = model.encoder.run(x)
     with torch.no_grad():
         y_torch = torch_model.analyse(torch.from_numpy(x)).numpy()
         x_torch = torch_model.synthesise(torch.from_numpy(y_torch)).numpy()
     np.testing.assert_allclose(y_onnx, y_torch, rtol=1e-4, atol=1e-4)
-    x_onnx = runtime.run(model.decoder_sha256, model.decoder_onnx, {"y_hat": y_torch})
+    x_onnx = model.decoder.run(y_torch)
     np.testing.assert_allclose(x_onnx, x_torch, rtol=1e-4, atol=1e-4)
 
     # symbols: what torch would write is what the runtime writes, and the bitstream returns them exactly
-    for q in range(model.tables.qualities):
+    for q in range(model.qualities):
         sym_torch = np.rint(y_torch * ckpt["model"]["gain"][q].numpy()[None, :, None, None]).astype(np.int32)
         sym_onnx = np.rint(y_onnx * model.gain[q][None, :, None, None]).astype(np.int32)
         assert np.mean(sym_torch != sym_onnx) < 1e-3
-        data_bytes = entropy.encode(sym_onnx, q, model.tables)
-        np.testing.assert_array_equal(entropy.decode(data_bytes, q, sym_onnx.shape, model.tables), sym_onnx)
+        data_bytes = factorized.encode(sym_onnx, q, model.coder.tables)
+        np.testing.assert_array_equal(model.coder.decode(data_bytes, q, sym_onnx.shape), sym_onnx)
 
-    enc = chunk.encode_chunk(a, model="tec-tiny", quality=0)
-    assert chunk.decode_chunk(enc).shape == a.shape
+    enc = pipeline.encode_chunk(a, model="tec-tiny", quality=0)
+    assert pipeline.decode_chunk(enc).shape == a.shape
 
     # the exported integer synthesis (linear path included) matches the float decoder, and lossless is exact
-    from tec_zarr import synthesis
-
     sym = np.rint(y_onnx * model.gain[1][None, :, None, None]).astype(np.int32)
-    dn_int = synthesis.load(model)(sym, 1)
+    dn_int = model.int_synthesis(sym, 1)
     y_hat = (sym * model.inv_gain[1][None, :, None, None]).astype(np.float32)
-    x_float = runtime.run(model.decoder_sha256, model.decoder_onnx, {"y_hat": y_hat})
+    x_float = model.decoder.run(y_hat)
     dn_float = (x_float * model.std[:, None, None] + model.mean[:, None, None]) * 1e4
     assert np.abs(dn_int - dn_float).max() <= 2.0
-    lossless = chunk.encode_chunk(a, model="tec-tiny", quality=1, max_error=0)
-    np.testing.assert_array_equal(chunk.decode_chunk(lossless), a)
+    lossless = pipeline.encode_chunk(a, model="tec-tiny", quality=1, max_error=0)
+    np.testing.assert_array_equal(pipeline.decode_chunk(lossless), a)
     models.clear_cache()
+
+
+# -- the validation places stay out of training ----------------------------------------------------------------------
+
+
+def _assert_fitted_on_training_images_only(spy: FitSpy, images: list, mean, std, train_names) -> tuple[list, list]:
+    """The trainer's training images (as it names them), the images it fitted its band statistics and KLT on, and
+    its mean / std: no validation place anywhere. Returns (training, validation) images."""
+    by_name = {im.name: im for im in images}
+    training = [by_name[n] for n in train_names]
+    validation = [im for im in images if im.place in data.VALIDATION_PLACES]
+    assert training and validation
+    assert not {im.place for im in training} & set(data.VALIDATION_PLACES)
+    for name in ("band_statistics", "block_klt"):
+        assert [im.name for im in spy.images[name]] == list(train_names), name
+    own_mean, own_std = data.band_statistics(training)  # recomputed on the training images alone
+    np.testing.assert_array_equal(mean, own_mean)
+    np.testing.assert_array_equal(std, own_std)
+    all_mean, all_std = data.band_statistics(training + validation)  # with the validation images: other statistics
+    assert not np.allclose(all_mean, own_mean, rtol=1e-4) and not np.allclose(all_std, own_std, rtol=1e-4)
+    return training, validation
+
+
+def test_validation_places_stay_out_of_training(fitted, data_root):
+    """The smoke run: two dates of a training place, two of validation place 0173706."""
+    run_dir, spy = fitted
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    images = data.load_images(data_root)
+    training, validation = _assert_fitted_on_training_images_only(
+        spy, images, np.asarray(ckpt["mean"], np.float32), np.asarray(ckpt["std"], np.float32), ckpt["train_images"])
+    assert len(training) == len(validation) == 2
+    klt = spy.results["block_klt"]  # (bands * 8 * 8, 16) for the tiny model
+    np.testing.assert_array_equal(klt, data.block_klt(training, *data.band_statistics(training), 8, 16))
+    with_val = data.block_klt(training + validation, *data.band_statistics(training + validation), 8, 16)
+    assert not np.allclose(np.abs(klt), np.abs(with_val), atol=1e-3)  # the validation images would change it
+
+
+SHARED_DATA = train_main.DEFAULT_DATA
+
+
+@pytest.mark.skipif(not (SHARED_DATA / data.SEASONAL).is_dir(), reason=f"no shared data at {SHARED_DATA}")
+def test_trainer_on_the_shared_data_holds_out_the_validation_places(tmp_path, monkeypatch):
+    """The trainer built on the real shared data (no step taken): places 0173706 and 0181476, all 4 dates each, are
+    its validation set and nothing it fits sees them."""
+    spy = FitSpy(monkeypatch)
+    trainer = train_main.Trainer(train_main.parse_args(["--data", str(SHARED_DATA), "--out", str(tmp_path), *TINY]))
+    images = data.load_images(SHARED_DATA)
+    validation = [im for im in images if im.place in data.VALIDATION_PLACES]
+    assert sorted({im.place for im in validation}) == sorted(data.VALIDATION_PLACES) and len(validation) == 8
+    assert trainer.val.shape == (8, 12, 256, 256)
+    np.testing.assert_array_equal(trainer.val.numpy(), data.validation_crops(validation))
+    _assert_fitted_on_training_images_only(spy, images, trainer.mean, trainer.std, trainer.train_names)

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
 rasterio = pytest.importorskip("rasterio")
 
-from tec_zarr import chunk, models  # noqa: E402
+from tec_zarr import models, pipeline  # noqa: E402
 from tec_zarr.train import data, hyper, hyper_export  # noqa: E402
 
 pytestmark = pytest.mark.train
@@ -43,9 +43,9 @@ def test_train_resume_export_round_trip(data_root, tmp_path, monkeypatch, cube):
     models.clear_cache()
     try:
         image = np.ascontiguousarray(cube[1, :, :40, :50])  # pads to 48 x 64
-        enc = chunk.encode_chunk(image, model="tec-hp-smoke", quality=1)
-        assert chunk.read_header(enc).latent == (192, 12, 16)
-        dec = chunk.decode_chunk(enc)
+        enc = pipeline.encode_chunk(image, model="tec-hp-smoke", quality=1)
+        assert pipeline.read_header(enc).latent == (192, 12, 16)
+        dec = pipeline.decode_chunk(enc)
         assert dec.shape == image.shape and dec.dtype == image.dtype
     finally:
         models.clear_cache()
@@ -68,8 +68,8 @@ def test_context_train_resume_export_round_trip(data_root, tmp_path, monkeypatch
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["entropy_model"] == "context" and manifest["context"]["groups"] == [16, 16, 32, 64, 64]
         image = np.ascontiguousarray(cube[1, :, :48, :64])  # a multiple of 16: tec-fp pads it no differently
-        enc = chunk.encode_chunk(image, model="tec-ctx-smoke", quality=3)
-        reference = chunk.decode_chunk(chunk.encode_chunk(image, model="tec-fp", quality=3))
-        np.testing.assert_array_equal(chunk.decode_chunk(enc), reference)  # same symbols, same pixels
+        enc = pipeline.encode_chunk(image, model="tec-ctx-smoke", quality=3)
+        reference = pipeline.decode_chunk(pipeline.encode_chunk(image, model="tec-fp", quality=3))
+        np.testing.assert_array_equal(pipeline.decode_chunk(enc), reference)  # same symbols, same pixels
     finally:
         models.clear_cache()

@@ -46,7 +46,7 @@ def test_array_round_trip_with_edge_chunks(cube, zarr_format):
     arr[:] = data
     back = arr[:]
     assert back.shape == data.shape
-    assert metrics.mean_psnr(data, back) > 28
+    assert metrics.mean_psnr(data, back) > 41.7  # measured 42.9 dB, both formats
     # a window read decodes the same pixels as the whole read
     np.testing.assert_array_equal(arr[1, :, 250:300, 200:260], back[1, :, 250:300, 200:260])
 

@@ -4,7 +4,7 @@
 
 The folder gets the base model's graphs and tables byte for byte (same symbols, same pixels), the hyper-analysis
 graph and ``hyperprior.npz`` built as :mod:`tec_zarr.train.hyper_export` builds them, and ``context.npz``: the
-group networks quantized to integers here once in float64 (see :mod:`tec_zarr.context`). Activation scales come
+group networks quantized to integers here once in float64 (see :mod:`tec_zarr.entropy.context`). Activation scales come
 from calibration latents of the training places, weights get the most bits that keep every sum exact.
 """
 
@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import context, hyperprior
+from ..entropy import context, hyperprior
+from ..integer.layers import CLIP_BITS, conv3_matrix
+from ..integer.synthesis import scale_exponent
 from . import hyper_export
 from .context import ContextConfig, ContextPrior
 from .hyper import HyperConfig
-from .hyper_export import _exponent, integer_penalty, measure, write_model
+from .hyper_export import integer_penalty, measure, write_model
 
 
 # Trained means sit close to rounding boundaries (the rounded mean's gradient passes straight through), and gains up
@@ -55,23 +57,23 @@ def build_context(net: ContextPrior, calibration: np.ndarray) -> context.Context
         y = torch.from_numpy(np.ascontiguousarray(calibration, np.float32))
         for q in range(qualities):
             net(y, torch.full((y.shape[0],), q, dtype=torch.int64), noise=False, record=record)
-    input_exp = _exponent(max(r["input"] for r in record), hyperprior.CALIBRATION_BITS)
-    clip = 2.0**hyperprior.CLIP_BITS
+    input_exp = scale_exponent(max(r["input"] for r in record), hyperprior.CALIBRATION_BITS)
+    clip = 2.0**CLIP_BITS
     networks = []
     for module, peaks in zip(net.contexts, record):
         hidden = module.hidden.weight.shape[0]
-        channel_w = (hyperprior.conv3_matrix(module.channel.weight.detach().double().numpy())
+        channel_w = (conv3_matrix(module.channel.weight.detach().double().numpy())
                      if module.channel is not None else np.zeros((9, 0, hidden)))
         first = (_matrix(module.hyper), channel_w, _spatial_matrix(module.spatial))
         layers = [(first, module.hyper.bias), ((_matrix(module.hidden),), module.hidden.bias),
                   ((_matrix(module.out),), module.out.bias)]
-        scales = [input_exp, _exponent(peaks["h1"], hyperprior.CALIBRATION_BITS),
-                  _exponent(peaks["h2"], hyperprior.CALIBRATION_BITS), hyperprior.LOG_BITS]
+        scales = [input_exp, scale_exponent(peaks["h1"], hyperprior.CALIBRATION_BITS),
+                  scale_exponent(peaks["h2"], hyperprior.CALIBRATION_BITS), hyperprior.LOG_BITS]
         quantized, shifts = [], []
         for i, (ws, bias) in enumerate(layers):
             bias = bias.detach().double().numpy()
             colsum = sum(np.abs(w).reshape(-1, w.shape[-1]).sum(0) for w in ws).max()
-            wexp = min(_exponent(colsum * clip + np.abs(bias).max() * 2.0 ** scales[i], 51), 40)
+            wexp = min(scale_exponent(colsum * clip + np.abs(bias).max() * 2.0 ** scales[i], 51), 40)
             quantized.append(([np.rint(w * 2.0**wexp) for w in ws], np.rint(bias * 2.0 ** (wexp + scales[i]))))
             shifts.append(wexp + scales[i] - scales[i + 1])
         (hw, cw, sw), b1 = quantized[0]
@@ -100,7 +102,7 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None, run_
         training={"context_steps": int(ckpt["step"]),
                   "started_from": "checkpoints/tec-hp (hyperprior, then trained jointly with the context networks)"})
     if (run_dir / "val_latents.npy").exists():
-        integer_penalty(net, folder, np.load(run_dir / "val_latents.npy"), context.encode)
+        integer_penalty(net, folder, np.load(run_dir / "val_latents.npy"))
     if data_root is not None:
         measure(folder, data_root, ckpt["latents"]["base"])
     return folder

@@ -24,9 +24,12 @@ import numpy as np
 import torch
 
 from ..bands import S2_L2A_BANDS
-from ..entropy import quantize_pmf
-from .. import synthesis
+from ..entropy.tables import quantize_pmf
+from ..integer import synthesis
 from ..models import MODELS_DIR, model_digest
+
+# The shared Sentinel-2 data beside the repository (../shared/data).
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 from .model import ModelConfig, TECFactorized
 
 TAIL_MASS = 1e-6  # probability left to the escape symbol
@@ -99,7 +102,10 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = None, data_root: Path | None = None) -> Path:
+def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = None, data_root: Path | None = None,
+           calibration_root: Path | None = None) -> Path:
+    """Write a model folder; ``data_root``: measure RD on its validation places; ``calibration_root`` (default
+    ``data_root``, else ../shared/data): where the checkpoint's training images are, to calibrate the integer synthesis."""
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.cfg
     folder = Path(out_dir) if out_dir else MODELS_DIR / name
@@ -122,6 +128,7 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
         integer_synthesis(
             {k: v.detach().numpy() for k, v in model.state_dict().items() if k.startswith(("g_s.", "s_lin."))},
             folder, model.inv_gain.detach().numpy(), np.asarray(ckpt["mean"]), np.asarray(ckpt["std"]),
+            calibration_images(calibration_root or data_root, ckpt["train_images"]),
         ).to_npz()
     )
     files = {f: sha256_file(folder / f) for f in ("decoder.onnx", "encoder.onnx", "tables.npz", synthesis.FILENAME)}
@@ -159,17 +166,33 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
     return folder
 
 
-def integer_synthesis(state: dict, folder: Path, inv_gain, mean, std) -> synthesis.IntSynthesis:
-    """Quantize the synthesis, its activation scales calibrated on the bundled sample through the new encoder."""
+def calibration_images(data_root: Path | None, names) -> np.ndarray:
+    """The top-left 256 x 256 of the named training images (reflectance, (B, 12, H, W)): what the integer synthesis
+    calibrates its activation scales on. Never a validation place (shipped models up to tec-ctx v1 calibrated on the
+    bundled sample, validation place 0173706; the scales only bound activations, so their pixels are unaffected)."""
+    from . import data
+
+    root = Path(data_root) if data_root is not None else DEFAULT_DATA
+    wanted = [n for n in names if not any(place in n for place in data.VALIDATION_PLACES)]
+    try:
+        images = [im for im in data.load_images(root) if im.name in wanted and im.place not in data.VALIDATION_PLACES]
+    except FileNotFoundError as e:
+        raise SystemExit(f"Expected the training data to calibrate the integer synthesis: {e} Pass --data.") from None
+    if not images:
+        raise SystemExit(f"Expected the checkpoint's training images under {root}. Got none of {wanted[:3]}... (pass --data).")
+    return np.stack([im.reflectance[:, :256, :256] for im in images if min(im.reflectance.shape[1:]) >= 256])
+
+
+def integer_synthesis(state: dict, folder: Path, inv_gain, mean, std, calibration: np.ndarray) -> synthesis.IntSynthesis:
+    """Quantize the synthesis, its activation scales calibrated on ``calibration`` (training images, reflectance)
+    through the new encoder."""
     import onnxruntime as ort
 
-    from ..sample import load_array
-
-    cube = load_array().astype(np.float32)
-    normalized = (cube / 1e4 - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
+    cube = np.asarray(calibration, np.float32)
+    normalized = (cube - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]
     with np.load(folder / "tables.npz") as tables:
         gain = tables["gain"]
-    multiple = 2 ** synthesis._stages(state)
+    multiple = 2 ** synthesis.stages(state)
     h, w = normalized.shape[-2:]
     normalized = np.pad(normalized, ((0, 0), (0, 0), (0, -h % multiple), (0, -w % multiple)), mode="edge")
     session = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
@@ -179,7 +202,7 @@ def integer_synthesis(state: dict, folder: Path, inv_gain, mean, std) -> synthes
     return synthesis.build(state, np.asarray(inv_gain), np.asarray(mean), np.asarray(std), latents)
 
 
-def add_integer_synthesis(folder: Path) -> None:
+def add_integer_synthesis(folder: Path, data_root: Path | None = None) -> None:
     """Give an exported model folder its ``synthesis_int.npz`` from decoder.onnx's initializers; update the manifest."""
     import onnx
     from onnx import numpy_helper
@@ -188,9 +211,10 @@ def add_integer_synthesis(folder: Path) -> None:
     arrays = {t.name.removeprefix("model."): numpy_helper.to_array(t) for t in graph.initializer}
     state = {k: v for k, v in arrays.items() if k.startswith(("g_s.", "s_lin."))}
     with np.load(folder / "tables.npz") as t:
-        built = integer_synthesis(state, folder, t["inv_gain"], t["mean"], t["std"])
+        manifest = json.loads((folder / "manifest.json").read_text())
+        calibration = calibration_images(data_root, manifest["training"]["images"])
+        built = integer_synthesis(state, folder, t["inv_gain"], t["mean"], t["std"], calibration)
     (folder / synthesis.FILENAME).write_bytes(built.to_npz())
-    manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"][synthesis.FILENAME] = sha256_file(folder / synthesis.FILENAME)
     manifest["sha256"] = model_digest(manifest["files"])
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -204,7 +228,7 @@ def machine_description() -> str:
 
 def measure_into_manifest(folder: Path, data_root: Path) -> None:
     """Measure RD per quality with the runtime codec on the validation places; write it into the manifest."""
-    from .. import chunk, metrics
+    from .. import metrics, pipeline
     from ..models import clear_cache
     from . import data
 
@@ -215,8 +239,8 @@ def measure_into_manifest(folder: Path, data_root: Path) -> None:
     for q in manifest["qualities"]:
         bpps, psnrs = [], []
         for img in crops:
-            enc = chunk.encode_chunk(img, model=manifest["name"], quality=q["quality"], nodata=None)
-            dec = chunk.decode_chunk(enc)
+            enc = pipeline.encode_chunk(img, model=manifest["name"], quality=q["quality"], nodata=None)
+            dec = pipeline.decode_chunk(enc)
             bpps.append(len(enc) * 8 / (img.shape[1] * img.shape[2]))
             psnrs.append(metrics.psnr(img, dec))
         q["validation"] = {"bpp": round(float(np.mean(bpps)), 4), "psnr": round(float(np.mean(psnrs)), 3),
@@ -232,10 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default="tec-fp")
     p.add_argument("--version", default="1")
     p.add_argument("--out", type=Path, help="model folder (default: inside the package)")
-    p.add_argument("--data", type=Path, help="shared data folder: measure RD on the validation places")
+    p.add_argument("--data", type=Path, help="shared data folder: calibrate the integer synthesis on the checkpoint's "
+                   "training images and measure RD on the validation places (default calibration data: ../shared/data)")
     args = p.parse_args(argv)
     if args.synthesis_only:
-        add_integer_synthesis(args.checkpoint)
+        add_integer_synthesis(args.checkpoint, args.data)
         print(f"added {synthesis.FILENAME} to {args.checkpoint}")
         return 0
     folder = export(args.checkpoint, args.name, args.version, args.out, args.data)

@@ -10,7 +10,7 @@ changes, so training minimizes rate alone, on latents computed once:
 2. training: hyper-analysis ``h_a`` (y -> z, 1/4 of the latent resolution), per-quality z gains and factorized z
    densities, hyper-synthesis ``h_s`` (z -> per-element log2 sigma and mean of y), rate = -log2 of the discretized
    Gaussian of ``y_q - round(mean_q)`` with ``sigma_q = sigma * |gain[q]|``, the coded path of
-   :mod:`tec_zarr.hyperprior`.
+   :mod:`tec_zarr.entropy.hyperprior`.
 
 Resumable: ``checkpoint.pt`` in the run directory holds the networks, optimizer, step and sampler state; running the
 same command again continues. Export with ``python -m tec_zarr.train.hyper_export``.
@@ -153,12 +153,12 @@ def base_model(name: str):
 
 def encode_latents(model, reflectance: np.ndarray) -> np.ndarray:
     """(B, 12, H, W) float reflectance -> the base encoder's y, through the runtime's normalization and graph."""
-    from .. import chunk, runtime
+    from ..pipeline.prepare import normalize
 
     dn = np.clip(np.rint(reflectance * 1e4), 0, 65535).astype(np.uint16)
-    normalized, pad = chunk.normalize(dn, model, None, 1.0)
+    normalized, pad = normalize(dn, model, None, 1.0)
     assert pad == (0, 0), "crops must be multiples of the base model's padding"
-    return runtime.run(model.encoder_sha256, model.encoder_onnx, {"x": normalized})
+    return model.encoder.run(normalized)
 
 
 def precompute(out: Path, data_root: Path, base: str, crops: int, crop: int, seed: int, batch: int = 8) -> None:
@@ -168,7 +168,7 @@ def precompute(out: Path, data_root: Path, base: str, crops: int, crop: int, see
     train, val = data.split(images)
     assert not any(im.place in data.VALIDATION_PLACES for im in train)
     stride = 4
-    shape = (crops, model.tables.channels, crop // stride, crop // stride)
+    shape = (crops, model.latent_channels, crop // stride, crop // stride)
     tmp = out / "latents.f32.tmp"
     mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
     sampler = data.CropSampler(train, crop, seed=seed)
@@ -198,7 +198,7 @@ def precompute(out: Path, data_root: Path, base: str, crops: int, crop: int, see
 def factorized_bits(model, y: np.ndarray) -> list[float]:
     """Ideal bits per pixel of the base model's own tables on latents ``y`` per quality (no headers)."""
     out = []
-    t = model.tables
+    t = model.coder.tables  # the base model's factorized tables
     for q in range(t.qualities):
         sym = np.rint(y * model.gain[q][None, :, None, None]).astype(np.int64)
         idx = sym - t.offsets[q][None, :, None, None]
@@ -260,7 +260,7 @@ class Trainer:
 
     def build(self, ckpt: dict | None, model) -> nn.Module:
         cfg = HyperConfig.from_dict(ckpt["config"]) if ckpt else HyperConfig(
-            latent_channels=model.tables.channels, qualities=model.tables.qualities)
+            latent_channels=model.latent_channels, qualities=model.qualities)
         net = HyperPrior(cfg, model.gain)
         if ckpt is None:  # start sigma at each channel's spread: the first steps then refine, not rescue
             sample = np.asarray(self.latents[: min(256, len(self.latents))], np.float64)

@@ -5,7 +5,7 @@
 The folder gets the base model's ``encoder.onnx``, ``decoder.onnx``, ``tables.npz`` and ``synthesis_int.npz``
 byte for byte (same transforms, gains and symbols, so the same pixels), plus ``hyper_analysis.onnx`` (encoder side,
 float) and ``hyperprior.npz`` (the integer hyper-synthesis, integer log-gains and gains, factorized z tables and
-the Gaussian scale tables, all built here once in float64; see :mod:`tec_zarr.hyperprior`). With ``--data`` the
+the Gaussian scale tables, all built here once in float64; see :mod:`tec_zarr.entropy.hyperprior`). With ``--data`` the
 manifest gets bpp and PSNR per quality measured with the runtime codec on the validation places, beside the base
 model's on the same images.
 """
@@ -24,11 +24,13 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from .. import hyperprior
-from ..entropy import EntropyTables, quantize_pmf
+from ..entropy import hyperprior
+from ..entropy.tables import EntropyTables, quantize_pmf
 from ..errors import UnknownModelError
+from ..integer.layers import CLIP_BITS, conv3, conv3_matrix, deconv, deconv_matrix
+from ..integer.synthesis import scale_exponent
 from ..models import MODELS_DIR, get_card, model_digest
-from ..synthesis import _deconv, _deconv_matrix
+from ..models.registry import file_path, share_files
 from .export import entropy_tables, export_onnx, machine_description, sha256_file
 from .hyper import HyperConfig, HyperPrior
 
@@ -61,10 +63,6 @@ class _Analysis(torch.nn.Module):
         return self.h_a(y)
 
 
-def _exponent(max_value: float, bits: int) -> int:
-    return int(np.floor(bits - np.log2(max(max_value, 1e-12))))
-
-
 def _layers(net: HyperPrior) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(kind, float64 matrix, bias) of h_s's three layers, in the integer module's layouts."""
     out = []
@@ -72,9 +70,9 @@ def _layers(net: HyperPrior) -> list[tuple[str, np.ndarray, np.ndarray]]:
         w = layer.weight.detach().double().numpy()
         b = layer.bias.detach().double().numpy()
         if isinstance(layer, torch.nn.ConvTranspose2d):
-            out.append(("deconv", _deconv_matrix(w), b))
+            out.append(("deconv", deconv_matrix(w), b))
         else:
-            out.append(("conv3", hyperprior.conv3_matrix(w), b))
+            out.append(("conv3", conv3_matrix(w), b))
     return out
 
 
@@ -83,7 +81,7 @@ def _float_synthesis(layers, x: np.ndarray, record: list | None = None) -> np.nd
     for i, (kind, w, b) in enumerate(layers):
         if record is not None:
             record.append((i, float(np.abs(x).max())))
-        x = hyperprior._conv3(x, w, b, np.matmul) if kind == "conv3" else _deconv(x, w, b, 16, np.matmul)
+        x = conv3(x, w, b, np.matmul) if kind == "conv3" else deconv(x, w, b, 16, np.matmul)
         if i < len(layers) - 1:
             x = np.maximum(x, 0.0)
     return x
@@ -122,15 +120,15 @@ def build(net: HyperPrior, calibration: np.ndarray, mean_bits: int = hyperprior.
         zq = np.rint(t * z_gain[q][None, :, None, None])
         _float_synthesis(layers, np.moveaxis(zq / z_gain[q][None, :, None, None], 1, -1), record)
     peaks = [max(v for i, v in record if i == k) for k in range(len(layers))]
-    act = [_exponent(p, hyperprior.CALIBRATION_BITS) for p in peaks]
-    clip = 2.0**hyperprior.CLIP_BITS
+    act = [scale_exponent(p, hyperprior.CALIBRATION_BITS) for p in peaks]
+    clip = 2.0**CLIP_BITS
     weights, biases, shifts = [], [], []
     for i, (kind, w, b) in enumerate(layers):
         out_scale = act[i + 1] if i + 1 < len(layers) else hyperprior.LOG_BITS
         colsum = (np.abs(w).sum(axis=(0, 1)) if kind == "conv3"
                   else np.abs(w).reshape(w.shape[0], 25, -1).sum(axis=(0, 1))).max()
         worst = colsum * clip + np.abs(b).max() * 2.0 ** act[i]
-        wexp = min(_exponent(worst, 51), 40)
+        wexp = min(scale_exponent(worst, 51), 40)
         weights.append(np.rint(w * 2.0**wexp))
         biases.append(np.rint(b * 2.0 ** (wexp + act[i])))
         shifts.append(wexp + act[i] - out_scale)
@@ -166,7 +164,7 @@ def write_model(hyper_net: HyperPrior, ckpt: dict, checkpoint: Path, name: str, 
     folder = Path(out_dir) if out_dir else MODELS_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     for f in BASE_FILES:
-        shutil.copyfile(base.folder / f, folder / f)
+        shutil.copyfile(file_path(base, f), folder / f)
     run_dir = Path(run_dir) if run_dir else Path(checkpoint).parent
     latents = np.load(run_dir / "latents.npy", mmap_mode="r")
     calibration = np.array(latents[:calibration_crops], np.float32)
@@ -203,6 +201,8 @@ def write_model(hyper_net: HyperPrior, ckpt: dict, checkpoint: Path, name: str, 
         "default_quality": base.manifest.get("default_quality", 2),
     })
     (folder / "manifest.json").write_text(json.dumps(out, indent=1) + "\n")
+    if folder.parent.resolve() == MODELS_DIR.resolve():
+        share_files(MODELS_DIR)  # the base model's files are shipped once
     return folder, run_dir
 
 
@@ -223,7 +223,7 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None, run_
     return folder
 
 
-def integer_penalty(net, folder: Path, y: np.ndarray, encode=hyperprior.encode) -> None:
+def integer_penalty(net, folder: Path, y: np.ndarray) -> None:
     """Bits of the float model (continuous sigma, float h_s) against the coded integer path, same latents."""
     from ..models import clear_cache, load_model
 
@@ -242,7 +242,7 @@ def integer_penalty(net, folder: Path, y: np.ndarray, encode=hyperprior.encode) 
             out = net(torch.from_numpy(y), torch.full((y.shape[0],), q, dtype=torch.int64), noise=False)
         float_bpp = float((out["bits_y"] + out["bits_z"]).sum()) / pixels
         symbols = np.rint(y * model.gain[q][None, :, None, None]).astype(np.int32)
-        coded = sum(len(encode(model, y[i : i + 1], symbols[i : i + 1], q)) for i in range(len(y)))
+        coded = sum(len(model.coder.encode(y[i : i + 1], symbols[i : i + 1], q)) for i in range(len(y)))
         rows.append({"quality": q, "float_model_bpp": round(float_bpp, 4), "coded_bpp": round(coded * 8 / pixels, 4),
                      "integer_penalty": round(coded * 8 / pixels / float_bpp - 1, 4)})
         print(json.dumps(rows[-1]), flush=True)
@@ -252,7 +252,7 @@ def integer_penalty(net, folder: Path, y: np.ndarray, encode=hyperprior.encode) 
 
 def measure(folder: Path, data_root: Path, base_name: str) -> None:
     """bpp/PSNR per quality with the runtime codec on the validation places, beside the base model's."""
-    from .. import chunk, metrics
+    from .. import metrics, pipeline
     from ..models import clear_cache
     from . import data
 
@@ -265,8 +265,8 @@ def measure(folder: Path, data_root: Path, base_name: str) -> None:
         for name in (manifest["name"], base_name):
             bpps, psnrs, decoded = [], [], []
             for img in crops:
-                enc = chunk.encode_chunk(img, model=name, quality=q["quality"], nodata=None)
-                dec = chunk.decode_chunk(enc)
+                enc = pipeline.encode_chunk(img, model=name, quality=q["quality"], nodata=None)
+                dec = pipeline.decode_chunk(enc)
                 bpps.append(len(enc) * 8 / (img.shape[1] * img.shape[2]))
                 psnrs.append(metrics.psnr(img, dec))
                 decoded.append(dec)

@@ -1,0 +1,36 @@
+"""One interface for every way a model's latent symbols become bytes: the chunk pipeline never asks which."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import ClassVar
+
+import numpy as np
+
+from .tables import EntropyTables
+
+
+class LatentCoder(ABC):
+    """Codes integer latent symbols ``y_q`` (B, M, h, w) of one quality level as a chunk's payload.
+
+    A coder is built once per model from the model's verified files (``from_files``) and is then read-only, so
+    threads share it. ``encode`` may use the encoder's float latents ``y`` to choose side information (which it
+    stores); ``decode`` depends on the payload and the coder's integers only, so it is the same on every machine.
+    """
+
+    name: ClassVar[str]  # the manifest's "entropy_model"
+    files: ClassVar[tuple[str, ...]] = ()  # model files it reads besides tables.npz
+
+    @classmethod
+    @abstractmethod
+    def from_files(cls, files: Mapping[str, bytes], tables: EntropyTables) -> LatentCoder:
+        """The coder from verified file bytes (``files`` holds at least :attr:`files`)."""
+
+    @abstractmethod
+    def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int) -> bytes:
+        """The payload for int32 ``symbols`` = round(``y`` * gain[quality]), both (B, M, h, w)."""
+
+    @abstractmethod
+    def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int]) -> np.ndarray:
+        """int32 symbols of ``shape`` (B, M, h, w). Raises :class:`~tec_zarr.errors.CorruptChunkError`."""

@@ -1,0 +1,248 @@
+"""Hyperprior entropy coding of a model's latent symbols, with every probability fixed by integers.
+
+A model whose manifest says ``"entropy_model": "hyperprior"`` (``tec-hp``) has the same analysis/synthesis graphs,
+gains and symbols ``y_q = round(y * gain[q])`` as its base model; only the coding of the symbols differs::
+
+    y ──h_a (ONNX, float, encoder only)──▶ × zgain[q] ──round──▶ z_q ──factorized integer tables[q]──▶ z section
+    z_q ──integer h_s (this module)──▶ L, MU: log2 sigma and mean of y, round(real * 2**LOG_BITS | 2**mean_bits)
+    table  = clip(round((L + log2|gain[q, c]| - log2 sigma_min) * steps_per_octave), 0, T - 1)   (integer ops)
+    mean_q = round(MU * gain[q, c] / 2**mean_bits)                                             (integer ops)
+    y_q - mean_q ──integer Gaussian table[table], grouped by table──▶ y section
+
+The float ``h_a`` only chooses z, which is stored, so its rounding never reaches the decoder. ``h_s`` runs in exact
+integer arithmetic like :mod:`tec_zarr.integer.synthesis` (float64 holding integers, every partial sum below 2**52, checked
+on load; ``np.floor`` of power-of-two multiples), so table indices and means are the same bits on any machine.
+The scale tables are integer counts of discretized zero-mean Gaussians, computed once at export and stored.
+
+Payload (:mod:`tec_zarr.bitstream.payload`): ``u32 z_len | z section (the factorized coding of z_q) | y section``
+(both constriction range-coder words). Symbols are coded table by table in the stable order of the table index over
+the (B, M, h, w) elements; values outside a table are escaped (:mod:`.rangecoder`).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..bitstream import payload as sections
+from ..errors import CorruptChunkError, WeightsIntegrityError
+from ..integer.layers import CLIP_BITS, EXACT_LIMIT, KERNEL, conv3, deconv
+from ..runtime import Graph
+from . import factorized
+from .base import LatentCoder
+from .rangecoder import checked_symbols, range_decoder, read_grouped, write_grouped
+from .tables import EntropyTables, IndexedTables
+
+FILENAME = "hyperprior.npz"
+ANALYSIS_FILENAME = "hyper_analysis.onnx"
+ENTROPY_MODEL = "hyperprior"
+LOG_BITS = 12  # L and MU are round(real * 2**LOG_BITS)
+GAIN_BITS = 16  # gain_int = round(gain * 2**GAIN_BITS)
+CALIBRATION_BITS = 18  # the largest calibration activation maps to 2**18: 16x headroom below the clip
+INPUT_EXTRA_BITS = 8
+Z_LIMIT = 1 << 20  # z symbols are clipped to this before h_s (only corrupt or absurd data reaches it)
+MEAN_LIMIT = 1 << 24
+MAX_MEAN_BITS = 20  # |MU * gain_int| < 2**(CLIP_BITS + MAX_MEAN_BITS - LOG_BITS) * 2**30 = 2**60
+LOG_GAIN_FLOOR = -64  # log2 |gain| below this (dead channels) counts as this
+Z_STRIDE = 4  # z is 1/4 of the latent resolution
+ROWS_PER_BLOCK = 16
+
+
+@dataclass(frozen=True, eq=False)
+class Hyperprior:
+    """Everything the decoder needs besides the base model (stored in ``hyperprior.npz``)."""
+
+    z_in: np.ndarray  # (Q, Z) int64: 2**(a0 + INPUT_EXTRA_BITS) / zgain[q]
+    weights: tuple[np.ndarray, ...]  # deconv, deconv: (Cin, 25 * Cout); conv3: (9, Cin, Cout); float64 integers
+    biases: tuple[np.ndarray, ...]  # (Cout,) float64 integers at the accumulator's scale
+    shifts: tuple[int, ...]  # accumulator >> shift = next activation (last: L and MU at 2**LOG_BITS)
+    log_gain: np.ndarray  # (Q, M) int64: round(log2 |gain| * 2**LOG_BITS), floored at LOG_GAIN_FLOOR
+    gain_int: np.ndarray  # (Q, M) int64: round(gain * 2**GAIN_BITS)
+    log_sigma_min: int  # round(log2(sigma_min) * 2**LOG_BITS)
+    steps_per_octave: int
+    scale_offsets: np.ndarray  # (T,) int64: first symbol of each scale table
+    scale_pmf: np.ndarray  # (T, L) int64 counts summing to 2**16, escape last, padded with 0
+    scale_lengths: np.ndarray  # (T,) int64
+    z_tables: EntropyTables  # (Q, Z, Lz): factorized z tables, as the base model's latent tables
+    z_gain: np.ndarray  # (Q, Z) float32: encoder side only (z_q = round(h_a(y) * z_gain[q]))
+    # MU is round(mean * 2**mean_bits): finer than LOG_BITS where large gains magnify its rounding (tec-ctx: 20).
+    mean_bits: int = LOG_BITS
+
+    def __post_init__(self):
+        limit = 2.0**CLIP_BITS
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            cout = b.shape[0]
+            if w.ndim == 3:  # conv3: (9, Cin, Cout)
+                worst = np.abs(w).sum(axis=(0, 1)) * limit + np.abs(b)
+            else:
+                worst = np.abs(w).reshape(w.shape[0], KERNEL * KERNEL, cout).sum(axis=(0, 1)) * limit + np.abs(b)
+            if worst.max() >= EXACT_LIMIT or self.shifts[i] < 0:
+                raise WeightsIntegrityError(f"Expected integer hyper-synthesis sums bounded by 2**52. Got {worst.max():.3g}.")
+        if not LOG_BITS <= self.mean_bits <= MAX_MEAN_BITS or self.shifts[-1] < self.mean_bits - LOG_BITS:
+            raise WeightsIntegrityError(f"Expected mean bits in [{LOG_BITS}, {MAX_MEAN_BITS}]. Got {self.mean_bits}.")
+        if (np.abs(self.z_in) >= 2**40).any() or (np.abs(self.gain_int) >= 2**30).any():
+            raise WeightsIntegrityError("Expected hyperprior input and gain integers below 2**40 and 2**30.")
+        # The scale tables, checked as they are built.
+        object.__setattr__(self, "scales", IndexedTables(self.scale_offsets, self.scale_pmf, self.scale_lengths))
+
+    @property
+    def tables(self) -> int:
+        return self.scales.count
+
+    @property
+    def z_channels(self) -> int:
+        return self.z_tables.channels
+
+    # -- serialization ------------------------------------------------------------------------------------------
+
+    def to_npz(self) -> bytes:
+        arrays = {
+            "z_in": self.z_in, "shifts": np.asarray(self.shifts, np.int64), "log_gain": self.log_gain,
+            "gain_int": self.gain_int, "log_sigma_min": np.int64(self.log_sigma_min),
+            "steps_per_octave": np.int64(self.steps_per_octave), "scale_offsets": self.scale_offsets,
+            "scale_pmf": self.scale_pmf.astype(np.int64), "scale_lengths": self.scale_lengths,
+            "z_offsets": self.z_tables.offsets, "z_pmf": self.z_tables.pmf.astype(np.int64),
+            "z_lengths": self.z_tables.lengths, "z_gain": self.z_gain.astype(np.float32),
+            "mean_bits": np.int64(self.mean_bits),
+        }
+        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
+            arrays[f"w{i}"], arrays[f"b{i}"] = w.astype(np.int64), b.astype(np.int64)
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_npz(cls, data: bytes) -> Hyperprior:
+        try:
+            with np.load(io.BytesIO(data)) as z:
+                shifts = tuple(int(s) for s in z["shifts"])
+                return cls(
+                    z_in=z["z_in"].astype(np.int64),
+                    weights=tuple(z[f"w{i}"].astype(np.float64) for i in range(len(shifts))),
+                    biases=tuple(z[f"b{i}"].astype(np.float64) for i in range(len(shifts))),
+                    shifts=shifts,
+                    log_gain=z["log_gain"].astype(np.int64),
+                    gain_int=z["gain_int"].astype(np.int64),
+                    log_sigma_min=int(z["log_sigma_min"]),
+                    steps_per_octave=int(z["steps_per_octave"]),
+                    scale_offsets=z["scale_offsets"].astype(np.int64),
+                    scale_pmf=z["scale_pmf"].astype(np.int64),
+                    scale_lengths=z["scale_lengths"].astype(np.int64),
+                    z_tables=EntropyTables(offsets=z["z_offsets"].astype(np.int32), pmf=z["z_pmf"].astype(np.int64),
+                                           lengths=z["z_lengths"].astype(np.int32)),
+                    z_gain=z["z_gain"].astype(np.float32),
+                    mean_bits=int(z["mean_bits"]) if "mean_bits" in z.files else LOG_BITS,
+                )
+        except (KeyError, ValueError, OSError, CorruptChunkError) as e:
+            raise WeightsIntegrityError(f"Expected a valid {FILENAME}. Got {type(e).__name__}: {e} instead.") from None
+
+    # -- the integer hyper-synthesis ------------------------------------------------------------------------------
+
+    def synthesize(self, z: np.ndarray, quality: int, *, matmul=np.matmul) -> tuple[np.ndarray, np.ndarray]:
+        """z symbols (B, Z, h, w) -> (L, MU): int64 (B, M, 4h, 4w), log2 sigma of y at 2**LOG_BITS and its mean
+        at 2**mean_bits (the last layer's mean half is shifted that much less, and clipped that much wider)."""
+        limit = 2**CLIP_BITS
+        s = np.clip(np.asarray(z, np.int64), -Z_LIMIT, Z_LIMIT)
+        x = np.clip((s * self.z_in[quality][None, :, None, None]) >> INPUT_EXTRA_BITS, -limit, limit)
+        x = np.ascontiguousarray(np.moveaxis(x, 1, -1)).astype(np.float64)  # (B, h, w, C)
+        last = len(self.weights) - 1
+        for i, (w, b, shift) in enumerate(zip(self.weights, self.biases, self.shifts)):
+            acc = conv3(x, w, b, matmul) if w.ndim == 3 else deconv(x, w, b, ROWS_PER_BLOCK, matmul)
+            if i == last:
+                break
+            x = np.clip(np.floor(acc * 2.0**-shift), -limit, limit)
+            np.maximum(x, 0.0, out=x)  # ReLU
+        m = acc.shape[-1] // 2
+        log_sigma = np.clip(np.floor(acc[..., :m] * 2.0**-shift), -limit, limit)
+        extra = self.mean_bits - LOG_BITS
+        mu = np.clip(np.floor(acc[..., m:] * 2.0 ** (extra - shift)), -limit << extra, limit << extra)
+        return (np.ascontiguousarray(np.moveaxis(log_sigma, -1, 1).astype(np.int64)),
+                np.ascontiguousarray(np.moveaxis(mu, -1, 1).astype(np.int64)))
+
+    def parameters(self, z: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
+        """z symbols -> (table index, integer mean of y_q), both int64 (B, M, 4h, 4w); integer operations only."""
+        log_sigma, mu = self.synthesize(z, quality)
+        return self.index_and_mean(log_sigma, mu, self.log_gain[quality][None, :, None, None],
+                                   self.gain_int[quality][None, :, None, None])
+
+    def index_and_mean(self, log_sigma, mu, log_gain, gain_int) -> tuple[np.ndarray, np.ndarray]:
+        """Integer log2 sigma (2**LOG_BITS) and mean (2**mean_bits) of y -> scale table index, integer mean of y_q."""
+        scaled = (log_sigma + log_gain - self.log_sigma_min) * self.steps_per_octave + (1 << (LOG_BITS - 1))
+        index = np.clip(scaled >> LOG_BITS, 0, self.tables - 1)
+        half = 1 << (self.mean_bits + GAIN_BITS - 1)
+        mean = (mu * gain_int + half) >> (self.mean_bits + GAIN_BITS)
+        return index, np.clip(mean, -MEAN_LIMIT, MEAN_LIMIT)
+
+
+# -- coding ----------------------------------------------------------------------------------------------------------
+
+
+def require_z_grid(shape) -> None:
+    """Encoders' precondition (chunks pad to the model's multiple): latent sides that z's grid divides."""
+    if shape[2] % Z_STRIDE or shape[3] % Z_STRIDE:
+        raise ValueError(f"Expected latent sides that are multiples of {Z_STRIDE}. Got {tuple(shape)} instead.")
+
+
+def read_z(hp: Hyperprior, payload: bytes, quality: int, shape: tuple[int, int, int, int]):
+    """The z symbols at the head of a payload and the bytes after them. Raises CorruptChunkError."""
+    b, m, h, w = shape
+    if h % Z_STRIDE or w % Z_STRIDE or m != hp.log_gain.shape[1] or not 0 <= quality < hp.log_gain.shape[0]:
+        raise CorruptChunkError(f"Expected latents of sides that are multiples of {Z_STRIDE}. Got {shape} instead.")
+    z_bytes, rest = sections.split_z_section(payload)
+    z = factorized.decode(z_bytes, quality, (b, hp.z_channels, h // Z_STRIDE, w // Z_STRIDE), hp.z_tables)
+    return z, rest
+
+
+class HyperpriorCoder(LatentCoder):
+    """Symbols coded with a Gaussian per symbol whose scale and mean the integer hyper-synthesis computes from the
+    stored side information z: tec-hp."""
+
+    name = "hyperprior"
+    files = (FILENAME, ANALYSIS_FILENAME)
+
+    def __init__(self, hyperprior: Hyperprior, analysis: Graph):
+        self.hyperprior = hyperprior
+        self.analysis = analysis  # h_a, encoder side only: it chooses z
+
+    @classmethod
+    def from_files(cls, files: Mapping[str, bytes], tables: EntropyTables) -> HyperpriorCoder:
+        return cls(Hyperprior.from_npz(files[FILENAME]), Graph.from_bytes(files[ANALYSIS_FILENAME], "y"))
+
+    def side_information(self, y: np.ndarray, quality: int) -> np.ndarray:
+        """The encoder's side information: round(h_a(y) * zgain[q]) as int32 (B, Z, h/4, w/4)."""
+        t = self.analysis.run(np.ascontiguousarray(y, np.float32))
+        z = np.rint(t.astype(np.float64) * self.hyperprior.z_gain[quality][None, :, None, None].astype(np.float64))
+        return np.clip(z, -Z_LIMIT, Z_LIMIT).astype(np.int32)
+
+    def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int, z: np.ndarray | None = None) -> bytes:
+        """``z`` (tests): side information other than the encoder's own choice."""
+        import constriction
+
+        require_z_grid(symbols.shape)
+        if z is None:
+            z = self.side_information(y, quality)
+        z_bytes = factorized.encode(z, quality, self.hyperprior.z_tables)
+        encoder = constriction.stream.queue.RangeEncoder()
+        self.write_y(encoder, np.asarray(symbols, np.int64), z, quality)
+        return sections.join_z_section(z_bytes, encoder.get_compressed().tobytes())
+
+    def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int]) -> np.ndarray:
+        z, rest = read_z(self.hyperprior, payload, quality, shape)
+        decoder = range_decoder(rest, "y section")
+        symbols = self.read_y(decoder, z, quality, shape)
+        if not decoder.maybe_exhausted():
+            raise CorruptChunkError("Expected the y section to end with its last symbol. Got trailing data instead.")
+        return checked_symbols(symbols)
+
+    def write_y(self, encoder, symbols: np.ndarray, z: np.ndarray, quality: int) -> None:
+        """The y section: every symbol minus its mean, with the scale table its index names."""
+        index, mean = self.hyperprior.parameters(z, quality)
+        write_grouped(encoder, symbols - mean, index, self.hyperprior.scales)
+
+    def read_y(self, decoder, z: np.ndarray, quality: int, shape) -> np.ndarray:
+        """Inverse of :meth:`write_y`: int64 symbols of ``shape``."""
+        index, mean = self.hyperprior.parameters(z, quality)
+        return read_grouped(decoder, index, self.hyperprior.scales) + mean

@@ -1,0 +1,121 @@
+"""Range coding shared by the latent coders: escapes for values outside a table, and index-grouped coding.
+
+An escaped value ``v`` (outside a table of symbols ``lo .. lo + escape - 1``) follows its escape symbol as its
+zigzag distance ``z`` from the table: the bit length of ``z + 1`` (uniform over 64) and the bits below its leading
+one in 16-bit pieces (uniform). Grouped coding codes each value with the table its index names, table by table,
+stable order within a table (the hyperprior's and the context model's y sections).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import CorruptChunkError
+from .tables import IndexedTables
+
+_ESCAPE_CHUNK_BITS = 16
+# Escaped values are int32 symbols at a distance up to 2**33 from the table: their bit length is coded below 64.
+_ESCAPE_MAX_BITS = 64
+# constriction's words for invalid data
+DECODER_ERRORS = (AssertionError, ValueError, RuntimeError, OverflowError)
+
+
+def escape_models():
+    """The two uniform models escapes are coded with: (bit length, 16-bit chunk)."""
+    import constriction
+
+    return (constriction.stream.model.Uniform(_ESCAPE_MAX_BITS),
+            constriction.stream.model.Uniform(1 << _ESCAPE_CHUNK_BITS))
+
+
+def encode_escape(encoder, v: int, lo: int, escape: int, uniform_bits, uniform_chunk) -> None:
+    """A value ``v`` outside a table of symbols ``lo .. lo + escape - 1``, after its escape symbol."""
+    z = (v - lo - escape) * 2 if v >= lo + escape else (lo - v - 1) * 2 + 1
+    z += 1  # z >= 1: send its bit length, then the bits below the leading one
+    nbits = z.bit_length() - 1
+    encoder.encode(np.array([nbits], np.int32), uniform_bits)
+    rest = z - (1 << nbits)
+    for shift in range(0, nbits, _ESCAPE_CHUNK_BITS):
+        part = (rest >> shift) & ((1 << _ESCAPE_CHUNK_BITS) - 1)
+        encoder.encode(np.array([part], np.int32), uniform_chunk)
+
+
+def escaped_values(zs, lo: int, escape: int) -> np.ndarray:
+    """Values from the zigzag offsets :func:`decode_escape` returns, for a table of ``lo .. lo + escape - 1``."""
+    z = np.asarray(zs, np.int64)
+    return np.where(z % 2 == 0, lo + escape + z // 2, lo - 1 - z // 2)
+
+
+def decode_escape(decoder, uniform_bits, uniform_chunk) -> int:
+    """An escaped symbol's zigzag offset ``z >= 0`` (see :func:`encode`)."""
+    nbits = int(decoder.decode(uniform_bits, 1)[0])
+    rest = 0
+    for shift in range(0, nbits, _ESCAPE_CHUNK_BITS):
+        rest |= int(decoder.decode(uniform_chunk, 1)[0]) << shift
+    if nbits > 33:  # int32 symbols never need more: only corrupt data gets here
+        raise CorruptChunkError(f"Expected an escaped latent symbol within int32. Got a {nbits}-bit offset instead.")
+    return (1 << nbits) + rest - 1
+
+
+def range_decoder(data: bytes, what: str):
+    """A constriction range decoder over ``data``, which must be whole 32-bit words."""
+    import constriction
+
+    if len(data) % 4:
+        raise CorruptChunkError(f"Expected a {what} of whole 32-bit words. Got {len(data)} bytes instead.")
+    return constriction.stream.queue.RangeDecoder(np.frombuffer(data, np.uint32).copy())
+
+
+def checked_symbols(symbols: np.ndarray) -> np.ndarray:
+    """int64 symbols as int32, refusing escapes that decoded beyond int32 (only corrupt data does)."""
+    if symbols.size and (symbols.min() < np.iinfo(np.int32).min or symbols.max() > np.iinfo(np.int32).max):
+        raise CorruptChunkError("Expected latent symbols within int32. Got an overflowing escape instead.")
+    return symbols.astype(np.int32)
+
+
+def write_grouped(encoder, values: np.ndarray, index: np.ndarray, tables: IndexedTables) -> None:
+    """Each value with the table its index names, table by table (stable order within a table), into an open
+    range encoder (later sections may follow in the same stream)."""
+    uniform_bits, uniform_chunk = escape_models()
+    flat_index = index.ravel()
+    order = np.argsort(flat_index, kind="stable")
+    ordered = values.ravel()[order]
+    counts = np.bincount(flat_index, minlength=tables.count)
+    start = 0
+    for t in np.flatnonzero(counts):
+        part = ordered[start : start + counts[t]]
+        start += counts[t]
+        lo, escape = int(tables.offsets[t]), int(tables.lengths[t]) - 1
+        sym = part - lo
+        outside = (sym < 0) | (sym >= escape)
+        sym[outside] = escape
+        encoder.encode(sym.astype(np.int32), tables.model(int(t)))
+        for v in part[outside]:
+            encode_escape(encoder, int(v), lo, escape, uniform_bits, uniform_chunk)
+
+
+def read_grouped(decoder, index: np.ndarray, tables: IndexedTables) -> np.ndarray:
+    """Inverse of :func:`write_grouped` from an open range decoder: int64 values shaped like ``index``."""
+    uniform_bits, uniform_chunk = escape_models()
+    flat_index = index.ravel()
+    order = np.argsort(flat_index, kind="stable")
+    counts = np.bincount(flat_index, minlength=tables.count)
+    ordered = np.empty(flat_index.size, np.int64)
+    start = 0
+    try:
+        for t in np.flatnonzero(counts):
+            n = int(counts[t])
+            lo, escape = int(tables.offsets[t]), int(tables.lengths[t]) - 1
+            sym = decoder.decode(tables.model(int(t)), n).astype(np.int64)
+            positions = np.flatnonzero(sym == escape)
+            part = sym + lo
+            if positions.size:
+                zs = [decode_escape(decoder, uniform_bits, uniform_chunk) for _ in positions]
+                part[positions] = escaped_values(zs, lo, escape)
+            ordered[start : start + n] = part
+            start += n
+    except DECODER_ERRORS as e:
+        raise CorruptChunkError(f"Expected a decodable y section. Got {type(e).__name__}: {e} instead.") from None
+    out = np.empty_like(ordered)
+    out[order] = ordered
+    return out.reshape(index.shape)

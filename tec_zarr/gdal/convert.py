@@ -1,0 +1,288 @@
+"""Conversions to and from ``.tec`` files: GeoTIFF (decode / encode), and Zarr (chunk bytes copied, never re-encoded).
+
+A Zarr array converts without re-encoding when its chunks are ``.tec`` tiles: shape (bands, H, W) with chunks
+(bands, T, T), stored by the ``tec_zarr.tec`` codec alone (format 3: the serializer with no compressors; format 2:
+the compressor with no filters). A (1, bands, T, T) chunk of a 4-D array holds a different header (its shape), so
+4-D arrays are refused: select one date first (``tec compress`` writes such an array from a GeoTIFF).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..bitstream import chunk as bitstream
+from ..bitstream import tecfile as layout
+from ..codec.config import CODEC_NAME, FILL_VALUE
+from ..errors import TecFileError
+from ..parsing import parse_nodata
+from . import raster
+
+DIMS = ("band", "y", "x")
+
+
+def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=(), nodata=None, max_error=None,
+                   psnr=None) -> layout.TecMetadata:
+    """Encode a GeoTIFF; its CRS, transform and band descriptions are kept, nodata is the file's (else 0)."""
+    import rasterio
+
+    with warnings.catch_warnings(), rasterio.open(src) as ds:
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        array = ds.read()
+        crs = ds.crs.to_wkt() if ds.crs else None
+        geotransform = None if ds.transform.is_identity else ds.transform.to_gdal()
+        names = list(ds.descriptions) if all(ds.descriptions) else None
+        if nodata is None:
+            nodata = ds.nodata if ds.nodata is not None else 0
+    return raster.write(dst, array, crs_wkt=crs, geotransform=geotransform, band_names=names, nodata=nodata,
+                         tile=tile, quality=quality, model=model, overviews=overviews, max_error=max_error, psnr=psnr)
+
+
+def tec_to_geotiff(src, dst, *, level: int = 0) -> None:
+    """Decode a ``.tec`` (one level) into a tiled, deflate-compressed GeoTIFF with CRS, transform, names, nodata."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    with raster.TecFile(src) as f:
+        m = f.metadata
+        data = f.read(level=level)
+    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
+               "dtype": m.dtype, "nodata": m.nodata, "tiled": True, "blockxsize": 256, "blockysize": 256,
+               "compress": "deflate"}
+    if m.crs_wkt:
+        profile["crs"] = rasterio.crs.CRS.from_wkt(m.crs_wkt)
+    if m.geotransform:
+        profile["transform"] = Affine.from_gdal(*m.geotransform) @ Affine.scale(2**level)
+    with warnings.catch_warnings(), rasterio.open(dst, "w", **profile) as out:
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        out.write(data)
+        for i, name in enumerate(m.band_names, 1):
+            out.set_band_description(i, name)
+
+
+# --- Zarr: raw chunk bytes through the store API ---------------------------------------------------------------
+
+
+def _chunk_bytes(array, coords: tuple[int, ...]) -> bytes | None:
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    path = array.store_path / array.metadata.encode_chunk_key(coords)
+    buf = sync(path.get(prototype=default_buffer_prototype()))
+    return None if buf is None else buf.to_bytes()
+
+
+def _set_chunk_bytes(array, coords: tuple[int, ...], data: bytes) -> None:
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    path = array.store_path / array.metadata.encode_chunk_key(coords)
+    sync(path.set(default_buffer_prototype().buffer.from_bytes(data)))
+
+
+def tec_codec_config(array) -> dict | None:
+    """The numcodecs-style config of an array stored by the TEC codec alone, else None."""
+    md = array.metadata
+    if md.zarr_format == 2:
+        comp = md.compressor
+        if comp is None or getattr(comp, "codec_id", None) != CODEC_NAME or md.filters or md.order != "C":
+            return None
+        config = dict(comp.get_config())
+    else:
+        from ..codec.zarr3 import TEC
+
+        if len(md.codecs) != 1 or not isinstance(md.codecs[0], TEC):
+            return None
+        config = {"id": CODEC_NAME, **md.codecs[0].to_dict()["configuration"]}
+        if config["nodata"] == FILL_VALUE:
+            config["nodata"] = None if md.fill_value is None else parse_nodata(np.asarray(md.fill_value).item())
+    return config
+
+
+def _dims(array) -> tuple[str, ...] | None:
+    md = array.metadata
+    names = md.dimension_names if md.zarr_format == 3 else array.attrs.get("_ARRAY_DIMENSIONS")
+    return tuple(names) if names and all(names) else None
+
+
+def _find_array(node, variable: str | None):
+    import zarr
+
+    if isinstance(node, zarr.Array):
+        return None, node
+    if variable is not None:
+        try:
+            return node, node[variable]
+        except KeyError:
+            raise TecFileError(f"Expected an array {variable!r} in the Zarr store. Got {sorted(node.array_keys())} instead.") from None
+    candidates = [a for _, a in node.arrays() if tec_codec_config(a) is not None]
+    if len(candidates) != 1:
+        raise TecFileError(
+            f"Expected one array stored with the {CODEC_NAME} codec, or a variable name. Got "
+            f"{[a.basename for a in candidates]} instead."
+        )
+    return node, candidates[0]
+
+
+def _crs_wkt(crs) -> str | None:
+    if not crs:
+        return None
+    crs = str(crs)
+    if "[" in crs:  # already WKT
+        return crs
+    try:
+        from rasterio.crs import CRS
+
+        return CRS.from_user_input(crs).to_wkt()
+    except Exception:  # no rasterio, or an unknown code: GDAL takes the string as it is
+        return crs
+
+
+def _georef(group, array) -> tuple[str | None, tuple[float, ...] | None]:
+    attrs = {**(dict(group.attrs) if group is not None else {}), **dict(array.attrs)}
+    crs, gt = attrs.get("crs"), attrs.get("geotransform")
+    if group is not None and "spatial_ref" in group:  # the CF / rioxarray grid mapping
+        ref = group["spatial_ref"].attrs
+        crs = crs or ref.get("crs_wkt") or ref.get("spatial_ref")
+        if gt is None and isinstance(ref.get("GeoTransform"), str):
+            gt = [float(v) for v in ref["GeoTransform"].split()]
+    dims = _dims(array)
+    if gt is None and group is not None and dims and dims[-1] in group and dims[-2] in group:
+        x, y = group[dims[-1]][...], group[dims[-2]][...]
+        if x.ndim == y.ndim == 1 and len(x) > 1 and len(y) > 1:
+            dx, dy = float(x[1] - x[0]), float(y[1] - y[0])
+            if np.allclose(np.diff(x), dx) and np.allclose(np.diff(y), dy):
+                gt = [float(x[0]) - dx / 2, dx, 0.0, float(y[0]) - dy / 2, 0.0, dy]
+    return _crs_wkt(crs), None if gt is None else tuple(float(v) for v in gt)
+
+
+def _band_names(group, array) -> list[str] | None:
+    dims = _dims(array)
+    if group is None or not dims or dims[0] not in group:
+        return None
+    names = [str(v) for v in group[dims[0]][...].tolist()]
+    return names if len(names) == array.shape[0] else None
+
+
+def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> layout.TecMetadata:
+    """Copy a TEC-coded Zarr array's chunk bytes into a ``.tec`` file (overviews, if asked, are encoded anew)."""
+    import zarr
+
+    group, array = _find_array(zarr.open(store, mode="r"), variable)
+    config = tec_codec_config(array)
+    if config is None:
+        raise TecFileError(
+            f"Expected an array stored by the {CODEC_NAME} codec alone (format 3 serializer without compressors, "
+            f"format 2 compressor without filters). Got {array.metadata.to_dict().get('codecs') or array.metadata.compressor} instead."
+        )
+    shape, chunks = array.shape, array.chunks
+    if len(shape) != 3 or chunks[0] != shape[0] or chunks[1] != chunks[2]:
+        raise TecFileError(
+            f"Expected a (bands, H, W) array with square chunks (bands, T, T). Got shape {shape} chunks {chunks} instead "
+            "(select one date of a time series first)."
+        )
+    crs, gt = _georef(group, array)
+    meta = layout.TecMetadata.create(
+        shape=shape, dtype=array.dtype, band_names=_band_names(group, array), crs_wkt=crs, geotransform=gt,
+        nodata=config["nodata"], tile=chunks[1], codec=config, overviews=tuple(overviews),
+    )
+    fill = array.metadata.fill_value
+    fill = 0 if fill is None else np.asarray(fill).item()
+
+    def tiles():
+        ny, nx = meta.grid(0)
+        for ty in range(ny):
+            for tx in range(nx):
+                data = _chunk_bytes(array, (0, ty, tx))
+                if data is None:
+                    if fill != meta.fill:
+                        raise TecFileError(
+                            f"Expected the fill value of the missing chunk {(0, ty, tx)} to equal nodata {meta.fill}. "
+                            f"Got {fill} instead."
+                        )
+                    yield None
+                    continue
+                header = bitstream.unpack(data)[0]  # verifies the chunk's own CRC32
+                if header.shape != (meta.bands, meta.tile, meta.tile) or header.dtype != np.dtype(meta.dtype):
+                    raise TecFileError(f"Expected chunk {(0, ty, tx)} of shape {chunks}. Got {header.shape} instead.")
+                yield data
+        if meta.overviews:
+            yield from raster.encode_tiles(np.ascontiguousarray(array[...]), meta, meta.overviews)
+
+    layout.write_tiles(dst, meta, tiles())
+    return meta
+
+
+def _coords(m: layout.TecMetadata) -> dict:
+    coords = {"band": np.array(m.band_names, dtype=object)}
+    g = m.geotransform
+    if g is not None and g[2] == 0 and g[4] == 0:  # pixel centres; a rotated grid keeps only its geotransform
+        coords["x"] = g[0] + g[1] * (np.arange(m.shape[2]) + 0.5)
+        coords["y"] = g[3] + g[5] * (np.arange(m.shape[1]) + 0.5)
+    return coords
+
+
+def tec_to_zarr(src, store, *, zarr_format: int = 3, variable: str = "reflectance") -> None:
+    """Write a Zarr store (``xr.open_zarr`` opens it) whose array's chunks are the ``.tec`` tiles, byte for byte."""
+    import xarray as xr
+    import zarr
+
+    if zarr_format not in (2, 3):
+        raise TecFileError(f"Expected zarr_format 2 or 3. Got {zarr_format!r} instead.")
+    with raster.TecFile(src) as f:
+        m = f.metadata
+        attrs = {"crs": m.crs_wkt or "", "tec_uuid": m.uuid}
+        if m.geotransform is not None:
+            attrs["geotransform"] = list(m.geotransform)
+        # xarray writes the coordinates (it knows how to store strings); zarr then adds the TEC array itself.
+        xr.Dataset(coords=_coords(m), attrs=attrs).to_zarr(store, mode="w", zarr_format=zarr_format, consolidated=False)
+        group = zarr.open_group(store, mode="r+", zarr_format=zarr_format)
+        codec = {k: v for k, v in m.codec.items() if k != "id"}
+        # xarray takes a format 2 fill value as _FillValue and would mask nodata to NaN; None reads as 0 there.
+        fill = None if zarr_format == 2 and m.fill == 0 else m.fill
+        common = {"name": variable, "shape": m.shape, "dtype": m.dtype, "chunks": (m.bands, m.tile, m.tile),
+                  "fill_value": fill, "filters": None}
+        if zarr_format == 3:
+            from ..codec.zarr3 import TEC
+
+            array = group.create_array(**common, serializer=TEC(**codec), compressors=None, dimension_names=DIMS,
+                                       attributes={"nodata": m.nodata})
+        else:
+            from ..codec.zarr2 import TEC
+
+            array = group.create_array(**common, compressors=TEC(**codec),
+                                       attributes={"_ARRAY_DIMENSIONS": list(DIMS), "nodata": m.nodata})
+        ny, nx = m.grid(0)
+        for ty in range(ny):
+            for tx in range(nx):
+                data = f.read_tile(0, ty, tx)
+                if data:  # an absent tile stays a missing chunk: both read as the fill value
+                    _set_chunk_bytes(array, (0, ty, tx), data)
+    with warnings.catch_warnings():  # zarr warns that consolidated metadata is not in the v3 spec yet
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        zarr.consolidate_metadata(store)
+
+
+def describe(path) -> str:
+    """A few lines about a ``.tec`` file, for ``tec info``."""
+    with raster.TecFile(path) as f:
+        m = f.metadata
+        stored = Path(path).stat().st_size
+        raw = math.prod(m.shape) * np.dtype(m.dtype).itemsize
+        absent = int((f.index["length"] == 0).sum())
+    c = m.codec
+    crs = (m.crs_wkt or "none").split("\n")[0]
+    lines = [
+        f"{path}: .tec format {layout.FORMAT_VERSION}, uuid {m.uuid}",
+        f"  {m.shape} {m.dtype}, bands {' '.join(m.band_names)}, nodata {m.nodata}",
+        f"  tiles {m.tile}x{m.tile}, levels {list(m.levels)} ({m.tile_count} tiles, {absent} absent); "
+        f"{stored:,} bytes ({raw / max(stored, 1):.1f}x of {raw:,} raw)",
+        f"  TEC model {c['model']} sha256 {c['model_sha256'][:12]}... quality {c['quality']}",
+        f"  geotransform {json.dumps(list(m.geotransform)) if m.geotransform else 'none'}",
+        f"  crs {crs[:100]}{'...' if len(crs) > 100 else ''}",
+    ]
+    return "\n".join(lines)

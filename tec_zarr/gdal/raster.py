@@ -1,0 +1,249 @@
+"""Reading and writing ``.tec`` raster files: tiles encoded and decoded by the TEC codec.
+
+The file layout (header, metadata, tile index) is :mod:`tec_zarr.bitstream.tecfile`; this module cuts an image and
+its overviews into tiles, codes them with the codec config stored in the metadata, and reads windows back decoding
+only the tiles they cover.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from functools import cached_property
+
+import numpy as np
+
+from ..bitstream.tecfile import MAGIC, SUFFIX, TecMetadata, TecTiles, write_tiles
+from ..codec.config import CodecConfig
+from ..errors import CorruptTileError, InvalidInputError
+from ..pipeline import MAX_BATCH_IMAGES, decode_chunk, encode_chunks, parse_dtype
+
+__all__ = ["MAGIC", "SUFFIX", "TecFile", "TecMetadata", "decoded_tiles", "downsample", "open", "parse_window", "write"]
+
+
+def parse_window(window, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(slice(row0, row1), slice(col0, col1))`` inside ``shape``, or None for all -> (row0, row1, col0, col1)."""
+    if window is None:
+        return 0, shape[0], 0, shape[1]
+    bounds = []
+    if isinstance(window, tuple) and len(window) == 2 and all(isinstance(s, slice) for s in window):
+        for s, n in zip(window, shape):
+            start = 0 if s.start is None else s.start
+            stop = n if s.stop is None else s.stop
+            if s.step in (None, 1) and isinstance(start, int) and isinstance(stop, int) and 0 <= start <= stop <= n:
+                bounds += [start, stop]
+    if len(bounds) != 4:
+        raise InvalidInputError(
+            f"Expected a window (slice(row0, row1), slice(col0, col1)) inside {shape}. Got {window!r} instead."
+        )
+    return tuple(bounds)
+
+
+def downsample(image: np.ndarray, factor: int, nodata: float | int | None) -> np.ndarray:
+    """Mean of the valid pixels of each factor x factor block (partial blocks at the edges); see the module docstring."""
+    bands, h, w = image.shape
+    oh, ow = -(-h // factor), -(-w // factor)
+    pad = ((0, oh * factor - h), (0, ow * factor - w))
+    out = np.empty((bands, oh, ow), image.dtype)
+    for b in range(bands):  # one band at a time keeps the float64 copy small
+        valid = np.ones((h, w), bool) if nodata is None else image[b] != nodata
+        values = np.pad(np.where(valid, image[b], 0).astype(np.float64), pad)
+        valid = np.pad(valid, pad)
+        sums = values.reshape(oh, factor, ow, factor).sum(axis=(1, 3))
+        counts = valid.reshape(oh, factor, ow, factor).sum(axis=(1, 3))
+        mean = sums / np.maximum(counts, 1)
+        if image.dtype.kind in "iu":
+            info = np.iinfo(image.dtype)
+            mean = np.clip(np.rint(mean), info.min, info.max)
+        band = mean.astype(image.dtype)
+        if nodata is not None:
+            nd = np.asarray(nodata).astype(image.dtype)
+            # A valid mean equal to nodata would be stored as missing: move it one step away.
+            if image.dtype.kind == "f":
+                band[(counts > 0) & (band == nd)] = np.nextafter(nd, np.inf, dtype=image.dtype)
+            else:
+                band[(counts > 0) & (band == nd)] = nd + (1 if nd < np.iinfo(image.dtype).max else -1)
+            band[counts == 0] = nd
+        out[b] = band
+    return out
+
+
+def write(
+    path,
+    array: np.ndarray,
+    *,
+    crs_wkt: str | None,
+    geotransform: Sequence[float] | None,
+    band_names: Sequence[str] | None = None,
+    nodata: float | int | None = 0,
+    tile: int = 256,
+    quality: int | None = None,
+    model: str | None = None,
+    overviews: Iterable[int] = (),
+    max_error: float | int | None = None,
+    psnr: float | None = None,
+) -> TecMetadata:
+    """Encode a (bands, H, W) image and its overviews into a ``.tec`` file; returns its metadata.
+
+    ``max_error`` / ``psnr`` are :class:`tec_zarr.TEC`'s (error bound or per-tile PSNR target), for every level.
+    """
+    if not isinstance(array, np.ndarray) or array.ndim != 3:
+        raise InvalidInputError(f"Expected a (bands, H, W) numpy array. Got {getattr(array, 'shape', type(array))} instead.")
+    array = np.ascontiguousarray(array, dtype=parse_dtype(array.dtype).newbyteorder("="))
+    config = CodecConfig.create(quality=quality, model=model, nodata=nodata, max_error=max_error, psnr=psnr)
+    meta = TecMetadata.create(
+        shape=array.shape, dtype=array.dtype, band_names=band_names, crs_wkt=crs_wkt, geotransform=geotransform,
+        nodata=config.nodata, tile=tile, codec=config.to_json(), overviews=tuple(overviews),
+    )
+
+    write_tiles(path, meta, encode_tiles(array, meta, meta.levels))
+    return meta
+
+
+def encode_tiles(array: np.ndarray, meta: TecMetadata, levels: Iterable[int]):
+    """The tiles of ``levels`` of the full-resolution ``array``, in index order (None: an absent tile)."""
+    params = CodecConfig.from_json(meta.codec).chunk_params()
+    for level in levels:
+        image = array if meta.parse_level(level) == 0 else downsample(array, 2**level, meta.nodata)
+        blocks = _blocks(image, meta)
+        # Tiles go through the encoder network MAX_BATCH_IMAGES at a time (the same bytes as one by one).
+        while batch := list(itertools.islice(blocks, MAX_BATCH_IMAGES)):
+            # An all-fill tile is left absent, as Zarr leaves such chunks unwritten.
+            empty = [bool((b == meta.fill).all()) for b in batch]
+            coded = iter(encode_chunks([b for b, e in zip(batch, empty) if not e], **params))
+            yield from (None if e else next(coded) for e in empty)
+
+
+def _blocks(image: np.ndarray, meta: TecMetadata):
+    t = meta.tile
+    _, h, w = image.shape
+    for y in range(0, h, t):
+        for x in range(0, w, t):
+            block = image[:, y : y + t, x : x + t]
+            if block.shape[1:] != (t, t):
+                padded = np.full((image.shape[0], t, t), meta.fill, image.dtype)
+                padded[:, : block.shape[1], : block.shape[2]] = block
+                block = padded
+            yield np.ascontiguousarray(block)
+
+
+_count_lock = threading.Lock()
+_decoded = 0
+
+
+def decoded_tiles() -> int:
+    """How many tiles this process has decoded so far (tests use it to check that reads touch only their tiles)."""
+    return _decoded
+
+
+def _count_decode() -> None:
+    global _decoded
+    with _count_lock:
+        _decoded += 1
+
+
+class TecFile:
+    """A ``.tec`` file opened for reading: header and index are read and verified at open, tiles on demand."""
+
+    def __init__(self, path):
+        self._tiles = TecTiles(path)
+        self.path = self._tiles.path
+        self.metadata = self._tiles.metadata
+        self.header_bytes = self._tiles.header_bytes
+
+    @classmethod
+    def open(cls, path) -> TecFile:
+        return cls(path)
+
+    def close(self) -> None:
+        self._tiles.close()
+
+    def __enter__(self) -> TecFile:
+        return self
+
+    def __exit__(self, *args) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        m = self.metadata
+        return f"<TecFile {str(self.path)!r} {m.shape} {m.dtype} tile {m.tile} overviews {m.overviews}>"
+
+    @property
+    def index(self) -> np.ndarray:
+        """The tile index: a read-only structured array of (offset, length, crc32), in index order."""
+        return self._tiles.index
+
+    @property
+    def stored_bytes(self) -> int:
+        return self._tiles.stored_bytes
+
+    def tile_entry(self, level: int, ty: int, tx: int) -> tuple[int, int, int]:
+        """(offset, length, crc32) of a tile from the index."""
+        return self._tiles.tile_entry(level, ty, tx)
+
+    def read_tile(self, level: int, ty: int, tx: int) -> bytes:
+        """The tile's chunk bitstream, checked against the index's CRC32 (b"" for an absent tile)."""
+        return self._tiles.read_tile(level, ty, tx)
+
+    @cached_property
+    def config(self) -> CodecConfig:
+        """The stored codec config; parsing it refuses a config naming weights other than the installed ones."""
+        return CodecConfig.from_json(self.metadata.codec)
+
+    @property
+    def codec(self):
+        """The stored config as a numcodecs codec (:class:`tec_zarr.TEC`)."""
+        from ..codec.zarr2 import TEC
+
+        return TEC.from_config(self.metadata.codec)
+
+    def decode_tile(self, level: int, ty: int, tx: int) -> np.ndarray:
+        """The whole (bands, T, T) tile, edge padding included."""
+        m = self.metadata
+        data = self.read_tile(level, ty, tx)
+        if not data:
+            return np.full((m.bands, m.tile, m.tile), m.fill, m.dtype)
+        self.config  # a config naming other weights is refused before any tile decodes
+        tile = decode_chunk(data)
+        _count_decode()
+        if tile.shape != (m.bands, m.tile, m.tile) or tile.dtype != np.dtype(m.dtype):
+            raise CorruptTileError(
+                f"Expected tile {(level, ty, tx)} of {self.path} to decode to {(m.bands, m.tile, m.tile)} {m.dtype}. "
+                f"Got {tile.shape} {tile.dtype} instead."
+            )
+        return tile
+
+    def read(
+        self,
+        window=None,
+        level: int = 0,
+        *,
+        bands: Sequence[int] | None = None,
+        decode_tile: Callable[[int, int, int], np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Pixels of ``window`` (``(slice(row0, row1), slice(col0, col1))``, None: all) at ``level``, decoding only the
+        tiles the window covers. ``bands``: 0-based band indices (None: all). ``decode_tile`` replaces
+        :meth:`decode_tile`, e.g. by a cached one."""
+        m = self.metadata
+        level = m.parse_level(level)
+        y0, y1, x0, x1 = parse_window(window, m.level_shape(level))
+        index = list(range(m.bands)) if bands is None else list(bands)
+        if not all(isinstance(b, (int, np.integer)) and 0 <= b < m.bands for b in index):
+            raise InvalidInputError(f"Expected band indices in 0..{m.bands - 1}. Got {bands!r} instead.")
+        get = decode_tile or self.decode_tile
+        out = np.empty((len(index), y1 - y0, x1 - x0), m.dtype)
+        t = m.tile
+        for ty in range(y0 // t, -(-y1 // t)):
+            for tx in range(x0 // t, -(-x1 // t)):
+                tile = get(level, ty, tx)
+                ya, yb = max(y0, ty * t), min(y1, (ty + 1) * t)
+                xa, xb = max(x0, tx * t), min(x1, (tx + 1) * t)
+                out[:, ya - y0 : yb - y0, xa - x0 : xb - x0] = tile[index, ya - ty * t : yb - ty * t, xa - tx * t : xb - tx * t]
+        return out
+
+
+def open(path) -> TecFile:  # noqa: A001  (rasterio.open-style entry point)
+    return TecFile(path)
+
+

@@ -1,0 +1,29 @@
+"""Validators of plain values shared by the codec config and the file formats.
+
+Each returns the parsed value or raises :class:`~tec_zarr.errors.InvalidInputError` with "Expected ... Got ...
+instead". Numbers are checked before any arithmetic, so 10**400 or NaN never reach a float conversion unchecked.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import InvalidInputError
+
+
+def is_real(value) -> bool:
+    """An int or float (never a bool) that is finite as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:  # an int beyond float's range
+        return False
+
+
+def parse_nodata(nodata: float | int | None) -> float | int | None:
+    if nodata is None:
+        return None
+    if not is_real(nodata):
+        raise InvalidInputError(f"Expected a finite number or None for nodata. Got {nodata!r} instead.")
+    return int(nodata) if float(nodata).is_integer() else float(nodata)

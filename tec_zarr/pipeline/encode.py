@@ -1,0 +1,111 @@
+"""Encode chunks: numpy in, TEC chunk bitstreams out.
+
+A chunk is a batch of (bands, H, W) images: any leading axes are flattened into the batch. Pixels equal to the
+nodata value are stored as a lossless mask and come back exactly; no other pixel decodes to the nodata value.
+
+``max_error=E`` adds a residual section (:mod:`tec_zarr.residual.bound`): every element then decodes within E of
+its value (E = 0: exactly). ``psnr=P`` picks, per chunk, the lowest quality whose decoded chunk reaches P dB
+(:func:`tec_zarr.metrics.psnr` over the whole chunk, in DN); where no level does, the level with the highest
+PSNR, with a :class:`~tec_zarr.errors.PsnrTargetWarning`.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from collections.abc import Iterable
+
+import numpy as np
+
+from .. import metrics
+from ..bitstream.chunk import ChunkHeader, ResidualSection, pack, pack_mask
+from ..errors import PsnrTargetWarning
+from ..models import Model, load_model
+from ..residual import bound
+from ..runtime.batching import run_stacked
+from .decode import decode_chunk
+from .prepare import PreparedChunk, prepare
+
+
+def encode_chunk(
+    array: np.ndarray,
+    *,
+    model: str | Model,
+    quality: int,
+    nodata: float | None = 0,
+    float_scale: float = 1e4,
+    max_error: float | None = None,
+    psnr: float | None = None,
+) -> bytes:
+    return encode_chunks(
+        [array], model=model, quality=quality, nodata=nodata, float_scale=float_scale, max_error=max_error, psnr=psnr
+    )[0]
+
+
+def encode_chunks(
+    arrays: Iterable[np.ndarray],
+    *,
+    model: str | Model,
+    quality: int,
+    nodata: float | None = 0,
+    float_scale: float = 1e4,
+    max_error: float | None = None,
+    psnr: float | None = None,
+) -> list[bytes]:
+    """:func:`encode_chunk` of each array, byte for byte, with one encoder run per stack of same-sized images.
+
+    Every chunk's images (leading axes flattened) whose padded shapes match are stacked into onnxruntime calls
+    of at most :data:`~tec_zarr.runtime.batching.MAX_BATCH_IMAGES` images; quantization, masks, residuals
+    (``max_error``), the ``psnr`` search and entropy coding stay per chunk. Memory grows with the chunks passed:
+    pass a codec pipeline's batch.
+    """
+    model = load_model(model) if isinstance(model, str) else model
+    # Every mode stacks: a nodata mask only changes the encoder's input, and max_error / psnr act on the latent.
+    chunks = [prepare(a, model, quality, nodata, float_scale, max_error, psnr) for a in arrays]
+    latents = run_stacked([(model.encoder, c.normalized) for c in chunks], exact=True)
+    out = []
+    for c, y in zip(chunks, latents, strict=True):
+        at = functools.partial(code, model, c, y, nodata, max_error)
+        out.append(at(quality) if psnr is None else _lowest_rate_reaching(at, c, psnr, model.qualities))
+    return out
+
+
+def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, quality: int) -> bytes:
+    """A prepared chunk's bitstream at ``quality``, from its encoder output ``y``."""
+    symbols = np.rint(y * model.gain[quality][None, :, None, None]).astype(np.int32)
+    residual: ResidualSection | None = None
+    if max_error is not None:
+        residual = bound.encode(chunk.images, chunk.valid, symbols, quality, model, chunk.scale, max_error, nodata)
+    header = ChunkHeader(
+        model=model.name,
+        model_hash=bytes.fromhex(model.sha256),
+        quality=quality,
+        dtype=chunk.array.dtype,
+        shape=tuple(chunk.array.shape),
+        pad=chunk.pad,
+        latent=tuple(symbols.shape[1:]),
+        nodata=None if nodata is None else float(nodata),
+        float_scale=chunk.scale,
+        residual=residual,
+    )
+    mask = pack_mask(chunk.mask) if chunk.mask is not None else None
+    return pack(header, mask, model.coder.encode(y, symbols, quality))
+
+
+def _lowest_rate_reaching(at, chunk: PreparedChunk, target: float, qualities: int) -> bytes:
+    """The first level (lowest rate) whose decoded chunk reaches ``target`` dB, else the best level seen."""
+    best = None
+    for q in range(qualities):
+        data = at(q)
+        reached = metrics.psnr(chunk.array, decode_chunk(data), scale=chunk.scale)
+        if reached >= target:
+            return data
+        if best is None or reached > best[0]:
+            best = (reached, data)
+    warnings.warn(
+        f"Expected a quality level reaching {target} dB on this chunk. Got at most {best[0]:.2f} dB instead: "
+        "wrote the chunk at its best level (use max_error= for a guaranteed bound).",
+        PsnrTargetWarning,
+        stacklevel=5,  # encode_chunks -> encode_chunk -> a codec's encode -> its caller
+    )
+    return best[1]

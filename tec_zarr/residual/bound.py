@@ -1,0 +1,153 @@
+"""Error-bounded and lossless chunks: the learned base plus a quantized residual, ``|x - decoded| <= max_error``.
+
+The base is :mod:`tec_zarr.integer.synthesis`'s integer transform of the chunk's latent symbols, so encoder and decoder
+agree on it bit for bit on any machine. The residual ``x - base`` is quantized and coded by
+:mod:`.hierarchical` (coder 2, context-modelled), or by :mod:`.tiled` (coder 1, memoryless
+tiles) where that is smaller, as it can be when nearly every residual rounds to 0. Per dtype (``E`` = max_error, in the array's own units):
+
+* uint16 / int16: residual steps of ``2 floor(E) + 1`` DN, ``q = sign(r) floor((|r| + E) / (2E + 1))``; the
+  decoded value is clipped to the dtype's range, which only moves it towards ``x``. ``E = 0`` is lossless.
+* float32, ``E > 0``: steps of ``2E (1 - 2**-12)`` in float64 (the margin absorbs the final rounding),
+  rounded once to float32 (mode 1). The encoder checks every
+  element against the bound with the decoder's own arithmetic; a chunk where float32 rounding would break it
+  (``E`` below the values' resolution) is coded exactly instead.
+* float32, ``E = 0`` (mode 2): bit-exact, through an order-preserving int32 view of the float32 bits; the
+  residual counts units in the last place.
+
+Nodata elements keep the package's lossless mask; other elements never decode to nodata. (For float32, -0.0
+equals a nodata of 0 and so reads back as 0.0; with ``nodata=None`` lossless float32 is bit-exact throughout.) Should that rule move
+an element past the bound (only possible with a nodata value inside the data's range), the chunk is coded
+exactly instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..bitstream.chunk import ChunkHeader, ResidualSection
+from ..bitstream.payload import tile_parameters
+from ..errors import CorruptChunkError, InvalidInputError
+from . import hierarchical, tiled
+
+MODE_INTEGER, MODE_FLOAT, MODE_FLOAT_EXACT = 0, 1, 2
+FLOAT_STEP_MARGIN = 1.0 - 2.0**-12
+CODER1_MIN_AREA = 64 * 64  # pixels per band from which coder 1 is tried only where coder 2 is very small
+_KEY_MAX = 0x7F7FFFFF  # key of float32's largest finite value; -_KEY_MAX - 1 is that of the most negative one
+
+
+def parse_bound(max_error: float, dtype: np.dtype) -> float:
+    if isinstance(max_error, bool) or not isinstance(max_error, (int, float)) or not 0 <= max_error < float("inf"):
+        raise InvalidInputError(f"Expected a finite max_error >= 0. Got {max_error!r} instead.")
+    # Integer steps beyond 2**17 DN already span any 16-bit range.
+    return float(min(np.floor(max_error), 1 << 17)) if dtype.kind in "iu" else float(max_error)
+
+
+def base_values(model, symbols: np.ndarray, quality: int, shape: tuple[int, int], dtype: np.dtype, scale: float):
+    """The base in data units: int64 clipped to the dtype's range, or float32 (DN / scale, rounded once)."""
+    h, w = shape
+    dn = model.int_synthesis(symbols, quality)[:, :, :h, :w]
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(dn, info.min, info.max)
+    return (dn.astype(np.float64) / scale).astype(np.float32)
+
+
+def _key(x: np.ndarray) -> np.ndarray:
+    bits = np.ascontiguousarray(x, np.float32).view(np.int32).astype(np.int64)
+    return np.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits)
+
+
+def _unkey(k: np.ndarray) -> np.ndarray:
+    k = np.clip(k, -_KEY_MAX - 1, _KEY_MAX)  # finite floats only, whatever the residual says
+    bits = np.where(k < 0, (-k - 1) | 0x80000000, k).astype(np.uint32)
+    return bits.view(np.float32)
+
+
+def quantize(x: np.ndarray, base: np.ndarray, mode: int, bound: float) -> np.ndarray:
+    if mode == MODE_INTEGER:
+        r = x.astype(np.int64) - base
+        return np.sign(r) * ((np.abs(r) + int(bound)) // (2 * int(bound) + 1))
+    if mode == MODE_FLOAT:
+        d = x.astype(np.float64) - base.astype(np.float64)
+        return np.floor(d / (2.0 * bound * FLOAT_STEP_MARGIN) + 0.5).astype(np.int64)
+    return _key(x) - _key(base)
+
+
+def reconstruct(base: np.ndarray, q: np.ndarray, mode: int, bound: float, dtype: np.dtype) -> np.ndarray:
+    """The decoder's arithmetic (the encoder runs it too, to check the bound)."""
+    if mode == MODE_INTEGER:
+        info = np.iinfo(dtype)
+        step = 2 * int(bound) + 1
+        return np.clip(base + np.clip(q, -(1 << 20), 1 << 20) * step, info.min, info.max).astype(dtype)
+    if mode == MODE_FLOAT:
+        return (base.astype(np.float64) + q.astype(np.float64) * (2.0 * bound * FLOAT_STEP_MARGIN)).astype(np.float32)
+    return _unkey(_key(base) + q)
+
+
+def encode(images, valid, symbols, quality, model, scale, max_error, nodata) -> ResidualSection:
+    """The residual section of a chunk whose images (B, C, H, W) must decode within ``max_error``."""
+    dtype = images.dtype
+    bound = parse_bound(max_error, dtype)
+    base = base_values(model, symbols, quality, images.shape[-2:], dtype, scale)
+    mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT if bound > 0 else MODE_FLOAT_EXACT
+    q = quantize(images, base, mode, bound)
+    decoded = avoid_nodata(reconstruct(base, q, mode, bound, dtype), nodata)
+    err = np.abs(decoded.astype(np.float64) - images.astype(np.float64))
+    if (err[valid] > bound).any():  # float32 rounding or the nodata rule broke the bound: code exactly instead
+        bound = 0.0
+        mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT_EXACT
+        q = quantize(images, base, mode, bound)
+    q = np.where(valid, q, 0)
+    anchor, step = residual_anchor(base, mode, bound)
+    params, payload = hierarchical.encode(q, valid, anchor, step)
+    v2 = ResidualSection(bound, mode, hierarchical.STRIDE, params, payload, coder=hierarchical.CODER)
+    # Coder 1's memoryless tiles can win where nearly every residual rounds to 0 (large bounds) or on small chunks:
+    # tried there only (coder 2 below a quarter bit per element, or under 64 x 64 per band), keeping the smaller.
+    size = len(v2.params) + len(v2.payload) + 1
+    if 32 * size > max(int(valid.sum()), 1) and images.shape[-1] * images.shape[-2] >= CODER1_MIN_AREA:
+        return v2
+    tiles = tiled.choose_parameters(q, valid)
+    v1 = ResidualSection(bound, mode, tiled.TILE, tiles.tobytes(), tiled.encode(q, valid, tiles))
+    return v2 if size <= len(v1.params) + len(v1.payload) else v1
+
+
+def residual_anchor(base: np.ndarray, mode: int, bound: float) -> tuple[np.ndarray | None, int]:
+    """Coder 2's integer view of the base (on the grid of ``q * step``) and the step; None where there is none."""
+    if mode == MODE_INTEGER:
+        return base.astype(np.int64), 2 * int(bound) + 1
+    if mode == MODE_FLOAT_EXACT:
+        return _key(base), 1
+    return None, 1
+
+
+def decode(header: ChunkHeader, symbols, model, valid) -> np.ndarray:
+    """Decoded images (B, C, H, W) in the header's dtype, before the nodata rule."""
+    res = header.residual
+    dtype = np.dtype(header.dtype)
+    expected = MODE_INTEGER if dtype.kind in "iu" else (MODE_FLOAT, MODE_FLOAT_EXACT)
+    if res.mode not in np.atleast_1d(expected) or (res.mode == MODE_FLOAT) != (dtype.kind == "f" and res.max_error > 0):
+        raise CorruptChunkError(f"Expected a residual mode matching dtype {dtype} and max_error. Got {res} instead.")
+    if not 0 <= header.quality < model.int_synthesis.qualities:
+        raise CorruptChunkError(f"Expected a base quality of model {model.name}. Got {header.quality} instead.")
+    base = base_values(model, symbols, header.quality, header.shape[-2:], dtype, header.float_scale)
+    if res.coder == hierarchical.CODER:
+        anchor, step = residual_anchor(base, res.mode, res.max_error)
+        q = hierarchical.decode(res.params, res.payload, valid, anchor, step, res.tile)
+        return reconstruct(base, q, res.mode, res.max_error, dtype)
+    q = tiled.decode(res.payload, valid, tile_parameters(res.params), res.tile)
+    return reconstruct(base, q, res.mode, res.max_error, dtype)
+
+
+def avoid_nodata(result: np.ndarray, nodata: float | None) -> np.ndarray:
+    """A valid element must never read back as nodata: move it one step away (the decoder's rule)."""
+    if nodata is None:
+        return result
+    value = np.asarray(nodata).astype(result.dtype)
+    collide = result == value
+    if collide.any():
+        result = result.copy()
+        if result.dtype.kind == "f":
+            result[collide] = np.nextafter(value, np.inf, dtype=result.dtype)
+        else:
+            result[collide] = value + (1 if value < np.iinfo(result.dtype).max else -1)
+    return result

@@ -1,0 +1,372 @@
+"""Error-bounded and lossless chunks (max_error=): the bound, residual coder 1 (tiles) and coder 2 (hierarchical),
+their shared integer tables, damaged residual sections, and golden bitstreams of both coders."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zlib
+from unittest import mock
+
+import numcodecs
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from common import FIXTURES, assert_bound, check_golden, golden_chunks, golden_id
+from tec_zarr import TEC, pipeline
+from tec_zarr.bitstream import chunk
+from tec_zarr.bitstream import payload as sections
+from tec_zarr.errors import BitstreamError, CorruptChunkError
+from tec_zarr.models import load_model
+from tec_zarr.residual import bound, hierarchical, tables, tiled
+
+MODEL = load_model("tec-fp")
+FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def roundtrip(a: np.ndarray, **kwargs) -> np.ndarray:
+    dec = pipeline.decode_chunk(pipeline.encode_chunk(a, model=MODEL, quality=kwargs.pop("quality", 2), **kwargs))
+    assert dec.dtype == a.dtype and dec.shape == a.shape
+    return dec
+
+
+# The bound, on random and real data, every dtype, odd sizes, nodata and saturated values.
+
+@FAST
+@given(
+    dtype=st.sampled_from(["uint16", "int16", "float32"]),
+    max_error=st.sampled_from([0, 1, 2, 5, 37]),
+    h=st.integers(1, 40),
+    w=st.integers(1, 40),
+    nodata=st.sampled_from([None, 0, 7]),
+    seed=st.integers(0, 2**16),
+)
+def test_bound_on_random_data(dtype, max_error, h, w, nodata, seed):
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    if dt.kind == "f":
+        a = (rng.random((12, h, w)) * rng.choice([1.0, 1e-3, 100.0])).astype(np.float32)
+        if nodata != 0:  # -0.0 equals a nodata of 0 and reads back as 0.0 (see test_lossless_every_dtype_real_data)
+            a.flat[:: max(1, a.size // 7)] = -0.0
+        limit = max_error * 1e-4  # reflectance units
+    else:
+        info = np.iinfo(dt)
+        a = rng.integers(info.min, info.max, (12, h, w), endpoint=True).astype(dt)
+        a.flat[::5] = info.max
+        a.flat[1::5] = info.min
+        limit = max_error
+    if nodata is not None:
+        a.flat[3::11] = nodata
+    dec = roundtrip(a, max_error=limit, nodata=nodata)
+    assert_bound(a, dec, limit)
+    if nodata is not None:
+        np.testing.assert_array_equal(dec == nodata, a == nodata)
+
+
+@FAST
+@given(max_error=st.sampled_from([0, 1, 3, 10, 100]), quality=st.integers(0, 4),
+       t=st.integers(0, 3), y=st.integers(0, 200), x=st.integers(0, 200), h=st.integers(5, 64), w=st.integers(5, 64))
+def test_bound_on_real_sentinel2(cube, max_error, quality, t, y, x, h, w):
+    a = np.ascontiguousarray(cube[t, :, y : y + h, x : x + w])  # edge chunks too: the crop may end at the border
+    a[:, :2, :3] = 0  # nodata
+    a[4, -1, -1] = 65535  # saturated
+    assert_bound(a, roundtrip(a, max_error=max_error, quality=quality), max_error)
+
+
+def test_lossless_every_dtype_real_data(cube):
+    a = np.ascontiguousarray(cube[:2, :, :37, :53])
+    np.testing.assert_array_equal(roundtrip(a, max_error=0), a)
+    signed = (a.astype(np.int32) - 3000).clip(-32768, 32767).astype(np.int16)
+    np.testing.assert_array_equal(roundtrip(signed, max_error=0, nodata=None), signed)
+    refl = (a / 1e4).astype(np.float32)
+    refl[0, 0, 0, 1] = -0.0
+    refl[0, 1, 0, 0] = np.float32(1e-42)  # subnormal
+    assert_bound(refl, roundtrip(refl, max_error=0, nodata=None), 0)
+    # With nodata 0, -0.0 equals nodata and reads back as nodata (0.0): equal, though not the same bits.
+    dec = roundtrip(refl, max_error=0)
+    assert dec[0, 0, 0, 1] == 0 and np.array_equal(dec, refl)
+
+
+def test_float32_bound_in_data_units(cube):
+    refl = np.ascontiguousarray(cube[1, :, :48, :48] / 1e4).astype(np.float32)
+    for limit in (1e-4, 2.5e-3):
+        dec = roundtrip(refl, max_error=limit)
+        assert_bound(refl, dec, limit)
+    dn = np.ascontiguousarray(cube[1, :, :48, :48]).astype(np.float32)
+    assert_bound(dn, roundtrip(dn, max_error=2.0, float_scale=1.0), 2.0)
+    # A bound below float32's resolution at these values: still kept, by coding the chunk exactly.
+    big = dn + np.float32(1e6)
+    assert_bound(big, roundtrip(big, max_error=1e-6, float_scale=1.0, nodata=None), 1e-6)
+
+
+def test_rate_falls_as_the_bound_grows(image):
+    a = np.ascontiguousarray(image[:, :96, :96])
+    sizes = [len(pipeline.encode_chunk(a, model=MODEL, quality=2, max_error=e)) for e in (0, 1, 5, 25, 100)]
+    assert sizes == sorted(sizes, reverse=True)
+
+
+def test_residual_tables_are_exact_integers():
+    for k in range(len(tables.THETAS)):
+        t = tables.table(k)
+        assert t.dtype == np.int64 and t.sum() == 1 << tables.PRECISION_BITS and (t > 0).all()
+    assert tables.table(0)[0] > tables.table(0)[1] and tables.table(23)[0] < tables.table(0)[0]
+    assert tables.TABLES == 2 * len(tables.THETAS) == len(tables.THETAS) + len(tables.SECH_THETAS)
+    for k in range(tables.TABLES):
+        t = tables.any_table(k)
+        assert t.dtype == np.int64 and t.size == tables.TABLE_LENGTH
+        assert t.sum() == 1 << tables.PRECISION_BITS and (t > 0).all()
+        if k < len(tables.THETAS):  # old indices keep their meaning
+            np.testing.assert_array_equal(t, tables.table(k))
+        else:  # decreasing, and flatter at the head than the geometric of the same mean
+            head = t[: np.argmax(t <= 1)] if (t <= 1).any() else t[:-1]
+            assert (np.diff(head) <= 0).all()
+            geometric = tables.table(k - len(tables.THETAS))
+            assert t[1] / t[0] >= geometric[1] / geometric[0]
+    # The tables are part of the format: pinned, so that no edit changes them unnoticed.
+    sech = np.concatenate([tables.any_table(k) for k in range(len(tables.THETAS), tables.TABLES)])
+    assert zlib.crc32(sech.astype("<i8").tobytes()) == SECH_TABLES_CRC32
+
+
+SECH_TABLES_CRC32 = 0xFEA5C0B2
+
+
+@pytest.mark.parametrize("k", [0, 23, 24, 31, 40, 47])
+def test_residual_coder2_each_table_round_trip(k):
+    """Symbols coded with either family (shifts, escapes up to 2**37, signs) decode exactly."""
+    import constriction
+
+    rng = np.random.default_rng(k)
+    n = 3000
+    s = rng.choice([0, 1, 5, 17], n)
+    high = np.where(rng.random(n) < 0.02, rng.integers(0, 2**20, n), rng.geometric(0.3, n) - 1)
+    e = (high << s) | (rng.integers(0, 2**17, n) & ((1 << s) - 1))
+    e[:3] = (0, 2**37, 95 << 5)
+    e *= rng.choice([-1, 1], n)
+    ks = np.stack([np.full(n, k), s], -1).astype(np.uint8)
+    enc = constriction.stream.queue.RangeEncoder()
+    tables.encode_symbols(enc, e, ks)
+    dec = constriction.stream.queue.RangeDecoder(enc.get_compressed())
+    np.testing.assert_array_equal(tables.decode_symbols(dec, ks), e)
+    assert dec.maybe_exhausted()
+
+
+def test_residual_second_reference(image):
+    """The optional block of second references: used on real chunks, decoded exactly, strict on damage."""
+    a = np.ascontiguousarray(image[:, :64, :64])
+    enc = TEC(max_error=0).encode(a)
+    np.testing.assert_array_equal(TEC().decode(enc), a)
+    header, mask, latent = chunk.unpack(enc)
+    raw = zlib.decompress(header.residual.params)
+    b, c = 1, a.shape[0]
+    expected = 3 * b * c + 2 * b * c * hierarchical.LEVELS * hierarchical.CLASSES
+    assert len(raw) == expected + 2 * b * c
+    second = np.frombuffer(raw[expected:], np.uint8).reshape(c, 2)
+    used = np.flatnonzero(second[:, 0] != hierarchical.NO_REF)
+    assert used.size and (second[used, 0] < used).all()
+
+    def refused(new: bytes) -> None:
+        bad = dataclasses.replace(header.residual, params=zlib.compress(new))
+        with pytest.raises(CorruptChunkError):
+            TEC().decode(chunk.pack(chunk.ChunkHeader(**{**header.__dict__, "residual": bad}), mask, latent))
+
+    band = int(used[0])
+    for ref2, gamma2 in ((band, 1), (hierarchical.NO_REF, 1), (int(second[band, 0]), 9), (int(second[band, 0]), 0xF7),
+                         (raw[3 * band + 1], 1)):  # itself, none with a gamma, gammas beyond +-8, the first reference
+        damaged = bytearray(raw)
+        damaged[expected + 2 * band : expected + 2 * band + 2] = bytes([ref2, gamma2])
+        refused(bytes(damaged))
+    refused(raw[:expected] + bytes([hierarchical.NO_REF, 0]) * c)  # a block naming no second reference
+    refused(raw + b"\0\0")
+    # Without the block, the same parameters are coder 2's original layout: decodable, other values (CRC).
+    bad = dataclasses.replace(header.residual, params=zlib.compress(raw[:expected]))
+    with pytest.raises(CorruptChunkError):
+        TEC().decode(chunk.pack(chunk.ChunkHeader(**{**header.__dict__, "residual": bad}), mask, latent))
+
+
+def test_residual_new_tables_used_and_refused_where_unknown(image):
+    """Real lossless chunks pick hyperbolic-secant tables; coder 1 (tiles) and out-of-range indices refuse them."""
+    a = np.ascontiguousarray(image[:, :64, :64])
+    enc = TEC(max_error=0).encode(a)
+    np.testing.assert_array_equal(TEC().decode(enc), a)
+    header, mask, latent = chunk.unpack(enc)
+    raw = bytearray(zlib.decompress(header.residual.params))
+    b, c = 1, a.shape[0]
+    chosen = np.frombuffer(bytes(raw[3 * b * c :]), np.uint8).reshape(-1, 2)
+    assert (chosen[:, 0] >= len(tables.THETAS)).any()
+    raw[3 * b * c] = tables.TABLES  # one past the last table
+    bad = dataclasses.replace(header.residual, params=zlib.compress(bytes(raw)))
+    with pytest.raises(CorruptChunkError):
+        TEC().decode(chunk.pack(chunk.ChunkHeader(**{**header.__dict__, "residual": bad}), mask, latent))
+    valid = np.ones((1, 1, 64, 64), bool)
+    with pytest.raises(CorruptChunkError):
+        tiled.decode(b"\0" * 8, valid, np.array([[len(tables.THETAS), 0]], np.uint8))
+
+
+# Damaged residuals raise the package's errors, never return wrong pixels.
+
+def _with_residual_payload(enc: bytes, payload: bytes) -> bytes:
+    header, mask, latent = chunk.unpack(enc)
+    res = header.residual
+    fake = dataclasses.replace(res, payload=payload)
+    return chunk.pack(chunk.ChunkHeader(**{**header.__dict__, "residual": fake}), mask, latent)
+
+
+def test_wrong_residual_payload_raises(image):
+    a = np.ascontiguousarray(image[:, :40, :40])
+    b = np.ascontiguousarray(image[:, 100:140, 100:140])
+    enc = TEC(max_error=1).encode(a)
+    other = chunk.unpack(TEC(max_error=1).encode(b))[0].residual.payload
+    payload = chunk.unpack(enc)[0].residual.payload
+    flipped = bytearray(payload)
+    flipped[len(flipped) // 2] ^= 0x10
+    for bad in (other, bytes(flipped), payload[:-4], payload + b"\0" * 4, b"", payload[:4] + b"\0" * 4):
+        with pytest.raises(BitstreamError):
+            TEC().decode(_with_residual_payload(enc, bad))  # header consistent, CRC recomputed
+
+
+def test_damaged_residual_section_raises(image):
+    enc = TEC(max_error=0).encode(np.ascontiguousarray(image[:, :24, :24]))
+    with pytest.raises(CorruptChunkError):  # the chunk CRC
+        TEC().decode(enc[:-30] + bytes([enc[-30] ^ 1]) + enc[-29:])
+    header, mask, latent = chunk.unpack(enc)
+    res = header.residual
+    assert res.coder == hierarchical.CODER
+    params = bytearray(zlib.decompress(res.params))
+    params[0] = hierarchical.NO_SPATIAL + 1  # alpha out of range
+    bad_ref = bytearray(zlib.decompress(res.params))
+    bad_ref[1] = 0  # band 0 cannot refer to band 0
+    for bad in (dataclasses.replace(res, mode=1),  # wrong mode
+                dataclasses.replace(res, params=res.params[:-2]), dataclasses.replace(res, params=b""),
+                dataclasses.replace(res, params=zlib.compress(bytes(params))),
+                dataclasses.replace(res, params=zlib.compress(bytes(bad_ref))),
+                dataclasses.replace(res, params=zlib.compress(zlib.decompress(res.params) + b"\0")),
+                dataclasses.replace(res, params=res.params + b"\0"), dataclasses.replace(res, tile=3),
+                dataclasses.replace(res, coder=1)):  # coder 2's data read as coder 1's
+        with pytest.raises(BitstreamError):
+            TEC().decode(chunk.pack(chunk.ChunkHeader(**{**header.__dict__, "residual": bad}), mask, latent))
+
+
+@FAST
+@given(h=st.integers(1, 23), w=st.integers(1, 23), b=st.integers(1, 2), c=st.integers(1, 4),
+       stride=st.sampled_from([1, 2, 8, 64]), scale=st.sampled_from([0, 1, 50, 10**6, 2**36]),
+       step=st.sampled_from([1, 3, 201]), anchored=st.booleans(), seed=st.integers(0, 2**16))
+def test_residual_coder2_round_trip(h, w, b, c, stride, scale, step, anchored, seed):
+    """Any residuals (escapes up to 2**37, masks, tiny and odd sizes, any stride) decode exactly."""
+    rng = np.random.default_rng(seed)
+    q = np.rint(rng.laplace(0, 1, (b, c, h, w)) * scale).astype(np.int64)
+    q.flat[:: 7] = rng.integers(-scale - 1, scale + 1, q.flat[::7].size)
+    valid = rng.random(q.shape) > 0.2
+    anchor = rng.integers(-(2**31), 2**31, q.shape) if anchored else None
+    params, payload = hierarchical.encode(q, valid, anchor, step, stride)
+    np.testing.assert_array_equal(hierarchical.decode(params, payload, valid, anchor, step, stride), np.where(valid, q, 0))
+
+
+def test_residual_coder2_beats_coder1(image):
+    """The context model: fewer bytes than coder 1's memoryless tiles, lossless and bounded."""
+    a = np.ascontiguousarray(image[:, :128, :128])
+    for e in (0, 5, 50):
+        enc = pipeline.encode_chunk(a, model=MODEL, quality=0, max_error=e)
+        header, _, payload = chunk.unpack(enc)
+        symbols = MODEL.coder.decode(payload, 0, (header.batch,) + header.latent)
+        base = bound.base_values(MODEL, symbols, 0, a.shape[-2:], a.dtype, 1.0)
+        q = bound.quantize(a[None], base, bound.MODE_INTEGER, e)
+        valid = a[None] != 0
+        q = np.where(valid, q, 0)
+        old = tiled.encode(q, valid, tiled.choose_parameters(q, valid))
+        new = header.residual
+        assert len(new.params) + len(new.payload) < 0.9 * (len(old) + 2 * q.size // tiled.TILE**2)
+
+
+def test_golden_bounded_bitstreams_coder1():
+    """Chunks written by residual coder 1 (tec_zarr < coder 2) still decode to the same bits. Never regenerated."""
+    for name, n in (("lossless", 1), ("max-error-7", 2)):
+        d = FIXTURES / "tec_zarr.tec" / name
+        codec = numcodecs.get_codec(json.loads((d / "config.json").read_text()))
+        files = sorted(d.glob("encoded.*.dat"))
+        assert len(files) == n
+        for i, f in enumerate(files):
+            enc = f.read_bytes()
+            assert enc[4] == chunk.RESIDUAL_V1_FORMAT_VERSION and chunk.unpack(enc)[0].residual.coder == 1
+            np.testing.assert_array_equal(codec.decode(enc), np.load(d / f"decoded.{i:02d}.npy"))
+
+
+def test_golden_bounded_bitstreams(cube):
+    """The integer synthesis makes these exact on any machine: stored chunks decode to the same bits."""
+    a = np.ascontiguousarray(cube[0, :, 10:43, 20:61])
+    a[:, :3, :4] = 0
+    # Written at base quality 2 (the default before bounded chunks defaulted to 0): the configs name it.
+    check_golden(TEC(quality=2, max_error=0), [a], "lossless-coder2", max_abs_error=0)
+    check_golden(TEC(quality=1, max_error=7), [a, a.astype(np.int16)], "max-error-7-coder2", max_abs_error=0)
+    refl = (a / 1e4).astype(np.float32)
+    check_golden(TEC(quality=2, max_error=0, nodata=None), [refl], "float32-lossless-coder2", max_abs_error=0)
+    # Written after the hyperbolic-secant tables and the second references were added: a chunk that uses both.
+    b = np.ascontiguousarray(cube[2, :, 100:164, 60:124])
+    check_golden(TEC(quality=2, max_error=0), [b], "lossless-coder2-sech", max_abs_error=0)
+    sech = FIXTURES / "tec_zarr.tec" / "lossless-coder2-sech" / "encoded.00.dat"
+    res = chunk.unpack(sech.read_bytes())[0].residual
+    raw = np.frombuffer(zlib.decompress(res.params), np.uint8)
+    expected = 3 * 12 + 2 * 12 * hierarchical.LEVELS * hierarchical.CLASSES
+    assert raw.size == expected + 2 * 12 and (raw[3 * 12 : expected : 2] >= len(tables.THETAS)).any()
+    for f in (FIXTURES / "tec_zarr.tec").glob("*-coder2/encoded.*.dat"):
+        assert chunk.unpack(f.read_bytes())[0].residual.coder == 2
+
+
+# Encoder goldens: the integer-exact half of the residual encoder.
+
+RESIDUAL_GOLDENS = [f for f in golden_chunks() if chunk.unpack(f.read_bytes())[0].residual is not None]
+
+
+def _residual_of(path):
+    """A golden chunk's residual section, nodata mask, base quantities, and the residuals decoded from it."""
+    header, mask_bytes, payload = chunk.unpack(path.read_bytes())
+    model = load_model(header.model)
+    symbols = model.coder.decode(payload, header.quality, (header.batch,) + header.latent)
+    c, h, w = header.shape[-3:]
+    if mask_bytes is None:
+        valid = np.ones((header.batch, c, h, w), bool)
+    else:
+        valid = ~chunk.unpack_mask(mask_bytes, (header.batch, c, h, w))
+    res = header.residual
+    base = bound.base_values(model, symbols, header.quality, (h, w), np.dtype(header.dtype), header.float_scale)
+    anchor, step = bound.residual_anchor(base, res.mode, res.max_error)
+    if res.coder == tiled.CODER:
+        q = tiled.decode(res.payload, valid, sections.tile_parameters(res.params), res.tile)
+    else:
+        q = hierarchical.decode(res.params, res.payload, valid, anchor, step, res.tile)
+    return res, valid, anchor, step, q
+
+
+@pytest.mark.parametrize("path", RESIDUAL_GOLDENS, ids=golden_id)
+def test_residual_encoder_goldens(path):
+    """Re-encoding a golden chunk's decoded residuals with its stored parameters gives its stored bytes.
+
+    The decision: the float analysis transform (onnxruntime) may round differently on other CPUs, so whole-chunk
+    encoding is deterministic per machine only; everything after the latent symbols is integer-exact (the integer
+    synthesis base, quantization, prediction, contexts, range coding) and pinned here byte for byte. The encoders'
+    parameter *choices* are estimates in floating point (coder 1: per-tile costs; coder 2: least-squares predictor
+    weights and table costs), so they are pinned to the stored ones: coder 2's own choice reproduces none of the
+    stored chunks on this machine (the older fixtures predate its current predictor search), and is checked to round
+    trip instead. Coder 2's parameters compare inflated: zlib builds may deflate the same bytes differently.
+    """
+    res, valid, anchor, step, q = _residual_of(path)
+    if res.coder == tiled.CODER:
+        assert tiled.encode(q, valid, sections.tile_parameters(res.params), res.tile) == res.payload
+        own = tiled.choose_parameters(q, valid, res.tile)  # the encoder's own choice
+        np.testing.assert_array_equal(tiled.decode(tiled.encode(q, valid, own, res.tile), valid, own, res.tile), q)
+        return
+    b, c = valid.shape[:2]
+    alpha, ref, gamma, stored_tables, ref2, gamma2 = hierarchical._read_params(res.params, b, c)
+    with mock.patch.object(hierarchical, "choose_predictors", lambda *args: (alpha, ref, gamma, ref2, gamma2)), \
+            mock.patch.object(hierarchical, "choose_tables", lambda *args: stored_tables.astype(np.uint8)):
+        params, payload = hierarchical.encode(q, valid, anchor, step, res.tile)
+    assert zlib.decompress(params) == zlib.decompress(res.params)
+    assert payload == res.payload
+    params, payload = hierarchical.encode(q, valid, anchor, step, res.tile)  # the encoder's own choice
+    np.testing.assert_array_equal(hierarchical.decode(params, payload, valid, anchor, step, res.tile), q)
+
+
+def test_residual_encoder_goldens_cover_both_coders():
+    coders = {chunk.unpack(f.read_bytes())[0].residual.coder for f in RESIDUAL_GOLDENS}
+    assert coders == {tiled.CODER, hierarchical.CODER}
