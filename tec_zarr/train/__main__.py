@@ -32,8 +32,7 @@ class Trainer:
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-        images = data.load_images(Path(args.data))
-        train_images, val_images = data.split(images)
+        train_images, val_images = self.load_data()
         self.val = torch.from_numpy(data.validation_crops(val_images))
         ckpt_path = self.out / "checkpoint.pt"
         source = ckpt_path if ckpt_path.exists() else (Path(args.init) if args.init else None)
@@ -47,7 +46,7 @@ class Trainer:
                                    linear_path=not args.no_linear_path)
             self.mean, self.std = data.band_statistics(train_images)
             self.train_names = [im.name for im in train_images]
-        self.sampler = data.CropSampler(train_images, args.crop, seed=args.seed)
+        self.sampler = self.make_sampler(train_images)
         self.model = TECFactorized(self.cfg).to(self.device)
         # The linear path starts as a KLT (orthonormal, entries ~0.07): Adam at the transforms' rate would wreck it in
         # a few dozen steps, so it fine-tunes at its own, smaller rate.
@@ -74,6 +73,20 @@ class Trainer:
         self._std_t = torch.from_numpy(self.std)[None, :, None, None].to(self.device)
         self.lambdas = torch.tensor(self.cfg.lambdas, device=self.device)
 
+    def load_data(self) -> tuple[list[data.Image], list[data.Image]]:
+        """(training images, validation images); a subclass may choose others."""
+        return data.split(data.load_images(Path(self.args.data)))
+
+    def make_sampler(self, train_images: list[data.Image]):
+        """Anything with ``batch(n)`` (an array or tensor), ``state()`` and ``restore(state)``."""
+        return data.CropSampler(train_images, self.args.crop, seed=self.args.seed)
+
+    def next_batch(self) -> torch.Tensor:
+        return torch.as_tensor(self.sampler.batch(self.args.batch)).to(self.device)
+
+    def lr_scale(self) -> float:
+        return loop.step_scale(self.step, self.args.steps, first_drop=0.75)
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self._mean_t) / self._std_t
 
@@ -81,7 +94,7 @@ class Trainer:
         return x * self._std_t + self._mean_t
 
     def train_step(self) -> dict:
-        x = torch.from_numpy(self.sampler.batch(self.args.batch)).to(self.device)
+        x = self.next_batch()
         q = torch.randint(len(self.cfg.lambdas), (x.shape[0],), device=self.device)
         out = self.model(self.normalize(x), q)
         x_hat = self.denormalize(out["x_hat"])
@@ -92,7 +105,7 @@ class Trainer:
         self.opt_entropy.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        scale = loop.step_scale(self.step, self.args.steps, first_drop=0.75)
+        scale = self.lr_scale()
         for group in self.opt_transform.param_groups:
             group["lr"] = group["base_lr"] * scale
         for group in self.opt_entropy.param_groups:
@@ -101,14 +114,19 @@ class Trainer:
         self.opt_entropy.step()
         with torch.no_grad():
             psnr = psnr_db(x, x_hat)
-        return {"loss": loss.item(), "q": q.cpu().numpy(), "bpp": bpp.detach().cpu().numpy(), "psnr": psnr.cpu().numpy()}
+        # Tensors, not numbers: reading them back here would make a GPU wait for every step; summarize does it.
+        return {"loss": loss.detach(), "q": q, "bpp": bpp.detach(), "psnr": psnr}
+
+    def validate(self) -> list[dict]:
+        return self.evaluate(self.val)
 
     @torch.no_grad()
-    def validate(self) -> list[dict]:
-        """Rate from the discrete likelihood of the rounded latents, distortion from the real reconstruction."""
+    def evaluate(self, x: torch.Tensor) -> list[dict]:
+        """Per quality, mean bpp and PSNR over the images ``x`` (N, 12, H, W reflectance): rate from the discrete
+        likelihood of the rounded latents, distortion from the real reconstruction."""
         self.model.eval()
         rows = []
-        x = self.val.to(self.device)
+        x = x.to(self.device)
         y = self.model.analyse(self.normalize(x))
         for q in range(len(self.cfg.lambdas)):
             sym = torch.round(y * self.model.gain[q][None, :, None, None])
@@ -140,14 +158,17 @@ class Trainer:
         }
 
     def summarize(self, records: list[dict]) -> dict:
+        records = [{k: torch.as_tensor(v).detach().cpu().numpy() for k, v in r.items()} for r in records]
         return {"loss": round(float(np.mean([r["loss"] for r in records])), 5),
                 "train": loop.per_quality(records, {"bpp": 4, "psnr": 3})}
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m tec_zarr.train", description=__doc__,
+def argument_parser(prog: str = "python -m tec_zarr.train", description: str | None = __doc__):
+    """The trainer's options; ``burst`` adds its own to the same parser."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default=str(DEFAULT_DATA), help="shared Sentinel-2 data folder")
+    p.add_argument("--data", default=str(DEFAULT_DATA),
+                   help="shared Sentinel-2 data folder, or a .npz packed by scripts/pack_training_data.py")
     p.add_argument("--out", required=True, help="run directory (checkpoint.pt, log.jsonl)")
     p.add_argument("--init", help="start from this checkpoint when the run directory has none")
     p.add_argument("--resume-optimizer", action="store_true", help="with --init, also restore optimizer state")
@@ -166,7 +187,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return argument_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

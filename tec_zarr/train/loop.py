@@ -1,8 +1,9 @@
 """What every trainer shares: the step loop, its JSON log, atomic checkpoints, the learning-rate steps, pausing.
 
-A trainer has ``args`` (steps, log_every, val_every, optional save_every_s), ``out`` (the run directory),
-``step``, and the methods ``train_step() -> dict``, ``summarize(records) -> dict``, ``validate() -> list`` and
-``checkpoint() -> dict``.
+A trainer has ``args`` (steps, log_every, val_every; optional save_every_s, val_every_s and deadline), ``out``
+(the run directory), ``step``, and the methods ``train_step() -> dict``, ``summarize(records) -> dict``,
+``validate() -> list`` and ``checkpoint() -> dict``; optionally ``validate_more() -> dict``, whose entries are
+logged beside ``validation``.
 """
 
 from __future__ import annotations
@@ -47,11 +48,17 @@ def save_checkpoint(checkpoint: dict, out: Path) -> None:
 
 def run(trainer) -> None:
     """Train to ``args.steps``: log every ``log_every`` steps, validate and save every ``val_every`` steps and at
-    the end, and also save every ``save_every_s`` seconds where the trainer has that argument."""
+    the end, and also save every ``save_every_s`` seconds where the trainer has that argument. Where the trainer's
+    args have them, also validate every ``val_every_s`` seconds, and stop (validated and saved) once the clock
+    passes ``deadline`` (a ``time.time()`` value), after at least one step, so that every run makes progress."""
     args, out = trainer.args, trainer.out
     save_every_s = getattr(args, "save_every_s", None)
+    val_every_s = getattr(args, "val_every_s", None)
+    deadline = getattr(args, "deadline", None)
     records: list[dict] = []
-    t0 = last_save = time.time()
+    t0 = last_save = last_val = time.time()
+    validated_at = None
+    first = trainer.step
 
     def save() -> None:
         nonlocal last_save
@@ -65,16 +72,29 @@ def run(trainer) -> None:
             log.flush()
             print(json.dumps(record), flush=True)
 
+        def validate_and_save() -> None:
+            nonlocal last_val, validated_at
+            record = {"step": trainer.step, "validation": trainer.validate()}
+            if hasattr(trainer, "validate_more"):
+                record.update(trainer.validate_more())
+            write(record)
+            save()
+            last_val, validated_at = time.time(), trainer.step
+
         while trainer.step < args.steps:
+            if deadline is not None and trainer.step > first and time.time() >= deadline:
+                if validated_at != trainer.step:
+                    validate_and_save()
+                break
             wait_while_paused()
             records.append(trainer.train_step())
             trainer.step += 1
             if trainer.step % args.log_every == 0:
                 write({"step": trainer.step, "seconds": round(time.time() - t0, 1), **trainer.summarize(records)})
                 records.clear()
-            if trainer.step % args.val_every == 0 or trainer.step == args.steps:
-                write({"step": trainer.step, "validation": trainer.validate()})
-                save()
+            if (trainer.step % args.val_every == 0 or trainer.step == args.steps
+                    or (val_every_s and time.time() - last_val > val_every_s)):
+                validate_and_save()
             elif save_every_s and time.time() - last_save > save_every_s:
                 save()
     save()

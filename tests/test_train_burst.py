@@ -1,0 +1,141 @@
+"""The burst trainer: packed data, robust augmentation, a clock-bounded run that either trainer resumes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from tec_zarr.train import __main__ as train_main  # noqa: E402
+from tec_zarr.train import burst, data, pack, robust  # noqa: E402
+
+pytestmark = pytest.mark.train
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+TINY = ["--init", "", "--channels", "8", "--latent-channels", "16", "--stages", "2", "--crop", "32", "--batch", "2",
+        "--threads", "1", "--device", "cpu", "--log-every", "2"]
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory) -> Path:
+    """A small pack of real images from shared/data: two training images (one with replicated 20 m / 60 m bands),
+    two validation crops and one desert crop, all cut small so the test stays quick."""
+    if not (SHARED_DATA / data.SEASONAL).is_dir():
+        pytest.skip("no shared/data beside the repository")
+    pytest.importorskip("rasterio")
+    images = data.load_images(SHARED_DATA)
+    train, val = data.split(images)
+    seasonal = next(im for im in train if im.name.startswith("ssl4eos12_val_"))
+    replicated = next(im for im in train if im.place.startswith("T24"))  # SSL4EO L1C: nearest-upsampled bands
+    train = [data.Image(im.name, im.place, im.reflectance[:, :96, :96]) for im in (seasonal, replicated)]
+    val = [data.Image(im.name, im.place, im.reflectance[:, :64, :64]) for im in (val[0], val[-1])]
+    desert = next(im for im in images if im.place == data.OUT_OF_SOURCE_PLACE)
+    path = tmp_path_factory.mktemp("pack") / "burst-data.npz"
+    pack.write(path, data.packed_entries(train, val, desert.reflectance[None, :, :64, :64], size=64))
+    return path
+
+
+def test_pack_round_trip_is_lossless(packed):
+    rng = np.random.default_rng(1)
+    dn = rng.integers(0, 65536, size=(12, 17, 23), dtype=np.uint16)
+    dn[:, 0, 0], dn[:, -1, -1] = 0, 65535
+    blob, refs, gains = pack.encode_dn(dn)
+    np.testing.assert_array_equal(pack.decode_dn(blob, dn.shape, refs, gains), dn)
+    smooth = np.cumsum(rng.integers(0, 40, size=(12, 31, 29)), axis=2).astype(np.uint16)
+    blob, refs, gains = pack.encode_dn(smooth, step=2)
+    assert np.abs(pack.decode_dn(blob, smooth.shape, refs, gains, step=2).astype(int) - smooth).max() <= 1
+
+    train, val = data.split(data.load_images(packed))
+    assert len(train) == 2 and len(val) == 2 and all(im.reflectance.dtype == np.float32 for im in train)
+    assert data.out_of_source_crops(packed, 64).shape == (1, 12, 64, 64)
+
+
+def _blocks_constant(x: torch.Tensor, bands, factor: int, phase: int) -> float:
+    """Largest spread inside the whole ``factor`` blocks (grid starting ``phase`` before the first pixel)."""
+    start = (factor - phase) % factor
+    part = x[:, list(bands), start:, start:]
+    n = part.shape[-1] // factor
+    part = part[..., : n * factor, : n * factor].reshape(*part.shape[:2], n, factor, n, factor)
+    return float((part.amax(dim=(3, 5)) - part.amin(dim=(3, 5))).max())
+
+
+def test_augmentations_keep_shape_and_values(packed):
+    train, val = data.split(data.load_images(packed))
+    cfg = robust.AugmentConfig(p_resample=0.9, p_gain=0.5, p_haze=0.5, p_bright=0.5, p_nodata=0.3)
+    sampler = robust.DeviceSampler(train, 48, seed=3, device="cpu", augment=cfg, fill=np.full(12, 0.1, np.float32))
+    state = sampler.state()
+    x = sampler.batch(16)
+    assert x.dtype == torch.float32 and x.shape == (16, 12, 48, 48)
+    assert torch.isfinite(x).all() and x.min() >= 0 and x.max() <= robust.MAX_REFLECTANCE + 1e-6
+    assert torch.allclose(x * 1e4, torch.round(x * 1e4), atol=2e-3)  # whole DN, up to float32 rounding
+    sampler.restore(state)
+    assert torch.equal(sampler.batch(16), x)  # resumable: the Generator's state decides everything
+
+    # Without augmentation the device sampler cuts exactly CropSampler's crops.
+    plain = robust.DeviceSampler(train, 48, seed=5, device="cpu")
+    np.testing.assert_array_equal(plain.batch(4).numpy(), data.CropSampler(train, 48, seed=5).batch(4))
+
+    crops = torch.from_numpy(data.validation_crops(val, 64))
+    near = robust.remade(crops, "nearest")
+    assert near.shape == crops.shape and near.dtype == crops.dtype and torch.isfinite(near).all()
+    assert _blocks_constant(near, robust.BANDS_20M, 2, 0) == 0.0
+    assert _blocks_constant(near, robust.BANDS_60M, 6, 0) == 0.0
+    assert torch.equal(near[:, [1, 2, 3, 7]], crops[:, [1, 2, 3, 7]])  # 10 m bands untouched
+    assert _blocks_constant(robust.remade(crops, "bilinear"), robust.BANDS_20M, 2, 0) > 0
+    # random phases: blocks on the shifted grid, the 20 m grid inside the 60 m one
+    r = robust.Resampler("cpu")
+    for phase in (1, 4):
+        y = r(crops, np.zeros(len(crops), int), np.full(len(crops), phase), np.full(len(crops), phase))
+        assert _blocks_constant(y, robust.BANDS_20M, 2, phase % 2) < 1e-6
+        assert _blocks_constant(y, robust.BANDS_60M, 6, phase) < 1e-6
+
+
+def test_burst_runs_on_the_clock_and_both_trainers_resume(packed, tmp_path):
+    out = tmp_path / "burst"
+    # a budget spent before the first step: the run still takes one step, then validates and saves
+    assert burst.main(["--data", str(packed), "--out", str(out), "--minutes", "0.001", *TINY]) == 0
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert lines[0]["initial"] and lines[0]["step"] == 0  # the starting weights, validated before any step
+    val = [x for x in lines if "validation" in x][-1]
+    assert set(val["out_of_source"]) == {"nearest", "bilinear", "desert"}
+    for rows in [val["validation"], *val["out_of_source"].values()]:
+        assert len(rows) == 5 and all(np.isfinite(r["bpp"]) and np.isfinite(r["psnr"]) for r in rows)
+    first = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert first["step"] > 0 and first["augment"]["p_resample"] > 0
+
+    # the plain trainer continues the burst's run directory on CPU ...
+    argv = ["--data", str(packed), "--out", str(out), "--steps", str(first["step"] + 2), "--crop", "32", "--batch",
+            "2", "--threads", "1", "--device", "cpu", "--val-every", "1000"]
+    assert train_main.main(argv) == 0
+    second = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert second["step"] == first["step"] + 2
+    # ... and so does the burst
+    assert burst.main(["--data", str(packed), "--out", str(out), "--minutes", "0.001", *TINY[2:]]) == 0
+    assert torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["step"] > second["step"]
+
+
+def test_burst_script_needs_no_codec_runtime(packed, tmp_path):
+    """scripts/burst.py runs the trainer without the package's __init__: no onnx, onnxruntime or rasterio."""
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = sys.argv[1:]\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in\n"
+        "               ('onnx', 'onnxruntime', 'rasterio', 'numcodecs', 'zarr', 'constriction'))\n"
+        "print('HEAVY', heavy)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(REPO / "scripts" / "burst.py"), "--data", str(packed),
+                          "--out", str(tmp_path / "run"), "--minutes", "0.001", *TINY],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "HEAVY []" in res.stdout
