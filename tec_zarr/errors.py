@@ -35,6 +35,11 @@ class CorruptChunkError(BitstreamError):
     """The chunk's CRC32 does not match, or its header is inconsistent."""
 
 
+class ChunkShapeError(CorruptChunkError):
+    """A chunk declaring another shape than the caller expects, or, with no expectation, more elements than
+    ``TEC_ZARR_MAX_CHUNK_ELEMENTS``: refused before anything is decoded."""
+
+
 class ModelMismatchError(BitstreamError):
     """The chunk was written by a different model (name or weights) than the one available."""
 

@@ -159,5 +159,19 @@ def golden_chunks() -> list[Path]:
     return sorted((FIXTURES / "tec_zarr.tec").glob("*/encoded.*.dat"))
 
 
+def golden_skip(data: bytes):
+    """The latents a golden chunk's encoder left out (version 4), None for older chunks."""
+    from tec_zarr.bitstream.chunk import unpack_mask, unpack_sections
+    from tec_zarr.models import load_model
+    from tec_zarr.pipeline.decode import skipped_latents
+
+    s = unpack_sections(data)
+    h = s.header
+    shape = (h.batch,) + tuple(h.shape[-3:])
+    mask = unpack_mask(s.mask, shape) if s.mask is not None else None
+    nan = unpack_mask(s.nan_mask, shape) if s.nan_mask is not None else None
+    return skipped_latents(h, mask, nan, load_model(h.model).latent_stride)
+
+
 def golden_id(path: Path) -> str:
     return f"{path.parent.name}/{path.stem}"

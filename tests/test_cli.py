@@ -38,6 +38,10 @@ def test_compress_geotiff_then_info(geotiff, tmp_path, capsys, zarr_format):
     assert metrics.psnr(a, back) > 37.5  # measured 38.8 dB at quality 1
     assert list(ds.band.values)[-1] == "B12"
     assert ds.x.values[0] == 600005.0 and ds.y.values[0] == 4129995.0
+    # CF georeferencing: rioxarray finds the CRS and transform through the grid-mapping variable
+    rioxarray = pytest.importorskip("rioxarray")  # noqa: F841 (registers .rio)
+    assert ds["reflectance"].rio.crs.to_epsg() == 32610
+    assert ds["reflectance"].rio.transform().to_gdal() == (600000.0, 10.0, 0.0, 4130000.0, 0.0, -10.0)
     assert "32610" in ds.attrs["crs"]
     capsys.readouterr()
     assert cli.main(["info", str(out)]) == 0
@@ -88,3 +92,49 @@ def test_entry_points_reach_main():
     assert script.load() is cli.main and sys.modules["tec_zarr.cli.commands"].main is cli.main
     res = subprocess.run([sys.executable, "-m", "tec_zarr", "models"], capture_output=True, text=True)
     assert res.returncode == 0 and "tec-fp" in res.stdout
+
+
+def _write_bands(path, data, names):
+    from rasterio.transform import from_origin
+
+    with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=len(data),
+                       dtype="uint16", crs="EPSG:32610", transform=from_origin(600000, 4130000, 10, 10)) as dst:
+        dst.write(data)
+        for i, name in enumerate(names):
+            dst.set_band_description(i + 1, name)
+
+
+def test_compress_reorders_named_bands(geotiff, tmp_path):
+    """A GeoTIFF whose bands are described in another order is stored in the model's order, not coded as is."""
+    from tec_zarr.bands import S2_L2A_BANDS
+
+    _, a = geotiff
+    reversed_tif = tmp_path / "reversed.tif"
+    _write_bands(reversed_tif, a[::-1], S2_L2A_BANDS[::-1])
+    assert cli.main(["compress", str(reversed_tif), str(tmp_path / "r.zarr"), "--quality", "2"]) == 0
+    assert cli.main(["compress", str(reversed_tif), str(tmp_path / "r.tec"), "--quality", "2"]) == 0
+    ds = xr.open_zarr(tmp_path / "r.zarr")
+    assert list(ds.band.values) == list(S2_L2A_BANDS)
+    assert metrics.psnr(a, ds["reflectance"].values) > 41.5  # the right order codes as well as the original
+    from tec_zarr import tecfile
+
+    with tecfile.open(tmp_path / "r.tec") as f:
+        assert f.metadata.band_names == S2_L2A_BANDS
+        assert metrics.psnr(a, f.read()) > 41.5
+
+
+def test_compress_refuses_l1c_and_unknown_bands(geotiff, tmp_path, capsys):
+    from tec_zarr.bands import S2_L2A_BANDS
+
+    _, a = geotiff
+    l1c = tmp_path / "l1c.tif"
+    names = list(S2_L2A_BANDS[:10]) + ["B10"] + list(S2_L2A_BANDS[10:])
+    _write_bands(l1c, np.concatenate([a[:10], a[9:10], a[10:]]), names)
+    assert cli.main(["compress", str(l1c), str(tmp_path / "l1c.zarr")]) != 0
+    err = capsys.readouterr().err
+    assert "L1C" in err and "gdal_translate -b 1 -b 2 -b 3 -b 4 -b 5 -b 6 -b 7 -b 8 -b 9 -b 10 -b 12 -b 13" in err
+    assert err.count("\n") == 1 and err.startswith("tec: error:")
+    odd = tmp_path / "odd.tif"
+    _write_bands(odd, a, ["B01"] * 12)
+    assert cli.main(["compress", str(odd), str(tmp_path / "odd.tec")]) != 0
+    assert "Expected the bands B01 B02" in capsys.readouterr().err

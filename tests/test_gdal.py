@@ -90,6 +90,32 @@ def test_rasterio_reads_overviews(scene):
         np.testing.assert_array_equal(ds.read(), levels[2])
 
 
+def near(got: np.ndarray, image: np.ndarray) -> bool:
+    """Whether every pixel of ``got`` is one of the 3 x 3 pixels of ``image`` around its nearest-neighbour source:
+    nearest resampling, whatever rounding GDAL or the pixel function used at the pixel borders."""
+    rows = np.floor((np.arange(got.shape[1]) + 0.5) * image.shape[1] / got.shape[1]).astype(int)
+    cols = np.floor((np.arange(got.shape[2]) + 0.5) * image.shape[2] / got.shape[2]).astype(int)
+    found = np.zeros(got.shape, bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            r = np.clip(rows + dy, 0, image.shape[1] - 1)
+            c = np.clip(cols + dx, 0, image.shape[2] - 1)
+            found |= got == image[:, r][:, :, c]
+    return bool(found.all())
+
+
+@pytest.mark.parametrize("shape", [(150, 112), (199, 149), (101, 77), (74, 55), (37, 28), (13, 9), (260, 190)])
+def test_rasterio_reads_at_any_size(scene, shape):
+    """Sizes between (or beyond) the levels, as QGIS asks when zoomed: nearest pixels of one level."""
+    path, levels = scene
+    with gdal.open(path) as ds:
+        got = ds.read(out_shape=(12, *shape))
+    assert got.shape == (12, *shape)
+    assert any(near(got, image) for image in levels.values())
+    if shape[0] >= 150:  # well finer than overview 1 (GDAL takes an overview up to a little finer than asked)
+        assert near(got, levels[0])
+
+
 def test_corrupt_tile_is_a_read_error(tmp_path, scene):
     path, levels = scene
     bad = tmp_path / "bad.tec"
@@ -163,6 +189,11 @@ def test_gdal_translate_and_stats_read_the_pixels(scene):
     out = gdal_cli("gdal_translate", "-q", "-outsize", "75", "100", sidecar.name, "ov.tif", cwd=path.parent)
     with rasterio.open(path.parent / "ov.tif") as ds:
         np.testing.assert_array_equal(ds.read(), levels[1])
+    out = gdal_cli("gdal_translate", "-q", "-outsize", "37%", "37%", sidecar.name, "p37.tif", cwd=path.parent)
+    assert out.returncode == 0, out.stderr
+    with rasterio.open(path.parent / "p37.tif") as ds:  # 74 x 55: nearest pixels of overview 1 (100 x 75)
+        assert ds.shape == (74, 55)
+        assert near(ds.read(), levels[1])
     out = gdal_cli("gdalinfo", "-stats", sidecar.name, cwd=path.parent)
     assert out.returncode == 0 and "STATISTICS_MEAN" in out.stdout, out.stderr
     assert sha256(path) == before  # GDAL rewrites the VRT sidecar, never the .tec

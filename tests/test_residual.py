@@ -14,7 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from common import FIXTURES, assert_bound, check_golden, golden_chunks, golden_id
+from common import FIXTURES, assert_bound, check_golden, golden_chunks, golden_id, golden_skip
+from tec_zarr.entropy.rangecoder import PayloadBudget
 from tec_zarr import TEC, pipeline
 from tec_zarr.bitstream import chunk
 from tec_zarr.bitstream import payload as sections
@@ -147,9 +148,13 @@ def test_residual_coder2_each_table_round_trip(k):
     ks = np.stack([np.full(n, k), s], -1).astype(np.uint8)
     enc = constriction.stream.queue.RangeEncoder()
     tables.encode_symbols(enc, e, ks)
-    dec = constriction.stream.queue.RangeDecoder(enc.get_compressed())
-    np.testing.assert_array_equal(tables.decode_symbols(dec, ks), e)
+    words = enc.get_compressed()
+    dec = constriction.stream.queue.RangeDecoder(words)
+    np.testing.assert_array_equal(tables.decode_symbols(dec, ks, PayloadBudget(words.nbytes, "test")), e)
     assert dec.maybe_exhausted()
+    with pytest.raises(CorruptChunkError, match="at least"):  # the same symbols cannot fit in a quarter of the words
+        tables.decode_symbols(constriction.stream.queue.RangeDecoder(words[: words.size // 4]), ks,
+                              PayloadBudget(words.nbytes // 4, "test"))
 
 
 def test_residual_second_reference(image):
@@ -322,7 +327,8 @@ def _residual_of(path):
     """A golden chunk's residual section, nodata mask, base quantities, and the residuals decoded from it."""
     header, mask_bytes, payload = chunk.unpack(path.read_bytes())
     model = load_model(header.model)
-    symbols = model.coder.decode(payload, header.quality, (header.batch,) + header.latent)
+    symbols = model.coder.decode(payload, header.quality, (header.batch,) + header.latent,
+                                 skip=golden_skip(path.read_bytes()))
     c, h, w = header.shape[-3:]
     if mask_bytes is None:
         valid = np.ones((header.batch, c, h, w), bool)

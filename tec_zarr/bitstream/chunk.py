@@ -4,8 +4,10 @@ Layout (all integers little-endian)::
 
     magic        4 bytes  b"TECZ"
     version      u8       1; 2 when a residual section of coder 1 is present (flag bit 2), 3 for a residual section
-                          of a later coder, so readers that do not know it refuse it
-    flags        u8       bit 0: a nodata value is set; bit 1: a mask section is present; bit 2: residual section
+                          of a later coder, so readers that do not know it refuse it; 4 when latents under
+                          all-missing blocks are not coded (SKIP_MARGIN), with or without a residual section
+    flags        u8       bit 0: a nodata value is set; bit 1: a mask section is present; bit 2: residual section;
+                          bit 3: a NaN mask section is present (added later: chunks without NaN never set it)
     quality      u8       quality level of the model used
     dtype        u8       1 uint16, 2 int16, 3 float32
     name_len     u8       then the model name, UTF-8
@@ -16,11 +18,12 @@ Layout (all integers little-endian)::
     nodata       f64      nodata value (meaningful when flag bit 0 is set)
     float_scale  f64      float32 input x float_scale = model units (DN); 1 for integer dtypes
     mask_len     u32      then zlib(packbits(mask)) of the chunk's nodata elements (bit 1 only)
+    nan_len      u32      then zlib(packbits(mask)) of the chunk's NaN elements (bit 3 only: float32 chunks with NaN)
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
     mode         u8       RESIDUAL_MODES: how residual steps map to values
-    coder        u8       version 3 only: RESIDUAL_CODERS, the residual's entropy coder (version 2: coder 1)
+    coder        u8       versions 3 and 4: RESIDUAL_CODERS, the residual's entropy coder (version 2: coder 1)
     tile         u16      coder 1: residual tile size; coder 2: coarsest stride of its hierarchical passes.
                           The base is the integer synthesis at the header's quality
     params_len   u32      then the coder's parameters: coder 1, 2 bytes (table k, shift s) per (image, band,
@@ -32,6 +35,7 @@ Layout (all integers little-endian)::
 
 from __future__ import annotations
 
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -42,15 +46,35 @@ from ..errors import CorruptChunkError, TruncatedChunkError
 
 # The codec id in every store's config (numcodecs, zarr.codecs) and in .tec metadata: part of the format.
 CODEC_ID = "tec_zarr.tec"
+# The codec config's keys (the decode contract); max_error and psnr came later, so stored configs may lack them.
+REQUIRED_CONFIG_KEYS = ("model", "model_sha256", "quality", "nodata", "float_scale")
+OPTIONAL_CONFIG_KEYS = ("max_error", "psnr")
+
+
+def check_config_keys(config, *, complete: bool) -> None:
+    """A codec config object with our id (if it names one) and no unknown keys; ``complete``: every required key."""
+    if not isinstance(config, dict):
+        raise ValueError(f"Expected a codec config object. Got {type(config).__name__} instead.")
+    codec_id = config.get("id", CODEC_ID)
+    if codec_id != CODEC_ID:
+        raise ValueError(f"Expected the codec id {CODEC_ID!r}. Got {codec_id!r} instead.")
+    unknown = sorted(str(k) for k in set(config) - {"id", *REQUIRED_CONFIG_KEYS, *OPTIONAL_CONFIG_KEYS})
+    missing = [k for k in REQUIRED_CONFIG_KEYS if k not in config] if complete else []
+    if unknown or missing:
+        raise ValueError(f"Expected the codec config keys {', '.join(REQUIRED_CONFIG_KEYS + OPTIONAL_CONFIG_KEYS)}. "
+                         f"Got unknown {unknown} and missing {missing} instead (written by a newer tec_zarr, or damaged).")
 MAGIC = b"TECZ"
 FORMAT_VERSION = 1
 RESIDUAL_V1_FORMAT_VERSION = 2  # residual section of coder 1, no coder byte (written before coder 2 existed)
 RESIDUAL_FORMAT_VERSION = 3  # residual section with a coder byte
+SKIP_FORMAT_VERSION = 4  # latents under missing data not coded (older readers refuse the chunk instead of misreading it)
 RESIDUAL_CODERS = (1, 2)
 HASH_PREFIX_BYTES = 8
 FLAG_NODATA = 1
 FLAG_MASK = 2
 FLAG_RESIDUAL = 4
+FLAG_NAN = 8
+KNOWN_FLAGS = FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN
 # 0: integer dtypes, step 2E+1 in DN; 1: float32, step 2E in data units; 2: float32 exact, through an
 # order-preserving integer view of the bits (step 1).
 RESIDUAL_MODES = (0, 1, 2)
@@ -83,18 +107,34 @@ class ChunkHeader:
     nodata: float | None
     float_scale: float
     residual: ResidualSection | None = None
+    # Version 4: latents whose 4 x 4 block and its neighbours hold only missing elements (nodata or NaN in every
+    # band, or edge padding) are not coded and read as 0; the decoder finds them from the masks.
+    skips_missing: bool = False
 
     @property
     def batch(self) -> int:
-        return int(np.prod(self.shape[:-3], dtype=np.int64))
+        return element_count(self.shape[:-3])
 
 
-def pack(header: ChunkHeader, mask: bytes | None, payload: bytes) -> bytes:
+@dataclass(frozen=True)
+class ChunkSections:
+    """A parsed chunk: its header, packed nodata and NaN masks (None: absent) and latent payload."""
+
+    header: ChunkHeader
+    mask: bytes | None = field(repr=False)
+    nan_mask: bytes | None = field(repr=False)
+    payload: bytes = field(repr=False)
+
+
+def pack(header: ChunkHeader, mask: bytes | None, payload: bytes, nan_mask: bytes | None = None) -> bytes:
     name = header.model.encode()
     res = header.residual
     flags = (FLAG_NODATA if header.nodata is not None else 0) | (FLAG_MASK if mask is not None else 0)
-    flags |= FLAG_RESIDUAL if res is not None else 0
-    version = FORMAT_VERSION if res is None else RESIDUAL_V1_FORMAT_VERSION if res.coder == 1 else RESIDUAL_FORMAT_VERSION
+    flags |= (FLAG_RESIDUAL if res is not None else 0) | (FLAG_NAN if nan_mask is not None else 0)
+    if header.skips_missing:
+        version = SKIP_FORMAT_VERSION
+    else:
+        version = FORMAT_VERSION if res is None else RESIDUAL_V1_FORMAT_VERSION if res.coder == 1 else RESIDUAL_FORMAT_VERSION
     parts = [
         MAGIC,
         struct.pack("<BBBBB", version, flags, header.quality, DTYPE_CODES[np.dtype(header.dtype)], len(name)),
@@ -106,9 +146,11 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes) -> bytes:
     ]
     if mask is not None:
         parts += [struct.pack("<I", len(mask)), mask]
+    if nan_mask is not None:
+        parts += [struct.pack("<I", len(nan_mask)), nan_mask]
     parts += [struct.pack("<I", len(payload)), payload]
     if res is not None:
-        coder = b"" if res.coder == 1 else struct.pack("<B", res.coder)
+        coder = b"" if version == RESIDUAL_V1_FORMAT_VERSION else struct.pack("<B", res.coder)
         parts += [struct.pack("<dB", res.max_error, res.mode), coder, struct.pack("<HI", res.tile, len(res.params)),
                   res.params, struct.pack("<I", len(res.payload)), res.payload]
     body = b"".join(parts)
@@ -134,6 +176,13 @@ class _Reader:
 
 
 def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | None, bytes]:
+    """Parse and verify a chunk: (header, nodata mask, payload). Raises :class:`TruncatedChunkError` or
+    :class:`CorruptChunkError`."""
+    sections = unpack_sections(buf)
+    return sections.header, sections.mask, sections.payload
+
+
+def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
     """Parse and verify a chunk. Raises :class:`TruncatedChunkError` or :class:`CorruptChunkError`."""
     view = memoryview(buf).cast("B")
     if len(view) < len(MAGIC) + 4 or bytes(view[:4]) != MAGIC:
@@ -143,12 +192,12 @@ def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | No
     r = _Reader(view[:-4])
     r.take(4)
     version, flags, quality, dtype_code, name_len = r.unpack("<BBBBB")
-    if version not in (FORMAT_VERSION, RESIDUAL_V1_FORMAT_VERSION, RESIDUAL_FORMAT_VERSION) or (
-        version != FORMAT_VERSION
-    ) != bool(flags & FLAG_RESIDUAL):
+    if version not in (FORMAT_VERSION, RESIDUAL_V1_FORMAT_VERSION, RESIDUAL_FORMAT_VERSION, SKIP_FORMAT_VERSION) or (
+        version != SKIP_FORMAT_VERSION and (version != FORMAT_VERSION) != bool(flags & FLAG_RESIDUAL)
+    ):
         raise CorruptChunkError(
-            f"Expected TEC chunk format version {FORMAT_VERSION}, or {RESIDUAL_V1_FORMAT_VERSION} or "
-            f"{RESIDUAL_FORMAT_VERSION} with the residual flag set. "
+            f"Expected TEC chunk format version {FORMAT_VERSION}, {RESIDUAL_V1_FORMAT_VERSION} or "
+            f"{RESIDUAL_FORMAT_VERSION} with the residual flag set, or {SKIP_FORMAT_VERSION}. "
             f"Got version {version}, flags {flags:#04x} instead (written by a newer tec_zarr, or corrupt)."
         )
     try:
@@ -159,11 +208,12 @@ def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | No
         pad_h, pad_w, m, lh, lw = r.unpack("<HHHII")
         nodata, float_scale = r.unpack("<dd")
         mask = bytes(r.take(r.unpack("<I")[0])) if flags & FLAG_MASK else None
+        nan_mask = bytes(r.take(r.unpack("<I")[0])) if flags & FLAG_NAN else None
         payload = bytes(r.take(r.unpack("<I")[0]))
         residual = None
         if flags & FLAG_RESIDUAL:
             max_error, mode = r.unpack("<dB")
-            coder = r.unpack("<B")[0] if version == RESIDUAL_FORMAT_VERSION else 1
+            coder = r.unpack("<B")[0] if version in (RESIDUAL_FORMAT_VERSION, SKIP_FORMAT_VERSION) else 1
             tile, params_len = r.unpack("<HI")
             params = bytes(r.take(params_len))
             residual = ResidualSection(max_error, mode, tile, params, bytes(r.take(r.unpack("<I")[0])), coder)
@@ -173,14 +223,7 @@ def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | No
     _check_crc(view)
     if r.pos != len(r.buf):
         raise CorruptChunkError(f"Expected the TEC chunk to end after {r.pos} bytes. Got {len(r.buf)} instead.")
-    if dtype_code not in CODE_DTYPES or ndim < 3 or int(np.prod(shape, dtype=np.int64)) > MAX_ELEMENTS:
-        raise CorruptChunkError(f"Expected a valid dtype code and shape. Got dtype code {dtype_code}, shape {shape} instead.")
-    if residual is not None and (
-        residual.mode not in RESIDUAL_MODES or residual.tile == 0 or not (residual.max_error >= 0)
-        or residual.coder not in RESIDUAL_CODERS or (version == RESIDUAL_FORMAT_VERSION) == (residual.coder == 1)
-        or residual.max_error == float("inf")
-    ):
-        raise CorruptChunkError(f"Expected a valid residual section. Got {residual} instead.")
+    _check_header(dtype_code, shape, (m, lh, lw), flags, nodata, float_scale, residual, version)
     header = ChunkHeader(
         model=name,
         model_hash=model_hash,
@@ -192,8 +235,58 @@ def unpack(buf: bytes | bytearray | memoryview) -> tuple[ChunkHeader, bytes | No
         nodata=nodata if flags & FLAG_NODATA else None,
         float_scale=float_scale,
         residual=residual,
+        skips_missing=version == SKIP_FORMAT_VERSION,
     )
-    return header, mask, payload
+    if header.skips_missing and mask is None and nan_mask is None:
+        raise CorruptChunkError("Expected a nodata or NaN mask in a chunk that skips missing latents. Got none instead.")
+    return ChunkSections(header, mask, nan_mask, payload)
+
+
+# The largest residual bound per mode: integer steps beyond 2**17 DN span any 16-bit range; a float step of 2E must
+# stay a finite float32 (both are what encoders write: see tec_zarr.residual.bound.parse_bound).
+MAX_INTEGER_BOUND = 1 << 17
+MAX_FLOAT_BOUND = float(np.finfo(np.float32).max) / 4
+
+
+def element_count(shape) -> int:
+    """Elements of a shape, in Python integers (a numpy product can wrap to anything)."""
+    count = 1
+    for n in shape:
+        count *= int(n)
+    return count
+
+
+def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residual, version) -> None:
+    """Every field a decoder sizes or scales anything by, checked before anything is allocated."""
+    if dtype_code not in CODE_DTYPES:
+        raise CorruptChunkError(f"Expected a dtype code in {sorted(CODE_DTYPES)}. Got {dtype_code} instead.")
+    if len(shape) < 3 or min(shape) < 1 or element_count(shape) > MAX_ELEMENTS:
+        raise CorruptChunkError(f"Expected a shape (..., bands, H, W) of positive sizes. Got {tuple(shape)} instead.")
+    if min(latent) < 1 or element_count(shape[:-3]) * element_count(latent) > MAX_ELEMENTS:
+        raise CorruptChunkError(f"Expected positive latent sizes. Got {tuple(latent)} instead.")
+    if not (math.isfinite(float_scale) and float_scale > 0):
+        raise CorruptChunkError(f"Expected a positive finite float scale. Got {float_scale} instead.")
+    if flags & FLAG_NODATA and not math.isfinite(nodata):
+        raise CorruptChunkError(f"Expected a finite nodata value. Got {nodata} instead.")
+    if flags & ~KNOWN_FLAGS:
+        raise CorruptChunkError(f"Expected flag bits 0 to 3. Got flags {flags:#04x} instead (written by a newer tec_zarr).")
+    if flags & FLAG_NAN and CODE_DTYPES[dtype_code].kind != "f":
+        raise CorruptChunkError("Expected a NaN mask in float32 chunks only. Got one in an integer chunk instead.")
+    if residual is None:
+        return
+    integer = CODE_DTYPES[dtype_code].kind in "iu"
+    e = residual.max_error
+    bound_ok = (
+        (residual.mode == 0 and integer and 0 <= e <= MAX_INTEGER_BOUND and float(e).is_integer())
+        or (residual.mode == 1 and not integer and 0 < e <= MAX_FLOAT_BOUND)
+        or (residual.mode == 2 and not integer and e == 0)
+    )
+    if (
+        not bound_ok or residual.tile == 0 or residual.coder not in RESIDUAL_CODERS
+        or (version == RESIDUAL_FORMAT_VERSION and residual.coder == 1)
+        or (version == RESIDUAL_V1_FORMAT_VERSION and residual.coder != 1)
+    ):
+        raise CorruptChunkError(f"Expected a valid residual section. Got {residual} instead.")
 
 
 def _check_crc(view: memoryview) -> None:
@@ -212,11 +305,16 @@ def pack_mask(mask: np.ndarray) -> bytes:
 
 
 def unpack_mask(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    n = int(np.prod(shape, dtype=np.int64))
+    """The nodata mask of ``shape``, inflated no further than the bytes it must hold (no zlib bomb)."""
+    n = element_count(shape)
+    size = (n + 7) // 8
     try:
-        bits = np.frombuffer(zlib.decompress(data), np.uint8)
+        inflater = zlib.decompressobj()
+        packed = inflater.decompress(data, size + 1)
+        complete = inflater.eof and not inflater.unconsumed_tail and not inflater.unused_data
     except zlib.error as e:
         raise CorruptChunkError(f"Expected a zlib-compressed nodata mask. Got {e} instead.") from None
-    if bits.size != (n + 7) // 8:
-        raise CorruptChunkError(f"Expected {(n + 7) // 8} mask bytes. Got {bits.size} instead.")
+    if len(packed) != size or not complete:
+        raise CorruptChunkError(f"Expected {size} mask bytes in one zlib stream. Got {len(packed)} or more instead.")
+    bits = np.frombuffer(packed, np.uint8)
     return np.unpackbits(bits, count=n).astype(bool).reshape(shape)

@@ -55,7 +55,7 @@ from ..errors import (
     TruncatedTecFileError,
 )
 from ..parsing import parse_nodata
-from .chunk import CODEC_ID
+from .chunk import CODEC_ID, check_config_keys
 
 MAGIC = b"TECF"
 FORMAT_VERSION = 1
@@ -138,7 +138,11 @@ class TecMetadata:
         if crs_wkt is not None and not isinstance(crs_wkt, str):
             raise InvalidInputError(f"Expected a WKT string or None for the CRS. Got {crs_wkt!r} instead.")
         nodata = parse_nodata(nodata)
-        if not (isinstance(codec, dict) and codec.get("id") == CODEC_ID and codec.get("nodata") == nodata):
+        try:
+            check_config_keys(codec, complete=True)
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from None
+        if codec.get("id") != CODEC_ID or codec.get("nodata") != nodata:
             raise InvalidInputError(
                 f"Expected the {CODEC_ID} codec config with nodata {nodata!r}. Got {codec!r} instead."
             )
@@ -179,7 +183,8 @@ class TecMetadata:
             return cls.create(**{key: d[key] for key in (
                 "shape", "dtype", "band_names", "crs_wkt", "geotransform", "nodata", "tile", "codec", "overviews", "uuid"
             )})
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, InvalidInputError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError,
+                InvalidInputError) as e:
             raise TecFormatError(f"Expected valid .tec metadata JSON. Got {type(e).__name__}: {e} instead.") from None
 
     @property
@@ -346,9 +351,12 @@ def read_header(f, size: int) -> tuple[TecMetadata, np.ndarray, int]:
     header_len = len(pre) + len(meta_bytes) + len(index_bytes) + _CRC.size
     present = index["length"] > 0
     if present.any():
-        if int(index["offset"][present].min()) < header_len:
+        offsets = index["offset"][present]
+        if int(offsets.min()) < header_len:
             raise TecFormatError("Expected every tile after the header. Got a tile offset inside it instead (corrupt).")
-        end = int((index["offset"][present] + index["length"][present]).max())
+        if int(offsets.max()) > size:  # checked before adding lengths, which could wrap a uint64 near 2**64
+            raise TruncatedTecFileError(f"Expected a .tec file of at least {int(offsets.max())} bytes. Got {size} instead.")
+        end = int((offsets + index["length"][present]).max())
         if end > size:
             raise TruncatedTecFileError(f"Expected a .tec file of at least {end} bytes. Got {size} instead (truncated).")
     return meta, index, header_len

@@ -45,20 +45,35 @@ def _read_geotiff(path: Path, name: str):
     import rasterio
     import xarray as xr
 
-    from ..bands import S2_L2A_BANDS
+    from ..bands import S2_L2A_BANDS, band_order
+    from ..errors import InvalidInputError
+    from ..gdal.convert import GRID_MAPPING, grid_mapping_attrs
 
     with rasterio.open(path) as src:
         data = src.read()
         t = src.transform
-        descriptions = list(src.descriptions)
-        bands = descriptions if all(d in S2_L2A_BANDS for d in descriptions) else list(S2_L2A_BANDS[: src.count])
+        # Bands named in the file are checked and put in the model's order; unnamed ones are taken as that order.
+        try:
+            order = band_order(src.descriptions, S2_L2A_BANDS, source=str(path))
+        except InvalidInputError as e:
+            raise TecZarrError(str(e)) from None
+        if order is None and src.count != len(S2_L2A_BANDS):
+            raise TecZarrError(f"Expected {len(S2_L2A_BANDS)} bands {' '.join(S2_L2A_BANDS)} in {path}. "
+                               f"Got {src.count} unnamed bands instead.")
+        if order is not None:
+            data = data[order]
+        bands = list(S2_L2A_BANDS)
         x = t.c + t.a * (np.arange(src.width) + 0.5)
         y = t.f + t.e * (np.arange(src.height) + 0.5)
-        attrs = {"crs": src.crs.to_wkt() if src.crs else "", "geotransform": list(t.to_gdal())}
+        wkt = src.crs.to_wkt() if src.crs else ""
+        attrs = {"crs": wkt, "geotransform": list(t.to_gdal())}
         nodata = src.nodata
-    var_attrs = {"nodata": nodata if nodata is not None else 0}
+    # CF georeferencing: a grid-mapping variable that rioxarray (.rio.crs) and odc-geo read.
+    var_attrs = {"nodata": nodata if nodata is not None else 0, "grid_mapping": GRID_MAPPING}
+    spatial_ref = xr.DataArray(np.int64(0), attrs=grid_mapping_attrs(wkt or None, t.to_gdal()))
     return xr.Dataset({name: (("band", "y", "x"), data, var_attrs)},
-                      coords={"band": np.array(bands, dtype=object), "y": y, "x": x}, attrs=attrs)
+                      coords={"band": np.array(bands, dtype=object), "y": y, "x": x, GRID_MAPPING: spatial_ref},
+                      attrs=attrs)
 
 
 def _is_tec(path: str) -> bool:
@@ -125,7 +140,7 @@ def cmd_compress(args) -> int:
     if Path(args.output).suffix.lower() == ".tec":
         return cmd_compress_tec(args)
     ds, var = _open_input(args.input, args.var)
-    ds = ds[[var]]
+    ds = ds[[var]]  # keeps the variable's coordinates, its grid mapping among them
     kwargs = {"quality": args.quality, "model": args.model, **_bound_args(args)}
     if args.nodata is not None:
         kwargs["nodata"] = None if args.nodata.lower() == "none" else float(args.nodata)
@@ -133,20 +148,22 @@ def cmd_compress(args) -> int:
         kwargs["nodata"] = ds[var].attrs.get("nodata", 0)
     chunks = {d: args.chunk for d in ds[var].dims[-2:]}
     chunks.update({d: 1 for d in ds[var].dims[:-3]})
-    encoding = zarr_encoding(ds, zarr_format=args.zarr_format, variables=[var], chunks=chunks, **kwargs)
-    # Consolidated metadata lets readers open the store in one request; zarr 3 warns it is not in the v3 spec yet.
-    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
     for name in ds.variables:  # drop encodings inherited from the input store
         ds[name].encoding = {}
     try:
-        import dask  # noqa: F401
         from dask.diagnostics import ProgressBar
     except ImportError:  # progress needs dask; without it the write runs in one go
+        ProgressBar = None
+    else:  # one dask chunk per Zarr chunk (an input store's own chunks would not line up)
+        ds = ds.chunk({**chunks, ds[var].dims[-3]: -1})
+    encoding = zarr_encoding(ds, zarr_format=args.zarr_format, variables=[var], chunks=chunks, **kwargs)
+    # Consolidated metadata lets readers open the store in one request; zarr 3 warns it is not in the v3 spec yet.
+    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+    if ProgressBar is None:
         ds.to_zarr(args.output, mode="w", zarr_format=args.zarr_format, encoding=encoding, consolidated=True)
     else:
-        lazy = ds.chunk(dict(zip(ds[var].dims, encoding[var]["chunks"])))
-        job = lazy.to_zarr(args.output, mode="w", zarr_format=args.zarr_format, encoding=encoding,
-                           consolidated=True, compute=False)
+        job = ds.to_zarr(args.output, mode="w", zarr_format=args.zarr_format, encoding=encoding,
+                         consolidated=True, compute=False)
         with ProgressBar(out=sys.stderr) if not args.quiet else contextlib.nullcontext():
             job.compute()
     if not args.quiet:

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..bitstream.chunk import CODEC_ID
+from ..bitstream.chunk import CODEC_ID, check_config_keys
 from ..errors import InvalidInputError, ModelMismatchError
 from ..models import DEFAULT_MODEL, ModelCard, get_card
 from ..parsing import is_real, parse_nodata
@@ -122,21 +122,14 @@ class CodecConfig:
         )
 
     @classmethod
-    def from_json(cls, config: Any) -> CodecConfig:
-        """A stored config (numcodecs style, with or without ``"id"``); unknown or misspelt keys are refused."""
-        if not isinstance(config, dict):
-            raise InvalidInputError(f"Expected a codec config object. Got {type(config).__name__} instead.")
-        params = dict(config)
-        codec_id = params.pop("id", CODEC_ID)
-        if codec_id != CODEC_ID:
-            raise InvalidInputError(f"Expected the codec id {CODEC_ID!r}. Got {codec_id!r} instead.")
-        unknown = sorted(set(params) - set(CONFIG_KEYS), key=str)
-        if unknown:
-            raise InvalidInputError(
-                f"Expected codec config keys among {', '.join(CONFIG_KEYS)}. Got {unknown} instead "
-                "(written by a newer tec_zarr, or damaged)."
-            )
-        return cls.create(**params)
+    def from_json(cls, config: Any, *, complete: bool = False) -> CodecConfig:
+        """A stored config (numcodecs style, with or without ``"id"``); unknown keys are refused, and with
+        ``complete`` (configs this package wrote, as in .tec files) missing ones too."""
+        try:
+            check_config_keys(config, complete=complete)
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from None
+        return cls.create(**{k: v for k, v in config.items() if k != "id"})
 
     def to_json(self) -> dict[str, Any]:
         """The numcodecs form: ``{"id": ..., every key}``, as stored in format-2 arrays and ``.tec`` files."""

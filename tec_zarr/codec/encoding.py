@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..bands import band_order
 from ..errors import InvalidInputError
 from .config import parse_model
 
@@ -16,7 +17,9 @@ def zarr_encoding(
     Picks every variable whose axis -3 has as many entries as the model has bands (or those named in
     ``variables``) and gives it the TEC codec for that format: ``compressors`` for format 2, ``serializer``
     (with ``compressors=None``) for format 3. Note that xarray 2026.9 rejects the old singular ``"compressor"``.
-    ``chunks`` (dim -> size) sets the Zarr chunk shape; the band axis is always one chunk.
+    ``chunks`` (dim -> size) sets the Zarr chunk shape; the band axis is always one chunk. A dask-backed variable
+    keeps its dask chunks along the dims ``chunks`` does not name (xarray writes dask chunks whole), and a ``chunks``
+    entry that would split them is refused with the ``ds.chunk`` call that fixes it.
     """
     card = parse_model(codec_kwargs.get("model"))
     nbands = len(card.bands)
@@ -29,9 +32,19 @@ def zarr_encoding(
     for name in names:
         var = ds[name]
         if var.ndim < 3 or var.shape[-3] != nbands:
+            if var.ndim >= 3 and var.dims[-3] in var.coords:
+                band_order(var[var.dims[-3]].values, card.bands, source=f"variable {name!r}")  # says what is wrong
             raise InvalidInputError(
                 f"Expected variable {name!r} to have {nbands} bands on axis -3. Got dims {var.dims} shape {var.shape} instead."
             )
+        band_dim = var.dims[-3]
+        if band_dim in var.coords:
+            order = band_order(var[band_dim].values, card.bands, source=f"variable {name!r}")
+            if order is not None and order != list(range(nbands)):
+                raise InvalidInputError(
+                    f"Expected the bands of {name!r} in the model's order {' '.join(card.bands)}. Got "
+                    f"{' '.join(map(str, var[band_dim].values))} instead: ds = ds.sel({band_dim}={list(card.bands)})."
+                )
         if zarr_format == 2:
             from .zarr2 import TEC
 
@@ -40,10 +53,31 @@ def zarr_encoding(
             from .zarr3 import TEC
 
             enc = {"serializer": TEC(**codec_kwargs), "compressors": None, "filters": None}
-        if chunks:
+        dask_chunks = dict(zip(var.dims, var.chunks)) if var.chunks is not None else None
+        if chunks or dask_chunks:
             enc["chunks"] = tuple(
-                nbands if i == var.ndim - 3 else min(chunks.get(dim, size), size)
+                nbands if i == var.ndim - 3 else _chunk(name, dim, size, (chunks or {}).get(dim), dask_chunks)
                 for i, (dim, size) in enumerate(zip(var.dims, var.shape))
             )
+            band_dim = var.dims[-3]
+            if dask_chunks and len(dask_chunks[band_dim]) > 1:
+                raise InvalidInputError(
+                    f"Expected variable {name!r} to hold all {nbands} bands in one dask chunk. Got chunks "
+                    f"{dask_chunks[band_dim]} along {band_dim!r} instead: ds = ds.chunk({{{band_dim!r}: -1}})."
+                )
         encoding[name] = enc
     return encoding
+
+
+def _chunk(name: str, dim: str, size: int, asked: int | None, dask_chunks: dict | None) -> int:
+    """The Zarr chunk along ``dim``: as asked, else the dask chunk, else the whole axis; checked against dask."""
+    if dask_chunks is None:
+        return min(asked, size) if asked else size
+    blocks = dask_chunks[dim]
+    chunk = min(asked, size) if asked else blocks[0]
+    if any(b % chunk for b in blocks[:-1]):  # xarray writes each dask chunk whole: it must hold whole zarr chunks
+        raise InvalidInputError(
+            f"Expected the dask chunks of {name!r} along {dim!r} to be multiples of the Zarr chunk {chunk}. Got "
+            f"{blocks[:3]}... instead: ds = ds.chunk({{{dim!r}: {chunk}}}) before writing."
+        )
+    return chunk

@@ -72,9 +72,11 @@ class TEC(Codec):
         return pipeline.encode_chunk(array, **self._config.chunk_params())
 
     def decode(self, buf, out=None):
-        decoded = pipeline.decode_chunk(ensure_ndarray_like(buf).view("u1").reshape(-1))
+        data = ensure_ndarray_like(buf).view("u1").reshape(-1)
         if out is None:
-            return decoded
+            return pipeline.decode_chunk(data)
+        # The chunk must fill out= exactly: a header declaring anything else is refused before it is decoded.
+        decoded = pipeline.decode_chunk(data, expected_nbytes=ensure_ndarray_like(out).nbytes)
         try:
             return ndarray_copy(decoded, out)
         except ValueError as e:

@@ -76,8 +76,10 @@ class TEC(ArrayBytesCodec):
     def evolve_from_array_spec(self, array_spec: ArraySpec) -> Self:
         if self.nodata != FILL_VALUE:
             return self
-        fill = array_spec.fill_value
-        return replace(self, nodata=None if fill is None else parse_nodata(np.asarray(fill).item()))
+        fill = None if array_spec.fill_value is None else np.asarray(array_spec.fill_value).item()
+        # A NaN fill value (xarray's for float32) is missing data already: every NaN is stored as a mask.
+        missing = fill is None or (isinstance(fill, float) and np.isnan(fill))
+        return replace(self, nodata=None if missing else parse_nodata(fill))
 
     def validate(self, *, shape, dtype, chunk_grid) -> None:
         pipeline.parse_dtype(dtype.to_native_dtype())
@@ -101,7 +103,8 @@ class TEC(ArrayBytesCodec):
 
     def _decode_batch_sync(self, chunk_bytes_and_specs: list[tuple[Buffer | None, ArraySpec]]) -> list[NDBuffer | None]:
         present = [i for i, (chunk_bytes, _) in enumerate(chunk_bytes_and_specs) if chunk_bytes is not None]
-        decoded = pipeline.decode_chunks([chunk_bytes_and_specs[i][0].as_numpy_array() for i in present])
+        decoded = pipeline.decode_chunks([chunk_bytes_and_specs[i][0].as_numpy_array() for i in present],
+                                         expected_shapes=[chunk_bytes_and_specs[i][1].shape for i in present])
         out: list[NDBuffer | None] = [None] * len(chunk_bytes_and_specs)
         for i, array in zip(present, decoded, strict=True):
             spec = chunk_bytes_and_specs[i][1]

@@ -28,9 +28,12 @@ class LatentCoder(ABC):
         """The coder from verified file bytes (``files`` holds at least :attr:`files`)."""
 
     @abstractmethod
-    def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int) -> bytes:
-        """The payload for int32 ``symbols`` = round(``y`` * gain[quality]), both (B, M, h, w)."""
+    def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int, *, skip: np.ndarray | None = None) -> bytes:
+        """The payload for int32 ``symbols`` = round(``y`` * gain[quality]), both (B, M, h, w). ``skip`` (B, h, w):
+        positions not coded (their symbols must be 0)."""
 
     @abstractmethod
-    def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int]) -> np.ndarray:
-        """int32 symbols of ``shape`` (B, M, h, w). Raises :class:`~tec_zarr.errors.CorruptChunkError`."""
+    def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
+               skip: np.ndarray | None = None) -> np.ndarray:
+        """int32 symbols of ``shape`` (B, M, h, w), 0 where ``skip``. Raises
+        :class:`~tec_zarr.errors.CorruptChunkError`."""

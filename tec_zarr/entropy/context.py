@@ -31,8 +31,8 @@ import numpy as np
 
 from ..errors import WeightsIntegrityError
 from ..integer.layers import CLIP_BITS, EXACT_LIMIT, PATCH_BYTES, activation, conv3
-from .hyperprior import INPUT_EXTRA_BITS, LOG_BITS, Z_LIMIT, Hyperprior, HyperpriorCoder
-from .rangecoder import read_grouped, write_grouped
+from .hyperprior import INPUT_EXTRA_BITS, LOG_BITS, Z_LIMIT, Hyperprior, HyperpriorCoder, read_kept, write_kept
+from .rangecoder import PayloadBudget
 from .tables import EntropyTables
 
 FILENAME = "context.npz"
@@ -244,22 +244,26 @@ class ContextCoder(HyperpriorCoder):
         base = HyperpriorCoder.from_files(files, tables)
         return cls(base.hyperprior, base.analysis, ContextModel.from_npz(files[FILENAME]))
 
-    def write_y(self, encoder, symbols: np.ndarray, z: np.ndarray, quality: int) -> None:
-        """The y section: the ten steps in order, each coded table by table."""
+    def write_y(self, encoder, symbols: np.ndarray, z: np.ndarray, quality: int, keep: np.ndarray | None) -> None:
+        """The y section: the ten steps in order, each coded table by table (kept positions only)."""
         hp, ctx = self.hyperprior, self.context
         known = np.moveaxis(symbols[:, ctx.order], 1, -1)  # (B, h, w, M), coded order
+        kept = None if keep is None else np.moveaxis(keep[:, ctx.order], 1, -1)
 
         def code_step(index, mean, a, e, classes):
             values = gather(known[..., a:e], classes)
-            write_grouped(encoder, values - mean, index, hp.scales)
+            write_kept(encoder, values - mean, index, hp.scales, None if kept is None else gather(kept[..., a:e], classes))
             return values
 
         run_steps(hp, ctx, z, quality, symbols.shape, code_step)
 
-    def read_y(self, decoder, z: np.ndarray, quality: int, shape) -> np.ndarray:
+    def read_y(self, decoder, budget: PayloadBudget, z: np.ndarray, quality: int, shape,
+               keep: np.ndarray | None) -> np.ndarray:
         hp = self.hyperprior
+        kept = None if keep is None else np.moveaxis(keep[:, self.context.order], 1, -1)
 
         def code_step(index, mean, a, e, classes):
-            return read_grouped(decoder, index, hp.scales) + mean
+            return read_kept(decoder, index, mean, hp.scales, budget,
+                             None if kept is None else gather(kept[..., a:e], classes))
 
         return run_steps(hp, self.context, z, quality, shape, code_step)

@@ -14,6 +14,7 @@ from ..errors import CorruptChunkError
 from .base import LatentCoder
 from .rangecoder import (
     DECODER_ERRORS,
+    PayloadBudget,
     decode_escape,
     encode_escape,
     escape_models,
@@ -23,13 +24,15 @@ from .rangecoder import (
 from .tables import EntropyTables
 
 
-def encode(symbols: np.ndarray, quality: int, tables: EntropyTables) -> bytes:
-    """``symbols``: int32 (B, M, h, w). Returns the range-coded bytes."""
+def encode(symbols: np.ndarray, quality: int, tables: EntropyTables, skip: np.ndarray | None = None) -> bytes:
+    """``symbols``: int32 (B, M, h, w), coded where ``skip`` (B, h, w) is not set. Returns the range-coded bytes."""
     import constriction
 
     encoder = constriction.stream.queue.RangeEncoder()
     uniform_bits, uniform_chunk = escape_models()
     per_channel = np.ascontiguousarray(np.moveaxis(symbols, 1, 0).reshape(symbols.shape[1], -1))
+    if skip is not None:
+        per_channel = per_channel[:, ~skip.reshape(-1)]
     for c in range(per_channel.shape[0]):
         values = per_channel[c].astype(np.int64)
         lo = int(tables.offsets[quality, c])
@@ -43,8 +46,9 @@ def encode(symbols: np.ndarray, quality: int, tables: EntropyTables) -> bytes:
     return encoder.get_compressed().tobytes()
 
 
-def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: EntropyTables) -> np.ndarray:
-    """Inverse of :func:`encode` for latents of ``shape`` (B, M, h, w)."""
+def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: EntropyTables,
+           skip: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of :func:`encode` for latents of ``shape`` (B, M, h, w); 0 where ``skip``."""
     if not 0 <= quality < tables.qualities or shape[1] != tables.channels:
         raise CorruptChunkError(
             f"Expected quality < {tables.qualities} and {tables.channels} latent channels. "
@@ -53,11 +57,14 @@ def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: 
     decoder = range_decoder(data, "latent payload")
     uniform_bits, uniform_chunk = escape_models()
     b, m, h, w = shape
-    out = np.empty((m, b * h * w), np.int64)
+    keep = None if skip is None else ~skip.reshape(-1)
+    n = b * h * w if keep is None else int(keep.sum())
+    PayloadBudget(len(data), "latent payload").spend(n * float(tables.min_bits[quality, :m].sum()))
+    out = np.empty((m, n), np.int64)
     escaped: list[tuple[int, np.ndarray, list[int]]] = []  # (channel, positions, values): applied after the loop
     try:
         for c in range(m):
-            out[c] = index = decoder.decode(tables.model(quality, c), b * h * w)
+            out[c] = index = decoder.decode(tables.model(quality, c), n)
             escape = int(tables.lengths[quality, c]) - 1
             positions = np.flatnonzero(index == escape)
             if positions.size:
@@ -72,9 +79,11 @@ def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: 
         raise CorruptChunkError("Expected latent symbols within int32. Got an overflowing escape instead.")
     if not decoder.maybe_exhausted():
         raise CorruptChunkError("Expected the latent payload to end with its last symbol. Got trailing data instead.")
+    if keep is not None:
+        full = np.zeros((m, b * h * w), np.int64)
+        full[:, keep] = out
+        out = full
     return np.ascontiguousarray(np.moveaxis(out.reshape(m, b, h, w), 0, 1), dtype=np.int32)
-
-
 
 
 class FactorizedCoder(LatentCoder):
@@ -89,8 +98,9 @@ class FactorizedCoder(LatentCoder):
     def from_files(cls, files: Mapping[str, bytes], tables: EntropyTables) -> FactorizedCoder:
         return cls(tables)
 
-    def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int) -> bytes:
-        return encode(symbols, quality, self.tables)
+    def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int, *, skip: np.ndarray | None = None) -> bytes:
+        return encode(symbols, quality, self.tables, skip)
 
-    def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int]) -> np.ndarray:
-        return decode(payload, quality, shape, self.tables)
+    def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
+               skip: np.ndarray | None = None) -> np.ndarray:
+        return decode(payload, quality, shape, self.tables, skip)

@@ -33,7 +33,7 @@ from ..integer.layers import CLIP_BITS, EXACT_LIMIT, KERNEL, conv3, deconv
 from ..runtime import Graph
 from . import factorized
 from .base import LatentCoder
-from .rangecoder import checked_symbols, range_decoder, read_grouped, write_grouped
+from .rangecoder import PayloadBudget, checked_symbols, range_decoder, read_grouped, write_grouped
 from .tables import EntropyTables, IndexedTables
 
 FILENAME = "hyperprior.npz"
@@ -186,13 +186,23 @@ def require_z_grid(shape) -> None:
         raise ValueError(f"Expected latent sides that are multiples of {Z_STRIDE}. Got {tuple(shape)} instead.")
 
 
-def read_z(hp: Hyperprior, payload: bytes, quality: int, shape: tuple[int, int, int, int]):
+def z_skip(skip: np.ndarray | None) -> np.ndarray | None:
+    """(B, h/4, w/4): z positions whose every latent is skipped (they are not coded either, and read as 0)."""
+    if skip is None:
+        return None
+    b, h, w = skip.shape
+    return skip.reshape(b, h // Z_STRIDE, Z_STRIDE, w // Z_STRIDE, Z_STRIDE).all(axis=(2, 4))
+
+
+def read_z(hp: Hyperprior, payload: bytes, quality: int, shape: tuple[int, int, int, int],
+           skip: np.ndarray | None = None):
     """The z symbols at the head of a payload and the bytes after them. Raises CorruptChunkError."""
     b, m, h, w = shape
     if h % Z_STRIDE or w % Z_STRIDE or m != hp.log_gain.shape[1] or not 0 <= quality < hp.log_gain.shape[0]:
         raise CorruptChunkError(f"Expected latents of sides that are multiples of {Z_STRIDE}. Got {shape} instead.")
     z_bytes, rest = sections.split_z_section(payload)
-    z = factorized.decode(z_bytes, quality, (b, hp.z_channels, h // Z_STRIDE, w // Z_STRIDE), hp.z_tables)
+    z_shape = (b, hp.z_channels, h // Z_STRIDE, w // Z_STRIDE)
+    z = factorized.decode(z_bytes, quality, z_shape, hp.z_tables, z_skip(skip))
     return z, rest
 
 
@@ -217,32 +227,59 @@ class HyperpriorCoder(LatentCoder):
         z = np.rint(t.astype(np.float64) * self.hyperprior.z_gain[quality][None, :, None, None].astype(np.float64))
         return np.clip(z, -Z_LIMIT, Z_LIMIT).astype(np.int32)
 
-    def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int, z: np.ndarray | None = None) -> bytes:
+    def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int, z: np.ndarray | None = None, *,
+               skip: np.ndarray | None = None) -> bytes:
         """``z`` (tests): side information other than the encoder's own choice."""
         import constriction
 
         require_z_grid(symbols.shape)
         if z is None:
             z = self.side_information(y, quality)
-        z_bytes = factorized.encode(z, quality, self.hyperprior.z_tables)
+        zs = z_skip(skip)
+        if zs is not None:  # not coded, read as 0: the hyper-synthesis must see 0 there on both sides
+            z = z * ~zs[:, None]
+        z_bytes = factorized.encode(z, quality, self.hyperprior.z_tables, zs)
         encoder = constriction.stream.queue.RangeEncoder()
-        self.write_y(encoder, np.asarray(symbols, np.int64), z, quality)
+        keep = None if skip is None else np.broadcast_to(~skip[:, None], symbols.shape)
+        self.write_y(encoder, np.asarray(symbols, np.int64), z, quality, keep)
         return sections.join_z_section(z_bytes, encoder.get_compressed().tobytes())
 
-    def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int]) -> np.ndarray:
-        z, rest = read_z(self.hyperprior, payload, quality, shape)
+    def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
+               skip: np.ndarray | None = None) -> np.ndarray:
+        z, rest = read_z(self.hyperprior, payload, quality, shape, skip)
         decoder = range_decoder(rest, "y section")
-        symbols = self.read_y(decoder, z, quality, shape)
+        keep = None if skip is None else np.broadcast_to(~skip[:, None], shape)
+        symbols = self.read_y(decoder, PayloadBudget(len(rest), "y section"), z, quality, shape, keep)
         if not decoder.maybe_exhausted():
             raise CorruptChunkError("Expected the y section to end with its last symbol. Got trailing data instead.")
         return checked_symbols(symbols)
 
-    def write_y(self, encoder, symbols: np.ndarray, z: np.ndarray, quality: int) -> None:
-        """The y section: every symbol minus its mean, with the scale table its index names."""
+    def write_y(self, encoder, symbols: np.ndarray, z: np.ndarray, quality: int, keep: np.ndarray | None) -> None:
+        """The y section: every coded symbol (``keep``; None: all) minus its mean, with the scale table its index
+        names."""
         index, mean = self.hyperprior.parameters(z, quality)
-        write_grouped(encoder, symbols - mean, index, self.hyperprior.scales)
+        write_kept(encoder, symbols - mean, index, self.hyperprior.scales, keep)
 
-    def read_y(self, decoder, z: np.ndarray, quality: int, shape) -> np.ndarray:
-        """Inverse of :meth:`write_y`: int64 symbols of ``shape``."""
+    def read_y(self, decoder, budget: PayloadBudget, z: np.ndarray, quality: int, shape,
+               keep: np.ndarray | None) -> np.ndarray:
+        """Inverse of :meth:`write_y`: int64 symbols of ``shape``, 0 where not kept."""
         index, mean = self.hyperprior.parameters(z, quality)
-        return read_grouped(decoder, index, self.hyperprior.scales) + mean
+        return read_kept(decoder, index, mean, self.hyperprior.scales, budget, keep)
+
+
+def write_kept(encoder, values: np.ndarray, index: np.ndarray, tables, keep: np.ndarray | None) -> None:
+    """:func:`~.rangecoder.write_grouped` of the kept elements (row-major order; None: all)."""
+    if keep is None:
+        write_grouped(encoder, values, index, tables)
+    else:
+        write_grouped(encoder, values[keep], index[keep], tables)
+
+
+def read_kept(decoder, index: np.ndarray, mean: np.ndarray, tables, budget: PayloadBudget,
+              keep: np.ndarray | None) -> np.ndarray:
+    """Inverse of :func:`write_kept`: values + mean where kept, 0 elsewhere."""
+    if keep is None:
+        return read_grouped(decoder, index, tables, budget) + mean
+    out = np.zeros(index.shape, np.int64)
+    out[keep] = read_grouped(decoder, index[keep], tables, budget) + mean[keep]
+    return out

@@ -57,6 +57,31 @@ def decode_escape(decoder, uniform_bits, uniform_chunk) -> int:
     return (1 << nbits) + rest - 1
 
 
+class PayloadBudget:
+    """Refuses a payload that ends before the symbols it must hold.
+
+    A range decoder reading past its data keeps returning symbols, so a few bytes declaring a huge latent would
+    decode to gigabytes of zeros. Every symbol costs at least ``-log2`` of its table's largest probability, so the
+    decoder checks, before each group of symbols, that the words could hold at least that many bits.
+    """
+
+    SLACK_BITS = 96  # the coder's state flushed at the end, and rounding in constriction's fixed-point models
+    MARGIN = 0.98  # constriction may round a probability up a little
+
+    def __init__(self, nbytes: int, what: str):
+        self.capacity = 8 * nbytes
+        self.what = what
+        self.needed = 0.0
+
+    def spend(self, bits: float) -> None:
+        self.needed += float(bits)
+        if self.MARGIN * self.needed - self.SLACK_BITS > self.capacity:
+            raise CorruptChunkError(
+                f"Expected a {self.what} holding at least {self.MARGIN * self.needed - self.SLACK_BITS:.0f} bits for its "
+                f"symbols. Got {self.capacity} bits instead (truncated, or a header declaring more than was coded)."
+            )
+
+
 def range_decoder(data: bytes, what: str):
     """A constriction range decoder over ``data``, which must be whole 32-bit words."""
     import constriction
@@ -94,12 +119,13 @@ def write_grouped(encoder, values: np.ndarray, index: np.ndarray, tables: Indexe
             encode_escape(encoder, int(v), lo, escape, uniform_bits, uniform_chunk)
 
 
-def read_grouped(decoder, index: np.ndarray, tables: IndexedTables) -> np.ndarray:
+def read_grouped(decoder, index: np.ndarray, tables: IndexedTables, budget: PayloadBudget) -> np.ndarray:
     """Inverse of :func:`write_grouped` from an open range decoder: int64 values shaped like ``index``."""
     uniform_bits, uniform_chunk = escape_models()
     flat_index = index.ravel()
-    order = np.argsort(flat_index, kind="stable")
     counts = np.bincount(flat_index, minlength=tables.count)
+    budget.spend(float(counts @ tables.min_bits[: counts.size]))
+    order = np.argsort(flat_index, kind="stable")
     ordered = np.empty(flat_index.size, np.int64)
     start = 0
     try:

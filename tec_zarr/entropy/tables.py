@@ -42,6 +42,11 @@ class EntropyTables:
         return self.offsets.shape[0]
 
     @property
+    def min_bits(self) -> np.ndarray:
+        """(Q, M): the fewest bits a symbol of each table costs, -log2 of its largest probability."""
+        return _min_bits(self.pmf, self._models)
+
+    @property
     def channels(self) -> int:
         return self.offsets.shape[1]
 
@@ -56,6 +61,13 @@ class EntropyTables:
             model = constriction.stream.model.Categorical(probabilities, perfect=False)
             self._models[key] = model
         return model
+
+
+def _min_bits(pmf: np.ndarray, cache: dict) -> np.ndarray:
+    found = cache.get("min_bits")
+    if found is None:
+        found = cache["min_bits"] = TABLE_PRECISION_BITS - np.log2(np.maximum(pmf.max(axis=-1), 1).astype(np.float64))
+    return found
 
 
 def quantize_pmf(probabilities: np.ndarray, tail_mass: float) -> np.ndarray:
@@ -101,6 +113,11 @@ class IndexedTables:
     @property
     def count(self) -> int:
         return int(self.lengths.shape[0])
+
+    @property
+    def min_bits(self) -> np.ndarray:
+        """(T,): the fewest bits a symbol of each table costs, -log2 of its largest probability."""
+        return _min_bits(self.pmf, self._models)
 
     def model(self, t: int):
         model = self._models.get(t)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..bands import S2_L2A_BANDS, band_order
 from ..bitstream import chunk as bitstream
 from ..bitstream import tecfile as layout
 from ..codec.config import CODEC_NAME, FILL_VALUE
@@ -35,7 +36,12 @@ def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=()
         array = ds.read()
         crs = ds.crs.to_wkt() if ds.crs else None
         geotransform = None if ds.transform.is_identity else ds.transform.to_gdal()
-        names = list(ds.descriptions) if all(ds.descriptions) else None
+        # Named bands are checked and put in the model's order (the file then names them so); unnamed ones are
+        # taken as that order.
+        order = band_order(ds.descriptions, S2_L2A_BANDS, source=str(src))
+        if order is not None:
+            array = np.ascontiguousarray(array[order])
+        names = list(S2_L2A_BANDS) if order is not None else None
         if nodata is None:
             nodata = ds.nodata if ds.nodata is not None else 0
     return raster.write(dst, array, crs_wkt=crs, geotransform=geotransform, band_names=names, nodata=nodata,
@@ -217,13 +223,33 @@ def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> lay
     return meta
 
 
+GRID_MAPPING = "spatial_ref"
+
+
+def grid_mapping_attrs(crs_wkt: str | None, geotransform) -> dict:
+    """The CF grid-mapping variable's attributes for a CRS and GDAL geotransform, as rioxarray and odc-geo read
+    them (``crs_wkt``, its alias ``spatial_ref``, and ``GeoTransform``)."""
+    attrs = {}
+    if crs_wkt:
+        attrs["crs_wkt"] = attrs["spatial_ref"] = crs_wkt
+    if geotransform is not None:
+        attrs["GeoTransform"] = " ".join(repr(float(v)) for v in geotransform)
+    return attrs
+
+
 def _coords(m: layout.TecMetadata) -> dict:
     coords = {"band": np.array(m.band_names, dtype=object)}
+    if m.crs_wkt or m.geotransform is not None:
+        coords[GRID_MAPPING] = ((), np.int64(0), grid_mapping_attrs(m.crs_wkt, m.geotransform))
     g = m.geotransform
     if g is not None and g[2] == 0 and g[4] == 0:  # pixel centres; a rotated grid keeps only its geotransform
         coords["x"] = g[0] + g[1] * (np.arange(m.shape[2]) + 0.5)
         coords["y"] = g[3] + g[5] * (np.arange(m.shape[1]) + 0.5)
     return coords
+
+
+def _grid_mapping_attr(m: layout.TecMetadata) -> dict:
+    return {"grid_mapping": GRID_MAPPING} if m.crs_wkt or m.geotransform is not None else {}
 
 
 def tec_to_zarr(src, store, *, zarr_format: int = 3, variable: str = "reflectance") -> None:
@@ -250,12 +276,13 @@ def tec_to_zarr(src, store, *, zarr_format: int = 3, variable: str = "reflectanc
             from ..codec.zarr3 import TEC
 
             array = group.create_array(**common, serializer=TEC(**codec), compressors=None, dimension_names=DIMS,
-                                       attributes={"nodata": m.nodata})
+                                       attributes={"nodata": m.nodata, **_grid_mapping_attr(m)})
         else:
             from ..codec.zarr2 import TEC
 
             array = group.create_array(**common, compressors=TEC(**codec),
-                                       attributes={"_ARRAY_DIMENSIONS": list(DIMS), "nodata": m.nodata})
+                                       attributes={"_ARRAY_DIMENSIONS": list(DIMS), "nodata": m.nodata,
+                                                   **_grid_mapping_attr(m)})
         ny, nx = m.grid(0)
         for ty in range(ny):
             for tx in range(nx):

@@ -50,7 +50,10 @@ class TileCache:
 
 
 CACHE = TileCache(int(float(os.environ.get("TEC_ZARR_TILE_CACHE_MB", "256")) * 2**20))
-_readers: dict[str, tuple[tuple, raster.TecFile]] = {}
+# Open files by path, least recently used closed past this many: a QGIS session that stays open for days and reads
+# many .tec files keeps a bounded number of descriptors.
+MAX_OPEN_FILES = 32
+_readers: OrderedDict[str, tuple[tuple, raster.TecFile]] = OrderedDict()
 _readers_lock = threading.Lock()
 
 
@@ -66,8 +69,9 @@ def reader(path: str, uuid: str) -> tuple[tuple, raster.TecFile]:
     stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     with _readers_lock:
         cached = _readers.get(path)
-    if cached is not None and cached[0] == stamp:
-        return cached
+        if cached is not None and cached[0] == stamp:
+            _readers.move_to_end(path)
+            return cached
     opened = raster.TecFile(path)
     if opened.metadata.uuid != uuid:
         opened.close()
@@ -76,7 +80,11 @@ def reader(path: str, uuid: str) -> tuple[tuple, raster.TecFile]:
             f"{opened.metadata.uuid} instead: the file was replaced; write a new sidecar with `tec to-vrt {path}`."
         )
     with _readers_lock:
+        # Dropped, not closed: a read in another thread may still use it; the file closes with its last reference.
+        _readers.pop(path, None)
         _readers[path] = (stamp, opened)
+        while len(_readers) > MAX_OPEN_FILES:
+            _readers.popitem(last=False)
     return stamp, opened
 
 
@@ -90,5 +98,28 @@ def tec_band(in_ar, out_ar, xoff, yoff, xsize, ysize, raster_xsize, raster_ysize
         # Keyed by the file on disk, not the uuid alone: a damaged copy must not read a good copy's tiles.
         return CACHE.get((path, stamp, lv, ty, tx), lambda: f.decode_tile(lv, ty, tx))
 
-    window = (slice(yoff, yoff + ysize), slice(xoff, xoff + xsize))
-    out_ar[:] = f.read(window, level, bands=[band - 1], decode_tile=cached)[0]
+    out_h, out_w = out_ar.shape
+    if (out_h, out_w) == (ysize, xsize):
+        window = (slice(yoff, yoff + ysize), slice(xoff, xoff + xsize))
+        out_ar[:] = f.read(window, level, bands=[band - 1], decode_tile=cached)[0]
+        return
+    # GDAL asks for another size than the window (a zoomed-out view, -outsize): sample the nearest pixels, as GDAL's
+    # default resampling does, from the coarsest level of the file still at least as fine as the output.
+    fine = f.metadata.level_shape(level)
+    finest_needed = min(xsize / out_w, ysize / out_h)
+    source = max((k for k in f.metadata.levels if k >= level and 2 ** (k - level) <= finest_needed), default=level)
+    scale = 2 ** (source - level)
+    coarse = f.metadata.level_shape(source)
+    rows = _nearest(yoff, ysize, out_h, scale, coarse[0], fine[0])
+    cols = _nearest(xoff, xsize, out_w, scale, coarse[1], fine[1])
+    window = (slice(int(rows.min()), int(rows.max()) + 1), slice(int(cols.min()), int(cols.max()) + 1))
+    block = f.read(window, source, bands=[band - 1], decode_tile=cached)[0]
+    out_ar[:] = block[np.ix_(rows - window[0].start, cols - window[1].start)]
+
+
+def _nearest(offset: int, size: int, out: int, scale: int, coarse: int, fine: int) -> np.ndarray:
+    """Indices at a level ``scale`` times coarser of the pixels nearest to the centres of ``out`` output pixels
+    spanning ``offset .. offset + size`` at the finer level (``fine`` pixels long, ``coarse`` at the source)."""
+    centres = offset + (np.arange(out) + 0.5) * (size / out)  # in fine pixels
+    index = np.floor(np.minimum(centres, fine - 0.5) / scale).astype(np.int64)
+    return np.clip(index, 0, coarse - 1)

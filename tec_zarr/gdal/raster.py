@@ -8,6 +8,7 @@ only the tiles they cover.
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
@@ -18,6 +19,20 @@ from ..bitstream.tecfile import MAGIC, SUFFIX, TecMetadata, TecTiles, write_tile
 from ..codec.config import CodecConfig
 from ..errors import CorruptTileError, InvalidInputError
 from ..pipeline import MAX_BATCH_IMAGES, decode_chunk, encode_chunks, parse_dtype
+
+# One read allocates its whole window: a file declaring an absurd raster is refused instead (2**31 elements, 4 GiB of
+# uint16, holds a full 12-band Sentinel-2 tile at 10 m).
+MAX_READ_VARIABLE = "TEC_ZARR_MAX_READ_ELEMENTS"
+DEFAULT_MAX_READ_ELEMENTS = 2**31
+
+
+def max_read_elements() -> int:
+    value = os.environ.get(MAX_READ_VARIABLE)
+    try:
+        return int(value) if value else DEFAULT_MAX_READ_ELEMENTS
+    except ValueError:
+        raise InvalidInputError(f"Expected an integer {MAX_READ_VARIABLE}. Got {value!r} instead.") from None
+
 
 __all__ = ["MAGIC", "SUFFIX", "TecFile", "TecMetadata", "decoded_tiles", "downsample", "open", "parse_window", "write"]
 
@@ -189,7 +204,7 @@ class TecFile:
     @cached_property
     def config(self) -> CodecConfig:
         """The stored codec config; parsing it refuses a config naming weights other than the installed ones."""
-        return CodecConfig.from_json(self.metadata.codec)
+        return CodecConfig.from_json(self.metadata.codec, complete=True)
 
     @property
     def codec(self):
@@ -205,7 +220,7 @@ class TecFile:
         if not data:
             return np.full((m.bands, m.tile, m.tile), m.fill, m.dtype)
         self.config  # a config naming other weights is refused before any tile decodes
-        tile = decode_chunk(data)
+        tile = decode_chunk(data, expected_shape=(m.bands, m.tile, m.tile))
         _count_decode()
         if tile.shape != (m.bands, m.tile, m.tile) or tile.dtype != np.dtype(m.dtype):
             raise CorruptTileError(
@@ -232,6 +247,12 @@ class TecFile:
         if not all(isinstance(b, (int, np.integer)) and 0 <= b < m.bands for b in index):
             raise InvalidInputError(f"Expected band indices in 0..{m.bands - 1}. Got {bands!r} instead.")
         get = decode_tile or self.decode_tile
+        elements = len(index) * (y1 - y0) * (x1 - x0)
+        if elements > max_read_elements():
+            raise InvalidInputError(
+                f"Expected a read of at most {max_read_elements()} elements ({MAX_READ_VARIABLE}). Got {elements} for "
+                f"window {(y0, y1, x0, x1)} of level {level} instead: read it in windows, or raise the limit."
+            )
         out = np.empty((len(index), y1 - y0, x1 - x0), m.dtype)
         t = m.tile
         for ty in range(y0 // t, -(-y1 // t)):

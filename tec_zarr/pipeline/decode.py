@@ -6,32 +6,71 @@ chunks then go through the decoder graph in stacks, error-bounded chunks through
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..bitstream.chunk import HASH_PREFIX_BYTES, ChunkHeader, unpack, unpack_mask
-from ..errors import CorruptChunkError, ModelMismatchError, TecZarrError
+from ..bitstream.chunk import HASH_PREFIX_BYTES, ChunkHeader, element_count, unpack, unpack_mask, unpack_sections
+from ..errors import ChunkShapeError, CorruptChunkError, ModelMismatchError, TecZarrError
 from ..models import Model, load_model
 from ..residual import bound
 from ..runtime.batching import run_stacked
-from .prepare import DN_PER_REFLECTANCE
+from .prepare import DN_PER_REFLECTANCE, latent_skip
+
+
+# Chunks that arrive without an expected shape (numcodecs without out=, tec_zarr.pipeline.decode_chunk) may declare
+# at most this many elements: 2**25 is a (1, 12, 1672, 1672) chunk, 64 MiB of uint16. Zarr format 3 and .tec files
+# always pass the shape they expect, and a chunk declaring another is refused whatever its size.
+MAX_CHUNK_ELEMENTS_VARIABLE = "TEC_ZARR_MAX_CHUNK_ELEMENTS"
+DEFAULT_MAX_CHUNK_ELEMENTS = 2**25
+
+
+def max_chunk_elements() -> int:
+    value = os.environ.get(MAX_CHUNK_ELEMENTS_VARIABLE)
+    try:
+        return int(value) if value else DEFAULT_MAX_CHUNK_ELEMENTS
+    except ValueError:
+        raise ChunkShapeError(f"Expected an integer {MAX_CHUNK_ELEMENTS_VARIABLE}. Got {value!r} instead.") from None
+
+
+def check_size(header: ChunkHeader, expected_shape: Sequence[int] | None = None,
+               expected_nbytes: int | None = None) -> None:
+    """Refuse a chunk whose declared size the caller did not ask for, before anything is decoded."""
+    shape = tuple(header.shape)
+    if expected_shape is not None and shape != tuple(int(n) for n in expected_shape):
+        raise ChunkShapeError(f"Expected a chunk of shape {tuple(expected_shape)}. Got a header declaring {shape} instead.")
+    nbytes = element_count(shape) * np.dtype(header.dtype).itemsize
+    if expected_nbytes is not None and nbytes != expected_nbytes:
+        raise ChunkShapeError(f"Expected a chunk of {expected_nbytes} bytes. Got a header declaring {shape} "
+                                 f"{np.dtype(header.dtype)} ({nbytes} bytes) instead.")
+    if expected_shape is None and expected_nbytes is None and element_count(shape) > max_chunk_elements():
+        raise ChunkShapeError(
+            f"Expected at most {max_chunk_elements()} elements in a chunk decoded without an expected shape. Got a "
+            f"header declaring {shape} instead: raise {MAX_CHUNK_ELEMENTS_VARIABLE} if such chunks are yours."
+        )
 
 
 @dataclass(frozen=True, eq=False)
 class ParsedChunk:
-    """A chunk's verified header, its model, nodata mask (B, C, H, W) and decoded latent symbols (B, M, h, w)."""
+    """A chunk's verified header, its model, nodata and NaN masks (B, C, H, W) and its decoded latent symbols
+    (B, M, h, w)."""
 
     header: ChunkHeader
     model: Model
     mask: np.ndarray | None
+    nan: np.ndarray | None
     symbols: np.ndarray
 
     @property
     def valid(self) -> np.ndarray:
         c, h, w = self.header.shape[-3:]
-        return ~self.mask if self.mask is not None else np.ones((self.header.batch, c, h, w), bool)
+        valid = np.ones((self.header.batch, c, h, w), bool)
+        for missing in (self.mask, self.nan):
+            if missing is not None:
+                valid &= ~missing
+        return valid
 
     def y_hat(self) -> np.ndarray:
         """The decoder graph's input: symbols times the quality's inverse gains."""
@@ -43,19 +82,30 @@ def read_header(buf) -> ChunkHeader:
     return unpack(buf)[0]
 
 
-def decode_chunk(buf) -> np.ndarray:
-    return decode_chunks([buf])[0]
+def decode_chunk(buf, *, expected_shape: Sequence[int] | None = None, expected_nbytes: int | None = None) -> np.ndarray:
+    """One chunk's array; with ``expected_shape`` or ``expected_nbytes`` a chunk declaring another size is refused
+    (:class:`~tec_zarr.errors.ChunkShapeError`) before decoding, without them one above
+    :func:`max_chunk_elements`."""
+    return _decode([buf], [(expected_shape, expected_nbytes)])[0]
 
 
-def decode_chunks(buffers: Iterable) -> list[np.ndarray]:
+def decode_chunks(buffers: Iterable, expected_shapes: Sequence[Sequence[int] | None] | None = None) -> list[np.ndarray]:
     """:func:`decode_chunk` of each buffer, with one decoder run per stack of same-sized latents.
 
     Every chunk is parsed and checked before the network runs; the first failure is raised (the package's
     :class:`~tec_zarr.errors.BitstreamError` subclasses, noted with the chunk's position) and no result is
     returned for any chunk. Residual (``max_error``) chunks use the integer synthesis, one chunk at a time.
+    ``expected_shapes``: per buffer the shape its caller expects (None: any up to :func:`max_chunk_elements`).
     """
     buffers = list(buffers)
-    parsed = [_located(i, len(buffers), parse, buf) for i, buf in enumerate(buffers)]
+    shapes = list(expected_shapes) if expected_shapes is not None else [None] * len(buffers)
+    if len(shapes) != len(buffers):
+        raise ValueError(f"Expected one expected shape per buffer. Got {len(shapes)} for {len(buffers)} instead.")
+    return _decode(buffers, [(shape, None) for shape in shapes])
+
+
+def _decode(buffers: list, expected: list[tuple]) -> list[np.ndarray]:
+    parsed = [_located(i, len(buffers), parse, buf, *expected[i]) for i, buf in enumerate(buffers)]
     lossy = [i for i, p in enumerate(parsed) if p.header.residual is None]
     x_hats = run_stacked([(parsed[i].model.decoder, parsed[i].y_hat()) for i in lossy], exact=False)
     x_hat_of = dict(zip(lossy, x_hats))
@@ -71,9 +121,12 @@ def _located(i: int, n: int, func, *args):
         raise
 
 
-def parse(buf) -> ParsedChunk:
-    """A chunk's header checked against its installed model, its mask unpacked and its symbols decoded."""
-    header, mask_bytes, payload = unpack(buf)
+def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
+    """A chunk's header checked against the caller's expectation and its installed model, its mask unpacked and its
+    symbols decoded."""
+    sections = unpack_sections(buf)
+    header, mask_bytes, payload = sections.header, sections.mask, sections.payload
+    check_size(header, expected_shape, expected_nbytes)
     model = load_model(header.model)
     if bytes.fromhex(model.sha256)[:HASH_PREFIX_BYTES] != header.model_hash:
         raise ModelMismatchError(
@@ -90,11 +143,22 @@ def parse(buf) -> ParsedChunk:
     ):
         raise CorruptChunkError(f"Expected a header consistent with model {model.name}. Got {header} instead.")
     batch = header.batch
-    symbols = model.coder.decode(payload, header.quality, (batch, m, lh, lw))
     mask = unpack_mask(mask_bytes, (batch, c, h, w)) if mask_bytes is not None else None
     if mask is not None and header.nodata is None:
         raise CorruptChunkError("Expected a nodata value with a nodata mask. Got a mask alone instead.")
-    return ParsedChunk(header=header, model=model, mask=mask, symbols=symbols)
+    nan = unpack_mask(sections.nan_mask, (batch, c, h, w)) if sections.nan_mask is not None else None
+    skip = skipped_latents(header, mask, nan, model.latent_stride)
+    symbols = model.coder.decode(payload, header.quality, (batch, m, lh, lw), skip=skip)
+    return ParsedChunk(header=header, model=model, mask=mask, nan=nan, symbols=symbols)
+
+
+def skipped_latents(header: ChunkHeader, mask: np.ndarray | None, nan: np.ndarray | None,
+                    stride: int) -> np.ndarray | None:
+    """The latents a version-4 chunk's encoder left out, found from its masks as the encoder found them."""
+    if not header.skips_missing:
+        return None
+    missing = mask if nan is None else nan if mask is None else mask | nan
+    return latent_skip(missing, header.pad, stride)
 
 
 def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
@@ -109,7 +173,10 @@ def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
         values = np.multiply(x_hat[:, :, :h, :w], (model.std * units)[:, None, None])
         values += (model.mean * units)[:, None, None]
         result = _to_dtype(values, header.dtype)
-    return _apply_nodata(result, header.nodata, parsed.mask).reshape(header.shape)
+    result = _apply_nodata(result, header.nodata, parsed.mask)
+    if parsed.nan is not None:
+        result[parsed.nan] = np.nan
+    return result.reshape(header.shape)
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -73,6 +73,8 @@ def encode_chunks(
 def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, quality: int) -> bytes:
     """A prepared chunk's bitstream at ``quality``, from its encoder output ``y``."""
     symbols = np.rint(y * model.gain[quality][None, :, None, None]).astype(np.int32)
+    if chunk.skip is not None:  # not coded: the decoder reads 0 there, and the residual's base must agree
+        symbols *= ~chunk.skip[:, None]
     residual: ResidualSection | None = None
     if max_error is not None:
         residual = bound.encode(chunk.images, chunk.valid, symbols, quality, model, chunk.scale, max_error, nodata)
@@ -87,9 +89,11 @@ def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, q
         nodata=None if nodata is None else float(nodata),
         float_scale=chunk.scale,
         residual=residual,
+        skips_missing=chunk.skip is not None,
     )
     mask = pack_mask(chunk.mask) if chunk.mask is not None else None
-    return pack(header, mask, model.coder.encode(y, symbols, quality))
+    nan = pack_mask(chunk.nan) if chunk.nan is not None else None
+    return pack(header, mask, model.coder.encode(y, symbols, quality, skip=chunk.skip), nan_mask=nan)
 
 
 def _lowest_rate_reaching(at, chunk: PreparedChunk, target: float, qualities: int) -> bytes:
@@ -97,7 +101,10 @@ def _lowest_rate_reaching(at, chunk: PreparedChunk, target: float, qualities: in
     best = None
     for q in range(qualities):
         data = at(q)
-        reached = metrics.psnr(chunk.array, decode_chunk(data), scale=chunk.scale)
+        decoded = decode_chunk(data, expected_shape=chunk.array.shape).reshape(chunk.images.shape)
+        if chunk.nan is not None:  # missing in both: not part of the quality
+            decoded = np.where(chunk.nan, np.float32(0), decoded)
+        reached = metrics.psnr(chunk.images, decoded, scale=chunk.scale)
         if reached >= target:
             return data
         if best is None or reached > best[0]:

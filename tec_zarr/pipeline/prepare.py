@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -51,8 +52,8 @@ def validate(array: np.ndarray, model: Model) -> np.ndarray:
         )
     if 0 in array.shape:
         raise InvalidInputError(f"Expected a non-empty chunk. Got shape {array.shape} instead.")
-    if dtype.kind == "f" and not np.isfinite(array).all():
-        raise InvalidInputError("Expected finite values. Got NaN or infinity instead (mark missing data with nodata).")
+    if dtype.kind == "f" and np.isinf(array).any():
+        raise InvalidInputError("Expected finite values or NaN (missing data). Got infinity instead.")
     return array.astype(dtype.newbyteorder("="), copy=False)
 
 
@@ -69,26 +70,93 @@ def normalize(images: np.ndarray, model: Model, mask: np.ndarray | None, scale: 
     """(B, bands, H, W) data -> the encoder's normalized input, padded to the model's multiple."""
     reflectance = images.astype(np.float32) * np.float32(scale / DN_PER_REFLECTANCE)
     normalized = (reflectance - model.mean[:, None, None]) / model.std[:, None, None]
-    if mask is not None:
-        normalized[mask] = 0.0  # nodata becomes the band mean: cheap to code, and restored from the mask
+    if mask is not None:  # restored from the mask: any value will do, so the cheapest to code
+        fill_missing(normalized, mask)
     return pad(normalized.astype(np.float32), model.multiple)
+
+
+# How far (pixels) missing elements take their valid neighbours' values: past the analysis transform's reach from the
+# coded latents (one latent of margin, 4 pixels, and two 5 x 5 stride-2 layers), where values no longer matter.
+FILL_REACH = 12
+
+
+def fill_missing(x: np.ndarray, missing: np.ndarray) -> None:
+    """In place: missing elements near valid ones take the mean of their filled 4-neighbours, ring by ring, so the
+    analysis sees smooth continuations instead of edges it would pay for; the rest the band mean (0)."""
+    filled = ~missing
+    x[missing] = 0.0
+    if not filled.any():
+        return
+    for _ in range(FILL_REACH):
+        todo = ~filled
+        if not todo.any():
+            break
+        total = np.zeros_like(x)
+        count = np.zeros(x.shape, np.float32)
+        for axis, step in ((-1, 1), (-1, -1), (-2, 1), (-2, -1)):
+            shifted_x = np.roll(x, step, axis=axis)
+            shifted_f = np.roll(filled, step, axis=axis)
+            edge = [slice(None)] * x.ndim
+            edge[axis] = 0 if step == 1 else -1  # np.roll wraps around: no neighbour across the border
+            shifted_f[tuple(edge)] = False
+            total += np.where(shifted_f, shifted_x, 0.0)
+            count += shifted_f
+        grow = todo & (count > 0)
+        x[grow] = total[grow] / count[grow]
+        filled = filled | grow
+
+
+# Latents are left uncoded only where their block and this many latents around it hold nothing but missing data, so
+# the synthesis of every valid pixel near the edge of missing data still gets the latents it was encoded with.
+SKIP_MARGIN = 1
+
+
+def latent_skip(missing: np.ndarray | None, pad: tuple[int, int], stride: int) -> np.ndarray | None:
+    """(B, h, w) True where a latent need not be coded: its ``stride`` x ``stride`` block, and the blocks within
+    SKIP_MARGIN of it, are missing in every band (nodata, NaN or edge padding). None where no latent is skipped.
+    Encoder and decoder both compute it from the chunk's masks."""
+    if missing is None:
+        return None
+    blocks = np.pad(missing.all(axis=1), ((0, 0), (0, pad[0]), (0, pad[1])), constant_values=True)
+    b, h, w = blocks.shape
+    empty = blocks.reshape(b, h // stride, stride, w // stride, stride).all(axis=(2, 4))
+    keep = ~empty
+    for _ in range(SKIP_MARGIN):  # grow the coded area by one latent in all 8 directions
+        grown = np.pad(keep, ((0, 0), (1, 1), (1, 1)))
+        keep = np.zeros_like(keep)
+        for dy in range(3):
+            for dx in range(3):
+                keep |= grown[:, dy : dy + keep.shape[1], dx : dx + keep.shape[2]]
+    skip = ~keep
+    return skip if skip.any() else None
 
 
 @dataclass(frozen=True, eq=False)
 class PreparedChunk:
-    """One chunk ready to code: ``images`` (B, bands, H, W) in native order, its nodata ``mask`` (None: no nodata
-    element), ``scale`` (data units -> DN), the edge ``pad`` and the encoder's ``normalized`` input."""
+    """One chunk ready to code: ``images`` (B, bands, H, W) in native order with NaN replaced by 0, its nodata
+    ``mask`` and ``nan`` mask (None: no such element), ``scale`` (data units -> DN), the edge ``pad`` and the
+    encoder's ``normalized`` input."""
 
     array: np.ndarray
     images: np.ndarray
     mask: np.ndarray | None
+    nan: np.ndarray | None
     scale: float
     pad: tuple[int, int]
     normalized: np.ndarray
+    skip: np.ndarray | None = None  # (B, h, w): latents not coded (see latent_skip)
+
+    @property
+    def missing(self) -> np.ndarray | None:
+        """Elements the codec stores as masks, not pixels: nodata and NaN."""
+        if self.mask is None or self.nan is None:
+            return self.mask if self.nan is None else self.nan
+        return self.mask | self.nan
 
     @property
     def valid(self) -> np.ndarray:
-        return ~self.mask if self.mask is not None else np.ones(self.images.shape, bool)
+        missing = self.missing
+        return ~missing if missing is not None else np.ones(self.images.shape, bool)
 
 
 def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_error, psnr) -> PreparedChunk:
@@ -104,8 +172,18 @@ def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_e
     check_nodata(nodata, dtype)
     scale = float(float_scale) if dtype.kind == "f" else 1.0
     images = array.reshape((-1,) + array.shape[-3:])
+    # float32 NaN is missing data (xarray's fill value and mask): stored as a mask, read back as NaN.
+    nan = np.isnan(images) if dtype.kind == "f" else None
+    if nan is not None and nan.any():
+        images = np.where(nan, np.float32(0), images)
+    else:
+        nan = None
     mask = (images == nodata) if nodata is not None else None
+    if mask is not None and nan is not None:
+        mask &= ~nan
     if mask is not None and not mask.any():
         mask = None
-    normalized, amount = normalize(images, model, mask, scale)
-    return PreparedChunk(array=array, images=images, mask=mask, scale=scale, pad=amount, normalized=normalized)
+    chunk = PreparedChunk(array=array, images=images, mask=mask, nan=nan, scale=scale, pad=(0, 0), normalized=images)
+    normalized, amount = normalize(images, model, chunk.missing, scale)
+    skip = latent_skip(chunk.missing, amount, model.latent_stride)
+    return dataclasses.replace(chunk, pad=amount, normalized=normalized, skip=skip)

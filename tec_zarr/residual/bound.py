@@ -22,11 +22,14 @@ exactly instead.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from ..bitstream.chunk import ChunkHeader, ResidualSection
+from ..bitstream.chunk import MAX_FLOAT_BOUND, MAX_INTEGER_BOUND, ChunkHeader, ResidualSection
 from ..bitstream.payload import tile_parameters
 from ..errors import CorruptChunkError, InvalidInputError
+from ..parsing import is_real
 from . import hierarchical, tiled
 
 MODE_INTEGER, MODE_FLOAT, MODE_FLOAT_EXACT = 0, 1, 2
@@ -36,10 +39,16 @@ _KEY_MAX = 0x7F7FFFFF  # key of float32's largest finite value; -_KEY_MAX - 1 is
 
 
 def parse_bound(max_error: float, dtype: np.dtype) -> float:
-    if isinstance(max_error, bool) or not isinstance(max_error, (int, float)) or not 0 <= max_error < float("inf"):
+    if not (is_real(max_error) and max_error >= 0):
         raise InvalidInputError(f"Expected a finite max_error >= 0. Got {max_error!r} instead.")
-    # Integer steps beyond 2**17 DN already span any 16-bit range.
-    return float(min(np.floor(max_error), 1 << 17)) if dtype.kind in "iu" else float(max_error)
+    if dtype.kind in "iu":  # integer steps beyond 2**17 DN already span any 16-bit range
+        return float(min(math.floor(max_error), MAX_INTEGER_BOUND))
+    if max_error > MAX_FLOAT_BOUND:
+        raise InvalidInputError(
+            f"Expected a float32 max_error up to {MAX_FLOAT_BOUND:.3g}, whose steps float32 can represent. "
+            f"Got {max_error!r} instead."
+        )
+    return float(max_error)
 
 
 def base_values(model, symbols: np.ndarray, quality: int, shape: tuple[int, int], dtype: np.dtype, scale: float):
@@ -93,7 +102,8 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata) -> 
     q = quantize(images, base, mode, bound)
     decoded = avoid_nodata(reconstruct(base, q, mode, bound, dtype), nodata)
     err = np.abs(decoded.astype(np.float64) - images.astype(np.float64))
-    if (err[valid] > bound).any():  # float32 rounding or the nodata rule broke the bound: code exactly instead
+    # float32 rounding or the nodata rule broke the bound (NaN fails it too): code exactly instead
+    if not (err[valid] <= bound).all():
         bound = 0.0
         mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT_EXACT
         q = quantize(images, base, mode, bound)

@@ -48,6 +48,7 @@ from ..bitstream.payload import (
     residual_words,
     seal_residual,
 )
+from ..entropy.rangecoder import PayloadBudget
 from ..errors import CorruptChunkError
 from .tables import ESCAPE, MAX_SHIFT, PRECISION_BITS, TABLE_LENGTH, TABLES, any_table, decode_symbols, encode_symbols
 
@@ -420,6 +421,7 @@ def decode(params: bytes, data: bytes, valid: np.ndarray, anchor: np.ndarray | N
     d = np.zeros(valid.shape, np.int64)
     out = np.zeros(valid.shape, np.int64)
     dec = constriction.stream.queue.RangeDecoder(words)
+    budget = PayloadBudget(len(data) - 4, "residual payload")
     images = np.arange(b)
     try:
         for band in range(c):
@@ -440,7 +442,7 @@ def decode(params: bytes, data: bytes, valid: np.ndarray, anchor: np.ndarray | N
                 d_ref2 = d[images, ref2_band][:, None, inner[2], inner[3]] * has_ref2[:, None, None, None] if any2 else 0
                 qhat, groups = _context(pred, d_ref, g, act, pass_[0], step, base, d_ref2, g2)
                 q = qhat.copy()
-                q[v] += decode_symbols(dec, tables[groups[v]])
+                q[v] += decode_symbols(dec, tables[groups[v]], budget)
                 state.fill(sl, q, v, pred, step)
                 out[inner] = np.where(v, q, 0)
                 d[inner] = np.where(v, 4 * step * q - pred, 0)

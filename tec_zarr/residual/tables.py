@@ -136,8 +136,17 @@ def encode_symbols(enc, e: np.ndarray, ks: np.ndarray) -> None:
     enc.encode((e[m != 0] < 0).astype(np.int32), uniform(1))
 
 
-def decode_symbols(dec, ks: np.ndarray) -> np.ndarray:
+@lru_cache(maxsize=None)
+def _min_bits() -> np.ndarray:
+    """Per table, the fewest bits one of its symbols costs: -log2 of its largest probability."""
+    return np.array([PRECISION_BITS - np.log2(float(any_table(k).max())) for k in range(TABLES)])
+
+
+def decode_symbols(dec, ks: np.ndarray, budget) -> np.ndarray:
+    """Inverse of :func:`encode_symbols`; ``budget`` (a :class:`~tec_zarr.entropy.rangecoder.PayloadBudget`)
+    refuses a payload too short for the symbols before any is decoded."""
     k, s = ks[:, 0].astype(np.intp), ks[:, 1].astype(np.intp)
+    budget.spend(float(_min_bits()[k].sum() + s.sum()))
     m = np.zeros(k.size, np.int64)
     for kk, sel in _by_value(k):
         h = dec.decode(any_model(kk), sel.size).astype(np.int64)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..bitstream.payload import check_residual_seal, residual_words, seal_residual
+from ..entropy.rangecoder import PayloadBudget
 from ..errors import CorruptChunkError
 from .tables import MAX_SHIFT, PRECISION_BITS, TABLE_LENGTH, THETAS, decode_symbols, encode_symbols, table
 
@@ -83,7 +84,7 @@ def decode(data: bytes, valid: np.ndarray, params: np.ndarray, tile: int = TILE)
         raise CorruptChunkError(f"Expected {int(np.prod(grid))} residual tile parameters in range. Got {params.shape} instead.")
     dec = constriction.stream.queue.RangeDecoder(words)
     try:
-        m = decode_symbols(dec, _tile_parameters(params, ids[valid]))
+        m = decode_symbols(dec, _tile_parameters(params, ids[valid]), PayloadBudget(len(data) - 4, "residual payload"))
     except (AssertionError, ValueError, RuntimeError, OverflowError) as e:  # constriction's words for invalid data
         raise CorruptChunkError(f"Expected a decodable residual payload. Got {type(e).__name__}: {e} instead.") from None
     check_residual_seal(data, m, dec.maybe_exhausted())
