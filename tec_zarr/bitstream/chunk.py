@@ -246,6 +246,8 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
 # stay a finite float32 (both are what encoders write: see tec_zarr.residual.bound.parse_bound).
 MAX_INTEGER_BOUND = 1 << 17
 MAX_FLOAT_BOUND = float(np.finfo(np.float32).max) / 4
+# float32 x float_scale = DN: beyond these, 10000 / float_scale or its float32 reciprocal leaves float32's normal range.
+FLOAT_SCALE_RANGE = (1e-20, 1e20)
 
 
 def element_count(shape) -> int:
@@ -264,8 +266,8 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
         raise CorruptChunkError(f"Expected a shape (..., bands, H, W) of positive sizes. Got {tuple(shape)} instead.")
     if min(latent) < 1 or element_count(shape[:-3]) * element_count(latent) > MAX_ELEMENTS:
         raise CorruptChunkError(f"Expected positive latent sizes. Got {tuple(latent)} instead.")
-    if not (math.isfinite(float_scale) and float_scale > 0):
-        raise CorruptChunkError(f"Expected a positive finite float scale. Got {float_scale} instead.")
+    if not FLOAT_SCALE_RANGE[0] <= float_scale <= FLOAT_SCALE_RANGE[1]:  # NaN fails too
+        raise CorruptChunkError(f"Expected a float scale in {FLOAT_SCALE_RANGE}. Got {float_scale} instead.")
     if flags & FLAG_NODATA and not math.isfinite(nodata):
         raise CorruptChunkError(f"Expected a finite nodata value. Got {nodata} instead.")
     if flags & ~KNOWN_FLAGS:

@@ -88,7 +88,7 @@ def parse_geotransform(gt) -> tuple[float, ...] | None:
         return None
     try:
         values = tuple(float(v) for v in gt)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         values = ()
     if len(values) != 6 or not all(math.isfinite(v) for v in values):
         raise InvalidInputError(f"Expected a GDAL geotransform of 6 finite numbers, or None. Got {gt!r} instead.")

@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..bitstream.chunk import CODEC_ID, check_config_keys
+from ..bitstream.chunk import CODEC_ID, FLOAT_SCALE_RANGE, check_config_keys
 from ..errors import InvalidInputError, ModelMismatchError
 from ..models import DEFAULT_MODEL, ModelCard, get_card
 from ..parsing import is_real, parse_nodata
@@ -60,8 +60,9 @@ def parse_quality(quality: int | None, card: ModelCard, max_error: float | int |
 
 
 def parse_float_scale(scale: float) -> float:
-    if not (is_real(scale) and scale > 0):
-        raise InvalidInputError(f"Expected a positive finite float_scale. Got {scale!r} instead.")
+    if not (is_real(scale) and FLOAT_SCALE_RANGE[0] <= scale <= FLOAT_SCALE_RANGE[1]):
+        raise InvalidInputError(f"Expected a float_scale in {FLOAT_SCALE_RANGE[0]:g}..{FLOAT_SCALE_RANGE[1]:g} "
+                                f"(float32 x float_scale = DN). Got {scale!r} instead.")
     return float(scale)
 
 

@@ -63,8 +63,10 @@ def read_card(folder: Path) -> ModelCard:
             manifest=manifest,
             folder=Path(folder),
         )
-        int(manifest["multiple"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        if not 1 <= int(manifest["multiple"]) <= 1024 or not 1 <= int(manifest.get("latent_stride", 1)) <= 64:
+            raise ValueError("multiple and latent_stride must be small positive integers")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError,
+            RecursionError) as e:
         raise WeightsIntegrityError(f"Expected a valid model manifest at {path}. Got {type(e).__name__}: {e} instead.") from None
     if manifest.get("sha256") != card.sha256:
         raise WeightsIntegrityError(

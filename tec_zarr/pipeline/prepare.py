@@ -8,9 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bitstream.chunk import DTYPE_CODES
+from ..bitstream.chunk import DTYPE_CODES, FLOAT_SCALE_RANGE
 from ..errors import InvalidInputError, UnsupportedDtypeError
 from ..models import Model
+from ..parsing import is_real
 from ..residual.bound import parse_bound
 
 SUPPORTED_DTYPES = tuple(DTYPE_CODES)
@@ -170,6 +171,8 @@ def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_e
     if max_error is not None:
         parse_bound(max_error, dtype)
     check_nodata(nodata, dtype)
+    if dtype.kind == "f" and not (is_real(float_scale) and FLOAT_SCALE_RANGE[0] <= float_scale <= FLOAT_SCALE_RANGE[1]):
+        raise InvalidInputError(f"Expected a float_scale in {FLOAT_SCALE_RANGE}. Got {float_scale!r} instead.")
     scale = float(float_scale) if dtype.kind == "f" else 1.0
     images = array.reshape((-1,) + array.shape[-3:])
     # float32 NaN is missing data (xarray's fill value and mask): stored as a mask, read back as NaN.
