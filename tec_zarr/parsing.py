@@ -27,3 +27,19 @@ def parse_nodata(nodata: float | int | None) -> float | int | None:
     if not is_real(nodata):
         raise InvalidInputError(f"Expected a finite number or None for nodata. Got {nodata!r} instead.")
     return int(nodata) if float(nodata).is_integer() else float(nodata)
+
+
+def env_limit(variable: str, default: int) -> int:
+    """A positive integer limit from the environment (unset or empty: ``default``)."""
+    import os
+
+    value = os.environ.get(variable)
+    if not value:
+        return default
+    try:
+        limit = int(value)
+    except ValueError:
+        limit = 0
+    if limit < 1:
+        raise InvalidInputError(f"Expected a positive integer {variable}. Got {value!r} instead.")
+    return limit

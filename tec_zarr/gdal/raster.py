@@ -8,7 +8,6 @@ only the tiles they cover.
 from __future__ import annotations
 
 import itertools
-import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
@@ -18,6 +17,7 @@ import numpy as np
 from ..bitstream.tecfile import MAGIC, SUFFIX, TecMetadata, TecTiles, write_tiles
 from ..codec.config import CodecConfig
 from ..errors import CorruptTileError, InvalidInputError
+from ..parsing import env_limit
 from ..pipeline import MAX_BATCH_IMAGES, decode_chunk, encode_chunks, parse_dtype
 
 # One read allocates its whole window: a file declaring an absurd raster is refused instead (2**31 elements, 4 GiB of
@@ -27,11 +27,7 @@ DEFAULT_MAX_READ_ELEMENTS = 2**31
 
 
 def max_read_elements() -> int:
-    value = os.environ.get(MAX_READ_VARIABLE)
-    try:
-        return int(value) if value else DEFAULT_MAX_READ_ELEMENTS
-    except ValueError:
-        raise InvalidInputError(f"Expected an integer {MAX_READ_VARIABLE}. Got {value!r} instead.") from None
+    return env_limit(MAX_READ_VARIABLE, DEFAULT_MAX_READ_ELEMENTS)
 
 
 __all__ = ["MAGIC", "SUFFIX", "TecFile", "TecMetadata", "decoded_tiles", "downsample", "open", "parse_window", "write"]

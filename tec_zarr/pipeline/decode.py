@@ -6,7 +6,6 @@ chunks then go through the decoder graph in stacks, error-bounded chunks through
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -15,6 +14,7 @@ import numpy as np
 from ..bitstream.chunk import HASH_PREFIX_BYTES, ChunkHeader, element_count, unpack, unpack_mask, unpack_sections
 from ..errors import ChunkShapeError, CorruptChunkError, ModelMismatchError, TecZarrError
 from ..models import Model, load_model
+from ..parsing import env_limit
 from ..residual import bound
 from ..runtime.batching import run_stacked
 from .prepare import DN_PER_REFLECTANCE, latent_skip
@@ -28,11 +28,7 @@ DEFAULT_MAX_CHUNK_ELEMENTS = 2**25
 
 
 def max_chunk_elements() -> int:
-    value = os.environ.get(MAX_CHUNK_ELEMENTS_VARIABLE)
-    try:
-        return int(value) if value else DEFAULT_MAX_CHUNK_ELEMENTS
-    except ValueError:
-        raise ChunkShapeError(f"Expected an integer {MAX_CHUNK_ELEMENTS_VARIABLE}. Got {value!r} instead.") from None
+    return env_limit(MAX_CHUNK_ELEMENTS_VARIABLE, DEFAULT_MAX_CHUNK_ELEMENTS)
 
 
 def check_size(header: ChunkHeader, expected_shape: Sequence[int] | None = None,
