@@ -1041,6 +1041,33 @@ def test_crc_valid_absurd_headers_are_refused():
     assert not problems, "\n".join(problems)
 
 
+def extreme_latents(mode: str, value: int, float_scale: float) -> bytes:
+    """A tec-fp float32 chunk (``mode``: "lossy", or "float32" for max_error 1e-3, residual mode 1) whose latent
+    symbols are all ``value``, coded by the model's own coder (escapes), with ``float_scale``: well-formed and
+    CRC-valid, every field inside the ranges the header check allows."""
+    from tec_zarr.models import load_model
+
+    a, _ = case_input("tec-fp", "float32")
+    buf = tec_zarr.TEC(model="tec-fp", **({} if mode == "lossy" else {"max_error": 1e-3})).encode(a)
+    h, m, _ = chunkfmt.unpack(buf)
+    symbols = np.full((h.batch, *h.latent), value, np.int64)
+    payload = load_model("tec-fp").coder.encode(None, symbols, h.quality)
+    return chunkfmt.pack(dataclasses.replace(h, float_scale=float_scale), m, payload)
+
+
+@pytest.mark.parametrize("mode", ["lossy", "float32"])
+@pytest.mark.parametrize("value", [2**31 - 1, -(2**31)])
+@pytest.mark.parametrize("float_scale", ["lowest", "highest"])
+def test_extreme_latents_decode_finite(mode, value, float_scale):
+    """Latents at int32's ends (each a legal escape) under the smallest float_scale a header may carry: the pixels
+    (x_hat x 10000 / float_scale) must stay finite float32, or the chunk be refused."""
+    lo, hi = getattr(chunkfmt, "FLOAT_SCALE_RANGE", (1e-20, 1e20))
+    scale = {"lowest": lo, "highest": hi}.get(float_scale, float_scale)
+    buf = extreme_latents(mode, value, scale)
+    outcome, seconds, problem = judge(pipeline.decode_chunk, buf)
+    assert problem is None, f"{mode} chunk, latents all {value}, float_scale {scale}: {problem}"
+
+
 def test_crc_valid_absurd_headers_stay_bounded(tmp_path):
     """The same attacks without an expected shape, each in a fresh process: peak RSS and time."""
     paths = {}

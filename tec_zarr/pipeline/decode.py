@@ -176,8 +176,9 @@ def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
 
 
 def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    if dtype.kind == "f":
-        return values.astype(dtype)
+    if dtype.kind == "f":  # finite whatever the latents say: a hostile chunk must not read back as inf
+        info = np.finfo(dtype)
+        return np.clip(values, info.min, info.max, out=values).astype(dtype)
     info = np.iinfo(dtype)
     np.rint(values, out=values)
     return np.clip(values, info.min, info.max, out=values).astype(dtype)
