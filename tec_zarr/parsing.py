@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from .bitstream.chunk import FLOAT_SCALE_RANGE
 from .errors import InvalidInputError
 
 
@@ -27,6 +28,13 @@ def parse_nodata(nodata: float | int | None) -> float | int | None:
     if not is_real(nodata):
         raise InvalidInputError(f"Expected a finite number or None for nodata. Got {nodata!r} instead.")
     return int(nodata) if float(nodata).is_integer() else float(nodata)
+
+
+def parse_float_scale(scale: float) -> float:
+    if not (is_real(scale) and FLOAT_SCALE_RANGE[0] <= scale <= FLOAT_SCALE_RANGE[1]):
+        raise InvalidInputError(f"Expected a float_scale in {FLOAT_SCALE_RANGE[0]:g}..{FLOAT_SCALE_RANGE[1]:g} "
+                                f"(float32 x float_scale = DN). Got {scale!r} instead.")
+    return float(scale)
 
 
 def env_limit(variable: str, default: int) -> int:

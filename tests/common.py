@@ -159,6 +159,18 @@ def golden_chunks() -> list[Path]:
     return sorted((FIXTURES / "tec_zarr.tec").glob("*/encoded.*.dat"))
 
 
+def corrupt_tile(src: Path, dst: Path, level: int, ty: int, tx: int) -> Path:
+    """A copy of the .tec file ``src`` at ``dst`` with one byte flipped in the middle of a tile (index untouched)."""
+    from tec_zarr import tecfile
+
+    with tecfile.open(src) as f:
+        offset, length, _ = f.tile_entry(level, ty, tx)
+    data = bytearray(Path(src).read_bytes())
+    data[offset + length // 2] ^= 0xFF
+    Path(dst).write_bytes(bytes(data))
+    return Path(dst)
+
+
 def golden_skip(data: bytes):
     """The latents a golden chunk's encoder left out (version 4), None for older chunks."""
     from tec_zarr.bitstream.chunk import unpack_mask, unpack_sections

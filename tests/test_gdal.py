@@ -18,6 +18,7 @@ from common import (
     OSGEO_MISSING,
     QGIS_MISSING,
     TILE,
+    corrupt_tile,
     has_gdal_cli,
     has_osgeo,
     system_python_with_qgis,
@@ -118,13 +119,7 @@ def test_rasterio_reads_at_any_size(scene, shape):
 
 def test_corrupt_tile_is_a_read_error(tmp_path, scene):
     path, levels = scene
-    bad = tmp_path / "bad.tec"
-    shutil.copy(path, bad)
-    with tecfile.open(bad) as f:
-        offset, length, _ = f.tile_entry(0, 1, 1)
-    data = bytearray(bad.read_bytes())
-    data[offset + length // 2] ^= 0xFF
-    bad.write_bytes(bytes(data))
+    bad = corrupt_tile(path, tmp_path / "bad.tec", 0, 1, 1)
     with gdal.open(bad) as ds:
         with pytest.raises(RasterioError) as e:
             ds.read(1, window=Window(64, 64, 10, 10))
@@ -201,12 +196,7 @@ def test_gdal_translate_and_stats_read_the_pixels(scene):
 
 @needs_gdal_cli
 def test_gdal_cli_reports_a_corrupt_tile(tmp_path, scene):
-    bad = tmp_path / "bad.tec"
-    with tecfile.open(scene[0]) as f:
-        offset, length, _ = f.tile_entry(0, 2, 1)
-    data = bytearray(scene[0].read_bytes())
-    data[offset + length // 2] ^= 0xFF
-    bad.write_bytes(bytes(data))
+    bad = corrupt_tile(scene[0], tmp_path / "bad.tec", 0, 2, 1)
     out = gdal_cli("gdal_translate", "-q", gdal.sidecar(bad).name, "x.tif", cwd=tmp_path)
     assert out.returncode != 0 and CorruptTileError.__name__ in out.stderr
 

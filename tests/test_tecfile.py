@@ -8,7 +8,7 @@ import pytest
 import xarray as xr
 import zarr
 
-from common import GEOTRANSFORM, TILE, UTM10N_WKT
+from common import GEOTRANSFORM, TILE, UTM10N_WKT, corrupt_tile
 from tec_zarr import TEC, cli, metrics, tecfile
 from tec_zarr.bands import S2_L2A_BANDS
 from tec_zarr.bitstream import tecfile as layout
@@ -120,12 +120,7 @@ def test_damaged_files_raise_package_errors(tmp_path, scene):
 
 def test_corrupt_tile_is_refused_by_its_crc(tmp_path, scene):
     path, levels = scene
-    bad = tmp_path / "bad.tec"
-    with tecfile.open(path) as f:
-        offset, length, _ = f.tile_entry(0, 1, 1)
-    data = bytearray(path.read_bytes())
-    data[offset + length // 2] ^= 0xFF
-    bad.write_bytes(bytes(data))
+    bad = corrupt_tile(path, tmp_path / "bad.tec", 0, 1, 1)
     with tecfile.open(bad) as f:
         with pytest.raises(CorruptTileError):
             f.read_tile(0, 1, 1)

@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..bitstream.chunk import CODEC_ID, FLOAT_SCALE_RANGE, check_config_keys
+from ..bitstream.chunk import CODEC_ID, check_config_keys
 from ..errors import InvalidInputError, ModelMismatchError
 from ..models import DEFAULT_MODEL, ModelCard, get_card
-from ..parsing import is_real, parse_nodata
+from ..parsing import is_real, parse_float_scale, parse_nodata
 
 CODEC_NAME = CODEC_ID  # one prefixed name for numcodecs (format 2) and zarr.codecs (format 3)
 # zarr 3 only: take the array's fill value as nodata when the array is created.
@@ -57,13 +57,6 @@ def parse_quality(quality: int | None, card: ModelCard, max_error: float | int |
             f"Expected a quality level 0..{len(card.qualities) - 1} of model {card.name}. Got {quality!r} instead."
         )
     return int(quality)
-
-
-def parse_float_scale(scale: float) -> float:
-    if not (is_real(scale) and FLOAT_SCALE_RANGE[0] <= scale <= FLOAT_SCALE_RANGE[1]):
-        raise InvalidInputError(f"Expected a float_scale in {FLOAT_SCALE_RANGE[0]:g}..{FLOAT_SCALE_RANGE[1]:g} "
-                                f"(float32 x float_scale = DN). Got {scale!r} instead.")
-    return float(scale)
 
 
 def parse_max_error(max_error: float | int | None) -> float | int | None:

@@ -154,48 +154,17 @@ def _count_decode() -> None:
         _decoded += 1
 
 
-class TecFile:
-    """A ``.tec`` file opened for reading: header and index are read and verified at open, tiles on demand."""
-
-    def __init__(self, path):
-        self._tiles = TecTiles(path)
-        self.path = self._tiles.path
-        self.metadata = self._tiles.metadata
-        self.header_bytes = self._tiles.header_bytes
+class TecFile(TecTiles):
+    """A ``.tec`` file opened for reading: header and index are read and verified at open (:class:`TecTiles`),
+    tiles read and decoded on demand."""
 
     @classmethod
     def open(cls, path) -> TecFile:
         return cls(path)
 
-    def close(self) -> None:
-        self._tiles.close()
-
-    def __enter__(self) -> TecFile:
-        return self
-
-    def __exit__(self, *args) -> None:
-        self.close()
-
     def __repr__(self) -> str:
         m = self.metadata
         return f"<TecFile {str(self.path)!r} {m.shape} {m.dtype} tile {m.tile} overviews {m.overviews}>"
-
-    @property
-    def index(self) -> np.ndarray:
-        """The tile index: a read-only structured array of (offset, length, crc32), in index order."""
-        return self._tiles.index
-
-    @property
-    def stored_bytes(self) -> int:
-        return self._tiles.stored_bytes
-
-    def tile_entry(self, level: int, ty: int, tx: int) -> tuple[int, int, int]:
-        """(offset, length, crc32) of a tile from the index."""
-        return self._tiles.tile_entry(level, ty, tx)
-
-    def read_tile(self, level: int, ty: int, tx: int) -> bytes:
-        """The tile's chunk bitstream, checked against the index's CRC32 (b"" for an absent tile)."""
-        return self._tiles.read_tile(level, ty, tx)
 
     @cached_property
     def config(self) -> CodecConfig:

@@ -63,7 +63,8 @@ def read_card(folder: Path) -> ModelCard:
             manifest=manifest,
             folder=Path(folder),
         )
-        if not 1 <= int(manifest["multiple"]) <= 1024 or not 1 <= int(manifest.get("latent_stride", 1)) <= 64:
+        multiple = int(manifest["multiple"])
+        if not 1 <= multiple <= 1024 or not 1 <= int(manifest.get("latent_stride", multiple)) <= 64:
             raise ValueError("multiple and latent_stride must be small positive integers")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, OverflowError,
             RecursionError) as e:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import io
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -34,8 +34,6 @@ class Model:
     multiple: int  # chunks are edge-padded to multiples of it
     latent_stride: int  # image pixels per latent element along each axis
     synthesis_bytes: bytes | None = field(default=None, repr=False)  # verified; parsed on first bounded use
-    _lazy: dict = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
     def from_files(cls, card: ModelCard, files: Mapping[str, bytes]) -> Model:
@@ -92,18 +90,13 @@ class Model:
     def latent_channels(self) -> int:
         return int(self.gain.shape[1])
 
-    @property
+    @cached_property
     def int_synthesis(self) -> IntSynthesis:
-        """The integer synthesis transform (error-bounded chunks' base), parsed once from its verified bytes."""
-        found = self._lazy.get("synthesis")
-        if found is None:
-            if self.synthesis_bytes is None:
-                raise InvalidInputError(
-                    f"Expected model {self.name} to ship {SYNTHESIS_FILENAME} for max_error/lossless coding. Got none "
-                    "instead: re-export it with python -m tec_zarr.train.export."
-                )
-            with self._lock:
-                found = self._lazy.get("synthesis")
-                if found is None:
-                    found = self._lazy["synthesis"] = IntSynthesis.from_npz(self.synthesis_bytes)
-        return found
+        """The integer synthesis transform (error-bounded chunks' base), parsed once from its verified bytes (two
+        threads parsing it at once build equal objects; one is kept)."""
+        if self.synthesis_bytes is None:
+            raise InvalidInputError(
+                f"Expected model {self.name} to ship {SYNTHESIS_FILENAME} for max_error/lossless coding. Got none "
+                "instead: re-export it with python -m tec_zarr.train.export."
+            )
+        return IntSynthesis.from_npz(self.synthesis_bytes)

@@ -17,7 +17,7 @@ from ..models import Model, load_model
 from ..parsing import env_limit
 from ..residual import bound
 from ..runtime.batching import run_stacked
-from .prepare import DN_PER_REFLECTANCE, latent_skip
+from .prepare import DN_PER_REFLECTANCE, latent_skip, union
 
 
 # Chunks that arrive without an expected shape (numcodecs without out=, tec_zarr.pipeline.decode_chunk) may declare
@@ -61,12 +61,9 @@ class ParsedChunk:
 
     @property
     def valid(self) -> np.ndarray:
+        missing = union(self.mask, self.nan)
         c, h, w = self.header.shape[-3:]
-        valid = np.ones((self.header.batch, c, h, w), bool)
-        for missing in (self.mask, self.nan):
-            if missing is not None:
-                valid &= ~missing
-        return valid
+        return ~missing if missing is not None else np.ones((self.header.batch, c, h, w), bool)
 
     def y_hat(self) -> np.ndarray:
         """The decoder graph's input: symbols times the quality's inverse gains."""
@@ -151,10 +148,7 @@ def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
 def skipped_latents(header: ChunkHeader, mask: np.ndarray | None, nan: np.ndarray | None,
                     stride: int) -> np.ndarray | None:
     """The latents a version-4 chunk's encoder left out, found from its masks as the encoder found them."""
-    if not header.skips_missing:
-        return None
-    missing = mask if nan is None else nan if mask is None else mask | nan
-    return latent_skip(missing, header.pad, stride)
+    return latent_skip(union(mask, nan), header.pad, stride) if header.skips_missing else None
 
 
 def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..bitstream.chunk import DTYPE_CODES, FLOAT_SCALE_RANGE
+from ..bitstream.chunk import DTYPE_CODES
 from ..errors import InvalidInputError, UnsupportedDtypeError
 from ..models import Model
-from ..parsing import is_real
+from ..parsing import parse_float_scale
 from ..residual.bound import parse_bound
 
 SUPPORTED_DTYPES = tuple(DTYPE_CODES)
@@ -85,26 +84,22 @@ def fill_missing(x: np.ndarray, missing: np.ndarray) -> None:
     """In place: missing elements near valid ones take the mean of their filled 4-neighbours, ring by ring, so the
     analysis sees smooth continuations instead of edges it would pay for; the rest the band mean (0)."""
     filled = ~missing
-    x[missing] = 0.0
+    x[missing] = 0.0  # unfilled elements then add nothing to their neighbours' sums
     if not filled.any():
         return
+    frame = ((0, 0),) * (x.ndim - 2) + ((1, 1), (1, 1))
     for _ in range(FILL_REACH):
         todo = ~filled
         if not todo.any():
             break
-        total = np.zeros_like(x)
-        count = np.zeros(x.shape, np.float32)
-        for axis, step in ((-1, 1), (-1, -1), (-2, 1), (-2, -1)):
-            shifted_x = np.roll(x, step, axis=axis)
-            shifted_f = np.roll(filled, step, axis=axis)
-            edge = [slice(None)] * x.ndim
-            edge[axis] = 0 if step == 1 else -1  # np.roll wraps around: no neighbour across the border
-            shifted_f[tuple(edge)] = False
-            total += np.where(shifted_f, shifted_x, 0.0)
-            count += shifted_f
+        xs, fs = np.pad(x, frame), np.pad(filled.astype(np.float32), frame)  # no neighbour across the border
+        neighbours = ((slice(1, -1), slice(None, -2)), (slice(1, -1), slice(2, None)),
+                      (slice(None, -2), slice(1, -1)), (slice(2, None), slice(1, -1)))  # left, right, up, down
+        total = sum(xs[(..., *n)] for n in neighbours)
+        count = sum(fs[(..., *n)] for n in neighbours)
         grow = todo & (count > 0)
         x[grow] = total[grow] / count[grow]
-        filled = filled | grow
+        filled |= grow
 
 
 # Latents are left uncoded only where their block and this many latents around it hold nothing but missing data, so
@@ -132,6 +127,12 @@ def latent_skip(missing: np.ndarray | None, pad: tuple[int, int], stride: int) -
     return skip if skip.any() else None
 
 
+def union(*masks: np.ndarray | None) -> np.ndarray | None:
+    """Elements set in any of the masks that are present (None: none is)."""
+    present = [m for m in masks if m is not None]
+    return np.logical_or.reduce(present) if present else None
+
+
 @dataclass(frozen=True, eq=False)
 class PreparedChunk:
     """One chunk ready to code: ``images`` (B, bands, H, W) in native order with NaN replaced by 0, its nodata
@@ -150,9 +151,7 @@ class PreparedChunk:
     @property
     def missing(self) -> np.ndarray | None:
         """Elements the codec stores as masks, not pixels: nodata and NaN."""
-        if self.mask is None or self.nan is None:
-            return self.mask if self.nan is None else self.nan
-        return self.mask | self.nan
+        return union(self.mask, self.nan)
 
     @property
     def valid(self) -> np.ndarray:
@@ -171,9 +170,7 @@ def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_e
     if max_error is not None:
         parse_bound(max_error, dtype)
     check_nodata(nodata, dtype)
-    if dtype.kind == "f" and not (is_real(float_scale) and FLOAT_SCALE_RANGE[0] <= float_scale <= FLOAT_SCALE_RANGE[1]):
-        raise InvalidInputError(f"Expected a float_scale in {FLOAT_SCALE_RANGE}. Got {float_scale!r} instead.")
-    scale = float(float_scale) if dtype.kind == "f" else 1.0
+    scale = parse_float_scale(float_scale) if dtype.kind == "f" else 1.0
     images = array.reshape((-1,) + array.shape[-3:])
     # float32 NaN is missing data (xarray's fill value and mask): stored as a mask, read back as NaN.
     nan = np.isnan(images) if dtype.kind == "f" else None
@@ -186,7 +183,7 @@ def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_e
         mask &= ~nan
     if mask is not None and not mask.any():
         mask = None
-    chunk = PreparedChunk(array=array, images=images, mask=mask, nan=nan, scale=scale, pad=(0, 0), normalized=images)
-    normalized, amount = normalize(images, model, chunk.missing, scale)
-    skip = latent_skip(chunk.missing, amount, model.latent_stride)
-    return dataclasses.replace(chunk, pad=amount, normalized=normalized, skip=skip)
+    missing = union(mask, nan)
+    normalized, amount = normalize(images, model, missing, scale)
+    return PreparedChunk(array=array, images=images, mask=mask, nan=nan, scale=scale, pad=amount,
+                         normalized=normalized, skip=latent_skip(missing, amount, model.latent_stride))
