@@ -335,8 +335,8 @@ def _residual_of(path):
     else:
         valid = ~chunk.unpack_mask(mask_bytes, (header.batch, c, h, w))
     res = header.residual
-    base = bound.base_values(model, symbols, header.quality, (h, w), np.dtype(header.dtype), header.float_scale)
-    anchor, step = bound.residual_anchor(base, res.mode, res.max_error)
+    _, coded = bound.coded_layout(header, symbols, model, valid)
+    valid, anchor, step = coded.valid, coded.anchor, coded.step
     if res.coder == tiled.CODER:
         q = tiled.decode(res.payload, valid, sections.tile_parameters(res.params), res.tile)
     else:

@@ -7,7 +7,8 @@ Layout (all integers little-endian)::
                           of a later coder, so readers that do not know it refuse it; 4 when latents under
                           all-missing blocks are not coded (SKIP_MARGIN), with or without a residual section
     flags        u8       bit 0: a nodata value is set; bit 1: a mask section is present; bit 2: residual section;
-                          bit 3: a NaN mask section is present (added later: chunks without NaN never set it)
+                          bit 3: a NaN mask section is present (added later: chunks without NaN never set it);
+                          bit 4: a blocks section is present (added later: older readers refuse such chunks)
     quality      u8       quality level of the model used
     dtype        u8       1 uint16, 2 int16, 3 float32
     name_len     u8       then the model name, UTF-8
@@ -19,6 +20,9 @@ Layout (all integers little-endian)::
     float_scale  f64      float32 input x float_scale = model units (DN); 1 for integer dtypes
     mask_len     u32      then zlib(packbits(mask)) of the chunk's nodata elements (bit 1 only)
     nan_len      u32      then zlib(packbits(mask)) of the chunk's NaN elements (bit 3 only: float32 chunks with NaN)
+    blocks       u8 x 3 per band (bit 4 only): block size k, phase_y, phase_x of bands made of k x k blocks of equal
+                          values (k = 1: not), see tec_zarr.replication. Lossy: the decoded band is projected onto
+                          its blocks; residual: the base is, and the residual is coded on the native grid
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
@@ -74,7 +78,8 @@ FLAG_NODATA = 1
 FLAG_MASK = 2
 FLAG_RESIDUAL = 4
 FLAG_NAN = 8
-KNOWN_FLAGS = FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN
+FLAG_BLOCKS = 16
+KNOWN_FLAGS = FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN | FLAG_BLOCKS
 # 0: integer dtypes, step 2E+1 in DN; 1: float32, step 2E in data units; 2: float32 exact, through an
 # order-preserving integer view of the bits (step 1).
 RESIDUAL_MODES = (0, 1, 2)
@@ -110,6 +115,9 @@ class ChunkHeader:
     # Version 4: latents whose 4 x 4 block and its neighbours hold only missing elements (nodata or NaN in every
     # band, or edge padding) are not coded and read as 0; the decoder finds them from the masks.
     skips_missing: bool = False
+    # Per band (size, phase_y, phase_x): bands made of size x size blocks of equal values (size 1: not); None
+    # where no band is (tec_zarr.replication).
+    blocks: tuple[tuple[int, int, int], ...] | None = None
 
     @property
     def batch(self) -> int:
@@ -131,6 +139,7 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes, nan_mask: byte
     res = header.residual
     flags = (FLAG_NODATA if header.nodata is not None else 0) | (FLAG_MASK if mask is not None else 0)
     flags |= (FLAG_RESIDUAL if res is not None else 0) | (FLAG_NAN if nan_mask is not None else 0)
+    flags |= FLAG_BLOCKS if header.blocks is not None else 0
     if header.skips_missing:
         version = SKIP_FORMAT_VERSION
     else:
@@ -148,6 +157,8 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes, nan_mask: byte
         parts += [struct.pack("<I", len(mask)), mask]
     if nan_mask is not None:
         parts += [struct.pack("<I", len(nan_mask)), nan_mask]
+    if header.blocks is not None:
+        parts.append(bytes(int(v) for block in header.blocks for v in block))
     parts += [struct.pack("<I", len(payload)), payload]
     if res is not None:
         coder = b"" if version == RESIDUAL_V1_FORMAT_VERSION else struct.pack("<B", res.coder)
@@ -209,6 +220,10 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         nodata, float_scale = r.unpack("<dd")
         mask = bytes(r.take(r.unpack("<I")[0])) if flags & FLAG_MASK else None
         nan_mask = bytes(r.take(r.unpack("<I")[0])) if flags & FLAG_NAN else None
+        blocks = None
+        if flags & FLAG_BLOCKS and ndim >= 3:  # (fewer axes: refused by the shape check below)
+            raw = bytes(r.take(3 * shape[-3]))
+            blocks = tuple(tuple(raw[i : i + 3]) for i in range(0, len(raw), 3))
         payload = bytes(r.take(r.unpack("<I")[0]))
         residual = None
         if flags & FLAG_RESIDUAL:
@@ -224,6 +239,7 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
     if r.pos != len(r.buf):
         raise CorruptChunkError(f"Expected the TEC chunk to end after {r.pos} bytes. Got {len(r.buf)} instead.")
     _check_header(dtype_code, shape, (m, lh, lw), flags, nodata, float_scale, residual, version)
+    _check_blocks(blocks)
     header = ChunkHeader(
         model=name,
         model_hash=model_hash,
@@ -236,6 +252,7 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         float_scale=float_scale,
         residual=residual,
         skips_missing=version == SKIP_FORMAT_VERSION,
+        blocks=blocks,
     )
     if header.skips_missing and mask is None and nan_mask is None:
         raise CorruptChunkError("Expected a nodata or NaN mask in a chunk that skips missing latents. Got none instead.")
@@ -271,7 +288,7 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
     if flags & FLAG_NODATA and not math.isfinite(nodata):
         raise CorruptChunkError(f"Expected a finite nodata value. Got {nodata} instead.")
     if flags & ~KNOWN_FLAGS:
-        raise CorruptChunkError(f"Expected flag bits 0 to 3. Got flags {flags:#04x} instead (written by a newer tec_zarr).")
+        raise CorruptChunkError(f"Expected flag bits 0 to 4. Got flags {flags:#04x} instead (written by a newer tec_zarr).")
     if flags & FLAG_NAN and CODE_DTYPES[dtype_code].kind != "f":
         raise CorruptChunkError("Expected a NaN mask in float32 chunks only. Got one in an integer chunk instead.")
     if residual is None:
@@ -289,6 +306,14 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
         or (version == RESIDUAL_V1_FORMAT_VERSION and residual.coder != 1)
     ):
         raise CorruptChunkError(f"Expected a valid residual section. Got {residual} instead.")
+
+
+def _check_blocks(blocks) -> None:
+    if blocks is None:
+        return
+    if not all(size >= 1 and py < size and px < size for size, py, px in blocks) or all(b[0] == 1 for b in blocks):
+        raise CorruptChunkError(f"Expected per band a block size >= 1 and phases below it, some size above 1. "
+                                f"Got {blocks} instead.")
 
 
 def _check_crc(view: memoryview) -> None:

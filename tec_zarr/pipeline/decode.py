@@ -15,6 +15,7 @@ from ..bitstream.chunk import HASH_PREFIX_BYTES, ChunkHeader, element_count, unp
 from ..errors import ChunkShapeError, CorruptChunkError, ModelMismatchError, TecZarrError
 from ..models import Model, load_model
 from ..parsing import env_limit
+from ..replication import Blocks, project
 from ..residual import bound
 from ..runtime.batching import run_stacked
 from .prepare import DN_PER_REFLECTANCE, latent_skip, union
@@ -162,6 +163,8 @@ def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
         units = np.float32(DN_PER_REFLECTANCE / header.float_scale)
         values = np.multiply(x_hat[:, :, :h, :w], (model.std * units)[:, None, None])
         values += (model.mean * units)[:, None, None]
+        if header.blocks is not None:  # replicated bands: their blocks' means, as the encoder coded them
+            values = project(values, tuple(Blocks(*b) for b in header.blocks))
         result = _to_dtype(values, header.dtype)
     result = _apply_nodata(result, header.nodata, parsed.mask)
     if parsed.nan is not None:

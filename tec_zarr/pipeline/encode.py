@@ -77,7 +77,8 @@ def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, q
         symbols *= ~chunk.skip[:, None]
     residual: ResidualSection | None = None
     if max_error is not None:
-        residual = bound.encode(chunk.images, chunk.valid, symbols, quality, model, chunk.scale, max_error, nodata)
+        residual = bound.encode(chunk.images, chunk.valid, symbols, quality, model, chunk.scale, max_error, nodata,
+                                chunk.blocks)
     header = ChunkHeader(
         model=model.name,
         model_hash=bytes.fromhex(model.sha256),
@@ -90,6 +91,7 @@ def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, q
         float_scale=chunk.scale,
         residual=residual,
         skips_missing=chunk.skip is not None,
+        blocks=chunk.blocks,
     )
     mask = pack_mask(chunk.mask) if chunk.mask is not None else None
     nan = pack_mask(chunk.nan) if chunk.nan is not None else None

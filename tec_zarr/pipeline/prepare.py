@@ -11,6 +11,7 @@ from ..bitstream.chunk import DTYPE_CODES
 from ..errors import InvalidInputError, UnsupportedDtypeError
 from ..models import Model
 from ..parsing import parse_float_scale
+from ..replication import Blocks, detect, smooth
 from ..residual.bound import parse_bound
 
 SUPPORTED_DTYPES = tuple(DTYPE_CODES)
@@ -66,12 +67,15 @@ def pad(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
     return np.ascontiguousarray(x), amount
 
 
-def normalize(images: np.ndarray, model: Model, mask: np.ndarray | None, scale: float) -> tuple[np.ndarray, tuple]:
+def normalize(images: np.ndarray, model: Model, mask: np.ndarray | None, scale: float,
+              blocks: tuple[Blocks, ...] | None = None) -> tuple[np.ndarray, tuple]:
     """(B, bands, H, W) data -> the encoder's normalized input, padded to the model's multiple."""
     reflectance = images.astype(np.float32) * np.float32(scale / DN_PER_REFLECTANCE)
     normalized = (reflectance - model.mean[:, None, None]) / model.std[:, None, None]
     if mask is not None:  # restored from the mask: any value will do, so the cheapest to code
         fill_missing(normalized, mask)
+    if blocks is not None:  # the decoder projects these bands onto their blocks: code smooth ones, not block edges
+        smooth(normalized, ~mask if mask is not None else np.ones(normalized.shape, bool), blocks)
     return pad(normalized.astype(np.float32), model.multiple)
 
 
@@ -147,6 +151,7 @@ class PreparedChunk:
     pad: tuple[int, int]
     normalized: np.ndarray
     skip: np.ndarray | None = None  # (B, h, w): latents not coded (see latent_skip)
+    blocks: tuple[Blocks, ...] | None = None  # per band, where some band is made of k x k blocks (replication)
 
     @property
     def missing(self) -> np.ndarray | None:
@@ -184,6 +189,7 @@ def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_e
     if mask is not None and not mask.any():
         mask = None
     missing = union(mask, nan)
-    normalized, amount = normalize(images, model, missing, scale)
+    blocks = detect(images, ~missing if missing is not None else np.ones(images.shape, bool))
+    normalized, amount = normalize(images, model, missing, scale, blocks)
     return PreparedChunk(array=array, images=images, mask=mask, nan=nan, scale=scale, pad=amount,
-                         normalized=normalized, skip=latent_skip(missing, amount, model.latent_stride))
+                         normalized=normalized, skip=latent_skip(missing, amount, model.latent_stride), blocks=blocks)

@@ -23,6 +23,7 @@ exactly instead.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,6 +31,7 @@ from ..bitstream.chunk import MAX_FLOAT_BOUND, MAX_INTEGER_BOUND, ChunkHeader, R
 from ..bitstream.payload import tile_parameters
 from ..errors import CorruptChunkError, InvalidInputError
 from ..parsing import is_real
+from ..replication import Blocks, from_native, native_valid, project, to_native
 from . import hierarchical, tiled
 
 MODE_INTEGER, MODE_FLOAT, MODE_FLOAT_EXACT = 0, 1, 2
@@ -51,10 +53,14 @@ def parse_bound(max_error: float, dtype: np.dtype) -> float:
     return float(max_error)
 
 
-def base_values(model, symbols: np.ndarray, quality: int, shape: tuple[int, int], dtype: np.dtype, scale: float):
-    """The base in data units: int64 clipped to the dtype's range, or float32 (DN / scale, rounded once)."""
+def base_values(model, symbols: np.ndarray, quality: int, shape: tuple[int, int], dtype: np.dtype, scale: float,
+                blocks: tuple[Blocks, ...] | None = None):
+    """The base in data units: int64 clipped to the dtype's range, or float32 (DN / scale, rounded once);
+    replicated bands (``blocks``) projected onto their blocks, in integers."""
     h, w = shape
     dn = model.int_synthesis(symbols, quality)[:, :, :h, :w]
+    if blocks is not None:
+        dn = project(np.ascontiguousarray(dn), blocks)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         return np.clip(dn, info.min, info.max)
@@ -93,11 +99,12 @@ def reconstruct(base: np.ndarray, q: np.ndarray, mode: int, bound: float, dtype:
     return _unkey(_key(base) + q)
 
 
-def encode(images, valid, symbols, quality, model, scale, max_error, nodata) -> ResidualSection:
-    """The residual section of a chunk whose images (B, C, H, W) must decode within ``max_error``."""
+def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blocks=None) -> ResidualSection:
+    """The residual section of a chunk whose images (B, C, H, W) must decode within ``max_error``; bands made of
+    blocks (``blocks``, as detected over ``valid``) have their residual coded on the native grid."""
     dtype = images.dtype
     bound = parse_bound(max_error, dtype)
-    base = base_values(model, symbols, quality, images.shape[-2:], dtype, scale)
+    base = base_values(model, symbols, quality, images.shape[-2:], dtype, scale, blocks)
     mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT if bound > 0 else MODE_FLOAT_EXACT
     q = quantize(images, base, mode, bound)
     decoded = avoid_nodata(reconstruct(base, q, mode, bound, dtype), nodata)
@@ -109,6 +116,9 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata) -> 
         q = quantize(images, base, mode, bound)
     q = np.where(valid, q, 0)
     anchor, step = residual_anchor(base, mode, bound)
+    if blocks is not None:  # x and the base are constant over each block's valid elements, and so is q
+        q, valid = to_native(q, valid, blocks)
+        anchor = None if anchor is None else to_native(anchor, np.ones(valid.shape, bool), blocks)[0]
     params, payload = hierarchical.encode(q, valid, anchor, step)
     v2 = ResidualSection(bound, mode, hierarchical.STRIDE, params, payload, coder=hierarchical.CODER)
     # Coder 1's memoryless tiles can win where nearly every residual rounds to 0 (large bounds) or on small chunks:
@@ -139,13 +149,38 @@ def decode(header: ChunkHeader, symbols, model, valid) -> np.ndarray:
         raise CorruptChunkError(f"Expected a residual mode matching dtype {dtype} and max_error. Got {res} instead.")
     if not 0 <= header.quality < model.int_synthesis.qualities:
         raise CorruptChunkError(f"Expected a base quality of model {model.name}. Got {header.quality} instead.")
-    base = base_values(model, symbols, header.quality, header.shape[-2:], dtype, header.float_scale)
+    base, coded = coded_layout(header, symbols, model, valid)
     if res.coder == hierarchical.CODER:
-        anchor, step = residual_anchor(base, res.mode, res.max_error)
-        q = hierarchical.decode(res.params, res.payload, valid, anchor, step, res.tile)
-        return reconstruct(base, q, res.mode, res.max_error, dtype)
-    q = tiled.decode(res.payload, valid, tile_parameters(res.params), res.tile)
+        q = hierarchical.decode(res.params, res.payload, coded.valid, coded.anchor, coded.step, res.tile)
+    else:
+        q = tiled.decode(res.payload, coded.valid, tile_parameters(res.params), res.tile)
+    if coded.blocks is not None:
+        q = from_native(q, coded.blocks)
     return reconstruct(base, q, res.mode, res.max_error, dtype)
+
+
+class CodedLayout(NamedTuple):
+    """Where and against what a chunk's residual steps are coded: ``valid`` elements of the layout (the native grid
+    of replicated bands, :func:`tec_zarr.replication.to_native`), coder 2's ``anchor`` and ``step``, the ``blocks``."""
+
+    valid: np.ndarray
+    anchor: np.ndarray | None
+    step: int
+    blocks: tuple[Blocks, ...] | None
+
+
+def coded_layout(header: ChunkHeader, symbols, model, valid) -> tuple[np.ndarray, CodedLayout]:
+    """A residual chunk's base (data units) and the layout its residual steps are coded in, as the decoder finds
+    them from the header, the latent symbols and the chunk's valid elements."""
+    res = header.residual
+    blocks = None if header.blocks is None else tuple(Blocks(*b) for b in header.blocks)
+    base = base_values(model, symbols, header.quality, header.shape[-2:], np.dtype(header.dtype),
+                       header.float_scale, blocks)
+    anchor, step = residual_anchor(base, res.mode, res.max_error)
+    if blocks is not None:
+        anchor = None if anchor is None else to_native(anchor, np.ones(valid.shape, bool), blocks)[0]
+        valid = native_valid(valid, blocks)
+    return base, CodedLayout(valid, anchor, step, blocks)
 
 
 def avoid_nodata(result: np.ndarray, nodata: float | None) -> np.ndarray:
