@@ -27,47 +27,134 @@ DIMS = ("band", "y", "x")
 
 
 def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=(), nodata=None, max_error=None,
-                   psnr=None) -> layout.TecMetadata:
-    """Encode a GeoTIFF; its CRS, transform and band descriptions are kept, nodata is the file's (else 0)."""
+                   psnr=None, progress=None) -> layout.TecMetadata:
+    """Encode a GeoTIFF; its CRS, transform and band descriptions are kept, nodata is the file's (else 0).
+
+    The GeoTIFF is read a strip of tile rows at a time (:func:`raster.write_rows`), never whole; ``progress(done,
+    total)`` is called after each tile."""
     import rasterio
+    from rasterio.windows import Window
 
     with warnings.catch_warnings(), rasterio.open(src) as ds:
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        array = ds.read()
         crs = ds.crs.to_wkt() if ds.crs else None
         geotransform = None if ds.transform.is_identity else ds.transform.to_gdal()
         # Named bands are checked and put in the model's order (the file then names them so); unnamed ones are
         # taken as that order.
         order = band_order(ds.descriptions, S2_L2A_BANDS, source=str(src))
-        if order is not None:
-            array = np.ascontiguousarray(array[order])
+        indexes = [i + 1 for i in order] if order is not None else list(range(1, ds.count + 1))
         names = list(S2_L2A_BANDS) if order is not None else None
         if nodata is None:
             nodata = ds.nodata if ds.nodata is not None else 0
-    return raster.write(dst, array, crs_wkt=crs, geotransform=geotransform, band_names=names, nodata=nodata,
-                         tile=tile, quality=quality, model=model, overviews=overviews, max_error=max_error, psnr=psnr)
+
+        def read_rows(y0: int, y1: int) -> np.ndarray:
+            return ds.read(indexes, window=Window(0, y0, ds.width, y1 - y0))
+
+        return raster.write_rows(dst, read_rows, shape=(len(indexes), ds.height, ds.width),
+                                 dtype=ds.dtypes[indexes[0] - 1], crs_wkt=crs, geotransform=geotransform,
+                                 band_names=names, nodata=nodata, tile=tile, quality=quality, model=model,
+                                 overviews=overviews, max_error=max_error, psnr=psnr, progress=progress)
 
 
-def tec_to_geotiff(src, dst, *, level: int = 0) -> None:
-    """Decode a ``.tec`` (one level) into a tiled, deflate-compressed GeoTIFF with CRS, transform, names, nodata."""
+# The nodata a decoded GeoTIFF declares by default: the one its input declares.
+FROM_INPUT = "input"
+
+
+def write_geotiff(dst, read_rows, *, shape, dtype, rows: int, crs_wkt=None, transform=None, band_names=(),
+                  nodata=None, progress=None) -> None:
+    """A tiled GeoTIFF written a strip of ``rows`` rows at a time (``read_rows(row0, row1)`` -> (bands, n, W)):
+    DEFLATE with the horizontal predictor (floating-point predictor for floats), NoData only when given."""
     import rasterio
+
+    bands, height, width = shape
+    floating = np.dtype(dtype).kind == "f"
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": bands, "dtype": np.dtype(dtype).name,
+               "nodata": nodata, "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+               "predictor": 3 if floating else 2, "interleave": "band", "bigtiff": "IF_SAFER"}
+    if crs_wkt:
+        profile["crs"] = rasterio.crs.CRS.from_wkt(crs_wkt)
+    if transform is not None:
+        profile["transform"] = transform
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(dst, "w", **profile) as out:
+            _write_strips(out, read_rows, height, width, rows, band_names, progress)
+
+
+def _write_strips(out, read_rows, height: int, width: int, rows: int, band_names, progress) -> None:
+    from rasterio.windows import Window
+
+    for y0 in range(0, height, rows):
+        y1 = min(y0 + rows, height)
+        out.write(read_rows(y0, y1), window=Window(0, y0, width, y1 - y0))
+        if progress is not None:
+            progress(y1, height)
+    for i, name in enumerate(band_names, 1):
+        out.set_band_description(i, name)
+
+
+def _declared_nodata(attrs: dict):
+    """A Zarr array's declared missing value: its ``nodata`` attribute, else a numeric CF ``_FillValue``."""
+    for key in ("nodata", "_FillValue"):
+        value = attrs.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _strip_rows(tile: int) -> int:
+    """Rows per written strip: whole tiles (or chunks), and at least one 256-row GeoTIFF block row."""
+    return tile * -(-256 // tile)
+
+
+def tec_to_geotiff(src, dst, *, level: int = 0, nodata=FROM_INPUT, progress=None) -> None:
+    """Decode a ``.tec`` (one level) into a tiled, DEFLATE-compressed GeoTIFF with CRS, transform and band names,
+    a strip of tile rows at a time; NoData is the file's (``nodata=`` another value, or None for none)."""
     from rasterio.transform import Affine
 
     with raster.TecFile(src) as f:
         m = f.metadata
-        data = f.read(level=level)
-    profile = {"driver": "GTiff", "width": data.shape[2], "height": data.shape[1], "count": data.shape[0],
-               "dtype": m.dtype, "nodata": m.nodata, "tiled": True, "blockxsize": 256, "blockysize": 256,
-               "compress": "deflate"}
-    if m.crs_wkt:
-        profile["crs"] = rasterio.crs.CRS.from_wkt(m.crs_wkt)
-    if m.geotransform:
-        profile["transform"] = Affine.from_gdal(*m.geotransform) @ Affine.scale(2**level)
-    with warnings.catch_warnings(), rasterio.open(dst, "w", **profile) as out:
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        out.write(data)
-        for i, name in enumerate(m.band_names, 1):
-            out.set_band_description(i, name)
+        height, width = m.level_shape(level)
+        transform = None
+        if m.geotransform:
+            transform = Affine.from_gdal(*m.geotransform) @ Affine.scale(2**level)
+        write_geotiff(dst, lambda y0, y1: f.read(window=(slice(y0, y1), slice(0, width)), level=level),
+                      shape=(m.bands, height, width), dtype=m.dtype, rows=_strip_rows(m.tile), crs_wkt=m.crs_wkt,
+                      transform=transform, band_names=m.band_names,
+                      nodata=m.nodata if nodata == FROM_INPUT else nodata, progress=progress)
+
+
+def zarr_to_geotiff(store, dst, *, variable: str | None = None, index: int | None = None, nodata=FROM_INPUT,
+                    progress=None) -> None:
+    """Decode a Zarr array of shape (bands, H, W), or one ``index`` of the leading axis of (N, bands, H, W), into a
+    GeoTIFF like :func:`tec_to_geotiff`, a chunk row at a time. Georeferencing as :func:`zarr_to_tec` finds it;
+    NoData is the array's ``nodata`` (else ``_FillValue``) attribute, none if it has neither."""
+    import zarr
+    from rasterio.transform import Affine
+
+    group, array = _find_array(zarr.open(store, mode="r"), variable)
+    if array.ndim == 4:
+        if index is None and array.shape[0] != 1:
+            raise TecFileError(f"Expected an index along the first axis of {array.basename} {array.shape}: which of "
+                               f"its {array.shape[0]} dates to write (index=I; tec decompress --time-index I). "
+                               "Got none instead.")
+        index = 0 if index is None else index
+        if not 0 <= index < array.shape[0]:
+            raise TecFileError(f"Expected an index in 0..{array.shape[0] - 1} along the first axis of "
+                               f"{array.basename} {array.shape}. Got {index} instead.")
+    elif array.ndim != 3:
+        raise TecFileError(f"Expected a (bands, H, W) or (N, bands, H, W) array. Got {array.basename} "
+                           f"{array.shape} instead.")
+    elif index is not None:
+        raise TecFileError(f"Expected no index for the 3-D array {array.basename} {array.shape}. Got {index} instead.")
+    lead = () if array.ndim == 3 else (index,)
+    crs, gt = _georef(group, array)
+    if nodata == FROM_INPUT:
+        nodata = _declared_nodata(dict(array.attrs))
+    write_geotiff(dst, lambda y0, y1: array[(*lead, slice(None), slice(y0, y1))], shape=array.shape[-3:],
+                  dtype=array.dtype, rows=_strip_rows(array.chunks[-2]), crs_wkt=crs,
+                  transform=None if gt is None else Affine.from_gdal(*gt),
+                  band_names=_band_names(group, array) or (), nodata=nodata, progress=progress)
 
 
 # --- Zarr: raw chunk bytes through the store API ---------------------------------------------------------------
@@ -168,10 +255,10 @@ def _georef(group, array) -> tuple[str | None, tuple[float, ...] | None]:
 
 def _band_names(group, array) -> list[str] | None:
     dims = _dims(array)
-    if group is None or not dims or dims[0] not in group:
+    if group is None or not dims or len(dims) < 3 or dims[-3] not in group:
         return None
-    names = [str(v) for v in group[dims[0]][...].tolist()]
-    return names if len(names) == array.shape[0] else None
+    names = [str(v) for v in group[dims[-3]][...].tolist()]
+    return names if len(names) == array.shape[-3] else None
 
 
 def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> layout.TecMetadata:

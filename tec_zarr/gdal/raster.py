@@ -30,7 +30,7 @@ def max_read_elements() -> int:
     return env_limit(MAX_READ_VARIABLE, DEFAULT_MAX_READ_ELEMENTS)
 
 
-__all__ = ["MAGIC", "SUFFIX", "TecFile", "TecMetadata", "decoded_tiles", "downsample", "open", "parse_window", "write"]
+__all__ = ["MAGIC", "SUFFIX", "TecFile", "TecMetadata", "decoded_tiles", "downsample", "open", "parse_window", "write", "write_rows"]
 
 
 def parse_window(window, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -94,36 +94,110 @@ def write(
     overviews: Iterable[int] = (),
     max_error: float | int | None = None,
     psnr: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> TecMetadata:
     """Encode a (bands, H, W) image and its overviews into a ``.tec`` file; returns its metadata.
 
     ``max_error`` / ``psnr`` are :class:`tec_zarr.TEC`'s (error bound or per-tile PSNR target), for every level.
+    ``progress(done, total)`` is called after each tile.
     """
     if not isinstance(array, np.ndarray) or array.ndim != 3:
         raise InvalidInputError(f"Expected a (bands, H, W) numpy array. Got {getattr(array, 'shape', type(array))} instead.")
-    array = np.ascontiguousarray(array, dtype=parse_dtype(array.dtype).newbyteorder("="))
+    return write_rows(path, lambda y0, y1: array[:, y0:y1], shape=array.shape, dtype=array.dtype, crs_wkt=crs_wkt,
+                      geotransform=geotransform, band_names=band_names, nodata=nodata, tile=tile, quality=quality,
+                      model=model, overviews=overviews, max_error=max_error, psnr=psnr, progress=progress)
+
+
+def write_rows(
+    path,
+    read_rows: Callable[[int, int], np.ndarray],
+    *,
+    shape: Sequence[int],
+    dtype,
+    crs_wkt: str | None,
+    geotransform: Sequence[float] | None,
+    band_names: Sequence[str] | None = None,
+    nodata: float | int | None = 0,
+    tile: int = 256,
+    quality: int | None = None,
+    model: str | None = None,
+    overviews: Iterable[int] = (),
+    max_error: float | int | None = None,
+    psnr: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TecMetadata:
+    """:func:`write` for an image read a strip of whole rows at a time: ``read_rows(row0, row1)`` returns the
+    (bands, row1 - row0, W) rows of a (bands, H, W) ``shape`` image. The same bytes as :func:`write`; memory holds
+    one strip of ``tile`` rows (``2**k`` rows where an overview level k exceeds it) and a level's strip, never the
+    image. Each level reads the image once more."""
+    dtype = parse_dtype(dtype).newbyteorder("=")
     config = CodecConfig.create(quality=quality, model=model, nodata=nodata, max_error=max_error, psnr=psnr)
     meta = TecMetadata.create(
-        shape=array.shape, dtype=array.dtype, band_names=band_names, crs_wkt=crs_wkt, geotransform=geotransform,
+        shape=tuple(shape), dtype=dtype, band_names=band_names, crs_wkt=crs_wkt, geotransform=geotransform,
         nodata=config.nodata, tile=tile, codec=config.to_json(), overviews=tuple(overviews),
     )
 
-    write_tiles(path, meta, encode_tiles(array, meta, meta.levels))
+    def read(y0: int, y1: int) -> np.ndarray:
+        rows = np.ascontiguousarray(read_rows(y0, y1), dtype=dtype)
+        if rows.shape != (meta.bands, y1 - y0, meta.shape[2]):
+            raise InvalidInputError(f"Expected rows {y0}..{y1} of shape {(meta.bands, y1 - y0, meta.shape[2])}. "
+                                    f"Got {rows.shape} instead.")
+        return rows
+
+    tiles = _encode_levels(read, meta, meta.levels)
+    if progress is not None:
+        tiles = _reporting(tiles, meta.tile_count, progress)
+    write_tiles(path, meta, tiles)
     return meta
+
+
+def _reporting(tiles, total: int, progress: Callable[[int, int], None]):
+    for done, data in enumerate(tiles, 1):
+        yield data
+        progress(done, total)
 
 
 def encode_tiles(array: np.ndarray, meta: TecMetadata, levels: Iterable[int]):
     """The tiles of ``levels`` of the full-resolution ``array``, in index order (None: an absent tile)."""
+    return _encode_levels(lambda y0, y1: array[:, y0:y1], meta, levels)
+
+
+def _encode_levels(read, meta: TecMetadata, levels: Iterable[int]):
     params = CodecConfig.from_json(meta.codec).chunk_params()
     for level in levels:
-        image = array if meta.parse_level(level) == 0 else downsample(array, 2**level, meta.nodata)
-        blocks = _blocks(image, meta)
+        strips = _level_strips(read, meta, meta.parse_level(level))
+        blocks = (block for strip in strips for block in _blocks(strip, meta))
         # Tiles go through the encoder network MAX_BATCH_IMAGES at a time (the same bytes as one by one).
         while batch := list(itertools.islice(blocks, MAX_BATCH_IMAGES)):
             # An all-fill tile is left absent, as Zarr leaves such chunks unwritten.
             empty = [bool((b == meta.fill).all()) for b in batch]
             coded = iter(encode_chunks([b for b, e in zip(batch, empty) if not e], **params))
             yield from (None if e else next(coded) for e in empty)
+
+
+def _level_strips(read, meta: TecMetadata, level: int):
+    """Level ``level`` of the image in strips of ``meta.tile`` rows (the last one shorter), in order.
+
+    Overview rows come from reads of whole 2**k x 2**k block rows, so each strip holds the pixels of
+    ``downsample(image, 2**level, nodata)`` (a block's mean depends on its own pixels only)."""
+    t, h = meta.tile, meta.shape[1]
+    factor = 2**level
+    step = factor * -(-t // factor)  # source rows per read: whole blocks, at most max(t, 2**level) rows
+    pending: list[np.ndarray] = []
+    have = 0
+    for y in range(0, h, step):
+        rows = read(y, min(y + step, h))
+        if level:
+            rows = downsample(rows, factor, meta.nodata)
+        pending.append(rows)
+        have += rows.shape[1]
+        while have >= t:
+            joined = pending[0] if len(pending) == 1 else np.concatenate(pending, axis=1)
+            yield joined[:, :t]
+            rest = joined[:, t:]
+            pending, have = ([rest] if rest.shape[1] else []), rest.shape[1]
+    if have:
+        yield pending[0] if len(pending) == 1 else np.concatenate(pending, axis=1)
 
 
 def _blocks(image: np.ndarray, meta: TecMetadata):
