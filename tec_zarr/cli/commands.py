@@ -1,125 +1,58 @@
 """The ``tec`` command line: ``tec compress IN OUT.zarr|OUT.tec``, ``tec decompress``, ``tec convert``, ``tec to-vrt``,
-``tec info``, ``tec models``, ``tec demo``."""
+``tec info``, ``tec models``, ``tec demo``.
+
+Every failure prints one line, ``tec: error: <cause>; <fix>`` (:mod:`.failures`), and exits with status 2. Long
+commands draw a progress line on stderr where it is a terminal and print a summary with the time taken
+(:mod:`.progress`)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import warnings
+import os
 import sys
-from pathlib import Path
+import textwrap
+import time
+import warnings
 
 from .. import __version__
-from ..errors import TecZarrError
+from . import failures
+from .failures import CommandError
+from .inputs import GEOTIFF, NETCDF, TEC, ZARR, chunk_count, open_dataset, output_kind, require_input, require_output
+from .progress import Progress, PsnrMisses, dask_progress
 
-
-def _open_input(path: str, variable: str | None):
-    """GeoTIFF (rasterio), Zarr or NetCDF -> (xarray Dataset, name of the variable to compress)."""
-    import xarray as xr
-
-    p = Path(path)
-    suffix = p.suffix.lower()
-    if suffix in (".tif", ".tiff"):
-        ds = _read_geotiff(p, variable or "reflectance")
-    elif suffix == ".zarr" or (p / "zarr.json").exists() or (p / ".zgroup").exists():
-        ds = xr.open_zarr(p)
-    elif suffix in (".nc", ".nc4", ".netcdf"):
-        ds = xr.open_dataset(p)
-    else:
-        raise TecZarrError(f"Expected a GeoTIFF (.tif), Zarr store or NetCDF (.nc) input. Got {path!r} instead.")
-    if variable is None:
-        from ..codec.encoding import zarr_encoding
-
-        candidates = list(zarr_encoding(ds, zarr_format=3))
-        if len(candidates) != 1:
-            raise TecZarrError(f"Expected one 12-band variable in {path}, or --var. Got {candidates} instead.")
-        variable = candidates[0]
-    if variable not in ds:
-        raise TecZarrError(f"Expected variable {variable!r} in {path}. Got {list(ds.data_vars)} instead.")
-    return ds, variable
-
-
-def _read_geotiff(path: Path, name: str):
-    import numpy as np
-    import rasterio
-    import xarray as xr
-
-    from ..bands import S2_L2A_BANDS, band_order
-    from ..errors import InvalidInputError
-    from ..gdal.convert import GRID_MAPPING, grid_mapping_attrs
-
-    with rasterio.open(path) as src:
-        data = src.read()
-        t = src.transform
-        # Bands named in the file are checked and put in the model's order; unnamed ones are taken as that order.
-        try:
-            order = band_order(src.descriptions, S2_L2A_BANDS, source=str(path))
-        except InvalidInputError as e:
-            raise TecZarrError(str(e)) from None
-        if order is None and src.count != len(S2_L2A_BANDS):
-            raise TecZarrError(f"Expected {len(S2_L2A_BANDS)} bands {' '.join(S2_L2A_BANDS)} in {path}. "
-                               f"Got {src.count} unnamed bands instead.")
-        if order is not None:
-            data = data[order]
-        bands = list(S2_L2A_BANDS)
-        x = t.c + t.a * (np.arange(src.width) + 0.5)
-        y = t.f + t.e * (np.arange(src.height) + 0.5)
-        wkt = src.crs.to_wkt() if src.crs else ""
-        attrs = {"crs": wkt, "geotransform": list(t.to_gdal())}
-        nodata = src.nodata
-    # CF georeferencing: a grid-mapping variable that rioxarray (.rio.crs) and odc-geo read.
-    var_attrs = {"nodata": nodata if nodata is not None else 0, "grid_mapping": GRID_MAPPING}
-    spatial_ref = xr.DataArray(np.int64(0), attrs=grid_mapping_attrs(wkt or None, t.to_gdal()))
-    return xr.Dataset({name: (("band", "y", "x"), data, var_attrs)},
-                      coords={"band": np.array(bands, dtype=object), "y": y, "x": x, GRID_MAPPING: spatial_ref},
-                      attrs=attrs)
-
-
-def _is_tec(path: str) -> bool:
-    """A ``.tec`` file by its suffix, or by its magic bytes."""
-    p = Path(path)
-    if p.suffix.lower() == ".tec":
-        return True
-    from ..bitstream.tecfile import MAGIC
-
-    try:
-        with p.open("rb") as f:
-            return f.read(len(MAGIC)) == MAGIC
-    except OSError:
-        return False
-
-
-def _overview_levels(n: int) -> range:
-    if n < 0:
-        raise TecZarrError(f"Expected --overviews N >= 0. Got {n} instead.")
-    return range(1, n + 1)
+DEFAULT_CHUNK = 256
+DEFAULT_TILE = 256
 
 
 def _nodata_arg(text: str | None):
+    """--nodata: a number, 'none', or None when not given."""
     if text is None:
         return None
     if text.lower() == "none":
         return "none"
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        raise TecZarrError(f"Expected a number or 'none' for --nodata. Got {text!r} instead.") from None
+        raise CommandError(f"Expected a number or 'none' for --nodata. Got {text!r} instead.") from None
+    return int(value) if value.is_integer() else value
 
 
-def cmd_compress_tec(args) -> int:
-    from ..gdal.convert import describe, geotiff_to_tec
+def _overview_levels(n: int | None) -> range:
+    n = 0 if n is None else n
+    if n < 0:
+        raise CommandError(f"Expected --overviews N >= 0. Got {n} instead.")
+    return range(1, n + 1)
 
-    if Path(args.input).suffix.lower() not in (".tif", ".tiff"):
-        raise TecZarrError(f"Expected a GeoTIFF (.tif) input for a .tec output. Got {args.input!r} instead.")
-    nodata = _nodata_arg(args.nodata)
-    if nodata == "none":
-        raise TecZarrError("Expected a nodata value for a .tec output (GDAL pads edge tiles with it). Got 'none' instead.")
-    geotiff_to_tec(args.input, args.output, tile=args.tile, quality=args.quality, model=args.model,
-                   overviews=_overview_levels(args.overviews), nodata=nodata, **_bound_args(args))
-    if not args.quiet:
-        print(describe(args.output))
-    return 0
+
+def _refuse(args, options: dict[str, str], why: str) -> None:
+    """Options given on the command line that do nothing here (their attribute is not None)."""
+    given = [flag for attr, flag in options.items() if getattr(args, attr, None) is not None]
+    if given:
+        many = len(given) > 1
+        raise CommandError(f"{' and '.join(given)} {'do' if many else 'does'} nothing {why}: leave "
+                           f"{'them' if many else 'it'} out.")
 
 
 def _bound_args(args) -> dict:
@@ -134,49 +67,138 @@ def _bound_args(args) -> dict:
     return out
 
 
+def _say(args, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text)
+
+
+# -- tec compress ----------------------------------------------------------------------------------------------------
+
+
 def cmd_compress(args) -> int:
+    out_kind = output_kind(args.output)
+    if out_kind not in (ZARR, TEC):
+        raise CommandError(f"Expected an output ending in .zarr (a Zarr store) or .tec (a tiled file GDAL and QGIS "
+                           f"open). Got {args.output} instead: name the output scene.zarr or scene.tec.")
+    if out_kind == TEC:
+        _refuse(args, {"chunk": "--chunk", "zarr_format": "--zarr-format"},
+                "for a .tec output (it is cut into --tile tiles)")
+        in_kind = require_input(args.input, (GEOTIFF,), "compress")
+        _refuse(args, {"var": "--var"}, "for a GeoTIFF input to a .tec output (the raster has no variables)")
+    else:
+        _refuse(args, {"tile": "--tile", "overviews": "--overviews"},
+                "for a Zarr output (--chunk sets its chunks; .tec outputs take --tile and --overviews)")
+        in_kind = require_input(args.input, (GEOTIFF, ZARR, NETCDF), "compress")
+    require_output(args.output, overwrite=args.overwrite, inputs=[args.input])
+    misses = PsnrMisses(args.psnr)
+    with misses.collecting():
+        if out_kind == TEC:
+            chunks, seconds = _compress_tec(args)
+        else:
+            chunks, seconds = _compress_zarr(args, in_kind)
+    line = misses.summary(chunks, "tiles" if out_kind == TEC else "chunks")
+    if line:
+        print(line, file=sys.stderr)
+    _say(args, f"compressed {args.input} into {args.output} in {seconds:.1f} s")
+    if out_kind == TEC:
+        from ..gdal.convert import describe
+
+        _say(args, describe(args.output))
+    else:
+        _say(args, info_text(args.output))
+    return 0
+
+
+def _compress_tec(args) -> tuple[int, float]:
+    from ..gdal.convert import geotiff_to_tec
+
+    nodata = _nodata_arg(args.nodata)
+    if nodata == "none":
+        raise CommandError("Expected a nodata value for a .tec output (edge tiles are padded with it, at no cost). "
+                           "Got 'none' instead: leave --nodata out (the GeoTIFF's NoData, else 0) or give a value.")
+    levels = _overview_levels(args.overviews)
+    with _gdal_cache(args.input, max(args.tile or DEFAULT_TILE, 2 ** max(levels, default=0))), \
+            Progress("tec compress", "tiles", enabled=not args.quiet) as progress:
+        meta = geotiff_to_tec(args.input, args.output, tile=args.tile or DEFAULT_TILE, quality=args.quality,
+                              model=args.model, overviews=levels, nodata=nodata, progress=progress, **_bound_args(args))
+    return meta.tile_count, progress.seconds
+
+
+def _gdal_cache(path, rows: int):
+    """GDAL's block cache sized to a few strips of ``rows`` rows of the GeoTIFF (GDAL's default, 5 % of the RAM,
+    would keep every block read, up to the whole raster), unless GDAL_CACHEMAX is set."""
+    if "GDAL_CACHEMAX" in os.environ:
+        return contextlib.nullcontext()
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(path) as src:
+        strip = src.count * src.width * rows * max(np.dtype(t).itemsize for t in src.dtypes)
+    return rasterio.Env(GDAL_CACHEMAX=max(64, 3 * strip >> 20))  # MB
+
+
+def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
     from ..codec.encoding import zarr_encoding
 
-    if Path(args.output).suffix.lower() == ".tec":
-        return cmd_compress_tec(args)
-    ds, var = _open_input(args.input, args.var)
+    chunk = args.chunk or DEFAULT_CHUNK
+    zarr_format = args.zarr_format or 3
+    ds, var = open_dataset(args.input, in_kind, args.var, chunk)
     ds = ds[[var]]  # keeps the variable's coordinates, its grid mapping among them
     kwargs = {"quality": args.quality, "model": args.model, **_bound_args(args)}
-    if args.nodata is not None:
-        kwargs["nodata"] = None if args.nodata.lower() == "none" else float(args.nodata)
-    else:
-        kwargs["nodata"] = ds[var].attrs.get("nodata", 0)
-    chunks = {d: args.chunk for d in ds[var].dims[-2:]}
-    chunks.update({d: 1 for d in ds[var].dims[:-3]})
+    nodata = _nodata_arg(args.nodata)
+    attrs = dict(ds[var].attrs)
+    if nodata is None:  # the input's declared nodata, else 0 (stored exactly; padding of edge chunks costs nothing)
+        declared = attrs.get("nodata")
+        # A NaN NoData needs no nodata value: float32 NaN is stored as missing in every mode.
+        kwargs["nodata"] = 0 if declared is None else None if declared != declared else declared
+    else:  # the user declares it: the codec and the variable's attribute say so
+        kwargs["nodata"] = None if nodata == "none" else nodata
+        attrs.pop("nodata", None)
+        if nodata != "none":
+            attrs["nodata"] = nodata
+    ds[var].attrs = attrs
+    dims = ds[var].dims
+    chunks = {d: chunk for d in dims[-2:]}
+    chunks.update({d: 1 for d in dims[:-3]})
     for name in ds.variables:  # drop encodings inherited from the input store
         ds[name].encoding = {}
     try:
-        from dask.diagnostics import ProgressBar
-    except ImportError:  # progress needs dask; without it the write runs in one go
-        ProgressBar = None
+        import dask  # noqa: F401
+    except ImportError:  # without dask the write runs in one go, without progress
+        dask_installed = False
     else:  # one dask chunk per Zarr chunk (an input store's own chunks would not line up)
-        ds = ds.chunk({**chunks, ds[var].dims[-3]: -1})
-    encoding = zarr_encoding(ds, zarr_format=args.zarr_format, variables=[var], chunks=chunks, **kwargs)
-    # Consolidated metadata lets readers open the store in one request; zarr 3 warns it is not in the v3 spec yet.
-    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-    if ProgressBar is None:
-        ds.to_zarr(args.output, mode="w", zarr_format=args.zarr_format, encoding=encoding, consolidated=True)
-    else:
-        job = ds.to_zarr(args.output, mode="w", zarr_format=args.zarr_format, encoding=encoding,
-                         consolidated=True, compute=False)
-        with ProgressBar(out=sys.stderr) if not args.quiet else contextlib.nullcontext():
-            job.compute()
-    if not args.quiet:
-        print(info_text(args.output))
-    return 0
+        dask_installed = True
+        ds = ds.chunk({**chunks, dims[-3]: -1})
+    encoding = zarr_encoding(ds, zarr_format=zarr_format, variables=[var], chunks=chunks, **kwargs)
+    zarr_chunks = encoding[var]["chunks"]
+    cache = _gdal_cache(args.input, 2 * chunk) if in_kind == GEOTIFF else contextlib.nullcontext()
+    with warnings.catch_warnings(), cache:
+        # Consolidated metadata lets readers open the store in one request; zarr 3 warns it is not in the v3 spec yet.
+        warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
+        with Progress("tec compress", enabled=not args.quiet) as progress:
+            if not dask_installed:
+                ds.to_zarr(args.output, mode="w", zarr_format=zarr_format, encoding=encoding, consolidated=True)
+            else:
+                job = ds.to_zarr(args.output, mode="w", zarr_format=zarr_format, encoding=encoding,
+                                 consolidated=True, compute=False)
+                with dask_progress(progress):
+                    job.compute()
+    return chunk_count(ds[var].shape, zarr_chunks), progress.seconds
+
+
+# -- tec info ---------------------------------------------------------------------------------------------------------
 
 
 def info_text(store: str) -> str:
     import zarr
 
-    group = zarr.open_group(store, mode="r")
+    try:
+        group = zarr.open_group(store, mode="r")
+        arrays = sorted(group.arrays())
+    except Exception as e:  # zarr's own errors: a codec config it cannot build, damaged JSON, ...
+        raise _zarr_failure(store, e) from None
     lines = [f"{store}: Zarr format {group.metadata.zarr_format}"]
-    for name, arr in sorted(group.arrays()):
+    for name, arr in arrays:
         codecs = [c.to_dict() if hasattr(c, "to_dict") else c.get_config() for c in _codecs(arr)]
         tec = [c for c in codecs if c.get("name", c.get("id")) == "tec_zarr.tec"]
         stored = arr.nbytes_stored()
@@ -184,10 +206,25 @@ def info_text(store: str) -> str:
         line = f"  {name}: {arr.shape} {arr.dtype} chunks {arr.chunks}, {stored:,} bytes stored"
         if tec:
             cfg = tec[0].get("configuration", tec[0])
-            line += (f" ({raw / max(stored, 1):.1f}x of {raw:,} raw); TEC model {cfg['model']} "
-                     f"sha256 {cfg['model_sha256'][:12]}... quality {cfg['quality']} nodata {cfg['nodata']}")
+            line += (f" ({raw / max(stored, 1):.1f}x of {raw:,} raw); TEC model {cfg.get('model')} "
+                     f"sha256 {str(cfg.get('model_sha256'))[:12]}... quality {cfg.get('quality')} "
+                     f"nodata {cfg.get('nodata')}")
+            bound = cfg.get("max_error")
+            if bound is not None:
+                line += f" max_error {bound}"
+            elif cfg.get("psnr") is not None:
+                line += f" psnr {cfg['psnr']}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _zarr_failure(store, e: Exception) -> CommandError:
+    text = failures.one_line(e)
+    if isinstance(e, TypeError) and "unexpected keyword argument" in text:
+        return CommandError(f"Expected Zarr metadata this tec-zarr can read in {store}. Got {text} instead: the store "
+                            "was written by a newer tec-zarr (pip install -U tec-zarr) or its metadata is damaged.")
+    return CommandError(f"Expected a readable Zarr store at {store}. Got {type(e).__name__}: {text} instead: check that "
+                        "the store is complete and was written by zarr-python 3 or 2.")
 
 
 def _codecs(arr):
@@ -198,7 +235,8 @@ def _codecs(arr):
 
 
 def cmd_info(args) -> int:
-    if _is_tec(args.store) and not Path(args.store).is_dir():
+    found = require_input(args.store, (ZARR, TEC), "info", then_output=False)
+    if found == TEC:
         from ..gdal.convert import describe
 
         print(describe(args.store))
@@ -207,35 +245,68 @@ def cmd_info(args) -> int:
     return 0
 
 
-def cmd_decompress(args) -> int:
-    from ..gdal.convert import tec_to_geotiff
+# -- tec decompress -------------------------------------------------------------------------------------------------
 
-    if Path(args.output).suffix.lower() not in (".tif", ".tiff"):
-        raise TecZarrError(f"Expected a GeoTIFF (.tif) output. Got {args.output!r} instead.")
-    tec_to_geotiff(args.input, args.output, level=args.level)
+
+def cmd_decompress(args) -> int:
+    from ..gdal import convert
+
+    found = require_input(args.input, (TEC, ZARR), "decompress")
+    if output_kind(args.output) != GEOTIFF:
+        raise CommandError(f"Expected a GeoTIFF output (.tif). Got {args.output} instead: name the output "
+                           "scene.tif (tec convert writes a Zarr store from a .tec file).")
+    if found == TEC:
+        _refuse(args, {"var": "--var", "time_index": "--time-index"}, "for a .tec input (it holds one image)")
+    else:
+        _refuse(args, {"level": "--level"}, "for a Zarr input (overview levels are a .tec file's)")
+    require_output(args.output, overwrite=args.overwrite, inputs=[args.input])
+    nodata = _nodata_arg(args.nodata)
+    nodata = convert.FROM_INPUT if nodata is None else None if nodata == "none" else nodata
+    with Progress("tec decompress", "rows", enabled=not args.quiet) as progress:
+        if found == TEC:
+            convert.tec_to_geotiff(args.input, args.output, level=args.level or 0, nodata=nodata, progress=progress)
+        else:
+            try:
+                convert.zarr_to_geotiff(args.input, args.output, variable=args.var, index=args.time_index,
+                                        nodata=nodata, progress=progress)
+            except TypeError as e:
+                raise _zarr_failure(args.input, e) from None
+    _say(args, f"decompressed {args.input} into {args.output} in {progress.seconds:.1f} s")
     return 0
+
+
+# -- tec convert, to-vrt, models, demo ------------------------------------------------------------------------------
 
 
 def cmd_convert(args) -> int:
     from ..gdal.convert import describe, tec_to_zarr, zarr_to_tec
 
-    if _is_tec(args.input) and not Path(args.input).is_dir():
-        tec_to_zarr(args.input, args.output, zarr_format=args.zarr_format, variable=args.var or "reflectance")
-        if not args.quiet:
-            print(info_text(args.output))
-    elif Path(args.output).suffix.lower() == ".tec":
+    found = require_input(args.input, (TEC, ZARR), "convert")
+    wanted = output_kind(args.output)
+    if found == TEC and wanted == ZARR:
+        _refuse(args, {"overviews": "--overviews"}, "for a Zarr output (a Zarr store has no overviews)")
+        require_output(args.output, overwrite=args.overwrite, inputs=[args.input])
+        start = time.perf_counter()
+        tec_to_zarr(args.input, args.output, zarr_format=args.zarr_format or 3, variable=args.var or "reflectance")
+        _say(args, f"converted {args.input} into {args.output} in {time.perf_counter() - start:.1f} s")
+        _say(args, info_text(args.output))
+    elif found == ZARR and wanted == TEC:
+        _refuse(args, {"zarr_format": "--zarr-format"}, "for a .tec output")
+        require_output(args.output, overwrite=args.overwrite, inputs=[args.input])
+        start = time.perf_counter()
         zarr_to_tec(args.input, args.output, variable=args.var, overviews=_overview_levels(args.overviews))
-        if not args.quiet:
-            print(describe(args.output))
+        _say(args, f"converted {args.input} into {args.output} in {time.perf_counter() - start:.1f} s")
+        _say(args, describe(args.output))
     else:
-        raise TecZarrError(f"Expected a .tec file on one side (store.zarr -> scene.tec or back). Got {args.input!r} -> "
-                           f"{args.output!r} instead.")
+        raise CommandError(f"Expected a .tec file on one side and a .zarr store on the other. Got {args.input} "
+                           f"({found}) -> {args.output} instead: e.g. tec convert store.zarr scene.tec, or back.")
     return 0
 
 
 def cmd_to_vrt(args) -> int:
     from ..gdal import export_lines, sidecar
 
+    require_input(args.input, (TEC,), "to-vrt", then_output=False)
     path = sidecar(args.input)
     print(f"# wrote {path}; for the GDAL command line and QGIS, set first:")
     print(export_lines())
@@ -244,7 +315,7 @@ def cmd_to_vrt(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from ..models import list_models
+    from ..models import DEFAULT_MODEL, list_models
 
     models = list_models()
     if args.json:
@@ -252,7 +323,8 @@ def cmd_models(args) -> int:
         return 0
     for m in models:
         tr = m.manifest.get("training", {})
-        print(f"{m.name} v{m.version}  sha256 {m.sha256}")
+        default = ", the default model" if m.name == DEFAULT_MODEL else ""
+        print(f"{m.name} v{m.version}  sha256 {m.sha256}{default}")
         stages = [(key, tr[key]) for key in ("steps", "hyperprior_steps", "context_steps") if key in tr]
         trained = ", ".join(f"{n} {key.replace('_', ' ')}" for key, n in stages) or "? steps"
         if "base_training" in tr:
@@ -269,64 +341,176 @@ def cmd_models(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    import imagecodecs  # noqa: F401  (the JPEG 2000 baseline: fail now, not after the TEC half)
+
     from .demo import main as demo_main
 
     return demo_main(quality=args.quality)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tec", description="Learned TerraCodec compression for Sentinel-2 in Zarr.")
-    p.add_argument("--version", action="version", version=f"tec-zarr {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+# -- the parser -------------------------------------------------------------------------------------------------------
 
-    c = sub.add_parser("compress", help="compress a GeoTIFF, Zarr or NetCDF input into a TEC Zarr store, or a GeoTIFF "
-                                        "into a .tec file (OUT ending in .tec)")
-    c.add_argument("input")
-    c.add_argument("output")
-    c.add_argument("--var", help="variable to compress (default: the one 12-band variable)")
-    c.add_argument("--quality", type=int, help="model quality level (tec models lists them)")
-    c.add_argument("--model", default=None, help="model name (default tec-fp)")
-    c.add_argument("--nodata", help="nodata value, or 'none' (default: the input's, else 0)")
+
+def _para(text: str) -> str:
+    """A description paragraph, wrapped (the raw formatter keeps the epilogs' columns and wraps nothing)."""
+    return textwrap.fill(text, 100)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as the one ``tec: error:`` line every other failure prints."""
+
+    def error(self, message: str):
+        self.exit(2, f"tec: error: {failures.one_line(message)}; '{self.prog} --help' lists the options.\n")
+
+
+ENVIRONMENT = """\
+environment:
+  TEC_ZARR_THREADS    onnxruntime threads per network call (default 1: Zarr writes already run one chunk per
+                      core through dask; raise it for .tec files, which encode one batch of tiles at a time)
+  TEC_ZARR_PROVIDERS  onnxruntime execution providers, e.g. CUDAExecutionProvider,CPUExecutionProvider
+  TEC_ZARR_DEBUG=1    print the traceback of an unexpected error"""
+
+MAIN_EPILOG = f"""\
+examples:
+  tec compress scene.tif scene.zarr                  GeoTIFF -> Zarr store (xr.open_zarr reads it)
+  tec compress scene.tif scene.tec --overviews 3     GeoTIFF -> .tec file for GDAL and QGIS
+  tec compress scene.tif scene.zarr --max-error 5    every pixel within 5 DN of the input
+  tec decompress scene.zarr scene-decoded.tif        back to a GeoTIFF
+  tec info scene.zarr                                model, quality, sizes
+  tec models                                         installed models with their measured bpp and PSNR
+  tec <command> --help                               the options of one command
+
+{ENVIRONMENT}"""
+
+
+def _model_help() -> tuple[str, str, str]:
+    """Help for --model, --quality of compress and --quality of the demo, from the installed model cards."""
+    from ..models import DEFAULT_MODEL, get_card, list_models
+
+    cards = list_models()
+    card = get_card(DEFAULT_MODEL)
+    levels = [q["quality"] for q in card.qualities]
+    model = (f"installed model: {', '.join(c.name for c in cards)} (default {DEFAULT_MODEL}, the fastest; tec-hp "
+             "and tec-ctx decode to the same pixels from fewer bits, more slowly)")
+    psnr = card.qualities[levels.index(card.default_quality)].get("validation", {}).get("psnr", float("nan"))
+    quality = (f"quality level {min(levels)}..{max(levels)}, 0 = smallest file (default {card.default_quality}, "
+               f"{psnr:.1f} dB on the validation images); 'tec models' lists every level's bpp and PSNR")
+    return model, quality + "; with --max-error, the learned base under the coded residual (default 0)", quality
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = _Parser(prog="tec", description="Learned TerraCodec compression for Sentinel-2 in Zarr and .tec files.",
+                epilog=MAIN_EPILOG, formatter_class=fmt)
+    p.add_argument("--version", action="version", version=f"tec-zarr {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    model_help, quality_help, demo_quality_help = _model_help()
+
+    c = sub.add_parser(
+        "compress", formatter_class=fmt,
+        help="compress a GeoTIFF, Zarr or NetCDF input into a TEC Zarr store, or a GeoTIFF into a .tec file",
+        description=_para("Compress a 12-band Sentinel-2 L2A input (GeoTIFF, Zarr or NetCDF) into a Zarr store (OUT ending "
+                    "in .zarr), or a GeoTIFF into a .tec file (OUT ending in .tec). The lossy modes (--quality, "
+                    "--psnr) bound the mean error, not each pixel: --max-error bounds every pixel."),
+        epilog="""\
+examples:
+  tec compress scene.tif scene.zarr                     quality 2 of tec-fp, 256 x 256 chunks, Zarr format 3
+  tec compress scene.tif scene.zarr --quality 4         larger file, higher PSNR
+  tec compress scene.tif scene.zarr --max-error 10      every pixel within 10 DN (reflectance x 10000)
+  tec compress scene.tif scene.zarr --lossless          bit-exact
+  tec compress cube.zarr cube-tec.zarr --var refl --chunk 512 --zarr-format 2
+  tec compress scene.tif scene.tec --overviews 3 --tile 512
+
+""" + ENVIRONMENT)
+    c.add_argument("input", help="GeoTIFF (.tif), Zarr store or NetCDF (.nc) with one 12-band variable")
+    c.add_argument("output", help="OUT.zarr (Zarr store) or OUT.tec (GeoTIFF input only)")
+    c.add_argument("--var", help="variable to compress (default: the one 12-band variable); for a GeoTIFF input, the "
+                                 "name of the variable written (default reflectance)")
+    c.add_argument("--model", metavar="NAME", help=model_help)
+    c.add_argument("--quality", type=int, metavar="Q", help=quality_help)
+    c.add_argument("--nodata", metavar="VALUE", help="value stored exactly and read back as missing, or 'none' "
+                                                      "(default: the input's NoData, else 0)")
     bound = c.add_mutually_exclusive_group()
-    bound.add_argument("--max-error", type=float, help="guarantee |x - decoded| <= E in data units (0: lossless)")
-    bound.add_argument("--lossless", action="store_true", help="bit-exact (same as --max-error 0)")
-    bound.add_argument("--psnr", type=float, help="per chunk, the lowest quality reaching this PSNR (dB)")
-    c.add_argument("--chunk", type=int, default=256, help="spatial chunk size (default 256)")
-    c.add_argument("--zarr-format", type=int, choices=(2, 3), default=3)
-    c.add_argument("--tile", type=int, default=256, help=".tec output: tile size (default 256)")
-    c.add_argument("--overviews", type=int, default=0, help=".tec output: overview levels 1..N (2**k decimation)")
-    c.add_argument("--quiet", action="store_true")
+    bound.add_argument("--max-error", type=float, metavar="E",
+                       help="guarantee |x - decoded| <= E on every pixel, in the data's units (DN for uint16)")
+    bound.add_argument("--lossless", action="store_true", help="bit-exact (the same as --max-error 0)")
+    bound.add_argument("--psnr", type=float, metavar="DB", help="per chunk, the lowest quality reaching this PSNR "
+                                                                "in dB (a mean: no per-pixel bound)")
+    c.add_argument("--chunk", type=int, metavar="N", help=f"Zarr output: spatial chunk size (default {DEFAULT_CHUNK})")
+    c.add_argument("--zarr-format", type=int, choices=(2, 3), help="Zarr output: format 2 or 3 (default 3)")
+    c.add_argument("--tile", type=int, metavar="T", help=f".tec output: tile size (default {DEFAULT_TILE})")
+    c.add_argument("--overviews", type=int, metavar="N",
+                   help=".tec output: overview levels 1..N, each downsampled 2**k (default 0)")
+    c.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    c.add_argument("--quiet", action="store_true", help="print nothing but errors and warnings")
     c.set_defaults(func=cmd_compress)
 
-    x = sub.add_parser("decompress", help="decode a .tec file into a GeoTIFF")
-    x.add_argument("input")
-    x.add_argument("output")
-    x.add_argument("--level", type=int, default=0, help="overview level to decode (default 0, full resolution)")
+    x = sub.add_parser(
+        "decompress", formatter_class=fmt, help="decode a .tec file or a TEC Zarr store into a GeoTIFF",
+        description=_para("Decode a .tec file (one level) or a Zarr array (one date of a 4-D cube) into a tiled GeoTIFF "
+                    "(DEFLATE with predictor), with its CRS, transform and band names. NoData is declared only "
+                    "where the input declares it."),
+        epilog="""\
+examples:
+  tec decompress scene.tec scene.tif
+  tec decompress scene.tec preview.tif --level 2        overview level 2 (1/4 of the width)
+  tec decompress scene.zarr scene.tif
+  tec decompress cube.zarr date3.tif --time-index 3     one date of a (time, band, y, x) array
+
+""" + ENVIRONMENT)
+    x.add_argument("input", help=".tec file or Zarr store")
+    x.add_argument("output", help="OUT.tif")
+    x.add_argument("--level", type=int, metavar="K", help=".tec input: overview level to decode (default 0, full "
+                                                          "resolution)")
+    x.add_argument("--var", help="Zarr input: the array to decode (default: the one TEC array)")
+    x.add_argument("--time-index", type=int, metavar="I", help="Zarr input of shape (N, 12, H, W): the index along "
+                                                               "the first axis to decode")
+    x.add_argument("--nodata", metavar="VALUE", help="NoData the GeoTIFF declares, or 'none' (default: the input's)")
+    x.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    x.add_argument("--quiet", action="store_true", help="print nothing but errors")
     x.set_defaults(func=cmd_decompress)
 
-    v = sub.add_parser("convert", help="copy TEC chunks between a Zarr store and a .tec file, without re-encoding")
-    v.add_argument("input")
-    v.add_argument("output")
+    v = sub.add_parser(
+        "convert", formatter_class=fmt,
+        help="copy TEC chunks between a Zarr store and a .tec file, without re-encoding",
+        description=_para("Copy the TEC chunks of a (12, H, W) Zarr array with square chunks into a .tec file, or a "
+                    ".tec file's tiles into a Zarr store, byte for byte."),
+        epilog="examples:\n  tec convert store.zarr scene.tec --overviews 2\n  tec convert scene.tec store.zarr "
+               "--zarr-format 2")
+    v.add_argument("input", help="Zarr store or .tec file")
+    v.add_argument("output", help="OUT.tec or OUT.zarr")
     v.add_argument("--var", help="Zarr array (default: the one TEC array; 'reflectance' when writing Zarr)")
-    v.add_argument("--zarr-format", type=int, choices=(2, 3), default=3, help="format of a Zarr output")
-    v.add_argument("--overviews", type=int, default=0, help=".tec output: overview levels 1..N (encoded anew)")
-    v.add_argument("--quiet", action="store_true")
+    v.add_argument("--zarr-format", type=int, choices=(2, 3), help="Zarr output: format 2 or 3 (default 3)")
+    v.add_argument("--overviews", type=int, metavar="N", help=".tec output: overview levels 1..N (encoded anew)")
+    v.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    v.add_argument("--quiet", action="store_true", help="print nothing but errors")
     v.set_defaults(func=cmd_convert)
 
-    r = sub.add_parser("to-vrt", help="write X.tec.vrt for GDAL and QGIS, and print the environment it needs")
-    r.add_argument("input")
+    r = sub.add_parser("to-vrt", help="write X.tec.vrt for GDAL and QGIS, and print the environment it needs",
+                       description="Write X.tec.vrt next to X.tec and print the export lines GDAL programs need.",
+                       epilog='example:\n  eval "$(tec to-vrt scene.tec | grep ^export)"; gdalinfo scene.tec.vrt',
+                       formatter_class=fmt)
+    r.add_argument("input", help=".tec file")
     r.set_defaults(func=cmd_to_vrt)
 
-    i = sub.add_parser("info", help="describe a Zarr store's arrays and TEC settings, or a .tec file")
-    i.add_argument("store")
+    i = sub.add_parser("info", help="describe a Zarr store's arrays and TEC settings, or a .tec file",
+                       description="Describe a Zarr store (arrays, stored size, ratio, model, quality) or a .tec file.",
+                       epilog="examples:\n  tec info scene.zarr\n  tec info scene.tec", formatter_class=fmt)
+    i.add_argument("store", help="Zarr store or .tec file")
     i.set_defaults(func=cmd_info)
 
-    m = sub.add_parser("models", help="list installed models with their measured rate-distortion")
-    m.add_argument("--json", action="store_true")
+    m = sub.add_parser("models", help="list installed models with their measured rate-distortion",
+                       description="List the installed models with the bpp and PSNR each quality level measured on "
+                                   "validation images.")
+    m.add_argument("--json", action="store_true", help="print the model manifests as JSON")
     m.set_defaults(func=cmd_models)
 
-    d = sub.add_parser("demo", help="compress the bundled Sentinel-2 sample with TEC and JPEG 2000 and compare")
-    d.add_argument("--quality", type=int)
+    d = sub.add_parser("demo", help="compress the bundled Sentinel-2 sample with TEC and JPEG 2000 and compare",
+                       description=_para("Compress the bundled Sentinel-2 sample (4 dates, 12 bands) with TEC and "
+                                         "with JPEG 2000, read both back, and compare size, PSNR and maximum error "
+                                         "at equal PSNR. Needs the bench extra (imagecodecs)."),
+                       formatter_class=fmt)
+    d.add_argument("--quality", type=int, metavar="Q", help=demo_quality_help)
     d.set_defaults(func=cmd_demo)
     return p
 
@@ -335,8 +519,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except TecZarrError as e:
-        print(f"tec: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("tec: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if failures.debug():
+            raise
+        print(f"tec: error: {failures.message(e, args.command)}", file=sys.stderr)
         return 2
 
 

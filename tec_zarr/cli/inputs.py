@@ -1,0 +1,179 @@
+"""What the ``tec`` commands read and write: the kind of a path (GeoTIFF, Zarr store, NetCDF, ``.tec``), checks
+that an input exists and an output may be written, and inputs opened as xarray Datasets (a GeoTIFF read a chunk at
+a time through dask where dask is installed)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .failures import CommandError
+
+GEOTIFF, ZARR, NETCDF, TEC = "GeoTIFF", "Zarr store", "NetCDF file", ".tec file"
+SUFFIXES = {".tif": GEOTIFF, ".tiff": GEOTIFF, ".zarr": ZARR, ".nc": NETCDF, ".nc4": NETCDF, ".netcdf": NETCDF,
+            ".tec": TEC}
+_MAGIC = ((b"TECF", TEC), (b"II*\0", GEOTIFF), (b"MM\0*", GEOTIFF), (b"II+\0", GEOTIFF), (b"MM\0+", GEOTIFF),
+          (b"CDF", NETCDF), (b"\x89HDF", NETCDF))
+_ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray")
+
+
+def kind(path) -> str | None:
+    """What ``path`` holds, by its content where it exists (a directory with Zarr metadata, a file's magic bytes),
+    else by its suffix; None when neither says."""
+    p = Path(path)
+    if p.is_dir():
+        return ZARR if any((p / name).is_file() for name in _ZARR_METADATA) else None
+    if p.is_file():
+        try:
+            with p.open("rb") as f:
+                head = f.read(4)
+        except OSError:
+            head = b""
+        for magic, found in _MAGIC:
+            if head.startswith(magic):
+                return found
+    return SUFFIXES.get(p.suffix.lower())
+
+
+def output_kind(path) -> str | None:
+    """What an output path asks for, by its suffix alone."""
+    return SUFFIXES.get(Path(path).suffix.lower())
+
+
+def require_input(path, accepted: tuple[str, ...], command: str, *, then_output: bool = True) -> str:
+    """The kind of an existing input among ``accepted``, or a :class:`CommandError` naming the fix."""
+    p = Path(path)
+    if not p.exists():
+        order = f" (tec {command} takes the input first, then the output)" if then_output else ""
+        what = SUFFIXES.get(p.suffix.lower(), "input")
+        raise CommandError(f"Expected a readable {what} at {path}. Got no such file or directory instead: check the "
+                           f"path{order}.")
+    found = kind(p)
+    if found in accepted:
+        return found
+    wanted = " or ".join(f"a {k}" for k in accepted)
+    if found is None:
+        what = "a directory without Zarr metadata (zarr.json, .zgroup)" if p.is_dir() else "a file of unknown type"
+    else:
+        what = f"a {found}"
+    hint = {
+        (GEOTIFF, "info"): f": tec compress {path} scene.zarr (or scene.tec) compresses it; gdalinfo describes it",
+        (GEOTIFF, "decompress"): ": it is not compressed by TEC; tec compress compresses it",
+        (GEOTIFF, "to-vrt"): ": GDAL opens it directly",
+    }.get((found, command), "")
+    raise CommandError(f"Expected {wanted} for tec {command}. Got {what}, {path}, instead{hint}.")
+
+
+def require_output(path, *, overwrite: bool, inputs=()) -> None:
+    """Refuses to write over an input, over an existing path without ``--overwrite``, and, even with it, over a
+    directory that is not a Zarr store (replacing a Zarr store deletes its contents)."""
+    p = Path(path)
+    for source in inputs:
+        if Path(source).exists() and p.exists() and p.resolve() == Path(source).resolve():
+            raise CommandError(f"Expected an output other than the input. Got {path} for both instead: choose "
+                               "another output name.")
+    if not (p.exists() or p.is_symlink()):
+        return
+    if not overwrite:
+        raise CommandError(f"Expected a new output path. Got {path}, which exists, instead: pass --overwrite to "
+                           "replace it, or choose another name.")
+    wanted = output_kind(p)
+    if p.is_dir() and (wanted != ZARR or kind(p) != ZARR):
+        raise CommandError(f"Expected --overwrite to replace a {wanted or 'file'}. Got {path}, a directory that is "
+                           "not a Zarr store, instead: not deleting it; remove it yourself or choose another name.")
+    if not p.is_dir() and wanted == ZARR:
+        raise CommandError(f"Expected --overwrite to replace a Zarr store. Got {path}, a file, instead: not "
+                           "deleting it; remove it yourself or choose another name.")
+
+
+# -- inputs as xarray Datasets ---------------------------------------------------------------------------------------
+
+
+def open_dataset(path: str, found: str, variable: str | None, chunk: int):
+    """GeoTIFF, Zarr or NetCDF -> (xarray Dataset, name of the variable to compress)."""
+    import xarray as xr
+
+    from ..codec.encoding import zarr_encoding
+
+    if found == GEOTIFF:
+        ds = read_geotiff(Path(path), variable or "reflectance", chunk)
+    elif found == ZARR:
+        ds = xr.open_zarr(path)
+    else:
+        ds = xr.open_dataset(path)
+    if variable is None:
+        candidates = list(zarr_encoding(ds, zarr_format=3))
+        if len(candidates) != 1:
+            raise CommandError(f"Expected one 12-band variable in {path}, or --var NAME. Got {candidates} instead.")
+        variable = candidates[0]
+    if variable not in ds:
+        raise CommandError(f"Expected variable {variable!r} in {path}. Got {list(ds.data_vars)} instead: pass one "
+                           "of them with --var.")
+    return ds, variable
+
+
+def read_geotiff(path: Path, name: str, chunk: int):
+    """A 12-band GeoTIFF as a Dataset with CF georeferencing, bands in the model's order; a dask array reading
+    (12, chunk, chunk) windows where dask is installed, else the whole raster. The variable's ``nodata``
+    attribute is the file's NoData, absent where the file declares none."""
+    import numpy as np
+    import rasterio
+    import xarray as xr
+
+    from ..bands import S2_L2A_BANDS, band_order
+    from ..errors import InvalidInputError
+    from ..gdal.convert import GRID_MAPPING, grid_mapping_attrs
+
+    with rasterio.open(path) as src:
+        t = src.transform
+        # Bands named in the file are checked and put in the model's order; unnamed ones are taken as that order.
+        try:
+            order = band_order(src.descriptions, S2_L2A_BANDS, source=str(path))
+        except InvalidInputError as e:
+            raise CommandError(str(e)) from None
+        if order is None and src.count != len(S2_L2A_BANDS):
+            raise CommandError(f"Expected {len(S2_L2A_BANDS)} bands {' '.join(S2_L2A_BANDS)} in {path}. "
+                               f"Got {src.count} unnamed bands instead.")
+        indexes = [i + 1 for i in order] if order is not None else list(range(1, src.count + 1))
+        shape, dtype = (len(indexes), src.height, src.width), np.dtype(src.dtypes[indexes[0] - 1])
+        x = t.c + t.a * (np.arange(src.width) + 0.5)
+        y = t.f + t.e * (np.arange(src.height) + 0.5)
+        wkt = src.crs.to_wkt() if src.crs else ""
+        nodata = src.nodata
+        try:
+            import dask.array as da
+        except ImportError:
+            data = src.read(indexes)
+        else:
+            data = da.from_array(_GeoTiffWindows(str(path), indexes, shape, dtype), chunks=(shape[0], chunk, chunk),
+                                 lock=False, asarray=True, meta=np.empty((0, 0, 0), dtype), name=False)
+    # CF georeferencing: a grid-mapping variable that rioxarray (.rio.crs) and odc-geo read.
+    var_attrs = {"grid_mapping": GRID_MAPPING}
+    if nodata is not None:
+        var_attrs["nodata"] = int(nodata) if float(nodata).is_integer() else float(nodata)
+    spatial_ref = xr.DataArray(np.int64(0), attrs=grid_mapping_attrs(wkt or None, t.to_gdal()))
+    return xr.Dataset({name: (("band", "y", "x"), data, var_attrs)},
+                      coords={"band": np.array(S2_L2A_BANDS, dtype=object), "y": y, "x": x, GRID_MAPPING: spatial_ref},
+                      attrs={"crs": wkt, "geotransform": list(t.to_gdal())})
+
+
+class _GeoTiffWindows:
+    """Array-like (bands, H, W) view of a GeoTIFF for ``dask.array.from_array``: each block opens the file and
+    reads its window (no handle is shared between threads or pickled)."""
+
+    ndim = 3
+
+    def __init__(self, path: str, indexes: list[int], shape: tuple[int, int, int], dtype):
+        self.path, self.indexes, self.shape, self.dtype = path, indexes, shape, dtype
+
+    def __getitem__(self, key):
+        import rasterio
+        from rasterio.windows import Window
+
+        b, y, x = (range(*k.indices(n)) for k, n in zip(key, self.shape))
+        with rasterio.open(self.path) as src:
+            return src.read([self.indexes[i] for i in b], window=Window(x.start, y.start, len(x), len(y)))
+
+
+def chunk_count(shape: tuple[int, ...], chunks: tuple[int, ...]) -> int:
+    return math.prod(-(-n // c) for n, c in zip(shape, chunks))
