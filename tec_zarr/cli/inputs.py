@@ -5,6 +5,7 @@ a time through dask where dask is installed)."""
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 from .failures import CommandError
@@ -98,7 +99,9 @@ def open_dataset(path: str, found: str, variable: str | None, chunk: int):
     if found == GEOTIFF:
         ds = read_geotiff(Path(path), variable or "reflectance", chunk)
     elif found == ZARR:
-        ds = xr.open_zarr(path)
+        with warnings.catch_warnings():  # a store without consolidated metadata opens as well, a little slower
+            warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata")
+            ds = xr.open_zarr(path)
     else:
         ds = xr.open_dataset(path)
     if variable is None:
