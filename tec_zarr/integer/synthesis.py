@@ -114,14 +114,16 @@ class IntSynthesis:
         s = np.asarray(symbols, np.int64)
         # int64 products of int32 symbols and < 2**31 gains can't overflow; >> is an exact floor.
         x = np.clip((s * self.ig[quality][None, :, None, None]) >> INPUT_EXTRA_BITS, -limit, limit)
-        x = np.ascontiguousarray(np.moveaxis(x, 1, -1)).astype(np.float64)  # channels last: (B, h, w, C)
+        # Latent channels that are 0 throughout add exact zeros: left out of the products (most are, at low rates).
+        active = np.flatnonzero(x.any(axis=(0, 2, 3)))
+        x = np.ascontiguousarray(np.moveaxis(x[:, active], 1, -1)).astype(np.float64)  # channels last: (B, h, w, C)
         first = x
         last = len(self.weights) - 1
         for i, (w, b, shift) in enumerate(zip(self.weights, self.biases, self.shifts)):
-            acc = deconv(x, w, b, rows_per_block, matmul)
+            acc = deconv(x, w[active] if i == 0 else w, b, rows_per_block, matmul)
             if i == last:
                 if self.linear is not None:
-                    acc += block_deconv(first, self.linear, self.block, matmul)
+                    acc += block_deconv(first, self.linear[active], self.block, matmul)
                 return np.moveaxis(np.floor((acc + 2.0 ** (shift - 1)) * 2.0**-shift), -1, 1).astype(np.int64)
             x = np.clip(np.floor(acc * 2.0**-shift), -limit, limit)
             pre, post = self.gdn_shifts[i]
