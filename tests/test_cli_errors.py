@@ -66,6 +66,10 @@ def test_info_on_a_missing_path_and_on_a_geotiff(capsys, tmp_path, small):
     (tmp_path / "empty").mkdir()
     fails(capsys, ["info", tmp_path / "empty"], "directory without Zarr metadata")
     fails(capsys, ["decompress", small / "small.tif", tmp_path / "x.tif"], "Got a GeoTIFF", "tec compress")
+    fails(capsys, ["convert", small / "small.tif", tmp_path / "x.tec"], "Got a GeoTIFF", "tec compress")
+    fails(capsys, ["to-vrt", small / "small.tif"], "Got a GeoTIFF", "GDAL opens it directly")
+    fails(capsys, ["compress", small / "small.zarr", tmp_path / "x.tec"], "Got a Zarr store", "tec convert")
+    assert not (tmp_path / "x.tec").exists()
 
 
 def _with_codec_key(tec_bytes: bytes, key: str, value) -> bytes:

@@ -61,6 +61,9 @@ def require_input(path, accepted: tuple[str, ...], command: str, *, then_output:
         (GEOTIFF, "info"): f": tec compress {path} scene.zarr (or scene.tec) compresses it; gdalinfo describes it",
         (GEOTIFF, "decompress"): ": it is not compressed by TEC; tec compress compresses it",
         (GEOTIFF, "to-vrt"): ": GDAL opens it directly",
+        (GEOTIFF, "convert"): f": convert copies TEC chunks without encoding; tec compress {path} scene.tec encodes it",
+        (ZARR, "compress"): f": a .tec output is made from a GeoTIFF; tec convert {path} scene.tec copies a TEC "
+                            "store's chunks into one",
     }.get((found, command), "")
     raise CommandError(f"Expected {wanted} for tec {command}. Got {what}, {path}, instead{hint}.")
 
