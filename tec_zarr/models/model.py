@@ -14,6 +14,7 @@ from ..errors import InvalidInputError, WeightsIntegrityError
 from ..integer.synthesis import FILENAME as SYNTHESIS_FILENAME
 from ..integer.synthesis import IntSynthesis
 from ..runtime import Graph
+from ..runtime.gathered import GatheredGraph, gathered
 from .card import ModelCard
 
 REQUIRED_FILES = ("encoder.onnx", "decoder.onnx", "tables.npz")
@@ -25,7 +26,7 @@ class Model:
 
     card: ModelCard
     encoder: Graph
-    decoder: Graph
+    decoder: Graph | GatheredGraph  # runs on the nonzero latent channels where it can (runtime.gathered)
     mean: np.ndarray  # (bands,) reflectance
     std: np.ndarray
     gain: np.ndarray  # (Q, M) float32
@@ -58,7 +59,7 @@ class Model:
         return cls(
             card=card,
             encoder=Graph(card.manifest["files"]["encoder.onnx"], files["encoder.onnx"], "x"),
-            decoder=Graph(card.manifest["files"]["decoder.onnx"], files["decoder.onnx"], "y_hat"),
+            decoder=gathered(Graph(card.manifest["files"]["decoder.onnx"], files["decoder.onnx"], "y_hat")),
             coder=coder_type.from_files(files, tables),
             multiple=multiple,
             latent_stride=int(card.manifest.get("latent_stride", multiple)),
