@@ -183,8 +183,9 @@ class TecMetadata:
             return cls.create(**{key: d[key] for key in (
                 "shape", "dtype", "band_names", "crs_wkt", "geotransform", "nodata", "tile", "codec", "overviews", "uuid"
             )})
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError,
-                InvalidInputError) as e:
+        except InvalidInputError as e:  # already says what it expected and got
+            raise TecFormatError(f"Invalid .tec metadata: {e}") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
             raise TecFormatError(f"Expected valid .tec metadata JSON. Got {type(e).__name__}: {e} instead.") from None
 
     @property
