@@ -62,9 +62,7 @@ def native_grid(band: np.ndarray, blocks: replication.Blocks) -> np.ndarray:
 
 
 def bilinear(native: np.ndarray, blocks: replication.Blocks, shape: tuple[int, int]) -> np.ndarray:
-    uy = replication._operators(shape[0], blocks.size, blocks.phase_y)[0]
-    ux = replication._operators(shape[1], blocks.size, blocks.phase_x)[0]
-    return uy @ native @ ux.T
+    return replication.interpolate(native, blocks, shape)
 
 
 def versions(images: np.ndarray, blocks: list[replication.Blocks]) -> dict[str, np.ndarray]:

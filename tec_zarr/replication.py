@@ -78,31 +78,44 @@ def expand(native: np.ndarray, blocks: Blocks, shape: tuple[int, int]) -> np.nda
     return np.repeat(rows, lengths(w, blocks.size, blocks.phase_x), axis=-1)
 
 
-def _constant(band: np.ndarray, valid: np.ndarray, blocks: Blocks) -> bool:
-    """Every block's valid elements equal (band: (B, H, W))."""
-    lo = np.where(valid, band, np.inf)
-    hi = np.where(valid, band, -np.inf)
-    h, w = band.shape[-2:]
+def _constant(key: np.ndarray, valid: np.ndarray, blocks: Blocks) -> bool:
+    """Every block's valid elements equal (``key``: (B, H, W) integers)."""
+    big = np.iinfo(np.int64)
+    lo = np.where(valid, key, big.max)
+    hi = np.where(valid, key, big.min)
+    h, w = key.shape[-2:]
     sy, sx = starts(h, blocks.size, blocks.phase_y), starts(w, blocks.size, blocks.phase_x)
     low = np.minimum.reduceat(np.minimum.reduceat(lo, sy, axis=-2), sx, axis=-1)
     high = np.maximum.reduceat(np.maximum.reduceat(hi, sy, axis=-2), sx, axis=-1)
-    some = np.isfinite(low)
+    some = low <= high  # blocks holding a valid element
     return bool((low[some] == high[some]).all())
+
+
+def _keys(band: np.ndarray) -> np.ndarray:
+    """Integers equal exactly where the elements are the same bits: float32 -0.0 and 0.0 differ (lossless keeps
+    the sign), NaN never reaches here (missing)."""
+    if band.dtype.kind == "f":
+        return np.ascontiguousarray(band).view(np.int32 if band.dtype.itemsize == 4 else np.int64).astype(np.int64)
+    return band.astype(np.int64)
 
 
 def detect_band(band: np.ndarray, valid: np.ndarray) -> Blocks:
     """The largest candidate block size (with its phase) of which ``band`` (B, H, W) is made over its ``valid``
-    elements, or :data:`NATIVE`."""
+    elements, or :data:`NATIVE`. Blocks must hold more than one element somewhere (a 2 x 2 chunk is not made of
+    1 x 1 blocks), and a band with no valid element is not replicated."""
     h, w = band.shape[-2:]
+    if not valid.any():
+        return NATIVE
+    key = _keys(band)
     # where neighbours along an axis differ (both valid): block edges, never inside a block
-    across_x = ((band[..., 1:] != band[..., :-1]) & valid[..., 1:] & valid[..., :-1]).any(axis=(0, 1))
-    across_y = ((band[..., 1:, :] != band[..., :-1, :]) & valid[..., 1:, :] & valid[..., :-1, :]).any(axis=(0, 2))
+    across_x = ((key[..., 1:] != key[..., :-1]) & valid[..., 1:] & valid[..., :-1]).any(axis=(0, 1))
+    across_y = ((key[..., 1:, :] != key[..., :-1, :]) & valid[..., 1:, :] & valid[..., :-1, :]).any(axis=(0, 2))
     for size in CANDIDATE_SIZES:
-        if size > max(h, w):
-            continue
         py, px = _axis_phase(across_y, size), _axis_phase(across_x, size)
+        if py is None or px is None or (len(starts(h, size, py)) == h and len(starts(w, size, px)) == w):
+            continue
         # neighbour checks miss a block whose differing elements sit either side of a missing one: verify whole blocks
-        if py is not None and px is not None and _constant(band, valid, Blocks(size, py, px)):
+        if _constant(key, valid, Blocks(size, py, px)):
             return Blocks(size, py, px)
     return NATIVE
 
@@ -176,28 +189,60 @@ def from_native(coded: np.ndarray, blocks: tuple[Blocks, ...]) -> np.ndarray:
     return out
 
 
-@lru_cache(maxsize=64)
-def _operators(n: int, size: int, phase: int) -> tuple[np.ndarray, np.ndarray]:
-    """Along one axis: U (n x natives), linear interpolation of the native grid at each element's centre, and
-    the solve matrix (P U)^-1 with P the block mean, so that smoothing keeps every block mean."""
+class _Axis(NamedTuple):
+    """Along one axis: linear interpolation of the native grid at each element's centre (element y takes
+    ``(1 - frac[y]) native[lo[y]] + frac[y] native[hi[y]]``), and the tridiagonal matrix ``P U`` (block means of
+    the interpolation: ``sub``, ``diag``, ``sup``) factored for the Thomas algorithm (``ratio``, ``pivot``)."""
+
+    lo: np.ndarray
+    hi: np.ndarray
+    frac: np.ndarray
+    sub: np.ndarray
+    ratio: np.ndarray  # sup[i] / pivot[i]
+    pivot: np.ndarray
+
+
+@lru_cache(maxsize=32)
+def _axis(n: int, size: int, phase: int) -> _Axis:
     first = starts(n, size, phase)
-    lead = (size - phase) % size  # elements a whole first block would have before the axis starts
     natives = len(first)
-    u = (np.arange(n) + lead - (size - 1) / 2) / size  # element centres in native-grid units
-    u = np.clip(u, 0, natives - 1)
+    lead = (size - phase) % size  # elements a whole first block would have before the axis starts
+    u = np.clip((np.arange(n) + lead - (size - 1) / 2) / size, 0, natives - 1)  # centres in native units
     lo = np.floor(u).astype(np.int64)
     hi = np.minimum(lo + 1, natives - 1)
     frac = u - lo
-    interp = np.zeros((n, natives))
-    np.add.at(interp, (np.arange(n), lo), 1 - frac)
-    np.add.at(interp, (np.arange(n), hi), frac)
-    mean = np.zeros((natives, n))
-    mean[np.repeat(np.arange(natives), lengths(n, size, phase)), np.arange(n)] = 1
-    mean /= mean.sum(axis=1, keepdims=True)
-    solve = np.linalg.inv(mean @ interp)
-    interp.setflags(write=False)
-    solve.setflags(write=False)
-    return interp, solve
+    block = np.repeat(np.arange(natives), lengths(n, size, phase))
+    count = lengths(n, size, phase).astype(np.float64)
+    bands = np.zeros((natives, 3))  # an element of block b interpolates natives b - 1, b, b + 1 only
+    np.add.at(bands, (block, lo - block + 1), (1 - frac) / count[block])
+    np.add.at(bands, (block, hi - block + 1), frac / count[block])
+    sub, diag, sup = bands[:, 0], bands[:, 1], bands[:, 2]
+    pivot, ratio = np.empty(natives), np.zeros(natives)
+    for i in range(natives):
+        pivot[i] = diag[i] - (sub[i] * ratio[i - 1] if i else 0.0)
+        ratio[i] = sup[i] / pivot[i]
+    for a in (lo, hi, frac, sub, ratio, pivot):
+        a.setflags(write=False)
+    return _Axis(lo, hi, frac, sub, ratio, pivot)
+
+
+def _solve(axis: _Axis, d: np.ndarray) -> np.ndarray:
+    """``(P U)^-1 d`` along d's first axis (the Thomas algorithm: P U is diagonally dominant)."""
+    out = np.empty_like(d)
+    out[0] = d[0] / axis.pivot[0]
+    for i in range(1, len(d)):
+        out[i] = (d[i] - axis.sub[i] * out[i - 1]) / axis.pivot[i]
+    for i in range(len(d) - 2, -1, -1):
+        out[i] -= axis.ratio[i] * out[i + 1]
+    return out
+
+
+def interpolate(native: np.ndarray, blocks: Blocks, shape: tuple[int, int]) -> np.ndarray:
+    """Linear interpolation of a native grid (..., h, w) at the centres of a (H, W) ``shape``'s elements, edges
+    clamped: the bilinear resampling cube builders offer beside nearest."""
+    ay, ax = _axis(shape[0], blocks.size, blocks.phase_y), _axis(shape[1], blocks.size, blocks.phase_x)
+    rows = native[..., ay.lo, :] * (1 - ay.frac)[:, None] + native[..., ay.hi, :] * ay.frac[:, None]
+    return rows[..., ax.lo] * (1 - ax.frac) + rows[..., ax.hi] * ax.frac
 
 
 def smooth(x: np.ndarray, valid: np.ndarray, blocks: tuple[Blocks, ...]) -> None:
@@ -209,10 +254,10 @@ def smooth(x: np.ndarray, valid: np.ndarray, blocks: tuple[Blocks, ...]) -> None
         if not b.replicated:
             continue
         band, ok = x[:, c].astype(np.float64), valid[:, c]
-        count = block_sums(ok.astype(np.float64), b)
-        means = np.where(count > 0, block_sums(np.where(ok, band, 0), b) / np.maximum(count, 1),
-                         block_sums(band, b) / _counts((h, w), b))
-        uy, sy = _operators(h, b.size, b.phase_y)
-        ux, sx = _operators(w, b.size, b.phase_x)
-        grid = sy @ means @ sx.T
-        x[:, c] = (uy @ grid @ ux.T).astype(x.dtype)
+        means = block_sums(band, b) / _counts((h, w), b)
+        if not ok.all():
+            count = block_sums(ok.astype(np.float64), b)
+            means = np.where(count > 0, block_sums(np.where(ok, band, 0), b) / np.maximum(count, 1), means)
+        grid = _solve(_axis(h, b.size, b.phase_y), np.moveaxis(means, 1, 0))  # rows: (h', B, w')
+        grid = _solve(_axis(w, b.size, b.phase_x), np.moveaxis(grid, 2, 0))  # columns: (w', h', B)
+        x[:, c] = interpolate(np.transpose(grid, (2, 1, 0)), b, (h, w)).astype(x.dtype)

@@ -3,6 +3,7 @@ lossless and bounded residuals code one value per block, lossy chunks code a smo
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 
@@ -224,14 +225,56 @@ def test_hostile_blocks_are_refused(nearest, bad):
 
 
 def test_any_block_size_decodes_within_the_chunk(nearest):
-    """A block size the encoder never writes (255, larger than the chunk) still decodes to the chunk's shape."""
-    data = TEC(max_error=0).encode(nearest)
-    other = _with_blocks(data, bytes([255, 254, 3] + [1, 0, 0] * 11))
-    try:
-        out = TEC(max_error=0).decode(other)
-    except CorruptChunkError:
-        return  # the residual payload no longer matches: refused, fine
-    assert out.shape == nearest.shape
+    """Block sizes the encoder never writes (255, larger than the chunk; 1 x 1 phases) still decode to the chunk's
+    shape, as exact blocks."""
+    data = TEC().encode(nearest)
+    other = _with_blocks(data, bytes([255, 254, 3] + [1, 0, 0] * 10 + [7, 0, 6]))
+    out = TEC().decode(other)
+    assert out.shape == nearest.shape and np.isfinite(out).all()
+    band = out[0].astype(np.int64)  # 255 x 255 blocks from row 254, column 3: four blocks on a 100 x 90 chunk
+    assert (band[:, :3] == band[0, 0]).all() and (band[:, 3:] == band[0, 3]).all()
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered")
+def test_extreme_latents_with_blocks_decode_finite(nearest):
+    """A float32 chunk whose latents decode to +-inf: the projection must not average them into NaN."""
+    from tec_zarr.models import load_model
+
+    a = (nearest / 1e4).astype(np.float32)
+    h, m, _ = bitstream.unpack(TEC(nodata=None).encode(a))
+    symbols = np.zeros((h.batch, *h.latent), np.int64)
+    symbols[:, :, ::2] = 2**31 - 1
+    symbols[:, :, 1::2] = -(2**31)
+    payload = load_model("tec-fp").coder.encode(None, symbols, h.quality)
+    out = TEC(nodata=None).decode(bitstream.pack(dataclasses.replace(h, float_scale=1e-20), m, payload))
+    assert h.blocks is not None and np.isfinite(out).all()
+
+
+def test_signed_zeros_stay_exact_in_lossless_float32():
+    rng = np.random.default_rng(5)
+    a = replication.expand(rng.integers(1, 999, (12, 10, 10)).astype(np.float32) / 1e4, Blocks(2), (20, 20))
+    a = np.ascontiguousarray(a.astype(np.float32))
+    a[:, :2, :2] = 0.0
+    a[:, 0, 0] = -0.0  # one block holds -0.0 and 0.0: equal values, other bits
+    codec = TEC(max_error=0, nodata=None)
+    out = codec.decode(codec.encode(a))
+    assert out.tobytes() == a.tobytes()
+
+
+def test_all_missing_residual_chunks_decode():
+    """All-zero latents (every element missing): the integer synthesis has no channel to gather."""
+    zeros = np.zeros((12, 32, 32), np.uint16)
+    codec = TEC(max_error=0)
+    np.testing.assert_array_equal(codec.decode(codec.encode(zeros)), zeros)
+    nans = np.full((12, 32, 32), np.nan, np.float32)
+    codec = TEC(max_error=0, nodata=None)
+    assert np.isnan(codec.decode(codec.encode(nans))).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 2), (1, 2), (2, 1), (1, 1)])
+def test_tiny_chunks_are_not_called_replicated(shape):
+    noise = np.random.default_rng(0).integers(1, 9999, (12, *shape)).astype(np.uint16)
+    assert header(TEC().encode(noise)).blocks is None  # 1 x 1 blocks would only cost a section
 
 
 def test_unknown_flag_still_refused(nearest):

@@ -158,6 +158,9 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes, nan_mask: byte
     if nan_mask is not None:
         parts += [struct.pack("<I", len(nan_mask)), nan_mask]
     if header.blocks is not None:
+        if len(header.blocks) != header.shape[-3] or not all(0 <= int(v) <= 255 for b in header.blocks for v in b):
+            raise ValueError(f"Expected one (size, phase_y, phase_x) of bytes per band. Got {header.blocks} instead.")
+        _check_blocks(header.blocks)
         parts.append(bytes(int(v) for block in header.blocks for v in block))
     parts += [struct.pack("<I", len(payload)), payload]
     if res is not None:

@@ -116,6 +116,8 @@ class IntSynthesis:
         x = np.clip((s * self.ig[quality][None, :, None, None]) >> INPUT_EXTRA_BITS, -limit, limit)
         # Latent channels that are 0 throughout add exact zeros: left out of the products (most are, at low rates).
         active = np.flatnonzero(x.any(axis=(0, 2, 3)))
+        if active.size == 0:  # all zero: one zero channel keeps the products' shapes
+            active = np.zeros(1, np.intp)
         x = np.ascontiguousarray(np.moveaxis(x[:, active], 1, -1)).astype(np.float64)  # channels last: (B, h, w, C)
         first = x
         last = len(self.weights) - 1

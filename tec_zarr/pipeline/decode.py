@@ -164,6 +164,8 @@ def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
         values = np.multiply(x_hat[:, :, :h, :w], (model.std * units)[:, None, None])
         values += (model.mean * units)[:, None, None]
         if header.blocks is not None:  # replicated bands: their blocks' means, as the encoder coded them
+            info = np.finfo(np.float32) if np.dtype(header.dtype).kind == "f" else np.iinfo(header.dtype)
+            np.clip(values, info.min, info.max, out=values)  # finite first: a block of +-inf would average to NaN
             values = project(values, tuple(Blocks(*b) for b in header.blocks))
         result = _to_dtype(values, header.dtype)
     result = _apply_nodata(result, header.nodata, parsed.mask)

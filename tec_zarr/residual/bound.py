@@ -116,8 +116,11 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
         q = quantize(images, base, mode, bound)
     q = np.where(valid, q, 0)
     anchor, step = residual_anchor(base, mode, bound)
-    if blocks is not None:  # x and the base are constant over each block's valid elements, and so is q
-        q, valid = to_native(q, valid, blocks)
+    if blocks is not None:  # x (bit for bit) and the base are constant over each block's valid elements: so is q
+        coded, coded_valid = to_native(q, valid, blocks)
+        if not np.array_equal(from_native(coded, blocks)[valid], q[valid]):  # never written wrong, whatever happens
+            raise RuntimeError("internal error: residual steps not constant over blocks; please report it")
+        q, valid = coded, coded_valid
         anchor = None if anchor is None else to_native(anchor, np.ones(valid.shape, bool), blocks)[0]
     params, payload = hierarchical.encode(q, valid, anchor, step)
     v2 = ResidualSection(bound, mode, hierarchical.STRIDE, params, payload, coder=hierarchical.CODER)

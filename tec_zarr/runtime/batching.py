@@ -37,7 +37,7 @@ def run_stacked(jobs: list[tuple[Graph, np.ndarray]], *, exact: bool) -> list[np
         if exact and not stacks_exactly(graph):
             outputs[i].append(graph.run(x))
         else:
-            groups.setdefault((graph.sha256, x.shape[1:], x.dtype.str), []).append(i)
+            groups.setdefault((graph.sha256, x.shape[1:], x.dtype.str, graph.stack_key(x)), []).append(i)
     for members in groups.values():
         pending: list[tuple[int, int, int]] = []  # (job, first image, end) of the next call
         count = 0

@@ -5,7 +5,8 @@ quality: about half of 192; at the lowest: 20). The synthesis' layers that read 
 convolution and the linear block path: three quarters of its multiply-adds) then add exact zeros for those
 channels. :func:`gathered` derives, from a verified graph's own bytes, a variant whose latent input and those layers'
 weights have a varying channel count, and runs it on the nonzero channels only. The variant computes the same sums
-without the zero terms; the outputs match the full graph's (bit for bit on the CPUs measured, see the tests).
+without the zero terms: equal to the full graph's outputs up to float rounding (most often bit for bit; the tests
+bound it), and the same for a chunk however it is batched.
 """
 
 from __future__ import annotations
@@ -59,47 +60,65 @@ class GatheredGraph:
     def cpu_only(self) -> bool:
         return self.full.cpu_only()
 
+    def stack_key(self, x: np.ndarray) -> bytes:
+        """Inputs stack into one call only with the same nonzero channels, so that a chunk's pixels never depend
+        on which other chunks it was decoded with (sums over other channel sets may round differently)."""
+        return np.packbits(x.any(axis=(0, 2, 3))).tobytes()
+
 
 def gathered(graph: Graph) -> Graph | GatheredGraph:
-    """``graph`` running on nonzero latent channels, where every node reading its input is a ConvTranspose with
-    weights stored in the graph; ``graph`` itself otherwise."""
+    """``graph`` running on nonzero latent channels, where every node reading its input is a plain ConvTranspose
+    (group 1) with weights stored in the graph and read by that node alone; ``graph`` itself otherwise, and for
+    bytes this reader cannot follow."""
     try:
         variant, weights = _variant(graph.data, graph.input_name)
-    except (WeightsIntegrityError, UnicodeDecodeError, ValueError):
+    except (WeightsIntegrityError, UnicodeDecodeError, ValueError, IndexError, TypeError):
         return graph
     if not weights:
         return graph
+    for w in weights.values():
+        w.setflags(write=False)  # shared by every thread decoding with this model
     return GatheredGraph(graph, hashlib.sha256(variant).hexdigest(), variant, weights)
+
+
+NODE_ATTRIBUTE, ATTRIBUTE_NAME, ATTRIBUTE_INT = 5, 1, 3
+
+
+def _group(node: list[pb.Field]) -> int:
+    for attribute in pb.messages(node, NODE_ATTRIBUTE):
+        if pb.strings(attribute, ATTRIBUTE_NAME) == ["group"]:
+            return int(next((f.value for f in attribute if f.number == ATTRIBUTE_INT), 1))
+    return 1
 
 
 def _variant(model: bytes, input_name: str) -> tuple[bytes, dict[str, np.ndarray]]:
     """The model with the weights of the nodes reading ``input_name`` made inputs of (K, ...) and that input's
-    channel axis named K; and those weights."""
+    channel axis named K; and those weights. ({} where the graph is not of that shape.)"""
     top = pb.fields(model)
-    graphs = [f for f in top if f.number == pb.MODEL_GRAPH]
+    graphs = pb.messages(top, pb.MODEL_GRAPH)
     if len(graphs) != 1:
-        raise WeightsIntegrityError("Expected one graph in the ONNX model.")
-    items = pb.fields(graphs[0].value)
-    readers = []
-    for f in items:
-        if f.number == pb.GRAPH_NODE:
-            node = pb.fields(f.value)
-            inputs = pb.strings(node, pb.NODE_INPUT)
-            if input_name in inputs:
-                op = pb.strings(node, pb.NODE_OP_TYPE)
-                if op[0] not in DIRECT_OPS or inputs[0] != input_name or len(inputs) < 2:
-                    return model, {}  # something else reads the latents: keep the full graph
-                readers.append(inputs[1])
-    tensors = {}
-    for f in items:
-        if f.number == pb.GRAPH_INITIALIZER:
-            name, array = pb.tensor(f.value) if _names_one_of(f.value, readers) else (None, None)
-            if name is not None:
-                tensors[name] = array
-    if not readers or set(readers) != set(tensors):
         return model, {}
-    channels = {t.shape[0] for t in tensors.values()}
-    if len(channels) != 1:
+    items = graphs[0]
+    nodes = pb.messages(items, pb.GRAPH_NODE)
+    graph_inputs = [pb.strings(v, pb.VALUE_NAME) for v in pb.messages(items, pb.GRAPH_INPUT)]
+    readers, reads = [], {}
+    for node in nodes:
+        inputs = pb.strings(node, pb.NODE_INPUT)
+        for name in inputs:
+            reads[name] = reads.get(name, 0) + 1
+        if input_name in inputs:
+            if (pb.strings(node, pb.NODE_OP_TYPE)[:1] != list(DIRECT_OPS) or inputs[0] != input_name
+                    or len(inputs) < 2 or _group(node) != 1):
+                return model, {}  # something else reads the latents: keep the full graph
+            readers.append(inputs[1])
+    if not readers or any(reads[w] != 1 or [w] in graph_inputs for w in readers):
+        return model, {}  # a weight shared with another node, or already an input, must stay as it is
+    tensors = {}
+    for message in pb.messages(items, pb.GRAPH_INITIALIZER):
+        if any(n in readers for n in pb.strings(message, pb.TENSOR_NAME)):
+            name, array = pb.tensor(pb.emit(message))
+            tensors[name] = array
+    if set(readers) != set(tensors) or len({t.shape[0] for t in tensors.values()}) != 1:
         return model, {}
     rebuilt = []
     for f in items:

@@ -94,6 +94,10 @@ class Graph:
     def run(self, x):
         return run(self.sha256, self.data, {self.input_name: x})
 
+    def stack_key(self, x) -> None:
+        """Which inputs of this graph may share a call, beyond shape and dtype (see :mod:`.gathered`): any."""
+        return None
+
     def cpu_only(self) -> bool:
         """Whether this process runs the graph on onnxruntime's CPU provider alone."""
         return list(session(self.sha256, self.data).get_providers()) == ["CPUExecutionProvider"]

@@ -36,10 +36,11 @@ class Field:
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """An unsigned 64-bit varint (int64 fields holding negative values read as their two's complement)."""
     result = shift = 0
     while True:
-        if pos >= len(buf) or shift > 63:
-            raise WeightsIntegrityError("Expected a well-formed ONNX protobuf. Got a truncated varint instead.")
+        if pos >= len(buf) or shift > 63 or (shift == 63 and buf[pos] > 1):
+            raise WeightsIntegrityError("Expected a well-formed ONNX protobuf. Got a truncated or overlong varint.")
         byte = buf[pos]
         result |= (byte & 0x7F) << shift
         pos += 1
@@ -77,6 +78,8 @@ def fields(buf: bytes) -> list[Field]:
         elif wire in (FIXED64, FIXED32):
             n = 8 if wire == FIXED64 else 4
             value, pos = buf[pos : pos + n], pos + n
+            if len(value) != n:
+                raise WeightsIntegrityError("Expected a well-formed ONNX protobuf. Got a truncated field instead.")
         else:
             raise WeightsIntegrityError(f"Expected protobuf wire types 0, 1, 2, 5. Got {wire} instead.")
         out.append(Field(number, wire, value))
@@ -104,6 +107,17 @@ def strings(items: list[Field], number: int) -> list[str]:
     return [f.value.decode() for f in items if f.number == number and f.wire == LENGTH]
 
 
+def messages(items: list[Field], number: int) -> list[list[Field]]:
+    """The fields of each embedded message ``number``; a field of that number that is not one is refused."""
+    out = []
+    for f in items:
+        if f.number == number:
+            if f.wire != LENGTH:
+                raise WeightsIntegrityError(f"Expected field {number} to be a message. Got wire type {f.wire} instead.")
+            out.append(fields(f.value))
+    return out
+
+
 def tensor(message: bytes) -> tuple[str, np.ndarray]:
     """(name, float32 array) of a TensorProto stored as raw little-endian float32."""
     items = fields(message)
@@ -121,7 +135,9 @@ def tensor(message: bytes) -> tuple[str, np.ndarray]:
     raw = [f.value for f in items if f.number == TENSOR_RAW_DATA]
     if len(names) != 1 or types != [FLOAT] or len(raw) != 1:
         raise WeightsIntegrityError("Expected a named float32 tensor with raw data. Got another tensor instead.")
-    count = int(np.prod(dims)) if dims else 1
+    count = 1
+    for d in dims:  # Python integers: a hostile product must not wrap
+        count *= d
     if len(raw[0]) != 4 * count:
         raise WeightsIntegrityError(f"Expected {4 * count} bytes for tensor {names[0]}. Got {len(raw[0])} instead.")
     return names[0], np.frombuffer(raw[0], "<f4").reshape(dims).astype(np.float32)
