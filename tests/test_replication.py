@@ -291,3 +291,43 @@ def test_a_blocks_flag_without_its_section_is_refused(cube):
     body = bytes(data)
     with pytest.raises(BitstreamError):
         TEC().decode(body + struct.pack("<I", zlib.crc32(body)))
+
+
+# --- through the stores ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_replicated_cube_through_xarray_with_partial_chunks(cube, tmp_path, zarr_format):
+    """A cube as a nearest-resampling builder stores it, chunks that do not divide it (zarr pads the edge chunks
+    with the fill value): stored with blocks where the chunk has them, read back by xr.open_zarr as written."""
+    import xarray as xr
+
+    import tec_zarr
+
+    data = np.stack([replicate(np.ascontiguousarray(cube[t][:, :70, :90]), phase=(1, 1)) for t in range(2)])
+    ds = xr.Dataset({"reflectance": (("time", "band", "y", "x"), data)})
+    for max_error in (None, 0):
+        store = tmp_path / f"cube-{max_error}.zarr"
+        enc = tec_zarr.zarr_encoding(ds, zarr_format=zarr_format, chunks={"time": 1, "y": 48, "x": 48},
+                                     max_error=max_error)
+        ds.to_zarr(store, zarr_format=zarr_format, encoding=enc, consolidated=False)
+        back = xr.open_zarr(store, consolidated=False)["reflectance"].values
+        if max_error == 0:
+            np.testing.assert_array_equal(back, data)
+        else:
+            assert metrics.psnr(data, back) > 40
+            first = back[:1, :, :48, :48]  # one chunk: a block cut by a chunk edge decodes as two
+            assert replication.detect(first, np.ones(first.shape, bool))[4] == Blocks(2, 1, 1)  # blocks again
+        chunk_files = [p for p in store.rglob("*") if p.is_file() and p.stat().st_size > 100
+                       and p.read_bytes()[:4] == bitstream.MAGIC]
+        assert chunk_files and all(header(p.read_bytes()).blocks is not None for p in chunk_files)
+
+
+def test_a_replicated_raster_through_a_tec_file(cube, tmp_path):
+    from tec_zarr.gdal import raster
+
+    image = replicate(np.ascontiguousarray(cube[1][:, :100, :90]), phase=(0, 1))
+    path = tmp_path / "scene.tec"
+    raster.write(path, image, crs_wkt=None, geotransform=None, tile=64, max_error=0)
+    with raster.open(path) as f:
+        np.testing.assert_array_equal(f.read(), image)
+        assert header(f.read_tile(0, 0, 0)).blocks is not None
