@@ -79,3 +79,15 @@ def test_graphs_run_through_one_session_each(images):
     assert len(onnx._sessions) == before
     assert runtime.session(model.encoder.sha256, model.encoder.data) is runtime.session(model.encoder.sha256, b"")
     assert batching.stacks_exactly(model.encoder) == model.encoder.cpu_only()
+
+
+def test_a_bad_thread_count_is_a_package_error_when_graphs_run_not_at_import():
+    code = ("import numpy as np, tec_zarr\n"
+            "try:\n"
+            "    tec_zarr.TEC().encode(np.full((12, 8, 8), 5, np.uint16))\n"
+            "except tec_zarr.TecZarrError as e:\n"
+            "    print('refused:', e)\n")
+    env = {**os.environ, "TEC_ZARR_THREADS": "abc"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused: Expected a positive integer TEC_ZARR_THREADS. Got 'abc' instead." in out.stdout

@@ -12,6 +12,8 @@ import os
 import threading
 from dataclasses import dataclass, field
 
+from ..parsing import env_limit
+
 # Fixed so that a given machine always produces the same graphs (and so the same bytes).
 GRAPH_OPTIMIZATION = "ORT_ENABLE_ALL"
 
@@ -25,15 +27,16 @@ class RuntimeSettings:
 
 
 def _from_environment() -> RuntimeSettings:
-    threads = os.environ.get("TEC_ZARR_THREADS")
+    """The settings the environment asks for; a bad value is the package's InvalidInputError, raised when graphs
+    first run (never at import: ``tec --version`` must work whatever the environment says)."""
     providers = os.environ.get("TEC_ZARR_PROVIDERS")
     return RuntimeSettings(
-        intra_op_threads=int(threads) if threads else RuntimeSettings.intra_op_threads,
+        intra_op_threads=env_limit("TEC_ZARR_THREADS", RuntimeSettings.intra_op_threads),
         providers=tuple(p.strip() for p in providers.split(",")) if providers else RuntimeSettings.providers,
     )
 
 
-_settings = _from_environment()
+_settings: RuntimeSettings | None = None  # read from the environment on first use
 _sessions: dict[tuple, object] = {}
 _lock = threading.Lock()
 
@@ -42,20 +45,25 @@ def configure(*, intra_op_threads: int | None = None, providers: tuple[str, ...]
     """Change how later sessions run. Returns the settings now in force."""
     global _settings
     with _lock:
+        base = _settings if _settings is not None else _from_environment()
         _settings = RuntimeSettings(
-            intra_op_threads=_settings.intra_op_threads if intra_op_threads is None else int(intra_op_threads),
-            providers=_settings.providers if providers is None else tuple(providers),
+            intra_op_threads=base.intra_op_threads if intra_op_threads is None else int(intra_op_threads),
+            providers=base.providers if providers is None else tuple(providers),
         )
         return _settings
 
 
 def settings() -> RuntimeSettings:
+    global _settings
+    if _settings is None:
+        _settings = _from_environment()
     return _settings
 
 
 def session(sha256: str, model_bytes: bytes):
     """The process's session for a verified model graph, keyed by its hash and the settings in force."""
-    key = (sha256, _settings)
+    current = settings()
+    key = (sha256, current)
     found = _sessions.get(key)
     if found is not None:
         return found
@@ -65,11 +73,11 @@ def session(sha256: str, model_bytes: bytes):
             import onnxruntime as ort
 
             options = ort.SessionOptions()
-            options.intra_op_num_threads = _settings.intra_op_threads
+            options.intra_op_num_threads = current.intra_op_threads
             options.inter_op_num_threads = 1
             options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, GRAPH_OPTIMIZATION)
             available = set(ort.get_available_providers())
-            providers = [p for p in _settings.providers if p in available] or ["CPUExecutionProvider"]
+            providers = [p for p in current.providers if p in available] or ["CPUExecutionProvider"]
             found = ort.InferenceSession(model_bytes, sess_options=options, providers=providers)
             _sessions[key] = found
         return found
