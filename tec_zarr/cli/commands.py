@@ -17,9 +17,11 @@ import time
 import warnings
 
 from .. import __version__
+from ..errors import TecZarrError
 from . import failures
 from .failures import CommandError
-from .inputs import GEOTIFF, NETCDF, TEC, ZARR, chunk_count, open_dataset, output_kind, require_input, require_output
+from .inputs import (GEOTIFF, NETCDF, TEC, ZARR, check_nodata, chunk_count, open_dataset, output_kind, replacing,
+                     require_input, require_output)
 from .progress import Progress, PsnrMisses, dask_progress
 
 DEFAULT_CHUNK = 256
@@ -39,11 +41,29 @@ def _nodata_arg(text: str | None):
     return int(value) if value.is_integer() else value
 
 
-def _overview_levels(n: int | None) -> range:
+def _overview_levels(n: int | None, shape: tuple[int, ...] | None = None) -> range:
+    """--overviews N as levels 1..N; with the raster's shape, refuses levels coarser than the raster (2**N > max(H,
+    W))."""
     n = 0 if n is None else n
     if n < 0:
         raise CommandError(f"Expected --overviews N >= 0. Got {n} instead.")
+    if shape is not None and n:
+        top = max(1, max(shape[-2:]).bit_length() - 1)  # the largest k with 2**k <= max(H, W)
+        if 2 ** n > max(shape[-2:]):
+            raise CommandError(f"Expected --overviews N in 0..{top} for a {shape[-2]} x {shape[-1]} raster (2**N "
+                               f"at most its larger side). Got {n} instead: choose N <= {top}.")
     return range(1, n + 1)
+
+
+def _size_arg(value: int | None, flag: str, *, low: int, high: int | None = None, multiple: int = 1) -> None:
+    """--chunk / --tile: None (not given) or an integer in low..high, a multiple of ``multiple``."""
+    if value is None:
+        return
+    if value < low or (high is not None and value > high) or value % multiple:
+        allowed = f"{low}..{high}" if high is not None else f">= {low}"
+        also = f", a multiple of {multiple}" if multiple > 1 else ""
+        raise CommandError(f"Expected {flag} N in {allowed}{also}. Got {value} instead: leave {flag} out for the "
+                           "default or give a value in that range.")
 
 
 def _refuse(args, options: dict[str, str], why: str) -> None:
@@ -83,11 +103,13 @@ def cmd_compress(args) -> int:
     if out_kind == TEC:
         _refuse(args, {"chunk": "--chunk", "zarr_format": "--zarr-format"},
                 "for a .tec output (it is cut into --tile tiles)")
+        _size_arg(args.tile, "--tile", low=16, high=4096, multiple=4)
         in_kind = require_input(args.input, (GEOTIFF,), "compress")
         _refuse(args, {"var": "--var"}, "for a GeoTIFF input to a .tec output (the raster has no variables)")
     else:
         _refuse(args, {"tile": "--tile", "overviews": "--overviews"},
                 "for a Zarr output (--chunk sets its chunks; .tec outputs take --tile and --overviews)")
+        _size_arg(args.chunk, "--chunk", low=1)
         in_kind = require_input(args.input, (GEOTIFF, ZARR, NETCDF), "compress")
     require_output(args.output, overwrite=args.overwrite, inputs=[args.input])
     misses = PsnrMisses(args.psnr)
@@ -116,10 +138,17 @@ def _compress_tec(args) -> tuple[int, float]:
     if nodata == "none":
         raise CommandError("Expected a nodata value for a .tec output (edge tiles are padded with it, at no cost). "
                            "Got 'none' instead: leave --nodata out (the GeoTIFF's NoData, else 0) or give a value.")
-    levels = _overview_levels(args.overviews)
-    with _gdal_cache(args.input, max(args.tile or DEFAULT_TILE, 2 ** max(levels, default=0))), \
-            Progress("tec compress", "tiles", enabled=not args.quiet) as progress:
-        meta = geotiff_to_tec(args.input, args.output, tile=args.tile or DEFAULT_TILE, quality=args.quality,
+    import rasterio
+
+    with rasterio.open(args.input) as src:
+        shape, dtype, declared = (src.count, src.height, src.width), src.dtypes[0], src.nodata
+    check_nodata(nodata if nodata is not None else declared, dtype,
+                 "--nodata" if nodata is not None else "the GeoTIFF's NoData")
+    levels = _overview_levels(args.overviews, shape)
+    tile = DEFAULT_TILE if args.tile is None else args.tile
+    with _gdal_cache(args.input, max(tile, 2 ** max(levels, default=0))), \
+            Progress("tec compress", "tiles", enabled=not args.quiet) as progress, replacing(args.output) as tmp:
+        meta = geotiff_to_tec(args.input, tmp, tile=tile, quality=args.quality,
                               model=args.model, overviews=levels, nodata=nodata, progress=progress, **_bound_args(args))
     return meta.tile_count, progress.seconds
 
@@ -140,13 +169,19 @@ def _gdal_cache(path, rows: int):
 def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
     from ..codec.encoding import zarr_encoding
 
-    chunk = args.chunk or DEFAULT_CHUNK
+    chunk = DEFAULT_CHUNK if args.chunk is None else args.chunk
     zarr_format = args.zarr_format or 3
     ds, var = open_dataset(args.input, in_kind, args.var, chunk)
     ds = ds[[var]]  # keeps the variable's coordinates, its grid mapping among them
     kwargs = {"quality": args.quality, "model": args.model, **_bound_args(args)}
     nodata = _nodata_arg(args.nodata)
     attrs = dict(ds[var].attrs)
+    # The input is opened without CF masking: its _FillValue (or missing_value) is a stored value, its nodata.
+    fill = next((v for v in (attrs.pop("_FillValue", None), attrs.pop("missing_value", None),
+                             ds[var].encoding.get("_FillValue")) if v is not None), None)
+    fill = fill.item() if hasattr(fill, "item") and getattr(fill, "size", 1) == 1 else fill
+    if isinstance(fill, (int, float)) and not isinstance(fill, bool) and attrs.get("nodata") is None:
+        attrs["nodata"] = fill
     if nodata is None:  # the input's declared nodata, else 0 (stored exactly; padding of edge chunks costs nothing)
         declared = attrs.get("nodata")
         # A NaN NoData needs no nodata value: float32 NaN is stored as missing in every mode.
@@ -156,6 +191,7 @@ def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
         attrs.pop("nodata", None)
         if nodata != "none":
             attrs["nodata"] = nodata
+    check_nodata(kwargs["nodata"], ds[var].dtype, "--nodata" if nodata is not None else "the input's nodata")
     ds[var].attrs = attrs
     dims = ds[var].dims
     chunks = {d: chunk for d in dims[-2:]}
@@ -175,11 +211,11 @@ def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
     with warnings.catch_warnings(), cache:
         # Consolidated metadata lets readers open the store in one request; zarr 3 warns it is not in the v3 spec yet.
         warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
-        with Progress("tec compress", enabled=not args.quiet) as progress:
+        with Progress("tec compress", enabled=not args.quiet) as progress, replacing(args.output) as tmp:
             if not dask_installed:
-                ds.to_zarr(args.output, mode="w", zarr_format=zarr_format, encoding=encoding, consolidated=True)
+                ds.to_zarr(tmp, mode="w", zarr_format=zarr_format, encoding=encoding, consolidated=True)
             else:
-                job = ds.to_zarr(args.output, mode="w", zarr_format=zarr_format, encoding=encoding,
+                job = ds.to_zarr(tmp, mode="w", zarr_format=zarr_format, encoding=encoding,
                                  consolidated=True, compute=False)
                 with dask_progress(progress):
                     job.compute()
@@ -195,6 +231,8 @@ def info_text(store: str) -> str:
     try:
         group = zarr.open_group(store, mode="r")
         arrays = sorted(group.arrays())
+    except TecZarrError:  # the package's own errors already name the cause
+        raise
     except Exception as e:  # zarr's own errors: a codec config it cannot build, damaged JSON, ...
         raise _zarr_failure(store, e) from None
     lines = [f"{store}: Zarr format {group.metadata.zarr_format}"]
@@ -262,13 +300,15 @@ def cmd_decompress(args) -> int:
     require_output(args.output, overwrite=args.overwrite, inputs=[args.input])
     nodata = _nodata_arg(args.nodata)
     nodata = convert.FROM_INPUT if nodata is None else None if nodata == "none" else nodata
-    with Progress("tec decompress", "rows", enabled=not args.quiet) as progress:
+    with Progress("tec decompress", "rows", enabled=not args.quiet) as progress, replacing(args.output) as tmp:
         if found == TEC:
-            convert.tec_to_geotiff(args.input, args.output, level=args.level or 0, nodata=nodata, progress=progress)
+            convert.tec_to_geotiff(args.input, tmp, level=args.level or 0, nodata=nodata, progress=progress)
         else:
             try:
-                convert.zarr_to_geotiff(args.input, args.output, variable=args.var, index=args.time_index,
+                convert.zarr_to_geotiff(args.input, tmp, variable=args.var, index=args.time_index,
                                         nodata=nodata, progress=progress)
+            except TecZarrError:  # e.g. UnsupportedDtypeError, a TypeError that is not damaged metadata
+                raise
             except TypeError as e:
                 raise _zarr_failure(args.input, e) from None
     _say(args, f"decompressed {args.input} into {args.output} in {progress.seconds:.1f} s")
@@ -287,20 +327,31 @@ def cmd_convert(args) -> int:
         _refuse(args, {"overviews": "--overviews"}, "for a Zarr output (a Zarr store has no overviews)")
         require_output(args.output, overwrite=args.overwrite, inputs=[args.input])
         start = time.perf_counter()
-        tec_to_zarr(args.input, args.output, zarr_format=args.zarr_format or 3, variable=args.var or "reflectance")
+        with replacing(args.output) as tmp:
+            tec_to_zarr(args.input, tmp, zarr_format=args.zarr_format or 3, variable=args.var or "reflectance")
         _say(args, f"converted {args.input} into {args.output} in {time.perf_counter() - start:.1f} s")
         _say(args, info_text(args.output))
     elif found == ZARR and wanted == TEC:
         _refuse(args, {"zarr_format": "--zarr-format"}, "for a .tec output")
         require_output(args.output, overwrite=args.overwrite, inputs=[args.input])
         start = time.perf_counter()
-        zarr_to_tec(args.input, args.output, variable=args.var, overviews=_overview_levels(args.overviews))
+        levels = _overview_levels(args.overviews, _zarr_shape(args.input, args.var) if args.overviews else None)
+        with replacing(args.output) as tmp:
+            zarr_to_tec(args.input, tmp, variable=args.var, overviews=levels)
         _say(args, f"converted {args.input} into {args.output} in {time.perf_counter() - start:.1f} s")
         _say(args, describe(args.output))
     else:
         raise CommandError(f"Expected a .tec file on one side and a .zarr store on the other. Got {args.input} "
                            f"({found}) -> {args.output} instead: e.g. tec convert store.zarr scene.tec, or back.")
     return 0
+
+
+def _zarr_shape(store, variable) -> tuple[int, ...]:
+    import zarr
+
+    from ..gdal.convert import _find_array
+
+    return _find_array(zarr.open(store, mode="r"), variable)[1].shape
 
 
 def cmd_to_vrt(args) -> int:
@@ -518,7 +569,18 @@ examples:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            # rasterio's NotGeoreferencedWarning: a GeoTIFF without a CRS or transform is valid input and output.
+            warnings.filterwarnings("ignore", message="Dataset has no geotransform")
+            status = args.func(args)
+            sys.stdout.flush()  # a closed pipe fails here, not at exit
+            return status
+    except BrokenPipeError:  # tec info x.zarr | head: the reader has gone, which is no error
+        # Python's recommended handling: point stdout at devnull so that flushing it at exit does not fail again.
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("tec: interrupted", file=sys.stderr)
         return 130

@@ -4,7 +4,11 @@ a time through dask where dask is installed)."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import secrets
+import shutil
 import warnings
 from pathlib import Path
 
@@ -73,9 +77,18 @@ def require_output(path, *, overwrite: bool, inputs=()) -> None:
     directory that is not a Zarr store (replacing a Zarr store deletes its contents)."""
     p = Path(path)
     for source in inputs:
-        if Path(source).exists() and p.exists() and p.resolve() == Path(source).resolve():
+        if not Path(source).exists():
+            continue
+        src, dst = Path(source).resolve(), p.resolve()
+        if dst == src:
             raise CommandError(f"Expected an output other than the input. Got {path} for both instead: choose "
                                "another output name.")
+        if src.is_relative_to(dst):  # replacing the output would delete the input inside it
+            raise CommandError(f"Expected an output that does not contain the input. Got {path}, which holds the "
+                               f"input {source}, instead: choose an output outside it.")
+        if dst.is_relative_to(src):
+            raise CommandError(f"Expected an output outside the input. Got {path}, inside the input {source}, "
+                               "instead: choose an output outside it.")
     if not (p.exists() or p.is_symlink()):
         return
     if not overwrite:
@@ -90,6 +103,62 @@ def require_output(path, *, overwrite: bool, inputs=()) -> None:
                            "deleting it; remove it yourself or choose another name.")
 
 
+@contextlib.contextmanager
+def replacing(path):
+    """Yields a temporary sibling of ``path`` (``NAME.tmp-<random>``, same directory) to write the output into.
+
+    On success the temporary takes the output's name; an existing output is renamed aside first and removed only
+    once the new one is in place. On any failure, Ctrl-C included, the temporary is removed and an existing output
+    is left as it was: no half-written store or file ever carries the output's name."""
+    final = Path(path)
+    tag = secrets.token_hex(4)
+    tmp = final.with_name(f"{final.name}.tmp-{tag}")
+    try:
+        yield str(tmp)
+        if not (tmp.exists() or tmp.is_symlink()):
+            raise CommandError(f"Expected an output written to {tmp}. Got nothing there instead: nothing was "
+                               "replaced.")
+        if final.exists() or final.is_symlink():
+            old = final.with_name(f"{final.name}.old-{tag}")
+            os.replace(final, old)
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.replace(old, final)
+                raise
+            _remove(old)
+        else:
+            os.replace(tmp, final)
+    finally:
+        _remove(tmp)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def check_nodata(value, dtype, what: str = "--nodata") -> None:
+    """Refuses a nodata value the data's dtype cannot hold (an integer dtype's range, a finite float32)."""
+    import numpy as np
+
+    if value is None or value == "none":
+        return
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if float(value) != value or not float(value).is_integer() or not info.min <= value <= info.max:
+            raise CommandError(f"Expected {what} an integer in {info.min}..{info.max} for {dtype} data. Got {value} "
+                               "instead: give a value in that range.")
+    elif dtype.kind == "f":
+        info = np.finfo(dtype)
+        if value == value and not -float(info.max) <= value <= float(info.max):
+            raise CommandError(f"Expected {what} a finite number within +-{float(info.max):.4g} (or nan) for {dtype} "
+                               f"data. Got {value} instead: give a value in that range.")
+
+
 # -- inputs as xarray Datasets ---------------------------------------------------------------------------------------
 
 
@@ -97,18 +166,18 @@ def open_dataset(path: str, found: str, variable: str | None, chunk: int):
     """GeoTIFF, Zarr or NetCDF -> (xarray Dataset, name of the variable to compress)."""
     import xarray as xr
 
-    from ..codec.encoding import zarr_encoding
+    from ..bands import S2_L2A_BANDS
 
     if found == GEOTIFF:
         ds = read_geotiff(Path(path), variable or "reflectance", chunk)
     elif found == ZARR:
         with warnings.catch_warnings():  # a store without consolidated metadata opens as well, a little slower
             warnings.filterwarnings("ignore", message="Failed to open Zarr store with consolidated metadata")
-            ds = xr.open_zarr(path)
-    else:
-        ds = xr.open_dataset(path)
-    if variable is None:
-        candidates = list(zarr_encoding(ds, zarr_format=3))
+            ds = xr.open_zarr(path, mask_and_scale=False)
+    else:  # the stored integers as they are: CF masking would turn a uint16 variable with _FillValue into float32
+        ds = xr.open_dataset(path, mask_and_scale=False)
+    if variable is None:  # by shape: dask chunks splitting the band axis are rechunked later
+        candidates = [name for name, v in ds.data_vars.items() if v.ndim >= 3 and v.shape[-3] == len(S2_L2A_BANDS)]
         if len(candidates) != 1:
             raise CommandError(f"Expected one 12-band variable in {path}, or --var NAME. Got {candidates} instead.")
         variable = candidates[0]
@@ -157,10 +226,13 @@ def read_geotiff(path: Path, name: str, chunk: int):
     var_attrs = {"grid_mapping": GRID_MAPPING}
     if nodata is not None:
         var_attrs["nodata"] = int(nodata) if float(nodata).is_integer() else float(nodata)
-    spatial_ref = xr.DataArray(np.int64(0), attrs=grid_mapping_attrs(wkt or None, t.to_gdal()))
+    # An identity transform is GDAL's "no georeferencing" (as geotiff_to_tec, none is stored then).
+    geotransform = None if t.is_identity else list(t.to_gdal())
+    spatial_ref = xr.DataArray(np.int64(0), attrs=grid_mapping_attrs(wkt or None, geotransform))
+    attrs = {"crs": wkt} if geotransform is None else {"crs": wkt, "geotransform": geotransform}
     return xr.Dataset({name: (("band", "y", "x"), data, var_attrs)},
                       coords={"band": np.array(S2_L2A_BANDS, dtype=object), "y": y, "x": x, GRID_MAPPING: spatial_ref},
-                      attrs={"crs": wkt, "geotransform": list(t.to_gdal())})
+                      attrs=attrs)
 
 
 class _GeoTiffWindows:

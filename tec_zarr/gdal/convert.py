@@ -19,7 +19,7 @@ from ..bands import S2_L2A_BANDS, band_order
 from ..bitstream import chunk as bitstream
 from ..bitstream import tecfile as layout
 from ..codec.config import CODEC_NAME, FILL_VALUE
-from ..errors import TecFileError
+from ..errors import InvalidInputError, TecFileError
 from ..parsing import parse_nodata
 from . import raster
 
@@ -67,6 +67,7 @@ def write_geotiff(dst, read_rows, *, shape, dtype, rows: int, crs_wkt=None, tran
     import rasterio
 
     bands, height, width = shape
+    _check_nodata(nodata, dtype)
     floating = np.dtype(dtype).kind == "f"
     profile = {"driver": "GTiff", "width": width, "height": height, "count": bands, "dtype": np.dtype(dtype).name,
                "nodata": nodata, "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
@@ -79,6 +80,24 @@ def write_geotiff(dst, read_rows, *, shape, dtype, rows: int, crs_wkt=None, tran
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(dst, "w", **profile) as out:
             _write_strips(out, read_rows, height, width, rows, band_names, progress)
+
+
+def _check_nodata(nodata, dtype) -> None:
+    """Refuses a NoData the GeoTIFF's dtype cannot hold (GDAL would store another value, or fail)."""
+    if nodata is None:
+        return
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if float(nodata).is_integer() and info.min <= nodata <= info.max:
+            return
+        allowed = f"an integer in {info.min}..{info.max}"
+    elif nodata != nodata or abs(nodata) <= float(np.finfo(dtype).max):
+        return
+    else:
+        allowed = f"a number within +-{float(np.finfo(dtype).max):.4g} or nan"
+    raise InvalidInputError(f"Expected a NoData value {allowed} for a {dtype} GeoTIFF. Got {nodata} instead "
+                            "(tec decompress --nodata: give a value in that range).")
 
 
 def _write_strips(out, read_rows, height: int, width: int, rows: int, band_names, progress) -> None:
