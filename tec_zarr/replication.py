@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .integer.layers import rdiv
+
 
 class Blocks(NamedTuple):
     size: int = 1
@@ -120,17 +122,16 @@ def detect_band(band: np.ndarray, valid: np.ndarray) -> Blocks:
     return NATIVE
 
 
+def from_header(blocks) -> tuple[Blocks, ...] | None:
+    """A chunk header's per-band (size, phase_y, phase_x) triples as :class:`Blocks` (None: no blocks section)."""
+    return None if blocks is None else tuple(Blocks(*b) for b in blocks)
+
+
 def detect(images: np.ndarray, valid: np.ndarray) -> tuple[Blocks, ...] | None:
     """Per band of ``images`` (B, C, H, W), the blocks every image of the chunk is made of; None where no band
     is replicated."""
     found = tuple(detect_band(images[:, c], valid[:, c]) for c in range(images.shape[1]))
     return found if any(b.replicated for b in found) else None
-
-
-def _rdiv(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """round(a / b) for b > 0, ties away from zero, in integers."""
-    r = (np.abs(a) + b // 2) // b
-    return np.where(a >= 0, r, -r)
 
 
 def _counts(shape: tuple[int, int], blocks: Blocks) -> np.ndarray:
@@ -147,7 +148,7 @@ def project(values: np.ndarray, blocks: tuple[Blocks, ...]) -> np.ndarray:
             continue
         band = values[:, c]
         if values.dtype.kind in "iu":
-            means = _rdiv(block_sums(band.astype(np.int64), b), _counts(shape, b))
+            means = rdiv(block_sums(band.astype(np.int64), b), _counts(shape, b))
         else:
             means = block_sums(band.astype(np.float64), b) / _counts(shape, b)
         values[:, c] = expand(means, b, shape).astype(values.dtype)
@@ -170,6 +171,11 @@ def to_native(q: np.ndarray, valid: np.ndarray, blocks: tuple[Blocks, ...]) -> t
         out[:, c], ok[:, c] = 0, False
         out[:, c, :nh, :nw], ok[:, c, :nh, :nw] = native, count > 0
     return out, ok
+
+
+def native_layout(x: np.ndarray, blocks: tuple[Blocks, ...]) -> np.ndarray:
+    """:func:`to_native` of an integer array constant over whole blocks (a projected base): every element counts."""
+    return to_native(x, np.ones(x.shape, bool), blocks)[0]
 
 
 def native_valid(valid: np.ndarray, blocks: tuple[Blocks, ...]) -> np.ndarray:

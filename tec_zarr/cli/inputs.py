@@ -12,6 +12,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+from ..parsing import nodata_allowed
 from .failures import CommandError
 
 GEOTIFF, ZARR, NETCDF, TEC = "GeoTIFF", "Zarr store", "NetCDF file", ".tec file"
@@ -142,21 +143,12 @@ def _remove(p: Path) -> None:
 
 def check_nodata(value, dtype, what: str = "--nodata") -> None:
     """Refuses a nodata value the data's dtype cannot hold (an integer dtype's range, a finite float32)."""
-    import numpy as np
-
     if value is None or value == "none":
         return
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if float(value) != value or not float(value).is_integer() or not info.min <= value <= info.max:
-            raise CommandError(f"Expected {what} an integer in {info.min}..{info.max} for {dtype} data. Got {value} "
-                               "instead: give a value in that range.")
-    elif dtype.kind == "f":
-        info = np.finfo(dtype)
-        if value == value and not -float(info.max) <= value <= float(info.max):
-            raise CommandError(f"Expected {what} a finite number within +-{float(info.max):.4g} (or nan) for {dtype} "
-                               f"data. Got {value} instead: give a value in that range.")
+    allowed = nodata_allowed(value, dtype)
+    if allowed is not None:
+        raise CommandError(f"Expected {what} {allowed} for {dtype} data. Got {value} instead: give a value in that "
+                           "range.")
 
 
 # -- inputs as xarray Datasets ---------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from ..bitstream import chunk as bitstream
 from ..bitstream import tecfile as layout
 from ..codec.config import CODEC_NAME, FILL_VALUE
 from ..errors import InvalidInputError, TecFileError
-from ..parsing import parse_nodata
+from ..parsing import nodata_allowed, parse_nodata
 from . import raster
 
 DIMS = ("band", "y", "x")
@@ -86,16 +86,9 @@ def _check_nodata(nodata, dtype) -> None:
     """Refuses a NoData the GeoTIFF's dtype cannot hold (GDAL would store another value, or fail)."""
     if nodata is None:
         return
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if float(nodata).is_integer() and info.min <= nodata <= info.max:
-            return
-        allowed = f"an integer in {info.min}..{info.max}"
-    elif nodata != nodata or abs(nodata) <= float(np.finfo(dtype).max):
+    allowed = nodata_allowed(nodata, dtype)
+    if allowed is None:
         return
-    else:
-        allowed = f"a number within +-{float(np.finfo(dtype).max):.4g} or nan"
     raise InvalidInputError(f"Expected a NoData value {allowed} for a {dtype} GeoTIFF. Got {nodata} instead "
                             "(tec decompress --nodata: give a value in that range).")
 

@@ -16,6 +16,12 @@ EXACT_LIMIT = 2.0**52
 PATCH_BYTES = 1 << 24  # patch matrices are built a block of rows at a time, at most this large
 
 
+def rdiv(a: np.ndarray, b) -> np.ndarray:
+    """round(a / b) for integer arrays and b > 0, ties away from zero: the same on every machine."""
+    r = (np.abs(a) + b // 2) // b
+    return np.where(a >= 0, r, -r)
+
+
 def activation(acc: np.ndarray, shift: int, relu: bool) -> np.ndarray:
     """``floor(acc / 2**shift)`` clipped to +-2**CLIP_BITS, then ReLU where asked: the next layer's integers."""
     limit = 2.0**CLIP_BITS

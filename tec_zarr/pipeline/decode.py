@@ -15,7 +15,7 @@ from ..bitstream.chunk import HASH_PREFIX_BYTES, ChunkHeader, element_count, unp
 from ..errors import ChunkShapeError, CorruptChunkError, ModelMismatchError, TecZarrError
 from ..models import Model, load_model
 from ..parsing import env_limit
-from ..replication import Blocks, project
+from ..replication import from_header, project
 from ..residual import bound
 from ..runtime.batching import run_stacked
 from .prepare import DN_PER_REFLECTANCE, latent_skip, union
@@ -166,7 +166,7 @@ def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
         if header.blocks is not None:  # replicated bands: their blocks' means, as the encoder coded them
             info = np.finfo(np.float32) if np.dtype(header.dtype).kind == "f" else np.iinfo(header.dtype)
             np.clip(values, info.min, info.max, out=values)  # finite first: a block of +-inf would average to NaN
-            values = project(values, tuple(Blocks(*b) for b in header.blocks))
+            values = project(values, from_header(header.blocks))
         result = _to_dtype(values, header.dtype)
     result = _apply_nodata(result, header.nodata, parsed.mask)
     if parsed.nan is not None:

@@ -31,7 +31,7 @@ from ..bitstream.chunk import MAX_FLOAT_BOUND, MAX_INTEGER_BOUND, ChunkHeader, R
 from ..bitstream.payload import tile_parameters
 from ..errors import CorruptChunkError, InvalidInputError
 from ..parsing import is_real
-from ..replication import Blocks, from_native, native_valid, project, to_native
+from ..replication import Blocks, from_header, from_native, native_layout, native_valid, project, to_native
 from . import hierarchical, tiled
 
 MODE_INTEGER, MODE_FLOAT, MODE_FLOAT_EXACT = 0, 1, 2
@@ -121,7 +121,7 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
         if not np.array_equal(from_native(coded, blocks)[valid], q[valid]):  # never written wrong, whatever happens
             raise RuntimeError("internal error: residual steps not constant over blocks; please report it")
         q, valid = coded, coded_valid
-        anchor = None if anchor is None else to_native(anchor, np.ones(valid.shape, bool), blocks)[0]
+        anchor = None if anchor is None else native_layout(anchor, blocks)
     params, payload = hierarchical.encode(q, valid, anchor, step)
     v2 = ResidualSection(bound, mode, hierarchical.STRIDE, params, payload, coder=hierarchical.CODER)
     # Coder 1's memoryless tiles can win where nearly every residual rounds to 0 (large bounds) or on small chunks:
@@ -176,12 +176,12 @@ def coded_layout(header: ChunkHeader, symbols, model, valid) -> tuple[np.ndarray
     """A residual chunk's base (data units) and the layout its residual steps are coded in, as the decoder finds
     them from the header, the latent symbols and the chunk's valid elements."""
     res = header.residual
-    blocks = None if header.blocks is None else tuple(Blocks(*b) for b in header.blocks)
+    blocks = from_header(header.blocks)
     base = base_values(model, symbols, header.quality, header.shape[-2:], np.dtype(header.dtype),
                        header.float_scale, blocks)
     anchor, step = residual_anchor(base, res.mode, res.max_error)
     if blocks is not None:
-        anchor = None if anchor is None else to_native(anchor, np.ones(valid.shape, bool), blocks)[0]
+        anchor = None if anchor is None else native_layout(anchor, blocks)
         valid = native_valid(valid, blocks)
     return base, CodedLayout(valid, anchor, step, blocks)
 

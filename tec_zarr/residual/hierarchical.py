@@ -50,6 +50,7 @@ from ..bitstream.payload import (
 )
 from ..entropy.rangecoder import PayloadBudget
 from ..errors import CorruptChunkError
+from ..integer.layers import rdiv
 from .tables import ESCAPE, MAX_SHIFT, PRECISION_BITS, TABLE_LENGTH, TABLES, any_table, decode_symbols, encode_symbols
 
 CODER = 2
@@ -64,12 +65,6 @@ NO_SPATIAL = 5  # alpha value: no spatial prediction
 MAX_GAMMA = 8
 NO_REF = 255
 ALPHAS = (0, 1, 2, 3, 4, NO_SPATIAL)  # the encoder's candidates (all that decode)
-
-
-def rdiv(a: np.ndarray, b) -> np.ndarray:
-    """round(a / b) for b > 0, ties away from zero, in integers."""
-    r = (np.abs(a) + b // 2) // b
-    return np.where(a >= 0, r, -r)
 
 
 @lru_cache(maxsize=None)
