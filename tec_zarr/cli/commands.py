@@ -1,5 +1,5 @@
 """The ``tec`` command line: ``tec compress IN OUT.zarr|OUT.tec``, ``tec decompress``, ``tec convert``, ``tec to-vrt``,
-``tec info``, ``tec models``, ``tec demo``.
+``tec gdal-plugin``, ``tec info``, ``tec models``, ``tec demo``.
 
 Every failure prints one line, ``tec: error: <cause>; <fix>`` (:mod:`.failures`), and exits with status 2. Long
 commands draw a progress line on stderr where it is a terminal and print a summary with the time taken
@@ -365,6 +365,20 @@ def cmd_to_vrt(args) -> int:
     return 0
 
 
+def cmd_gdal_plugin(args) -> int:
+    from ..gdal import plugin
+
+    folder = plugin.build(args.dir, force=args.rebuild)
+    env = plugin.environment(folder)
+    print(f"# {folder / plugin.LIBRARY_NAME}: GDAL {plugin.gdal_version()} driver TEC and the Zarr decompressor "
+          "tec_zarr.tec; for the GDAL programs and QGIS, set first:")
+    print(plugin.export_lines(env))
+    if "TEC_ZARR_PYTHONSO" not in env:
+        print("# warning: this Python has no shared libpython, so the GDAL programs cannot run it (QGIS can)")
+    print("# then: gdalinfo scene.tec; gdal_translate 'ZARR:\"store.zarr\":/reflectance:3' b04.tif; or qgis scene.tec")
+    return 0
+
+
 def cmd_models(args) -> int:
     from ..models import DEFAULT_MODEL, list_models
 
@@ -543,6 +557,19 @@ examples:
                        formatter_class=fmt)
     r.add_argument("input", help=".tec file")
     r.set_defaults(func=cmd_to_vrt)
+
+    g = sub.add_parser(
+        "gdal-plugin", formatter_class=fmt,
+        help="build and install the GDAL plug-in (gdalinfo scene.tec, Zarr stores) and print its environment",
+        description=_para("Build the GDAL plug-in gdal_TEC.so against the system GDAL (g++ and libgdal-dev), unless "
+                          "an up-to-date one is installed, and print the export lines that make the GDAL programs "
+                          "and QGIS read .tec files and TEC Zarr stores (format 2) directly. rasterio's own GDAL "
+                          "cannot load it: use tec_zarr.gdal.open or tec to-vrt there."),
+        epilog='example:\n  eval "$(tec gdal-plugin | grep ^export)"; gdalinfo scene.tec')
+    g.add_argument("--dir", help="plug-in folder (default $TEC_ZARR_GDAL_PLUGIN_DIR or "
+                                 "~/.local/share/tec-zarr/gdalplugins); a subfolder per GDAL version")
+    g.add_argument("--rebuild", action="store_true", help="compile even if an up-to-date plug-in is installed")
+    g.set_defaults(func=cmd_gdal_plugin)
 
     i = sub.add_parser("info", help="describe a Zarr store's arrays and TEC settings, or a .tec file",
                        description="Describe a Zarr store (arrays, stored size, ratio, model, quality) or a .tec file.",
