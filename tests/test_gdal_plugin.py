@@ -1,0 +1,217 @@
+"""The native GDAL plug-in (gdal_driver/tec_driver.cpp, ``tec gdal-plugin``): Debian's GDAL programs and QGIS open
+``scene.tec`` itself and GDAL's Zarr driver reads TEC chunks of format-2 stores, with the codec's exact pixels.
+
+Built once per session with g++ against the system GDAL (a few seconds); the tests that need it skip, saying which
+Debian packages are missing, where g++, libgdal-dev or gdal-bin is absent (CI installs them: .ci/run). The Python
+side the plug-in calls (tec_zarr/gdal/driver.py) is tested without GDAL."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from common import GDAL_CLI_MISSING, GEOTRANSFORM, QGIS_MISSING, TILE, corrupt_tile, has_gdal_cli, system_python_with_qgis
+from tec_zarr import cli, tecfile
+from tec_zarr.bands import S2_L2A_BANDS
+from tec_zarr.codec.zarr2 import TEC
+from tec_zarr.errors import CorruptTileError
+from tec_zarr.gdal import driver, plugin
+
+PLUGIN_MISSING = "the GDAL plug-in cannot be built here: missing Debian packages"
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="session")
+def plugin_env(tmp_path_factory):
+    """The environment of ``tec gdal-plugin``'s export lines, for a plug-in built once into a session folder."""
+    if not has_gdal_cli():
+        pytest.skip(GDAL_CLI_MISSING)
+    missing = plugin.missing_packages()
+    if missing:
+        pytest.skip(f"{PLUGIN_MISSING} {' '.join(missing)} (apt-get install {' '.join(missing)})")
+    folder = plugin.build(tmp_path_factory.mktemp("gdalplugins"))
+    # Only the export lines: no GDAL_VRT_* or PYTHONSO left over from the VRT route's environment.
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("GDAL_", "TEC_ZARR_PYTHON")) and k != "PYTHONSO"}
+    return {**base, **plugin.environment(folder)}
+
+
+def run(*args, env, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def read_tif(path) -> tuple[np.ndarray, object]:
+    rasterio = pytest.importorskip("rasterio")
+    with rasterio.open(path) as ds:
+        return ds.read(), (ds.descriptions, ds.crs.to_epsg() if ds.crs else None, ds.transform.to_gdal(), ds.nodata)
+
+
+# --- the Python side, without GDAL ----------------------------------------------------------------------------------
+
+
+def test_driver_describes_and_reads_blocks(scene):
+    import json
+
+    path, levels = scene
+    info = json.loads(driver.open(str(path)))
+    try:
+        assert (info["bands"], info["width"], info["height"], info["tile"]) == (12, 150, 200, TILE)
+        assert info["data_type"] == "UInt16" and info["nodata"] == "0.0" and info["band_names"] == list(S2_L2A_BANDS)
+        assert info["levels"] == [[0, 150, 200], [1, 75, 100], [2, 38, 50]] and info["geotransform"] == list(GEOTRANSFORM)
+        block = np.frombuffer(driver.read_block(info["handle"], 1, 3, 1, 0), np.uint16).reshape(TILE, TILE)
+        np.testing.assert_array_equal(block[: 100 - TILE, :TILE], levels[1][2, TILE:100, :TILE])
+        assert (block[100 - TILE :] == 0).all()  # edge padding: the fill value
+    finally:
+        driver.close(info["handle"])
+
+
+def test_driver_decompress_is_the_codec(original):
+    codec = TEC(quality=1, nodata=0)
+    chunk = codec.encode(np.ascontiguousarray(original[:, :TILE, :TILE]))
+    raw = driver.decompress(bytes(chunk), 12 * TILE * TILE * 2)
+    np.testing.assert_array_equal(np.frombuffer(raw, np.uint16).reshape(12, TILE, TILE), codec.decode(chunk))
+    assert driver.decompress(bytes(chunk), 0) == raw
+    with pytest.raises(Exception):
+        driver.decompress(bytes(chunk), 100)  # a buffer of another size is refused before decoding
+
+
+def test_build_names_the_missing_packages(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(plugin.PluginBuildError, match="apt-get install g\\+\\+ libgdal-dev"):
+        plugin.build(tmp_path)
+    assert cli.main(["gdal-plugin", "--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tec: error:") and "apt-get install g++ libgdal-dev" in err
+
+
+# --- the GDAL programs ----------------------------------------------------------------------------------------------
+
+
+def test_tec_gdal_plugin_prints_the_exports(plugin_env, tmp_path, capsys):
+    assert cli.main(["gdal-plugin", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    library = tmp_path / f"{plugin.gdal_version().rsplit('.', 1)[0]}" / plugin.LIBRARY_NAME
+    assert library.is_file() and f"export GDAL_DRIVER_PATH={library.parent}" in out
+    assert "export TEC_ZARR_PYTHONSO=" in out and "export PYTHONPATH=" in out
+    built = library.stat().st_mtime_ns
+    assert cli.main(["gdal-plugin", "--dir", str(tmp_path)]) == 0  # up to date: not compiled again
+    assert library.stat().st_mtime_ns == built
+
+
+def test_gdalinfo_names_the_tec_driver(plugin_env, scene):
+    path, _ = scene
+    out = run("gdalinfo", path.name, env=plugin_env, cwd=path.parent)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout
+    assert text.startswith("Driver: TEC/") and "Size is 150, 200" in text and text.count("\nBand ") == 12
+    assert "WGS 84 / UTM zone 10N" in text and 'ID["EPSG",32610]' in text
+    assert "Origin = (600000.000000000000000,4130000.000000000000000)" in text
+    assert "Pixel Size = (10.000000000000000,-10.000000000000000)" in text
+    assert "Block=64x64 Type=UInt16" in text and "Description = B12" in text and "NoData Value=0" in text
+    assert "Overviews: 75x100, 38x50" in text and "Files: scene.tec\n" in text  # no sidecar
+
+
+def test_gdal_translate_equals_tec_decompress(plugin_env, scene, tmp_path):
+    path, _ = scene
+    for level in (0, 1):
+        assert cli.main(["decompress", str(path), str(tmp_path / f"ref{level}.tif"), "--level", str(level),
+                         "--quiet"]) == 0
+    ref, ref_meta = read_tif(tmp_path / "ref0.tif")
+    out = run("gdal_translate", "-q", str(path), "out.tif", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    got, meta = read_tif(tmp_path / "out.tif")
+    np.testing.assert_array_equal(got, ref)
+    assert meta == ref_meta and meta[0] == S2_L2A_BANDS and meta[1] == 32610
+    out = run("gdal_translate", "-q", "-srcwin", "10", "20", "100", "90", str(path), "win.tif", env=plugin_env,
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal(read_tif(tmp_path / "win.tif")[0], ref[:, 20:110, 10:110])
+    out = run("gdal_translate", "-q", "-outsize", "75", "100", str(path), "ov.tif", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    np.testing.assert_array_equal(read_tif(tmp_path / "ov.tif")[0], read_tif(tmp_path / "ref1.tif")[0])
+
+
+def test_gdalinfo_stats_leave_the_file_untouched(plugin_env, scene, tmp_path):
+    path = tmp_path / "scene.tec"
+    shutil.copy(scene[0], path)
+    before = sha256(path)
+    out = run("gdalinfo", "-stats", path.name, env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0 and "STATISTICS_MEAN" in out.stdout, out.stderr
+    assert sha256(path) == before  # statistics go to scene.tec.aux.xml
+    assert (tmp_path / "scene.tec.aux.xml").exists()
+
+
+def test_corrupt_tile_fails_the_read(plugin_env, scene, tmp_path):
+    bad = corrupt_tile(scene[0], tmp_path / "bad.tec", 0, 2, 1)
+    out = run("gdal_translate", "-q", bad.name, "x.tif", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 1 and CorruptTileError.__name__ in out.stderr  # a GDAL error, not a crash (signal)
+    out = run("gdal_translate", "-q", "-srcwin", "0", "0", "64", "64", bad.name, "ok.tif", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr  # other tiles still read
+    np.testing.assert_array_equal(read_tif(tmp_path / "ok.tif")[0], scene[1][0][:, :64, :64])
+
+
+def test_no_python_is_a_gdal_error(plugin_env, scene, tmp_path):
+    env = {k: v for k, v in plugin_env.items() if k != "TEC_ZARR_PYTHONSO"}
+    out = run("gdalinfo", str(scene[0]), env=env, cwd=tmp_path)
+    assert out.returncode == 1 and "TEC_ZARR_PYTHONSO" in out.stderr and "tec gdal-plugin" in out.stderr
+    env = {**plugin_env, "PYTHONPATH": str(tmp_path)}  # libpython, but not the package
+    out = run("gdalinfo", str(scene[0]), env=env, cwd=tmp_path)
+    assert out.returncode == 1 and "No module named 'tec_zarr'" in out.stderr
+
+
+def test_gdal_zarr_driver_reads_a_format_2_store(plugin_env, scene, tmp_path):
+    store = tmp_path / "store.zarr"
+    assert cli.main(["convert", str(scene[0]), str(store), "--zarr-format", "2", "--quiet"]) == 0
+    out = run("gdal_translate", "-q", f'ZARR:"{store}":/reflectance:3', "b04.tif", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    expected = xr.open_zarr(store)["reflectance"][3].values
+    got = read_tif(tmp_path / "b04.tif")[0]
+    assert got.shape == (1, 200, 150)
+    np.testing.assert_array_equal(got[0], expected)
+
+
+QGIS_READER = """
+import sys
+import numpy as np
+from qgis.core import QgsApplication, QgsRasterLayer
+app = QgsApplication([], False)
+app.initQgis()
+layer = QgsRasterLayer(sys.argv[1], "tec")
+provider = layer.dataProvider()
+rows = []
+for band in range(1, layer.bandCount() + 1):
+    block = provider.block(band, layer.extent(), layer.width(), layer.height())
+    rows.append([[block.value(r, c) for c in range(layer.width())] for r in range(layer.height())])
+np.save(sys.argv[2], np.array(rows))
+print(layer.isValid(), layer.crs().authid(), layer.bandName(12), layer.extent().xMinimum(), layer.extent().yMaximum(),
+      provider.dataSourceUri(), "TEC learned-compression" in provider.htmlMetadata(), sep="|")
+del block, provider, layer  # PyQGIS crashes at exit while layers are still referenced
+app.exitQgis()
+"""
+
+
+def test_qgis_opens_the_tec_file_itself(plugin_env, scene, tmp_path):
+    """Debian's QGIS (headless PyQGIS, its own Python) opens scene.tec, not a .vrt, through the plug-in."""
+    python = system_python_with_qgis()
+    if python is None:
+        pytest.skip(QGIS_MISSING)
+    path, levels = scene
+    out = tmp_path / "qgis.npy"
+    res = run(python, "-c", QGIS_READER, str(path), str(out), env={**plugin_env, "QT_QPA_PLATFORM": "offscreen"},
+              cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    valid, crs, band12, xmin, ymax, uri, driver_named = res.stdout.strip().splitlines()[-1].split("|")
+    assert valid == "True" and crs == "EPSG:32610" and band12.endswith("B12") and uri == str(path)
+    assert driver_named == "True"  # GDAL's driver in QGIS is the plug-in's
+    assert (float(xmin), float(ymax)) == (GEOTRANSFORM[0], GEOTRANSFORM[3])
+    np.testing.assert_array_equal(np.load(out), levels[0])
+    with tecfile.open(path) as f:
+        np.testing.assert_array_equal(np.load(out), f.read())
