@@ -149,3 +149,4 @@ def test_wheel_is_under_16_mb(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     blobs = [n for n in names if "/models/blobs/" in n]
     assert blobs and all(n.startswith(("tec_zarr/", "gdal_driver/", "tec_zarr-")) for n in names)
+    assert "gdal_driver/tec_driver.cpp" in names  # `tec gdal-plugin` compiles it after a pip install
