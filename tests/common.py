@@ -34,6 +34,7 @@ TILE = 64
 GDAL_CLI_MISSING = "gdalinfo is not on PATH (Debian package gdal-bin)"
 QGIS_MISSING = "QGIS's Python bindings are not importable by /usr/bin/python3 (Debian package python3-qgis)"
 OSGEO_MISSING = "GDAL's Python bindings (osgeo) are not importable by this interpreter"
+PLUGIN_MISSING = "the GDAL plug-in cannot be built here: missing Debian packages"
 
 
 def has_gdal_cli() -> bool:

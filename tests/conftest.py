@@ -9,6 +9,7 @@ from common import (
     GDAL_CLI_MISSING,
     GEOTRANSFORM,
     OSGEO_MISSING,
+    PLUGIN_MISSING,
     QGIS_MISSING,
     TILE,
     UTM10N_WKT,
@@ -54,6 +55,7 @@ def scene(tmp_path_factory, original):
 _SYSTEM_PACKAGES = (  # (skip reason, the tests, how to get it)
     (GDAL_CLI_MISSING, "the GDAL command-line tests", "apt-get install gdal-bin"),
     (QGIS_MISSING, "the QGIS test", "apt-get install python3-qgis"),
+    (PLUGIN_MISSING, "the GDAL plug-in tests", "apt-get install g++ libgdal-dev gdal-bin"),
     (OSGEO_MISSING, "the osgeo test", "pip install gdal==$(gdal-config --version) into this environment"),
 )
 
@@ -72,5 +74,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         for line in lines:
             terminalreporter.write_line(line, yellow=True)
         terminalreporter.write_line(
-            "CI installs gdal-bin and python3-qgis (.ci/run does), so the GDAL command-line and QGIS tests run there; "
+            "CI installs gdal-bin, python3-qgis, g++ and libgdal-dev (.ci/run does), so the GDAL command-line, plug-in "
+            "and QGIS tests run there; "
             "the osgeo test runs where GDAL's Python bindings are installed in the test environment.", yellow=True)

@@ -16,14 +16,13 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from common import GDAL_CLI_MISSING, GEOTRANSFORM, QGIS_MISSING, TILE, corrupt_tile, has_gdal_cli, system_python_with_qgis
+from common import (GDAL_CLI_MISSING, GEOTRANSFORM, PLUGIN_MISSING, QGIS_MISSING, TILE, corrupt_tile, has_gdal_cli,
+                    system_python_with_qgis)
 from tec_zarr import cli, tecfile
 from tec_zarr.bands import S2_L2A_BANDS
 from tec_zarr.codec.zarr2 import TEC
 from tec_zarr.errors import CorruptTileError
 from tec_zarr.gdal import driver, plugin
-
-PLUGIN_MISSING = "the GDAL plug-in cannot be built here: missing Debian packages"
 
 
 def sha256(path) -> str:
