@@ -61,11 +61,10 @@ struct PythonAPI
 };
 
 PythonAPI py;
-std::mutex pyMutex;
-bool pyTried = false;
-bool pyReady = false;
+std::once_flag pyOnce;
+bool pyLoaded = false;  // written once, inside std::call_once
 std::string pyError;
-PyObject *pyModule = nullptr;  // tec_zarr.gdal.driver, kept for the life of the process
+PyObject *pyModule = nullptr;  // tec_zarr.gdal.driver, imported with the GIL held, kept for the process's life
 
 const char *const MODULE = "tec_zarr.gdal.driver";
 const char *const HINT = "run `tec gdal-plugin` and set the export lines it prints";
@@ -144,13 +143,10 @@ std::string FetchError()
     return text;
 }
 
-// Loads and initialises Python once per process; false (with pyError) when it can't.
-bool PythonReady()
+// Loads and initialises Python once per process. No GIL is taken here (only Py_InitializeEx's own, in a process
+// without Python), so a host thread holding the GIL while another thread loads can't deadlock.
+void LoadPython()
 {
-    std::lock_guard<std::mutex> guard(pyMutex);
-    if (pyTried)
-        return pyReady;
-    pyTried = true;
     std::string missing;
     void *lib = RTLD_DEFAULT;
     if (dlsym(RTLD_DEFAULT, "Py_IsInitialized") == nullptr)  // no Python in this process yet (the GDAL programs)
@@ -159,36 +155,35 @@ bool PythonReady()
         if (so == nullptr || *so == '\0')
         {
             pyError = std::string("TEC needs Python: set TEC_ZARR_PYTHONSO to the shared libpython (") + HINT + ")";
-            return false;
+            return;
         }
         // RTLD_GLOBAL: the package's extension modules (numpy, onnxruntime) resolve Python's symbols from it.
         lib = dlopen(so, RTLD_NOW | RTLD_GLOBAL);
         if (lib == nullptr)
         {
             pyError = std::string("TEC could not load libpython ") + so + ": " + dlerror() + " (" + HINT + ")";
-            return false;
+            return;
         }
     }
     if (!ResolveAll(lib, missing))
     {
         pyError = "TEC could not find these Python functions: " + missing;
-        return false;
+        return;
     }
     if (!py.IsInitialized())
     {
         const char *home = CPLGetConfigOption("TEC_ZARR_PYTHONHOME", nullptr);
         if (home != nullptr && *home != '\0')
             py.SetPythonHome(py.DecodeLocale(home, nullptr));  // kept: Python keeps the pointer
-        py.InitializeEx(0);  // no signal handlers: the GDAL program keeps its own
+        py.InitializeEx(0);   // no signal handlers: the GDAL program keeps its own
         py.EvalSaveThread();  // release the GIL; every call below takes it with PyGILState_Ensure
     }
-    const int gil = py.GILStateEnsure();
-    pyModule = py.ImportModule(MODULE);
-    if (pyModule == nullptr)
-        pyError = "TEC could not import " + std::string(MODULE) + ": " + FetchError() + " (" + HINT + ")";
-    py.GILStateRelease(gil);
-    pyReady = pyModule != nullptr;
-    return pyReady;
+    pyLoaded = true;
+}
+
+bool PythonAlive()
+{
+    return pyLoaded && py.IsInitialized() && !(py.IsFinalizing && py.IsFinalizing());
 }
 
 // One argument of a call: an integer, a file path (decoded like os.fsdecode) or bytes.
@@ -207,17 +202,25 @@ struct Arg
 // error (CE_Failure) and false.
 bool CallPython(const char *func, std::initializer_list<Arg> args, std::string *out)
 {
-    if (!PythonReady())
+    std::call_once(pyOnce, LoadPython);
+    if (!pyLoaded)
     {
         CPLError(CE_Failure, CPLE_AppDefined, "%s", pyError.c_str());
         return false;
     }
-    if (!py.IsInitialized() || (py.IsFinalizing && py.IsFinalizing()))
+    if (!PythonAlive())
     {
         CPLError(CE_Failure, CPLE_AppDefined, "TEC: Python has shut down in this process");
         return false;
     }
     const int gil = py.GILStateEnsure();
+    if (pyModule == nullptr && (pyModule = py.ImportModule(MODULE)) == nullptr)
+    {
+        const std::string error = FetchError();
+        py.GILStateRelease(gil);
+        CPLError(CE_Failure, CPLE_AppDefined, "TEC could not import %s: %s (%s)", MODULE, error.c_str(), HINT);
+        return false;
+    }
     std::vector<PyObject *> values;
     bool ok = true;
     for (const Arg &a : args)
@@ -363,7 +366,7 @@ TECDataset::~TECDataset()
 {
     FlushCache(true);  // PAM statistics go to scene.tec.aux.xml; the .tec itself is never written
     m_overviews.clear();
-    if (m_ownsHandle && pyReady && py.IsInitialized() && !(py.IsFinalizing && py.IsFinalizing()))
+    if (m_ownsHandle && PythonAlive())
         CallPython("close", {Arg::Int(m_handle)}, nullptr);
 }
 
