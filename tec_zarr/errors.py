@@ -66,3 +66,8 @@ class SidecarMismatchError(TecFileError):
 
 class PsnrTargetWarning(UserWarning):
     """No quality level reaches a chunk's ``psnr=`` target: the chunk was written at its best level instead."""
+
+
+class CheckpointImportError(TecZarrError, ValueError):
+    """A checkpoint ``tec models import`` cannot convert: not a state dict, an architecture it does not import
+    (yet), weights that disagree with their config, or a model name already taken."""

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 import textwrap
 import time
 import warnings
+from pathlib import Path
 
 from .. import __version__
 from ..errors import TecZarrError
@@ -247,6 +249,9 @@ def info_text(store: str) -> str:
             line += (f" ({raw / max(stored, 1):.1f}x of {raw:,} raw); TEC model {cfg.get('model')} "
                      f"sha256 {str(cfg.get('model_sha256'))[:12]}... quality {cfg.get('quality')} "
                      f"nodata {cfg.get('nodata')}")
+            dates = _dates_per_chunk(cfg.get("model"), arr.chunks)
+            if dates:
+                line += f"; {dates} dates per chunk (leading axes), each coded against the date before"
             bound = cfg.get("max_error")
             if bound is not None:
                 line += f" max_error {bound}"
@@ -254,6 +259,17 @@ def info_text(store: str) -> str:
                 line += f" psnr {cfg['psnr']}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _dates_per_chunk(model, chunks) -> int | None:
+    """A temporal model's dates per chunk (its leading axes), None for image models or unknown ones."""
+    from ..models import get_card
+
+    try:
+        temporal = get_card(str(model)).manifest.get("entropy_model") == "temporal"
+    except TecZarrError:
+        return None
+    return math.prod(chunks[:-3]) if temporal else None
 
 
 def _zarr_failure(store, e: Exception) -> CommandError:
@@ -382,6 +398,8 @@ def cmd_gdal_plugin(args) -> int:
 def cmd_models(args) -> int:
     from ..models import DEFAULT_MODEL, list_models
 
+    if getattr(args, "models_command", None) == "import":
+        return cmd_models_import(args)
     models = list_models()
     if args.json:
         print(json.dumps([m.manifest for m in models], indent=1))
@@ -402,6 +420,23 @@ def cmd_models(args) -> int:
             v = q.get("validation", {})
             default = "  (default)" if q["quality"] == m.default_quality else ""
             print(f"  {q['quality']:>8} {v.get('bpp', float('nan')):>8.3f} {v.get('psnr', float('nan')):>8.2f}{default}")
+    return 0
+
+
+def cmd_models_import(args) -> int:
+    from ..train import importer  # the train extra: torch and onnx
+
+    start = time.time()
+    folder = importer.import_checkpoint(args.checkpoint, args.name, config=args.config, into=args.into,
+                                        data_root=args.data)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    v = manifest["qualities"][0].get("validation", {})
+    print(f"imported {args.checkpoint} as {args.name} into {folder} ({time.time() - start:.1f} s): "
+          f"lambda {manifest['imported']['lambda']}, {v.get('bpp', float('nan')):.3f} bpp at "
+          f"{v.get('psnr', float('nan')):.2f} dB on {manifest['training'].get('validation', 'validation images')}")
+    if args.into is not None:
+        print(f"# to use it, put its folder on the model path: export TEC_ZARR_MODEL_PATH={folder.parent}")
+    print(f"# then: tec compress scene.tif scene.zarr --model {args.name}")
     return 0
 
 
@@ -582,6 +617,24 @@ examples:
                                    "validation images.")
     m.add_argument("--json", action="store_true", help="print the model manifests as JSON")
     m.set_defaults(func=cmd_models)
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
+    mi = msub.add_parser(
+        "import", help="convert a TerraCodec checkpoint into an installed model",
+        description=_para("Convert a TerraCodec FP checkpoint (a torch state dict; nothing but tensors is unpickled) "
+                          "into a model folder: ONNX transforms, integer entropy tables, TerraCodec's normalization, "
+                          "the checkpoint's sha256 and lambda, and its measured bpp and PSNR. Needs the train extra. "
+                          "ELIC, TEC-TT and FlexTEC checkpoints are not imported (yet)."),
+        epilog="example:\n  tec models import TerraCodec_v1_FP_S2L2A_lambda-10.pt --name tc-fp-10 "
+               "--config config_lambda-10.yaml\n  tec compress scene.tif scene.zarr --model tc-fp-10",
+        formatter_class=fmt)
+    mi.add_argument("checkpoint", type=Path, help="the checkpoint (.pt state dict)")
+    mi.add_argument("--name", required=True, help="the new model's name (lowercase, not a shipped model's)")
+    mi.add_argument("--config", type=Path, help="its config YAML (architecture, in_channels, N, M, lambda)")
+    mi.add_argument("--into", type=Path, help="model folder to write into (default: the first folder of "
+                    "TEC_ZARR_MODEL_PATH, else ~/.local/share/tec-zarr/models, which is always searched)")
+    mi.add_argument("--data", type=Path, help="shared data folder whose validation places measure the RD (default "
+                    "../shared/data where present, else the bundled sample)")
+    mi.set_defaults(func=cmd_models)
 
     d = sub.add_parser("demo", help="compress the bundled Sentinel-2 sample with TEC and JPEG 2000 and compare",
                        description=_para("Compress the bundled Sentinel-2 sample (4 dates, 12 bands) with TEC and "

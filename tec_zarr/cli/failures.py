@@ -22,6 +22,8 @@ EXTRAS = {
     "dask": ("progress and chunked writes", "io"),
     "imagecodecs": ("the JPEG 2000 baseline of the demo", "bench"),
     "distributed": ("dask.distributed", "distributed"),
+    "torch": ("checkpoint import and training", "train"),
+    "onnx": ("exporting models", "train"),
 }
 
 

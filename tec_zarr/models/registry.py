@@ -29,10 +29,37 @@ class BrokenModelWarning(UserWarning):
     """A model folder on ``TEC_ZARR_MODEL_PATH`` could not be read and was skipped."""
 
 
+def user_models_dir() -> Path | None:
+    """The per-user model folder: ``$XDG_DATA_HOME/tec-zarr/models`` (default ``~/.local/share/tec-zarr/models``);
+    None where neither XDG_DATA_HOME nor a home folder is known."""
+    base = os.environ.get("XDG_DATA_HOME")
+    if not base:
+        try:
+            base = str(Path.home() / ".local" / "share")
+        except (RuntimeError, KeyError):
+            return None
+    return Path(base) / "tec-zarr" / "models"
+
+
 def model_dirs() -> list[Path]:
-    """The package's own models, then the folders in ``TEC_ZARR_MODEL_PATH`` (os.pathsep-separated)."""
+    """The package's own models, then the folders in ``TEC_ZARR_MODEL_PATH`` (os.pathsep-separated), then the
+    per-user folder (:func:`user_models_dir`), where ``tec models import`` and ``tec train`` write by default."""
     extra = [Path(p) for p in os.environ.get("TEC_ZARR_MODEL_PATH", "").split(os.pathsep) if p]
-    return [MODELS_DIR, *extra]
+    user = user_models_dir()
+    return [MODELS_DIR, *extra, *([user] if user is not None and user not in extra else [])]
+
+
+def install_dir() -> Path:
+    """Where new models go unless told otherwise: the first folder of ``TEC_ZARR_MODEL_PATH``, else the per-user
+    folder."""
+    extra = [Path(p) for p in os.environ.get("TEC_ZARR_MODEL_PATH", "").split(os.pathsep) if p]
+    if extra:
+        return extra[0]
+    user = user_models_dir()
+    if user is None:
+        raise UnknownModelError("Expected TEC_ZARR_MODEL_PATH, XDG_DATA_HOME or a home folder to install models "
+                                "into. Got none of them instead: set TEC_ZARR_MODEL_PATH.")
+    return user
 
 
 def _cards() -> dict[str, ModelCard]:
