@@ -85,8 +85,6 @@ bool ResolveAll(void *lib, std::string &missing)
         missing += std::string(missing.empty() ? "" : ", ") + name;                                                    \
     }
     TEC_SYMBOL(IsInitialized, "Py_IsInitialized")
-    TEC_SYMBOL(SetPythonHome, "Py_SetPythonHome")
-    TEC_SYMBOL(DecodeLocale, "Py_DecodeLocale")
     TEC_SYMBOL(InitializeEx, "Py_InitializeEx")
     TEC_SYMBOL(EvalSaveThread, "PyEval_SaveThread")
     TEC_SYMBOL(GILStateEnsure, "PyGILState_Ensure")
@@ -106,6 +104,8 @@ bool ResolveAll(void *lib, std::string &missing)
     TEC_SYMBOL(ErrNormalize, "PyErr_NormalizeException")
     TEC_SYMBOL(ErrClear, "PyErr_Clear")
 #undef TEC_SYMBOL
+    Resolve(lib, "Py_SetPythonHome", py.SetPythonHome);  // optional: only for TEC_ZARR_PYTHONHOME (deprecated API)
+    Resolve(lib, "Py_DecodeLocale", py.DecodeLocale);
     if (!Resolve(lib, "Py_IsFinalizing", py.IsFinalizing))  // Python >= 3.13
         Resolve(lib, "_Py_IsFinalizing", py.IsFinalizing);
     return ok;
@@ -173,7 +173,7 @@ void LoadPython()
     if (!py.IsInitialized())
     {
         const char *home = CPLGetConfigOption("TEC_ZARR_PYTHONHOME", nullptr);
-        if (home != nullptr && *home != '\0')
+        if (home != nullptr && *home != '\0' && py.SetPythonHome && py.DecodeLocale)
             py.SetPythonHome(py.DecodeLocale(home, nullptr));  // kept: Python keeps the pointer
         py.InitializeEx(0);   // no signal handlers: the GDAL program keeps its own
         py.EvalSaveThread();  // release the GIL; every call below takes it with PyGILState_Ensure
