@@ -440,6 +440,24 @@ def cmd_models_import(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from ..train import user  # the train extra: torch and onnx
+
+    start = time.time()
+    folder = user.train(args)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    print(f"trained {args.name} ({manifest['training']['steps']} steps, {time.time() - start:.0f} s) and installed "
+          f"it into {folder}; validation ({manifest['training'].get('validation', '')}):")
+    print(f"  {'quality':>8} {'bpp':>8} {'PSNR dB':>8}")
+    for q in manifest["qualities"]:
+        v = q.get("validation", {})
+        print(f"  {q['quality']:>8} {v.get('bpp', float('nan')):>8.3f} {v.get('psnr', float('nan')):>8.2f}")
+    if args.into is not None:
+        print(f"# to use it, put its folder on the model path: export TEC_ZARR_MODEL_PATH={folder.parent}")
+    print(f"# then: tec compress scene.tif scene.zarr --model {args.name}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import imagecodecs  # noqa: F401  (the JPEG 2000 baseline: fail now, not after the TEC half)
 
@@ -478,6 +496,8 @@ examples:
   tec decompress scene.zarr scene-decoded.tif        back to a GeoTIFF
   tec info scene.zarr                                model, quality, sizes
   tec models                                         installed models with their measured bpp and PSNR
+  tec models import CKPT.pt --name NAME              a TerraCodec FP checkpoint as an installed model
+  tec train --data archive.zarr --name NAME          fine-tune on your own data and install the model
   tec <command> --help                               the options of one command
 
 {ENVIRONMENT}"""
@@ -496,6 +516,31 @@ def _model_help() -> tuple[str, str, str]:
     quality = (f"quality level {min(levels)}..{max(levels)}, 0 = smallest file (default {card.default_quality}, "
                f"{psnr:.1f} dB on the validation images); 'tec models' lists every level's bpp and PSNR")
     return model, quality + "; with --max-error, the learned base under the coded residual (default 0)", quality
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    """``tec train``'s options (run by tec_zarr.train.user, which needs the train extra)."""
+    p.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                   help="Zarr stores, GeoTIFFs or folders of GeoTIFFs (12 L2A bands in the model's order)")
+    p.add_argument("--name", required=True, help="the new model's name (lowercase, not an installed model's)")
+    p.add_argument("--var", help="the variable of the Zarr stores (default: their one 12-band variable)")
+    p.add_argument("--base", default="tec-fp", help="shipped model to fine-tune (its checkpoint from checkpoints/ "
+                   "of a tec-zarr checkout), or 'none' to train from scratch (default tec-fp)")
+    p.add_argument("--init", help="a tec-zarr training checkpoint to start from instead of --base")
+    p.add_argument("--steps", type=int, default=2000, help="training steps of this run (default 2000)")
+    p.add_argument("--minutes", type=float, help="also stop after this many minutes (validated, saved, exported)")
+    p.add_argument("--batch", type=int, help="crops per step (default 8 on CPU, 32 on a GPU)")
+    p.add_argument("--crop", type=int, help="crop size (default 96 on CPU, 128 on a GPU)")
+    p.add_argument("--val-every", type=int, help="validate and save every this many steps (default: at the end)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="share of places held out (default 0.2)")
+    p.add_argument("--augment", choices=("robust", "none"), default="robust")
+    p.add_argument("--out", help="run folder: checkpoint.pt and log.jsonl (default <models>/.runs/NAME)")
+    p.add_argument("--resume", action="store_true", help="continue the run folder's checkpoint")
+    p.add_argument("--into", help="model folder to install into (default: first TEC_ZARR_MODEL_PATH folder, else "
+                   "~/.local/share/tec-zarr/models)")
+    p.add_argument("--device", default="auto", help="auto (a GPU when torch sees one), cpu or cuda")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -635,6 +680,20 @@ examples:
     mi.add_argument("--data", type=Path, help="shared data folder whose validation places measure the RD (default "
                     "../shared/data where present, else the bundled sample)")
     mi.set_defaults(func=cmd_models)
+
+    t = sub.add_parser(
+        "train", help="fine-tune a model on your own Zarr stores or GeoTIFFs and install it",
+        description=_para("Fine-tune TEC-FP (from a shipped model's checkpoint, with robust augmentation) or train it "
+                          "from scratch on your Zarr stores, GeoTIFFs or folders of GeoTIFFs; validation is held out "
+                          "by place (or by tile for a single place). Resumable (--resume), on a GPU when torch sees "
+                          "one. The result is exported with its measured bpp and PSNR into your model folder. Needs "
+                          "the train extra."),
+        epilog="examples:\n  tec train --data archive.zarr scenes/ --name my-fp --steps 2000\n"
+               "  tec train --data archive.zarr scenes/ --name my-fp --steps 2000 --resume   (after an interruption)\n"
+               "  tec compress scene.tif scene.zarr --model my-fp",
+        formatter_class=fmt)
+    _train_arguments(t)
+    t.set_defaults(func=cmd_train)
 
     d = sub.add_parser("demo", help="compress the bundled Sentinel-2 sample with TEC and JPEG 2000 and compare",
                        description=_para("Compress the bundled Sentinel-2 sample (4 dates, 12 bands) with TEC and "

@@ -66,6 +66,8 @@ def _cards() -> dict[str, ModelCard]:
     cards: dict[str, ModelCard] = {}
     for root in model_dirs():
         for manifest in sorted(root.glob(f"*/{MANIFEST}")):
+            if manifest.parent.name.startswith("."):
+                continue  # a model being written (.NAME.part) or a run folder, never an installed model
             try:
                 card = read_card(manifest.parent)
             except WeightsIntegrityError as e:

@@ -103,9 +103,10 @@ def sha256_file(path: Path) -> str:
 
 
 def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = None, data_root: Path | None = None,
-           calibration_root: Path | None = None) -> Path:
+           calibration_root: Path | None = None, calibration: np.ndarray | None = None) -> Path:
     """Write a model folder; ``data_root``: measure RD on its validation places; ``calibration_root`` (default
-    ``data_root``, else ../shared/data): where the checkpoint's training images are, to calibrate the integer synthesis."""
+    ``data_root``, else ../shared/data): where the checkpoint's training images are, to calibrate the integer synthesis;
+    ``calibration``: those images themselves ((B, 12, H, W) reflectance), for data outside the shared folder."""
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.cfg
     folder = Path(out_dir) if out_dir else MODELS_DIR / name
@@ -128,7 +129,8 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
         integer_synthesis(
             {k: v.detach().numpy() for k, v in model.state_dict().items() if k.startswith(("g_s.", "s_lin."))},
             folder, model.inv_gain.detach().numpy(), np.asarray(ckpt["mean"]), np.asarray(ckpt["std"]),
-            calibration_images(calibration_root or data_root, ckpt["train_images"]),
+            calibration if calibration is not None
+            else calibration_images(calibration_root or data_root, ckpt["train_images"]),
         ).to_npz()
     )
     files = {f: sha256_file(folder / f) for f in ("decoder.onnx", "encoder.onnx", "tables.npz", synthesis.FILENAME)}
