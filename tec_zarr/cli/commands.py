@@ -526,7 +526,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--var", help="the variable of the Zarr stores (default: their one 12-band variable)")
     p.add_argument("--base", default="tec-fp", help="shipped model to fine-tune (its checkpoint from checkpoints/ "
                    "of a tec-zarr checkout), or 'none' to train from scratch (default tec-fp)")
-    p.add_argument("--init", help="a tec-zarr training checkpoint to start from instead of --base")
+    p.add_argument("--init", help="a tec-zarr training checkpoint to start from instead of --base (yours: "
+                   "it is unpickled, so never pass one you did not make)")
     p.add_argument("--steps", type=int, default=2000, help="training steps of this run (default 2000)")
     p.add_argument("--minutes", type=float, help="also stop after this many minutes (validated, saved, exported)")
     p.add_argument("--batch", type=int, help="crops per step (default 8 on CPU, 32 on a GPU)")

@@ -39,6 +39,7 @@ from .burst import FINE_TUNE
 
 REPO_CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
 TILE = re.compile(r"(?<![A-Z0-9])T?(\d{2}[C-X][A-Z]{2})(?![A-Z0-9])")
+DATE_SUFFIX = re.compile(r"([_-](\d{1,2}|\d{8}(T\d{6})?))+$")
 VAL_FRACTION = 0.2
 MAX_VALIDATION = 256
 MULTIPLE = 16
@@ -60,7 +61,8 @@ def _place(name: str, attrs: dict, fallback: str) -> str:
     if tile:
         return str(tile)
     found = TILE.search(name.upper())
-    return found.group(1) if found else fallback
+    # Else the name less a trailing date or date index (place_0, place_20200524): one place's time series together.
+    return found.group(1) if found else (DATE_SUFFIX.sub("", fallback) or fallback)
 
 
 def _images_of(array, name: str, place: str) -> list[data.Image]:
@@ -98,10 +100,13 @@ def load_paths(paths: list[str], variable: str | None = None) -> list[data.Image
     return images
 
 
-def split(images: list[data.Image], fraction: float = VAL_FRACTION) -> tuple[list[data.Image], list[data.Image], str]:
-    """(training images, validation images, how they were split): by place where there are two or more places,
-    else the bottom ``fraction`` of every image (rows rounded to the models' multiple)."""
-    places = sorted({im.place for im in images}, key=lambda p: hashlib.sha256(p.encode()).hexdigest())
+def split(images: list[data.Image], fraction: float = VAL_FRACTION,
+          seen: tuple[str, ...] = ()) -> tuple[list[data.Image], list[data.Image], str]:
+    """(training images, validation images, how they were split): by place where there are two or more places
+    (preferring places that no name in ``seen``, the starting weights' training images, contains), else the bottom
+    ``fraction`` of every image (rows rounded to the models' multiple)."""
+    places = sorted({im.place for im in images},
+                    key=lambda p: (any(p in name for name in seen), hashlib.sha256(p.encode()).hexdigest()))
     if len(places) >= 2:
         held = set(places[: max(1, round(len(places) * fraction))])
         train = [im for im in images if im.place not in held]
@@ -196,8 +201,9 @@ def train(args: argparse.Namespace) -> Path:
     if args.resume and not (out / "checkpoint.pt").exists():
         raise InvalidInputError(f"Expected a checkpoint to resume in {out}. Got none instead: drop --resume.")
     images = load_paths(args.data, args.var)
-    train_images, val_images, how = split(images, args.val_fraction)
     init = base_checkpoint(args.base, args.init)
+    seen = tuple(torch.load(init, map_location="cpu", weights_only=False).get("train_images", ())) if init else ()
+    train_images, val_images, how = split(images, args.val_fraction, seen)
     targs = argument_parser().parse_args(["--out", str(out)])
     targs.init, targs.device, targs.seed, targs.augment = (str(init) if init else None), args.device, args.seed, args.augment
     targs.user_steps = args.steps
