@@ -412,6 +412,9 @@ def cmd_models(args) -> int:
         trained = ", ".join(f"{n} {key.replace('_', ' ')}" for key, n in stages) or "? steps"
         if "base_training" in tr:
             trained = f"{tr['base_training'].get('steps', '?')} steps ({m.manifest['base_model']['name']}) + {trained}"
+        if "imported" in m.manifest:
+            imp = m.manifest["imported"]
+            trained = f"by {imp.get('from', '?')}, imported from {imp.get('checkpoint', '')} (lambda {imp.get('lambda')})"
         print(f"  {m.manifest.get('architecture', '')}; entropy model {m.manifest.get('entropy_model', 'factorized')}; "
               f"trained {trained}; bands {' '.join(m.bands)}")
         print(f"  validation ({', '.join(tr.get('validation_places') or [])}, never trained on):")
