@@ -94,3 +94,5 @@ def test_train_refuses_bad_inputs(tmp_path, monkeypatch, capsys):
     assert "GeoTIFFs" in capsys.readouterr().err
     assert tec_main(["train", "--data", str(tmp_path), "--name", "tec-fp"]) == 2
     assert "shipped" in capsys.readouterr().err
+    assert tec_main(["train", "--data", str(tmp_path), "--name", "x", "--base", "tec-hp"]) == 2
+    assert "--base" in capsys.readouterr().err

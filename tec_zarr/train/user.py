@@ -43,6 +43,7 @@ DATE_SUFFIX = re.compile(r"([_-](\d{1,2}|\d{8}(T\d{6})?))+$")
 VAL_FRACTION = 0.2
 MAX_VALIDATION = 256
 MULTIPLE = 16
+FINE_TUNABLE = ("tec-fp",)
 
 
 # -- reading the user's data ------------------------------------------------------------------------------------------
@@ -178,6 +179,11 @@ def base_checkpoint(base: str | None, init: str | None) -> Path | None:
         return Path(init)
     if base is None or base == "none":
         return None
+    if base not in FINE_TUNABLE:
+        raise CheckpointImportError(
+            f"Expected --base in {[*FINE_TUNABLE, 'none']}. Got {base!r} instead: tec train fine-tunes TEC-FP (tec-hp and "
+            "tec-ctx share its transforms and have trainers of their own, python -m tec_zarr.train.hyper and .context)."
+        )
     path = REPO_CHECKPOINTS / base / "checkpoint.pt"
     if not path.is_file():
         raise CheckpointImportError(
@@ -200,8 +206,8 @@ def train(args: argparse.Namespace) -> Path:
                                 "continue it, or --out another folder.")
     if args.resume and not (out / "checkpoint.pt").exists():
         raise InvalidInputError(f"Expected a checkpoint to resume in {out}. Got none instead: drop --resume.")
-    images = load_paths(args.data, args.var)
     init = base_checkpoint(args.base, args.init)
+    images = load_paths(args.data, args.var)
     seen = tuple(torch.load(init, map_location="cpu", weights_only=False).get("train_images", ())) if init else ()
     train_images, val_images, how = split(images, args.val_fraction, seen)
     targs = argument_parser().parse_args(["--out", str(out)])
