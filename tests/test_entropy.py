@@ -27,7 +27,7 @@ from common import (
 from tec_zarr import TEC, metrics, models, pipeline
 from tec_zarr.bitstream import chunk
 from tec_zarr.bitstream import payload as sections
-from tec_zarr.entropy import LATENT_CODERS, LatentCoder, context, factorized, hyperprior, tables
+from tec_zarr.entropy import LATENT_CODERS, LatentCoder, context, factorized, hyperprior, tables, temporal
 from tec_zarr.errors import CorruptChunkError, TecZarrError, WeightsIntegrityError
 from tec_zarr.models.registry import file_path
 from tec_zarr.runtime import onnx
@@ -40,9 +40,9 @@ ENTROPY_FILES = {HP: (hyperprior.FILENAME, hyperprior.ANALYSIS_FILENAME),
 
 
 def test_manifests_name_their_coders():
-    assert set(LATENT_CODERS) == {"factorized", "hyperprior", "context"}
+    assert set(LATENT_CODERS) == {"factorized", "hyperprior", "context", "temporal"}
     for name, coder in ((FP, factorized.FactorizedCoder), (HP, hyperprior.HyperpriorCoder),
-                        (CTX, context.ContextCoder)):
+                        (CTX, context.ContextCoder), ("tec-tt", temporal.TemporalCoder)):
         if name in INSTALLED:
             model = models.load_model(name)
             assert type(model.coder) is coder and isinstance(model.coder, LatentCoder)

@@ -57,7 +57,7 @@ TEC_MUTATIONS = 80
 SLOW_CHUNK_MUTATIONS = 1000
 SLOW_TEC_MUTATIONS = 500
 
-MODELS = ("tec-fp", "tec-hp", "tec-ctx")
+MODELS = ("tec-fp", "tec-hp", "tec-ctx", "tec-tt")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -284,9 +284,11 @@ MODES = {
     "max_error=5": ("uint16", {"max_error": 5}),
     "lossless": ("uint16", {"max_error": 0}),
 }
-FLOAT32 = {"tec-fp": {"max_error": 1e-3}, "tec-hp": {"max_error": 0}, "tec-ctx": {}}
+FLOAT32 = {"tec-fp": {"max_error": 1e-3}, "tec-hp": {"max_error": 0}, "tec-ctx": {}, "tec-tt": {"max_error": 1e-3}}
 NODATA = {"tec-fp": ("uint16", {"max_error": 5, "nodata": 0}), "tec-hp": ("uint16", {"nodata": 0}),
-          "tec-ctx": ("int16", {"max_error": 0, "nodata": -1})}
+          "tec-ctx": ("int16", {"max_error": 0, "nodata": -1}), "tec-tt": ("uint16", {"nodata": 0})}
+# The temporal model's chunks hold dates: three of the same crop, later dates coded against earlier ones.
+TEMPORAL = ("tec-tt",)
 CHUNK_CASES = [(m, mode) for m in MODELS for mode in (*MODES, "float32", "nodata")]
 
 
@@ -296,8 +298,14 @@ def crop() -> np.ndarray:
     return np.ascontiguousarray(sample.load_array()[1, :, 101:130, 37:82])
 
 
+@functools.lru_cache(maxsize=None)
+def dates_crop() -> np.ndarray:
+    """3 x 12 x 29 x 45: the crop on three dates of the sample."""
+    return np.ascontiguousarray(sample.load_array()[1:, :, 101:130, 37:82])
+
+
 def case_input(model: str, mode: str) -> tuple[np.ndarray, dict]:
-    a = crop()
+    a = dates_crop() if model in TEMPORAL else crop()
     if mode in MODES:
         dtype, params = MODES[mode]
         return a.astype(dtype), params
@@ -305,8 +313,8 @@ def case_input(model: str, mode: str) -> tuple[np.ndarray, dict]:
         return (a.astype(np.float32) / np.float32(1e4)), FLOAT32[model]
     dtype, params = NODATA[model]
     a = a.astype(dtype)  # the sample's DN are below 2**15
-    a[:, 3:9, 5:17] = params["nodata"]  # a nodata block in every band, and a few lone pixels
-    a[2, 20, 30] = a[7, 0, 44] = params["nodata"]
+    a[..., 3:9, 5:17] = params["nodata"]  # a nodata block in every band, and a few lone pixels
+    a[..., 2, 20, 30] = a[..., 7, 0, 44] = params["nodata"]
     return a, params
 
 
@@ -819,7 +827,7 @@ _BOMB_SETUP = """
         return TEC3()._decode_batch_sync([(default_buffer_prototype().buffer.from_bytes(buf), spec)])[0].as_numpy_array()
 
     ATTACKS = {}
-    for model in ("tec-fp", "tec-hp", "tec-ctx"):
+    for model in ("tec-fp", "tec-hp", "tec-ctx", "tec-tt"):
         b = bomb(model)
         ATTACKS.update({
             f"{model} decode_chunk": lambda b=b: pipeline.decode_chunk(b),
@@ -836,7 +844,7 @@ def test_decompression_bomb_is_refused():
     for model in MODELS:  # well-formed: the refusal must come from the size checks
         assert chunkfmt.unpack(bomb_chunk(model))[0].shape == (12, 2048, 2048)
     results = run_isolated(_BOMB_SETUP)
-    assert len(results) == 18
+    assert len(results) == 6 * len(MODELS)
     assert_refused(results, errors=(ChunkTooLargeError, CorruptChunkError))
 
 

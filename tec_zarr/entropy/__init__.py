@@ -10,7 +10,11 @@ from .context import ContextCoder
 from .factorized import FactorizedCoder
 from .hyperprior import HyperpriorCoder
 from .tables import EntropyTables
+from .temporal import TemporalCoder
 
-LATENT_CODERS: dict[str, type[LatentCoder]] = {c.name: c for c in (FactorizedCoder, HyperpriorCoder, ContextCoder)}
+LATENT_CODERS: dict[str, type[LatentCoder]] = {
+    c.name: c for c in (FactorizedCoder, HyperpriorCoder, ContextCoder, TemporalCoder)
+}
 
-__all__ = ["LATENT_CODERS", "ContextCoder", "EntropyTables", "FactorizedCoder", "HyperpriorCoder", "LatentCoder"]
+__all__ = ["LATENT_CODERS", "ContextCoder", "EntropyTables", "FactorizedCoder", "HyperpriorCoder", "LatentCoder",
+           "TemporalCoder"]
