@@ -537,14 +537,16 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", type=int, help="crop size (default 96 on CPU, 128 on a GPU)")
     p.add_argument("--val-every", type=int, help="validate and save every this many steps (default: at the end)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="share of places held out (default 0.2)")
-    p.add_argument("--augment", choices=("robust", "none"), default="robust")
+    p.add_argument("--augment", choices=("robust", "none"), default="robust",
+                   help="robust: the burst trainer's augmentation (resampling kernels, gains, haze, crops); none: "
+                        "flips and rotations only (default robust)")
     p.add_argument("--out", help="run folder: checkpoint.pt and log.jsonl (default <models>/.runs/NAME)")
     p.add_argument("--resume", action="store_true", help="continue the run folder's checkpoint")
     p.add_argument("--into", help="model folder to install into (default: first TEC_ZARR_MODEL_PATH folder, else "
                    "~/.local/share/tec-zarr/models)")
     p.add_argument("--device", default="auto", help="auto (a GPU when torch sees one), cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of crops and augmentation (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -666,7 +668,8 @@ examples:
                                    "validation images.")
     m.add_argument("--json", action="store_true", help="print the model manifests as JSON")
     m.set_defaults(func=cmd_models)
-    msub = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser)
+    msub = m.add_subparsers(dest="models_command", metavar="ACTION", parser_class=_Parser,
+                            help="import: convert a TerraCodec checkpoint (without ACTION: list the models)")
     mi = msub.add_parser(
         "import", help="convert a TerraCodec checkpoint into an installed model",
         description=_para("Convert a TerraCodec FP checkpoint (a torch state dict; nothing but tensors is unpickled) "
