@@ -188,3 +188,25 @@ def golden_skip(data: bytes):
 
 def golden_id(path: Path) -> str:
     return f"{path.parent.name}/{path.stem}"
+
+
+# A headless QGIS reading a raster layer (argv[1]) into a .npy (argv[2]); prints validity, CRS, band 12's name,
+# the origin, the data source and whether the TEC driver names itself: "|"-separated.
+QGIS_READER = """
+import sys
+import numpy as np
+from qgis.core import QgsApplication, QgsRasterLayer
+app = QgsApplication([], False)
+app.initQgis()
+layer = QgsRasterLayer(sys.argv[1], "tec")
+provider = layer.dataProvider()
+rows = []
+for band in range(1, layer.bandCount() + 1):
+    block = provider.block(band, layer.extent(), layer.width(), layer.height())
+    rows.append([[block.value(r, c) for c in range(layer.width())] for r in range(layer.height())])
+np.save(sys.argv[2], np.array(rows))
+print(layer.isValid(), layer.crs().authid(), layer.bandName(12), layer.extent().xMinimum(), layer.extent().yMaximum(),
+      provider.dataSourceUri(), "TEC learned-compression" in provider.htmlMetadata(), sep="|")
+del block, provider, layer  # PyQGIS crashes at exit while layers are still referenced
+app.exitQgis()
+"""

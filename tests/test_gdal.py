@@ -17,6 +17,7 @@ from common import (
     GEOTRANSFORM,
     OSGEO_MISSING,
     QGIS_MISSING,
+    QGIS_READER,
     TILE,
     corrupt_tile,
     has_gdal_cli,
@@ -245,26 +246,6 @@ def test_cli_geotiff_tec_geotiff(tmp_path, original, capsys):
     assert "tec: error: Expected a readable .tec file" in capsys.readouterr().err
 
 
-QGIS_READER = """
-import sys
-import numpy as np
-from qgis.core import QgsApplication, QgsRasterLayer
-app = QgsApplication([], False)
-app.initQgis()
-layer = QgsRasterLayer(sys.argv[1], "tec")
-provider = layer.dataProvider()
-rows = []
-for band in range(1, layer.bandCount() + 1):
-    block = provider.block(band, layer.extent(), layer.width(), layer.height())
-    rows.append([[block.value(r, c) for c in range(layer.width())] for r in range(layer.height())])
-np.save(sys.argv[2], np.array(rows))
-print(layer.isValid(), layer.crs().authid(), layer.bandName(12), layer.extent().xMinimum(), layer.extent().yMaximum(),
-      sep="|")
-del block, provider, layer  # PyQGIS crashes at exit while layers are still referenced
-app.exitQgis()
-"""
-
-
 def test_qgis_opens_the_sidecar(scene, tmp_path):
     """PyQGIS (Debian's QGIS, its own Python) reads the sidecar as a GIS user's QGIS would, headless."""
     python = system_python_with_qgis()
@@ -277,7 +258,7 @@ def test_qgis_opens_the_sidecar(scene, tmp_path):
     res = subprocess.run([python, "-c", QGIS_READER, str(sidecar), str(out)], env=env, capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr
-    valid, crs, band12, xmin, ymax = res.stdout.strip().splitlines()[-1].split("|")
+    valid, crs, band12, xmin, ymax, _, _ = res.stdout.strip().splitlines()[-1].split("|")
     assert valid == "True" and crs == "EPSG:32610" and band12.endswith("B12")
     assert (float(xmin), float(ymax)) == (GEOTRANSFORM[0], GEOTRANSFORM[3])
     np.testing.assert_array_equal(np.load(out), levels[0])

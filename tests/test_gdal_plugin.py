@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from common import (GDAL_CLI_MISSING, GEOTRANSFORM, PLUGIN_MISSING, QGIS_MISSING, TILE, corrupt_tile, has_gdal_cli,
-                    system_python_with_qgis)
+from common import (GDAL_CLI_MISSING, GEOTRANSFORM, PLUGIN_MISSING, QGIS_MISSING, QGIS_READER, TILE, corrupt_tile,
+                    has_gdal_cli, system_python_with_qgis)
 from tec_zarr import cli, tecfile
 from tec_zarr.bands import S2_L2A_BANDS
 from tec_zarr.codec.zarr2 import TEC
@@ -175,26 +175,6 @@ def test_gdal_zarr_driver_reads_a_format_2_store(plugin_env, scene, tmp_path):
     got = read_tif(tmp_path / "b04.tif")[0]
     assert got.shape == (1, 200, 150)
     np.testing.assert_array_equal(got[0], expected)
-
-
-QGIS_READER = """
-import sys
-import numpy as np
-from qgis.core import QgsApplication, QgsRasterLayer
-app = QgsApplication([], False)
-app.initQgis()
-layer = QgsRasterLayer(sys.argv[1], "tec")
-provider = layer.dataProvider()
-rows = []
-for band in range(1, layer.bandCount() + 1):
-    block = provider.block(band, layer.extent(), layer.width(), layer.height())
-    rows.append([[block.value(r, c) for c in range(layer.width())] for r in range(layer.height())])
-np.save(sys.argv[2], np.array(rows))
-print(layer.isValid(), layer.crs().authid(), layer.bandName(12), layer.extent().xMinimum(), layer.extent().yMaximum(),
-      provider.dataSourceUri(), "TEC learned-compression" in provider.htmlMetadata(), sep="|")
-del block, provider, layer  # PyQGIS crashes at exit while layers are still referenced
-app.exitQgis()
-"""
 
 
 def test_qgis_opens_the_tec_file_itself(plugin_env, scene, tmp_path):
