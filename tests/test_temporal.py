@@ -262,3 +262,22 @@ def test_info_names_the_temporal_model(dates, tmp_path):
     z[:] = dates[:4]
     text = info_text(str(tmp_path / "t.zarr"))
     assert TT in text and "2 dates per chunk" in text
+
+
+def test_cli_writes_time_series_chunks(tmp_path, capsys):
+    from tec_zarr import cli, sample
+
+    ds = sample.load_dataset().isel(y=slice(0, 40), x=slice(0, 52))
+    ds.to_zarr(tmp_path / "in.zarr", zarr_format=3, consolidated=False)
+    out = tmp_path / "tt.zarr"
+    assert cli.main(["compress", str(tmp_path / "in.zarr"), str(out), "--model", TT, "--dates", "4", "--quiet"]) == 0
+    back = xr.open_zarr(out, consolidated=False)["reflectance"]
+    assert back.encoding["chunks"][0] == 4
+    assert metrics.psnr(ds["reflectance"].values, back.values) > 40
+    assert cli.main(["info", str(out)]) == 0
+    assert "4 dates per chunk" in capsys.readouterr().out
+    assert cli.main(["compress", str(tmp_path / "in.zarr"), str(tmp_path / "x.zarr"), "--dates", "0"]) == 2
+    assert "--dates N in 1..64" in capsys.readouterr().err
+    ds.isel(time=0).to_zarr(tmp_path / "one.zarr", zarr_format=3, consolidated=False)
+    assert cli.main(["compress", str(tmp_path / "one.zarr"), str(tmp_path / "y.zarr"), "--dates", "2"]) == 2
+    assert "has no time axis" in capsys.readouterr().err

@@ -103,7 +103,7 @@ def cmd_compress(args) -> int:
         raise CommandError(f"Expected an output ending in .zarr (a Zarr store) or .tec (a tiled file GDAL and QGIS "
                            f"open). Got {args.output} instead: name the output scene.zarr or scene.tec.")
     if out_kind == TEC:
-        _refuse(args, {"chunk": "--chunk", "zarr_format": "--zarr-format"},
+        _refuse(args, {"chunk": "--chunk", "zarr_format": "--zarr-format", "dates": "--dates"},
                 "for a .tec output (it is cut into --tile tiles)")
         _size_arg(args.tile, "--tile", low=16, high=4096, multiple=4)
         in_kind = require_input(args.input, (GEOTIFF,), "compress")
@@ -112,6 +112,7 @@ def cmd_compress(args) -> int:
         _refuse(args, {"tile": "--tile", "overviews": "--overviews"},
                 "for a Zarr output (--chunk sets its chunks; .tec outputs take --tile and --overviews)")
         _size_arg(args.chunk, "--chunk", low=1)
+        _size_arg(args.dates, "--dates", low=1, high=64)
         in_kind = require_input(args.input, (GEOTIFF, ZARR, NETCDF), "compress")
     require_output(args.output, overwrite=args.overwrite, inputs=[args.input])
     misses = PsnrMisses(args.psnr)
@@ -198,6 +199,11 @@ def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
     dims = ds[var].dims
     chunks = {d: chunk for d in dims[-2:]}
     chunks.update({d: 1 for d in dims[:-3]})
+    if args.dates is not None:
+        if len(dims) < 4:
+            raise CommandError(f"--dates does nothing for {args.input}: its variable {var!r} has no time axis before "
+                               f"the bands (dims {dims}). Leave it out.")
+        chunks[dims[0]] = args.dates  # the leading axis: time, earliest first, as cube builders write it
     for name in ds.variables:  # drop encodings inherited from the input store
         ds[name].encoding = {}
     try:
@@ -570,6 +576,7 @@ examples:
   tec compress scene.tif scene.zarr --max-error 10      every pixel within 10 DN (reflectance x 10000)
   tec compress scene.tif scene.zarr --lossless          bit-exact
   tec compress cube.zarr cube-tec.zarr --var refl --chunk 512 --zarr-format 2
+  tec compress cube.zarr cube-tt.zarr --model tec-tt --dates 4   4 dates per chunk, each coded against the one before
   tec compress scene.tif scene.tec --overviews 3 --tile 512
 
 """ + ENVIRONMENT)
@@ -588,6 +595,9 @@ examples:
     bound.add_argument("--psnr", type=float, metavar="DB", help="per chunk, the lowest quality reaching this PSNR "
                                                                 "in dB (a mean: no per-pixel bound)")
     c.add_argument("--chunk", type=int, metavar="N", help=f"Zarr output: spatial chunk size (default {DEFAULT_CHUNK})")
+    c.add_argument("--dates", type=int, metavar="T",
+                   help="Zarr output of a time series: dates per chunk along the leading axis (default 1); with "
+                        "--model tec-tt each later date in a chunk is coded against the one before")
     c.add_argument("--zarr-format", type=int, choices=(2, 3), help="Zarr output: format 2 or 3 (default 3)")
     c.add_argument("--tile", type=int, metavar="T", help=f".tec output: tile size (default {DEFAULT_TILE})")
     c.add_argument("--overviews", type=int, metavar="N",
