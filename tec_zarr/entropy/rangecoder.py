@@ -98,12 +98,22 @@ def checked_symbols(symbols: np.ndarray) -> np.ndarray:
     return symbols.astype(np.int32)
 
 
+def table_order(flat_index: np.ndarray, count: int) -> np.ndarray:
+    """The stable order of the values by table index. A stable sort's permutation is unique, so sorting the
+    indices as the narrowest integers holding them (numpy radix-sorts 8- and 16-bit keys, several times faster
+    than int64) gives the same order. Indices outside ``0 .. count - 1`` (never from the coders) sort as they are."""
+    narrow = np.uint8 if count <= 1 << 8 else np.uint16 if count <= 1 << 16 else None
+    if narrow is None or (flat_index.size and (flat_index.min() < 0 or flat_index.max() >= count)):
+        return np.argsort(flat_index, kind="stable")
+    return np.argsort(flat_index.astype(narrow), kind="stable")
+
+
 def write_grouped(encoder, values: np.ndarray, index: np.ndarray, tables: IndexedTables) -> None:
     """Each value with the table its index names, table by table (stable order within a table), into an open
     range encoder (later sections may follow in the same stream)."""
     uniform_bits, uniform_chunk = escape_models()
     flat_index = index.ravel()
-    order = np.argsort(flat_index, kind="stable")
+    order = table_order(flat_index, tables.count)
     ordered = values.ravel()[order]
     counts = np.bincount(flat_index, minlength=tables.count)
     start = 0
@@ -125,7 +135,7 @@ def read_grouped(decoder, index: np.ndarray, tables: IndexedTables, budget: Payl
     flat_index = index.ravel()
     counts = np.bincount(flat_index, minlength=tables.count)
     budget.spend(float(counts @ tables.min_bits[: counts.size]))
-    order = np.argsort(flat_index, kind="stable")
+    order = table_order(flat_index, tables.count)
     ordered = np.empty(flat_index.size, np.int64)
     start = 0
     try:
