@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import WeightsIntegrityError
-from ..integer.layers import CLIP_BITS, EXACT_LIMIT, PATCH_BYTES, activation, conv3
+from ..integer.layers import CLIP_BITS, EXACT_LIMIT, PATCH_BYTES, activation, conv3, live_channels
 from .hyperprior import INPUT_EXTRA_BITS, LOG_BITS, Z_LIMIT, Hyperprior, HyperpriorCoder, read_kept, write_kept
 from .rangecoder import PayloadBudget
 from .tables import EntropyTables
@@ -150,6 +150,7 @@ def scatter(grid: np.ndarray, classes, values: np.ndarray) -> None:
 
 def _spatial(anchors: np.ndarray, classes, w: np.ndarray, matmul) -> np.ndarray:
     """Exact 12-tap sum over the anchors-only map (B, h, w, c) at the positions of ``classes``: (B, P, H)."""
+    anchors, w = live_channels(anchors, w)
     b, h, wd, c = anchors.shape
     padded = np.zeros((b, h + 4, wd + 4, c), np.float64)
     padded[:, 2:-2, 2:-2] = anchors

@@ -68,9 +68,21 @@ def deconv_matrix(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(w, (0, 2, 3, 1)).reshape(w.shape[0], -1))
 
 
+def live_channels(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` (..., Cin) and ``w`` (..., Cin, Cout) without the input channels that are 0 at every position (dead
+    ReLUs, latent channels quantized to 0). Their products are exact zeros, so every sum is the same integer, in
+    any order; the static bounds hold for the fewer terms too."""
+    live = np.flatnonzero(np.any(x, axis=tuple(range(x.ndim - 1))))
+    if live.size == x.shape[-1]:
+        return x, w
+    live = live if live.size else np.arange(1)  # one (zero) channel keeps the matrix shapes non-empty
+    return x[..., live], w[..., live, :]
+
+
 def conv3(x: np.ndarray, w: np.ndarray, b, matmul) -> np.ndarray:
     """Conv2d(k3, s1, p1) of integer (B, H, W, Cin) with w (9, Cin, Cout), taps (ky, kx): exact (B, H, W, Cout).
     One product over all 9 taps (patches of 9 Cin columns) per block of rows: fewer, larger matrix products."""
+    x, w = live_channels(x, w)
     bsz, h, wd, cin = x.shape
     padded = np.zeros((bsz, h + 2, wd + 2, cin), np.float64)
     padded[:, 1:-1, 1:-1] = x
