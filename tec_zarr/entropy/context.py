@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -98,6 +99,14 @@ class ContextModel:
         starts = np.cumsum((0,) + self.groups)
         return [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
 
+    @cached_property
+    def later_channel_w(self) -> tuple[np.ndarray, ...]:
+        """Per group: the 3x3 channel-context weights of every later group's network for this group's channels,
+        side by side (9, c, sum of the later networks' H): one convolution per decoded group feeds them all."""
+        return tuple(np.ascontiguousarray(np.concatenate([net.channel_w[:, a:e] for net in self.networks[k + 1 :]],
+                                                         axis=-1))
+                     for k, (a, e) in enumerate(self.bounds[:-1]))
+
     # -- serialization ------------------------------------------------------------------------------------------
 
     def to_npz(self) -> bytes:
@@ -168,6 +177,19 @@ def _spatial(anchors: np.ndarray, classes, w: np.ndarray, matmul) -> np.ndarray:
     return out.reshape(b, -1, w.shape[-1])
 
 
+def add_channel_context(channel_context: list, widths, k: int, sums: np.ndarray) -> None:
+    """Add group ``k``'s 3x3 sums (B, h, w, sum of later H) to each later network's channel context
+    (network j's ``widths[j]`` columns, in order).
+
+    Network j's channel context is its 3x3 convolution over all earlier groups, summed here group by group: every
+    part and partial sum is an integer bounded by the network's checked first-layer bound (below 2**52), so the
+    grouping gives the same integers as one convolution over all earlier channels."""
+    start = 0
+    for j in range(k + 1, len(channel_context)):
+        channel_context[j] = channel_context[j] + sums[..., start : start + widths[j]]
+        start += widths[j]
+
+
 def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, shape, code_step, *,
               matmul=np.matmul) -> np.ndarray:
     """Walk the ten steps; ``code_step(index, mean, a, e, classes)`` codes (encoder) or decodes (decoder) the
@@ -192,15 +214,16 @@ def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, sh
     to_input = 2.0 ** (ctx.input_exp - LOG_BITS)
     mean_to_input = 2.0 ** (ctx.input_exp - hp.mean_bits)
     extra = hp.mean_bits - LOG_BITS
-    for (a, e), net in zip(ctx.bounds, ctx.networks):
+    channel_context = [0.0] * len(ctx.networks)  # per network: its 3x3 sum over the groups decoded so far
+    widths = [net.b1.shape[0] for net in ctx.networks]
+    for k, ((a, e), net) in enumerate(zip(ctx.bounds, ctx.networks)):
         c = e - a
         l = L[..., a:e]
         feats = np.concatenate([np.floor(l * to_input), np.floor((l + log_gain[a:e]) * to_input),
                                 np.floor(MU[..., a:e] * mean_to_input)], axis=-1)
         feats = np.clip(feats, -limit, limit)
         base = dense(feats, net.hyper_w) + net.b1
-        if a:
-            base += conv3(decoded[..., :a], net.channel_w, 0.0, matmul)
+        base += channel_context[k]
         for half, classes in enumerate(HALVES):
             acc = gather(base, classes)
             if half:
@@ -217,6 +240,9 @@ def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, sh
             scatter(symbols[..., a:e], classes, got)
             values = (np.clip(got, -Z_LIMIT, Z_LIMIT) * y_in[a:e]) >> INPUT_EXTRA_BITS
             scatter(decoded[..., a:e], classes, np.clip(values, -limit, limit))
+        if k + 1 < len(ctx.networks):  # the decoded group, 3x3, into every later network's first layer
+            sums = conv3(decoded[..., a:e], ctx.later_channel_w[k], 0.0, matmul)
+            add_channel_context(channel_context, widths, k, sums)
     out = np.empty((b, m, h, w), np.int64)
     out[:, order] = np.moveaxis(symbols, -1, 1)
     return out
