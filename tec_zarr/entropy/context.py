@@ -201,10 +201,10 @@ def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, sh
         return matmul(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[1],))
 
     b, m, h, w = shape
-    log_sigma, mu = hp.synthesize(z, quality, matmul=matmul)  # (B, M, h, w) at 2**LOG_BITS
+    log_sigma, mu = hp.synthesize_channels_last(z, quality, matmul=matmul)  # (B, h, w, M) at 2**LOG_BITS
     order = ctx.order
-    L = np.moveaxis(log_sigma[:, order], 1, -1)  # (B, h, w, M), coded channel order
-    MU = np.moveaxis(mu[:, order], 1, -1)
+    L = log_sigma[..., order].astype(np.int64)  # (B, h, w, M), coded channel order
+    MU = mu[..., order].astype(np.int64)
     log_gain = hp.log_gain[quality][order]
     gain_int = hp.gain_int[quality][order]
     y_in = ctx.y_in[quality]

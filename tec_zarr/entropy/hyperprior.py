@@ -144,6 +144,13 @@ class Hyperprior:
     def synthesize(self, z: np.ndarray, quality: int, *, matmul=np.matmul) -> tuple[np.ndarray, np.ndarray]:
         """z symbols (B, Z, h, w) -> (L, MU): int64 (B, M, 4h, 4w), log2 sigma of y at 2**LOG_BITS and its mean
         at 2**mean_bits (the last layer's mean half is shifted that much less, and clipped that much wider)."""
+        log_sigma, mu = self.synthesize_channels_last(z, quality, matmul=matmul)
+        return (np.ascontiguousarray(np.moveaxis(log_sigma, -1, 1).astype(np.int64)),
+                np.ascontiguousarray(np.moveaxis(mu, -1, 1).astype(np.int64)))
+
+    def synthesize_channels_last(self, z: np.ndarray, quality: int, *, matmul=np.matmul
+                                 ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`synthesize` as float64 integers (B, 4h, 4w, M), the layers' own layout (the context steps')."""
         limit = 2**CLIP_BITS
         s = np.clip(np.asarray(z, np.int64), -Z_LIMIT, Z_LIMIT)
         x = np.clip((s * self.z_in[quality][None, :, None, None]) >> INPUT_EXTRA_BITS, -limit, limit)
@@ -159,8 +166,7 @@ class Hyperprior:
         log_sigma = np.clip(np.floor(acc[..., :m] * 2.0**-shift), -limit, limit)
         extra = self.mean_bits - LOG_BITS
         mu = np.clip(np.floor(acc[..., m:] * 2.0 ** (extra - shift)), -limit << extra, limit << extra)
-        return (np.ascontiguousarray(np.moveaxis(log_sigma, -1, 1).astype(np.int64)),
-                np.ascontiguousarray(np.moveaxis(mu, -1, 1).astype(np.int64)))
+        return log_sigma, mu
 
     def parameters(self, z: np.ndarray, quality: int) -> tuple[np.ndarray, np.ndarray]:
         """z symbols -> (table index, integer mean of y_q), both int64 (B, M, 4h, 4w); integer operations only."""
