@@ -409,7 +409,18 @@ GDALDataset *TECDataset::Open(GDALOpenInfo *poOpenInfo)
     const CPLJSONArray gt = root.GetArray("geotransform");
     const CPLJSONArray levels = root.GetArray("levels");
     const std::string wkt = root.GetString("crs_wkt");
-    if (bands <= 0 || tile <= 0 || type == GDT_Unknown || levels.Size() < 1)
+    // Our Python wrote this, but a malformed description must be an error, not a crash: json-c aborts on an
+    // absent array, a level of 31+ makes 1 << level undefined, a 0-sized level is no raster. tile <= 4096 is the
+    // format's limit (tecfile.parse_tile) and keeps the block byte counts far from overflowing.
+    bool valid = bands > 0 && tile > 0 && tile <= 4096 && type != GDT_Unknown && levels.Size() >= 1 &&
+                 names.Size() == bands;
+    for (int i = 0; valid && i < levels.Size(); i++)
+    {
+        const CPLJSONArray level = levels[i].ToArray();
+        const int k = level.Size() == 3 ? level[0].ToInteger(-1) : -1;  // Size() is 0 for a non-array
+        valid = k >= 0 && k <= 30 && level[1].ToInteger() > 0 && level[2].ToInteger() > 0;
+    }
+    if (!valid)
     {
         CPLError(CE_Failure, CPLE_AppDefined, "TEC: unexpected description of %s", poOpenInfo->pszFilename);
         return nullptr;

@@ -47,6 +47,13 @@ def run(*args, env, cwd) -> subprocess.CompletedProcess:
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
+def patched_env(plugin_env, folder, code: str) -> dict:
+    """``plugin_env`` whose Python first runs ``code`` (a sitecustomize.py in ``folder``), with ``driver`` and
+    ``json`` imported: it replaces what the plug-in calls to play a Python side that misbehaves."""
+    (folder / "sitecustomize.py").write_text(f"import json\nfrom tec_zarr.gdal import driver\n{code}\n")
+    return {**plugin_env, "PYTHONPATH": os.pathsep.join([str(folder), plugin_env["PYTHONPATH"]])}
+
+
 def read_tif(path) -> tuple[np.ndarray, object]:
     rasterio = pytest.importorskip("rasterio")
     with rasterio.open(path) as ds:
@@ -164,6 +171,16 @@ def test_no_python_is_a_gdal_error(plugin_env, scene, tmp_path):
     env = {**plugin_env, "PYTHONPATH": str(tmp_path)}  # libpython, but not the package
     out = run("gdalinfo", str(scene[0]), env=env, cwd=tmp_path)
     assert out.returncode == 1 and "No module named 'tec_zarr'" in out.stderr
+
+
+@pytest.mark.parametrize("change", ["d['levels'] = [5]", "del d['band_names']", "d['levels'][1][0] = 31",
+                                    "d['levels'][2][1] = 0", "d['tile'] = 2**31 - 1"])
+def test_malformed_description_is_a_gdal_error(plugin_env, scene, tmp_path, change):
+    """The plug-in checks open()'s JSON: json-c aborted gdalinfo (SIGABRT) on a level that was not an array."""
+    code = f"_open = driver.open\ndef fake(path):\n    d = json.loads(_open(path))\n    {change}\n    return json.dumps(d)\n"
+    env = patched_env(plugin_env, tmp_path, code + "driver.open = fake")
+    out = run("gdalinfo", str(scene[0]), env=env, cwd=tmp_path)
+    assert out.returncode == 1 and "TEC: unexpected description" in out.stderr, out.stderr
 
 
 def test_gdal_zarr_driver_reads_a_format_2_store(plugin_env, scene, tmp_path):
