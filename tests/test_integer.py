@@ -90,6 +90,27 @@ def test_blocked_patch_products_match_the_definition(monkeypatch):
         np.testing.assert_array_equal(context._spatial(x, context.HALVES[1], w12, np.matmul), np.stack(expected, 1))
 
 
+@pytest.mark.parametrize("shape", [(1, 8, 6), (2, 4, 10)])
+def test_winograd_conv3_is_conv3_exactly(shape):
+    """Winograd F(2x2, 3x3) with integer transforms gives the direct sums bit for bit, near its 2**52 bound too,
+    with dead input channels dropped and with matmuls summing in other orders."""
+    rng = np.random.default_rng(3)
+    cin, cout = 40, 24
+    w = rng.integers(-2**20, 2**20, (9, cin, cout)).astype(np.float64)
+    b = rng.integers(-2**30, 2**30, cout).astype(np.float64)
+    _, bound = layers._winograd_weights(w)
+    top = float(2 ** np.floor(np.log2(layers.EXACT_LIMIT / bound)))  # the largest power of two that fits
+    x = rng.integers(-top, top, shape + (cin,)).astype(np.float64)
+    x[..., 3] = 0  # a dead channel
+    assert layers._winograd_fits(x, w)
+    expected = layers.direct_conv3(x, w, b, np.matmul)
+    np.testing.assert_array_equal(layers.conv3(x, w, b, np.matmul), expected)
+    np.testing.assert_array_equal(layers.conv3(x, w, b, shuffled_matmul(4)), expected)
+    x[0, 0, 0, 0] = 2 * top  # past the bound: the direct sums, still exact
+    assert not layers._winograd_fits(x, w)
+    np.testing.assert_array_equal(layers.conv3(x, w, b, np.matmul), layers.direct_conv3(x, w, b, np.matmul))
+
+
 def test_conv3_matrix_orders_taps_as_conv3():
     rng = np.random.default_rng(2)
     w4 = rng.integers(-50, 50, (7, 5, 3, 3)).astype(np.float64)  # (Cout, Cin, ky, kx)

@@ -159,7 +159,9 @@ def scatter(grid: np.ndarray, classes, values: np.ndarray) -> None:
 
 def _spatial(anchors: np.ndarray, classes, w: np.ndarray, matmul) -> np.ndarray:
     """Exact 12-tap sum over the anchors-only map (B, h, w, c) at the positions of ``classes``: (B, P, H)."""
-    anchors, w = live_channels(anchors, w)
+    live = live_channels(anchors)
+    if live is not None:
+        anchors, w = anchors[..., live], w[:, live]
     b, h, wd, c = anchors.shape
     padded = np.zeros((b, h + 4, wd + 4, c), np.float64)
     padded[:, 2:-2, 2:-2] = anchors
