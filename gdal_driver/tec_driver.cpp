@@ -490,10 +490,10 @@ bool Decompress(const void *input, size_t inputSize, void **output, size_t *outp
         if (*output == nullptr)
             return false;
     }
-    else if (data.size() > *outputSize)
+    else if (data.size() != *outputSize)  // a shorter chunk would leave the rest of GDAL's buffer stale
     {
-        CPLError(CE_Failure, CPLE_AppDefined, "TEC: a chunk of %zu bytes does not fit a buffer of %zu",
-                 data.size(), *outputSize);
+        CPLError(CE_Failure, CPLE_AppDefined, "TEC: a chunk of %zu bytes where GDAL expects %zu", data.size(),
+                 *outputSize);
         *outputSize = data.size();
         return false;
     }

@@ -194,6 +194,17 @@ def test_gdal_zarr_driver_reads_a_format_2_store(plugin_env, scene, tmp_path):
     np.testing.assert_array_equal(got[0], expected)
 
 
+def test_gdal_zarr_driver_refuses_a_chunk_of_another_size(plugin_env, scene, tmp_path):
+    """A decoded chunk that does not fill GDAL's buffer exactly fails in the plug-in: older GDAL Zarr drivers do not
+    check the size returned and would keep the previous tile's bytes in the rest of their buffer."""
+    store = tmp_path / "store.zarr"
+    assert cli.main(["convert", str(scene[0]), str(store), "--zarr-format", "2", "--quiet"]) == 0
+    env = patched_env(plugin_env, tmp_path, "_decompress = driver.decompress\n"
+                      "driver.decompress = lambda data, nbytes: _decompress(data, nbytes)[:-2]")
+    out = run("gdal_translate", "-q", f'ZARR:"{store}":/reflectance:3', "b04.tif", env=env, cwd=tmp_path)
+    assert out.returncode == 1 and "TEC: a chunk of 98302 bytes where GDAL expects 98304" in out.stderr, out.stderr
+
+
 def test_qgis_opens_the_tec_file_itself(plugin_env, scene, tmp_path):
     """Debian's QGIS (headless PyQGIS, its own Python) opens scene.tec, not a .vrt, through the plug-in."""
     python = system_python_with_qgis()
