@@ -4,8 +4,8 @@
 // GDAL_DRIVER_PATH and calls GDALRegister_TEC. Read-only.
 //
 // Only the magic number is read here. Everything else goes to the installed package's Python
-// (tec_zarr/gdal/driver.py): open() returns the header as JSON, read_block() one band of one decoded tile,
-// decompress() a decoded Zarr chunk. Python is the one already in the process (QGIS, osgeo) or, in the GDAL
+// (tec_zarr/gdal/driver.py), which returns bytes: open() the header as JSON, read_block() one band of one decoded
+// tile, decompress() a decoded Zarr chunk. Python is the one already in the process (QGIS, osgeo) or, in the GDAL
 // programs, libpython loaded from TEC_ZARR_PYTHONSO (or GDAL's PYTHONSO option) and initialised once. Every call
 // holds the GIL (PyGILState_Ensure); a Python exception becomes a GDAL error (CE_Failure), never a crash.
 
@@ -198,7 +198,7 @@ struct Arg
     static Arg Bytes(const void *d, size_t size) { return {BYTES, 0, static_cast<const char *>(d), size}; }
 };
 
-// tec_zarr.gdal.driver.<func>(*args) with the GIL held; a str or bytes result goes to *out. On failure: a GDAL
+// tec_zarr.gdal.driver.<func>(*args) with the GIL held; a bytes result goes to *out. On failure: a GDAL
 // error (CE_Failure) and false.
 bool CallPython(const char *func, std::initializer_list<Arg> args, std::string *out)
 {
@@ -241,17 +241,14 @@ bool CallPython(const char *func, std::initializer_list<Arg> args, std::string *
     {
         char *data = nullptr;
         Py_ssize_t size = 0;
-        const char *text = nullptr;
+        // bytes only, even for open()'s JSON: a str of the right length must not pass for a block's pixels.
         if (py.BytesAsStringAndSize(result, &data, &size) == 0)
             out->assign(data, static_cast<size_t>(size));
         else
         {
             py.ErrClear();
-            if ((text = py.UnicodeAsUTF8AndSize(result, &size)) != nullptr)
-                out->assign(text, static_cast<size_t>(size));
+            error = std::string("TypeError: ") + MODULE + "." + func + " did not return bytes";
         }
-        if (data == nullptr && text == nullptr)
-            error = std::string("TypeError: ") + MODULE + "." + func + " returned neither bytes nor str";
     }
     if (result == nullptr || py.ErrOccurred())
         error = FetchError();

@@ -177,7 +177,7 @@ def test_no_python_is_a_gdal_error(plugin_env, scene, tmp_path):
                                     "d['levels'][2][1] = 0", "d['tile'] = 2**31 - 1"])
 def test_malformed_description_is_a_gdal_error(plugin_env, scene, tmp_path, change):
     """The plug-in checks open()'s JSON: json-c aborted gdalinfo (SIGABRT) on a level that was not an array."""
-    code = f"_open = driver.open\ndef fake(path):\n    d = json.loads(_open(path))\n    {change}\n    return json.dumps(d)\n"
+    code = f"_open = driver.open\ndef fake(path):\n    d = json.loads(_open(path))\n    {change}\n    return json.dumps(d).encode()\n"
     env = patched_env(plugin_env, tmp_path, code + "driver.open = fake")
     out = run("gdalinfo", str(scene[0]), env=env, cwd=tmp_path)
     assert out.returncode == 1 and "TEC: unexpected description" in out.stderr, out.stderr
@@ -192,6 +192,16 @@ def test_gdal_zarr_driver_reads_a_format_2_store(plugin_env, scene, tmp_path):
     got = read_tif(tmp_path / "b04.tif")[0]
     assert got.shape == (1, 200, 150)
     np.testing.assert_array_equal(got[0], expected)
+
+
+@pytest.mark.parametrize("result", ["None", "'x' * len(_read_block(*args))", "_read_block(*args)[:-2]"])
+def test_a_block_of_another_type_or_size_is_a_gdal_error(plugin_env, scene, tmp_path, result):
+    """read_block() must return the block's bytes: a str of the right length passed for pixels."""
+    env = patched_env(plugin_env, tmp_path, f"_read_block = driver.read_block\n"
+                      f"driver.read_block = lambda *args: {result}")
+    out = run("gdal_translate", "-q", str(scene[0]), "x.tif", env=env, cwd=tmp_path)
+    assert out.returncode == 1 and "IReadBlock failed" in out.stderr, out.stderr
+    assert "did not return bytes" in out.stderr or "expected 8192 bytes for block (0, 0). Got 8190" in out.stderr
 
 
 def test_gdal_zarr_driver_refuses_a_chunk_of_another_size(plugin_env, scene, tmp_path):

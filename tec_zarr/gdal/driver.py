@@ -30,9 +30,9 @@ _handles = itertools.count(1)
 _lock = threading.Lock()
 
 
-def open(path: str) -> str:  # noqa: A001  (what the plug-in calls)
-    """Open ``path`` (header and index only) and describe it for GDAL: a JSON object whose ``handle`` names the
-    open file in :func:`read_block` and :func:`close`."""
+def open(path: str) -> bytes:  # noqa: A001  (what the plug-in calls)
+    """Open ``path`` (header and index only) and describe it for GDAL: a JSON object (UTF-8 bytes, as every result
+    the plug-in takes) whose ``handle`` names the open file in :func:`read_block` and :func:`close`."""
     f = raster.TecFile(path)
     m = f.metadata
     with _lock:
@@ -46,7 +46,7 @@ def open(path: str) -> str:  # noqa: A001  (what the plug-in calls)
         "nodata": None if m.nodata is None else repr(float(m.nodata)),  # a string: JSON has no NaN
         "band_names": list(m.band_names), "levels": levels,
         "metadata": {"TEC_UUID": m.uuid, "TEC_MODEL": str(m.codec["model"]), "TEC_QUALITY": str(m.codec["quality"])},
-    })
+    }).encode()
 
 
 def read_block(handle: int, level: int, band: int, ty: int, tx: int) -> bytes:
