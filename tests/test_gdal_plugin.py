@@ -177,8 +177,9 @@ def test_no_python_is_a_gdal_error(plugin_env, scene, tmp_path):
                                     "d['levels'][2][1] = 0", "d['tile'] = 2**31 - 1"])
 def test_malformed_description_is_a_gdal_error(plugin_env, scene, tmp_path, change):
     """The plug-in checks open()'s JSON: json-c aborted gdalinfo (SIGABRT) on a level that was not an array."""
-    code = f"_open = driver.open\ndef fake(path):\n    d = json.loads(_open(path))\n    {change}\n    return json.dumps(d).encode()\n"
-    env = patched_env(plugin_env, tmp_path, code + "driver.open = fake")
+    code = (f"def fake(path, _open=driver.open):\n    d = json.loads(_open(path))\n    {change}\n"
+            "    return json.dumps(d).encode()")
+    env = patched_env(plugin_env, tmp_path, code + "\ndriver.open = fake")
     out = run("gdalinfo", str(scene[0]), env=env, cwd=tmp_path)
     assert out.returncode == 1 and "TEC: unexpected description" in out.stderr, out.stderr
 
