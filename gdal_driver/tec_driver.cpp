@@ -13,12 +13,14 @@
 #include "cpl_error.h"
 #include "cpl_json.h"
 #include "cpl_string.h"
+#include "cpl_vsi.h"
 #include "gdal_pam.h"
 #include "ogr_spatialref.h"
 
 #include <dlfcn.h>
 #include <sys/types.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <initializer_list>
 #include <memory>
@@ -40,6 +42,7 @@ struct PythonAPI
     int (*IsFinalizing)();  // may be null
     void (*SetPythonHome)(const wchar_t *);
     wchar_t *(*DecodeLocale)(const char *, size_t *);
+    const char *(*GetVersion)();  // may be null
     void (*InitializeEx)(int);
     void *(*EvalSaveThread)();
     int (*GILStateEnsure)();
@@ -106,6 +109,7 @@ bool ResolveAll(void *lib, std::string &missing)
 #undef TEC_SYMBOL
     Resolve(lib, "Py_SetPythonHome", py.SetPythonHome);  // optional: only for TEC_ZARR_PYTHONHOME (deprecated API)
     Resolve(lib, "Py_DecodeLocale", py.DecodeLocale);
+    Resolve(lib, "Py_GetVersion", py.GetVersion);
     if (!Resolve(lib, "Py_IsFinalizing", py.IsFinalizing))  // Python >= 3.13
         Resolve(lib, "_Py_IsFinalizing", py.IsFinalizing);
     return ok;
@@ -143,6 +147,23 @@ std::string FetchError()
     return text;
 }
 
+// Whether the Python home `home` ("prefix[:exec_prefix]", null or "" for none given) holds the standard library of
+// the loaded libpython: Python's init ends the whole process ("Fatal Python error") when it does not.
+bool HasStdlib(const char *home)
+{
+    if (home == nullptr || *home == '\0' || py.GetVersion == nullptr)
+        return true;
+    const std::string version = py.GetVersion();  // "3.11.7 (main, ...)"
+    const std::string xy = version.substr(0, version.find('.', version.find('.') + 1));
+    const std::string prefix = std::string(home).substr(0, std::string(home).find(':'));
+    VSIStatBufL st;
+    for (const char *lib : {"/lib/python", "/lib64/python"})  // lib64: Fedora's platlibdir
+        for (const char *abi : {"", "t"})                          // t: a free-threaded build
+            if (VSIStatL((prefix + lib + xy + abi + "/os.py").c_str(), &st) == 0)
+                return true;
+    return false;
+}
+
 // Loads and initialises Python once per process. No GIL is taken here (only Py_InitializeEx's own, in a process
 // without Python), so a host thread holding the GIL while another thread loads can't deadlock.
 void LoadPython()
@@ -173,7 +194,16 @@ void LoadPython()
     if (!py.IsInitialized())
     {
         const char *home = CPLGetConfigOption("TEC_ZARR_PYTHONHOME", nullptr);
-        if (home != nullptr && *home != '\0' && py.SetPythonHome && py.DecodeLocale)
+        const bool setHome = home != nullptr && *home != '\0' && py.SetPythonHome && py.DecodeLocale;
+        if (!setHome)
+            home = getenv("PYTHONHOME");
+        if (!HasStdlib(home))
+        {
+            pyError = std::string("TEC: the Python home ") + home + " has no standard library of the libpython " +
+                      "loaded (" + HINT + ")";
+            return;
+        }
+        if (setHome)
             py.SetPythonHome(py.DecodeLocale(home, nullptr));  // kept: Python keeps the pointer
         py.InitializeEx(0);   // no signal handlers: the GDAL program keeps its own
         py.EvalSaveThread();  // release the GIL; every call below takes it with PyGILState_Ensure

@@ -173,6 +173,15 @@ def test_no_python_is_a_gdal_error(plugin_env, scene, tmp_path):
     assert out.returncode == 1 and "No module named 'tec_zarr'" in out.stderr
 
 
+def test_a_wrong_python_home_is_a_gdal_error(plugin_env, scene, tmp_path):
+    """Python's init ends the process on a home without its standard library ("Fatal Python error"): refused first."""
+    for env in ({**plugin_env, "TEC_ZARR_PYTHONHOME": str(tmp_path)},
+                {**{k: v for k, v in plugin_env.items() if k != "TEC_ZARR_PYTHONHOME"}, "PYTHONHOME": str(tmp_path)}):
+        out = run("gdalinfo", str(scene[0]), env=env, cwd=tmp_path)
+        assert out.returncode == 1 and "Fatal Python error" not in out.stderr, out.stderr
+        assert f"ERROR 1: TEC: the Python home {tmp_path} has no standard library" in out.stderr
+
+
 @pytest.mark.parametrize("change", ["d['levels'] = [5]", "del d['band_names']", "d['levels'][1][0] = 31",
                                     "d['levels'][2][1] = 0", "d['tile'] = 2**31 - 1"])
 def test_malformed_description_is_a_gdal_error(plugin_env, scene, tmp_path, change):
