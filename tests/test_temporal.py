@@ -7,6 +7,8 @@ fitted on.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -16,7 +18,7 @@ from common import check_golden, shuffled_matmul
 from tec_zarr import TEC, metrics, models
 from tec_zarr.bitstream import chunk
 from tec_zarr.entropy import context, temporal
-from tec_zarr.entropy.mixture import WEIGHT_ONE, MixedTables
+from tec_zarr.entropy.mixture import WEIGHT_ONE, MixedTables, sharpened
 from tec_zarr.errors import CorruptChunkError, WeightsIntegrityError
 from tec_zarr.models.registry import file_path
 from tec_zarr.pipeline.decode import parse
@@ -41,7 +43,7 @@ def payload_of(buf: bytes) -> bytes:
     return chunk.unpack(buf)[2]
 
 
-def test_manifest_is_tec_ctx_plus_a_weight_table():
+def test_manifest_is_tec_ctx_plus_a_temporal_file():
     tt, ctx = models.get_card(TT), models.get_card(CTX)
     assert tt.manifest["entropy_model"] == "temporal" and tt.manifest["base_model"]["sha256"] == ctx.sha256
     for f, digest in ctx.files.items():
@@ -61,9 +63,13 @@ def test_round_trip_any_number_of_dates_same_symbols_as_tec_ctx(dates, t):
         assert metrics.max_error(dec[i : i + 1], TEC(model=CTX).decode(b)) <= 1
 
 
-def test_one_date_is_coded_exactly_as_tec_ctx(dates):
-    one = np.ascontiguousarray(dates[:1])
-    assert payload_of(TEC(model=TT, quality=3).encode(one)) == payload_of(TEC(model=CTX, quality=3).encode(one))
+def test_one_date_has_tec_ctx_symbols_in_fewer_bits(cube):
+    """T = 1: the fine means alone; the same symbols as tec-ctx, never more bits on the held-out sample."""
+    one = np.ascontiguousarray(cube[1:2, :, :128, :128])
+    for quality in (1, 3):
+        tt, ctx = TEC(model=TT, quality=quality).encode(one), TEC(model=CTX, quality=quality).encode(one)
+        np.testing.assert_array_equal(symbols_of(tt), symbols_of(ctx))
+        assert len(payload_of(tt)) < len(payload_of(ctx))
 
 
 @pytest.mark.parametrize("quality", [1, 3])
@@ -174,24 +180,25 @@ def test_corrupt_and_truncated_temporal_chunks_are_refused(dates):
 
 @pytest.mark.parametrize("sharpen", [0, 8, 1024])
 def test_mixture_tables_are_positive_and_sum_as_stated(sharpen):
-    scales = models.load_model(TT).coder.hyperprior.scales
-    mixed = MixedTables(scales, 12, sharpen)
+    fine = _fine()
+    mixed = MixedTables(fine, 12, sharpened(fine.count // 9, 8, sharpen))
     rng = np.random.default_rng(sharpen)
     for _ in range(300):
-        t, d, w = int(rng.integers(scales.count)), int(rng.integers(-12, 13)), int(rng.integers(0, WEIGHT_ONE))
+        t, d, w = int(rng.integers(fine.count)), int(rng.integers(-12, 13)), int(rng.integers(0, WEIGHT_ONE))
         key = int(mixed.keys(np.array(t), np.array(d), np.array(w)))
         pmf = mixed.pmf(key)
         assert len(pmf) == mixed.lengths[key] and (pmf > 0).all()
-        u = max(t - sharpen, 0)
-        if w == 0 or (d == 0 and u == t):  # the base table itself
-            np.testing.assert_array_equal(pmf, scales.pmf[t, : scales.lengths[t]])
+        u = max(t // 9 - sharpen, 0) * 9 + 8  # the integer-centred table of a scale as wide or narrower
+        if w == 0 or (d == 0 and u == t):  # the fine table itself
+            np.testing.assert_array_equal(pmf, fine.pmf[t, : fine.lengths[t]])
         else:  # both components' mass, plus a count of 1 per symbol in a gap between their supports
             assert pmf.sum() >= WEIGHT_ONE << 16 and pmf.sum() - (WEIGHT_ONE << 16) <= abs(d) + 1
         # the budget's lower bound holds: no symbol costs fewer bits than min_bits
         assert 16 + np.log2(pmf.sum() / (1 << 16)) - np.log2(pmf.max()) >= mixed.min_bits[key]
-    # beyond the maximum shift, or weight 0: the base table itself
+        assert mixed.offsets[key] <= min(fine.offsets[t], fine.offsets[u] + d) or w == 0 or (d == 0 and u == t)
+    # beyond the maximum shift, or weight 0: the fine table itself
     far = int(mixed.keys(np.array(5), np.array(40), np.array(9)))
-    assert far == int(mixed.keys(np.array(5), np.array(0), np.array(0))) and mixed.lengths[far] == scales.lengths[5]
+    assert far == int(mixed.keys(np.array(5), np.array(0), np.array(0))) and mixed.lengths[far] == fine.lengths[5]
 
 
 def test_identical_dates_take_the_trusting_set_and_cost_little(dates):
@@ -205,8 +212,12 @@ def test_identical_dates_take_the_trusting_set_and_cost_little(dates):
         TEC(model=CTX, quality=2).encode(same[i : i + 1])) for i in range(3)]))
 
 
+def _fine():
+    return models.load_model(TT).coder.temporal.fine
+
+
 GOOD_TABLE = {"weights": np.zeros((2, 5, 192, 26, 5), np.int64), "sharpen": (0, 8), "index_bucket": 4,
-              "max_shift": 12}
+              "max_shift": 12, "fraction_bits": 3, "coarse": np.zeros((5, 104), bool)}
 
 
 @pytest.mark.parametrize("bad", [
@@ -217,25 +228,40 @@ GOOD_TABLE = {"weights": np.zeros((2, 5, 192, 26, 5), np.int64), "sharpen": (0, 
     {"sharpen": (0, -1)},
     {"index_bucket": 0},
     {"max_shift": 1000},
+    {"fraction_bits": 9},
+    {"coarse": np.zeros((5, 103), bool)},
 ])
 def test_hostile_weight_tables_are_refused(bad):
     with pytest.raises(WeightsIntegrityError):
-        temporal.TemporalModel(**{**GOOD_TABLE, **bad})
+        temporal.TemporalModel(**{**GOOD_TABLE, "fine": _fine(), **bad})
 
 
 def test_weight_tables_round_trip_and_damaged_files_are_refused():
-    model = temporal.TemporalModel(**GOOD_TABLE)
-    back = temporal.TemporalModel.from_npz(model.to_npz())
+    model = temporal.TemporalModel(**GOOD_TABLE, fine=_fine())
+    data = model.to_npz()
+    back = temporal.TemporalModel.from_npz(data)
     assert back.sharpen == model.sharpen and np.array_equal(back.weights, model.weights)
+    assert np.array_equal(back.fine.pmf, model.fine.pmf) and np.array_equal(back.fine.offsets, model.fine.offsets)
     with pytest.raises(WeightsIntegrityError):
         temporal.TemporalModel.from_npz(b"not an npz")
+    with np.load(io.BytesIO(data)) as z:
+        arrays = dict(z)
+    for damage in ({"fine_lengths": arrays["fine_lengths"] + 1}, {"fine_counts": arrays["fine_counts"][:-1]},
+                   {"fine_counts": np.zeros_like(arrays["fine_counts"])}):
+        buf = io.BytesIO()
+        np.savez(buf, **{**arrays, **damage})
+        with pytest.raises(WeightsIntegrityError):
+            temporal.TemporalModel.from_npz(buf.getvalue())
 
 
 def test_weight_table_must_fit_the_hyperprior():
     ctx = models.load_model(CTX).coder
     with pytest.raises(WeightsIntegrityError):
+        temporal.TemporalCoder(ctx.hyperprior, ctx.analysis, ctx.context, temporal.TemporalModel(
+            **{**GOOD_TABLE, "fine": _fine(), "weights": np.zeros((2, 5, 192, 3, 5), np.int64)}))
+    with pytest.raises(WeightsIntegrityError):  # fine tables for another number of fractions
         temporal.TemporalCoder(ctx.hyperprior, ctx.analysis, ctx.context,
-                               temporal.TemporalModel(**{**GOOD_TABLE, "weights": np.zeros((2, 5, 192, 3, 5), np.int64)}))
+                               temporal.TemporalModel(**{**GOOD_TABLE, "fine": _fine(), "fraction_bits": 2}))
 
 
 @pytest.mark.parametrize("zarr_format", [2, 3])
@@ -281,3 +307,19 @@ def test_cli_writes_time_series_chunks(tmp_path, capsys):
     ds.isel(time=0).to_zarr(tmp_path / "one.zarr", zarr_format=3, consolidated=False)
     assert cli.main(["compress", str(tmp_path / "one.zarr"), str(tmp_path / "y.zarr"), "--dates", "2"]) == 2
     assert "has no time axis" in capsys.readouterr().err
+
+
+def test_built_mixture_models_stay_bounded(dates, monkeypatch):
+    """A reader that lives for days keeps at most MODEL_CACHE mixture models per set, and still decodes the same."""
+    from tec_zarr.entropy import mixture
+
+    cube = np.ascontiguousarray(dates[:3])
+    enc = TEC(model=TT, quality=2).encode(cube)
+    expected = symbols_of(enc)
+    monkeypatch.setattr(mixture, "MODEL_CACHE", 4)
+    coder = models.load_model(TT).coder
+    for mixed in coder.mixed:
+        mixed._models.clear()
+    np.testing.assert_array_equal(symbols_of(enc), expected)
+    assert all(len(mixed._models) <= 4 for mixed in coder.mixed)
+    assert any(len(mixed._models) == 4 for mixed in coder.mixed)

@@ -193,11 +193,11 @@ def add_channel_context(channel_context: list, widths, k: int, sums: np.ndarray)
 
 
 def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, shape, code_step, *,
-              matmul=np.matmul) -> np.ndarray:
+              matmul=np.matmul, fraction_bits: int = 0) -> np.ndarray:
     """Walk the ten steps; ``code_step(index, mean, a, e, classes)`` codes (encoder) or decodes (decoder) the
     step's symbols: coded channels a..e-1 at the positions of ``classes`` (see :func:`gather`), int64 (B, P, c),
-    and returns them. Returns every symbol, int64 (B, M, h, w) in the model's channel order.
-    ``matmul`` (tests): any exact summation order gives the same bits."""
+    and returns them; ``mean`` is in units of 2**-fraction_bits symbols. Returns every symbol, int64 (B, M, h, w)
+    in the model's channel order. ``matmul`` (tests): any exact summation order gives the same bits."""
 
     def dense(x, w):
         return matmul(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[1],))
@@ -237,7 +237,7 @@ def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, sh
             d_mu = np.clip(np.floor(acc[..., c:] * 2.0 ** (extra - net.shifts[2])), -limit << extra, limit << extra)
             step_l = gather(L[..., a:e], classes) + d_l
             step_mu = gather(MU[..., a:e], classes) + d_mu.astype(np.int64)
-            index, mean = hp.index_and_mean(step_l, step_mu, log_gain[a:e], gain_int[a:e])
+            index, mean = hp.index_and_mean(step_l, step_mu, log_gain[a:e], gain_int[a:e], fraction_bits)
             got = code_step(index, mean, a, e, classes)
             scatter(symbols[..., a:e], classes, got)
             values = (np.clip(got, -Z_LIMIT, Z_LIMIT) * y_in[a:e]) >> INPUT_EXTRA_BITS

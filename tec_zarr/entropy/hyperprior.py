@@ -174,13 +174,17 @@ class Hyperprior:
         return self.index_and_mean(log_sigma, mu, self.log_gain[quality][None, :, None, None],
                                    self.gain_int[quality][None, :, None, None])
 
-    def index_and_mean(self, log_sigma, mu, log_gain, gain_int) -> tuple[np.ndarray, np.ndarray]:
-        """Integer log2 sigma (2**LOG_BITS) and mean (2**mean_bits) of y -> scale table index, integer mean of y_q."""
+    def index_and_mean(self, log_sigma, mu, log_gain, gain_int, fraction_bits: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """Integer log2 sigma (2**LOG_BITS) and mean (2**mean_bits) of y -> scale table index and the mean of y_q:
+        rounded to an integer (``fraction_bits`` 0), else floor(mean * 2**fraction_bits), from which
+        ``(m + 2**(fraction_bits - 1)) >> fraction_bits`` is the rounded integer mean exactly."""
         scaled = (log_sigma + log_gain - self.log_sigma_min) * self.steps_per_octave + (1 << (LOG_BITS - 1))
         index = np.clip(scaled >> LOG_BITS, 0, self.tables - 1)
-        half = 1 << (self.mean_bits + GAIN_BITS - 1)
-        mean = (mu * gain_int + half) >> (self.mean_bits + GAIN_BITS)
-        return index, np.clip(mean, -MEAN_LIMIT, MEAN_LIMIT)
+        shift = self.mean_bits + GAIN_BITS - fraction_bits
+        half = 0 if fraction_bits else 1 << (shift - 1)
+        mean = (mu * gain_int + half) >> shift
+        limit = MEAN_LIMIT << fraction_bits
+        return index, np.clip(mean, -limit, limit)
 
 
 # -- coding ----------------------------------------------------------------------------------------------------------

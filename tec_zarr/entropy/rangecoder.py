@@ -134,12 +134,13 @@ def read_grouped(decoder, index: np.ndarray, tables: IndexedTables, budget: Payl
     uniform_bits, uniform_chunk = escape_models()
     flat_index = index.ravel()
     counts = np.bincount(flat_index, minlength=tables.count)
-    budget.spend(float(counts @ tables.min_bits[: counts.size]))
+    present = np.flatnonzero(counts)  # mixture tables compute their fewest bits only for the keys asked
+    budget.spend(float(counts[present] @ tables.min_bits[present]))
     order = table_order(flat_index, tables.count)
     ordered = np.empty(flat_index.size, np.int64)
     start = 0
     try:
-        for t in np.flatnonzero(counts):
+        for t in present:
             n = int(counts[t])
             lo, escape = int(tables.offsets[t]), int(tables.lengths[t]) - 1
             sym = decoder.decode(tables.model(int(t)), n).astype(np.int64)

@@ -3,21 +3,29 @@ coded against the date before it.
 
 A model whose manifest says ``"entropy_model": "temporal"`` (``tec-tt``) is its base context model (:mod:`.context`:
 same graphs, gains, symbols, hyperprior and context networks, so the same pixels) plus ``temporal.npz``. The chunk's
-batch axis (its leading axes flattened) is the time axis. Date 0 is coded exactly as the context model codes a
-one-image chunk. Every later date walks the same ten steps, and each symbol's distribution becomes a mixture
-(:mod:`.mixture`) of the context model's table at its mean and a table at the previous date's co-located symbol,
-``prev``: ``(16 - w) p_t(v - mean) + w p_u(v - prev)``.
+batch axis (its leading axes flattened) is the time axis. Every date walks the context model's ten steps.
 
-The model holds K *mixture sets*, each a weight look-up table keyed by quality, channel, scale-index bucket and
-``min(|prev - mean|, D - 1)`` and a ``sharpen``: the second table ``u = max(t - sharpen, 0)``, narrower the more the
-previous date predicts. Set 0 is fitted on training sequences (dates months apart); the others trust the previous
-date more, for revisits days apart or repeated acquisitions. The encoder picks the set per date (by estimated bits)
-and stores its number; ``w = 0`` where the previous date's symbol was not coded (nodata) or lies more than
-``max_shift`` from the mean. So every probability is still integer arithmetic on both sides.
+*Fine means.* The context networks compute each symbol's mean far more finely than the integer the context model
+codes around; tec-tt keeps ``fraction_bits`` of it, ``m = floor(mean * 2**fraction_bits)``, and codes
+``v = symbol - floor(mean)`` with one of ``2**fraction_bits`` tables per scale, each a discretized Gaussian centred
+in the middle of its fraction's interval (integer counts in ``temporal.npz``), except at the (quality, scale) pairs
+the model marks *coarse*: there it codes around the context model's own rounded mean with an integer-centred table
+(the networks were trained with rounded means, which at the narrowest scales code fewer bits). Date 0 is coded this
+way alone.
 
-Payload: the context model's (``u32 z_len | z section | y section``); the y section holds date 0's ten steps, then
-for each later date its set number (uniform over K) and its ten steps, in one range-coder stream. Decoding is date
-by date: date t needs date t - 1's symbols.
+*The previous date.* A later date's symbol is coded with a mixture (:mod:`.mixture`) of its fine table and a table
+centred on the previous date's co-located symbol ``prev``: ``(16 - w) p_t(v) + w p_u(v - d)``, ``d = prev -
+centre`` (the centre ``v`` is counted from). The model holds K *mixture sets*, each a weight look-up table keyed by
+quality, channel, scale-index bucket and ``min(|prev - round(mean)|, D - 1)``, and a ``sharpen``: the second table
+is the integer-centred table ``sharpen`` scale steps narrower, the more the previous date predicts. Set 0 is fitted
+on training sequences (dates months apart), set 1 mixes nothing, the others trust the previous date more (revisits
+days apart, repeated acquisitions). The encoder picks the set per date (by estimated bits) and stores its number.
+Where a set's weight is 0, the previous date's symbol was not coded (nodata) or lies more than ``max_shift`` from
+the mean, the fine table alone codes the symbol. Every probability is integer arithmetic on both sides.
+
+Payload: the context model's framing (``u32 z_len | z section | y section``); the y section holds date 0's ten
+steps, then for each later date its set number (uniform over K) and its ten steps, in one range-coder stream.
+Decoding is date by date: date t needs date t - 1's symbols.
 """
 
 from __future__ import annotations
@@ -32,9 +40,9 @@ from ..errors import CorruptChunkError, WeightsIntegrityError
 from .context import FILENAME as CONTEXT_FILENAME
 from .context import ContextCoder, ContextModel, gather, run_steps
 from .hyperprior import Hyperprior, read_kept, write_kept
-from .mixture import WEIGHT_ONE, MixedTables
+from .mixture import WEIGHT_ONE, MixedTables, sharpened
 from .rangecoder import DECODER_ERRORS, PayloadBudget
-from .tables import EntropyTables
+from .tables import EntropyTables, IndexedTables
 
 FILENAME = "temporal.npz"
 ENTROPY_MODEL = "temporal"
@@ -42,13 +50,20 @@ ENTROPY_MODEL = "temporal"
 
 @dataclass(frozen=True, eq=False)
 class TemporalModel:
-    """The mixture sets (``temporal.npz``): ``weights[k, q, c, index // index_bucket, min(|prev - mean|, D - 1)]`` in
-    sixteenths, ``c`` in the context model's coded channel order, and ``sharpen[k]`` scale steps."""
+    """What ``temporal.npz`` holds: the mixture sets, ``weights[k, q, c, index // index_bucket, min(|prev - mean|,
+    D - 1)]`` in sixteenths (``c`` in the context model's coded channel order) and ``sharpen[k]`` scale steps, and the
+    fine-mean tables, table ``t * (2**fraction_bits + 1) + f`` for scale ``t`` centred at ``(f + 1/2) /
+    2**fraction_bits`` (f < 2**fraction_bits) or at 0 (the last, integer-centred), and per quality and scale whether
+    the mean is rounded to an integer instead (the context networks were trained with
+    rounded means, so at the narrowest scales the rounded mean codes fewer bits)."""
 
     weights: np.ndarray  # (K, Q, M, index buckets, D) int64 in 0..15
     sharpen: tuple[int, ...]
     index_bucket: int
     max_shift: int
+    fraction_bits: int
+    fine: IndexedTables
+    coarse: np.ndarray  # (Q, scales) bool: where the context model's mean is better rounded to an integer
 
     def __post_init__(self):
         if self.weights.ndim != 5 or self.weights.shape[4] < 2 or not 1 <= self.weights.shape[0] <= 16:
@@ -59,27 +74,44 @@ class TemporalModel:
         if len(self.sharpen) != self.weights.shape[0] or any(not 0 <= s <= 1024 for s in self.sharpen):
             raise WeightsIntegrityError(
                 f"Expected one sharpening in 0..1024 per mixture set. Got {self.sharpen} instead.")
-        if not 1 <= self.index_bucket <= 1024 or not 1 <= self.max_shift <= 64:
+        if not 1 <= self.index_bucket <= 1024 or not 1 <= self.max_shift <= 64 or not 0 <= self.fraction_bits <= 6:
             raise WeightsIntegrityError(
-                f"Expected an index bucket in 1..1024 and a maximum shift in 1..64. Got {self.index_bucket} and "
-                f"{self.max_shift} instead.")
+                f"Expected an index bucket in 1..1024, a maximum shift in 1..64 and fraction bits in 0..6. Got "
+                f"{self.index_bucket}, {self.max_shift} and {self.fraction_bits} instead.")
+        if self.coarse.shape != (self.weights.shape[1], self.fine.count // ((1 << self.fraction_bits) + 1)):
+            raise WeightsIntegrityError(
+                f"Expected one coarse flag per quality and scale. Got shape {self.coarse.shape} instead.")
 
     @property
     def sets(self) -> int:
         return int(self.weights.shape[0])
 
     def to_npz(self) -> bytes:
+        fine = self.fine
+        flat = np.concatenate([fine.pmf[i, : fine.lengths[i]] for i in range(fine.count)])
         buf = io.BytesIO()
         np.savez_compressed(buf, weights=self.weights.astype(np.uint8), sharpen=np.asarray(self.sharpen, np.int64),
-                            index_bucket=np.int64(self.index_bucket), max_shift=np.int64(self.max_shift))
+                            index_bucket=np.int64(self.index_bucket), max_shift=np.int64(self.max_shift),
+                            fraction_bits=np.int64(self.fraction_bits), fine_offsets=fine.offsets.astype(np.int64),
+                            fine_lengths=fine.lengths.astype(np.int64), fine_counts=flat.astype(np.uint16),
+                            coarse=self.coarse.astype(np.uint8))
         return buf.getvalue()
 
     @classmethod
     def from_npz(cls, data: bytes) -> TemporalModel:
         try:
             with np.load(io.BytesIO(data)) as z:
+                lengths = z["fine_lengths"].astype(np.int64)
+                flat = z["fine_counts"].astype(np.int64)
+                if lengths.ndim != 1 or (lengths < 2).any() or lengths.sum() != flat.size or lengths.max() > 4096:
+                    raise ValueError("fine table lengths that do not match their counts")
+                pmf = np.zeros((lengths.size, int(lengths.max())), np.int32)
+                for i, (start, n) in enumerate(zip(np.cumsum(lengths) - lengths, lengths)):
+                    pmf[i, :n] = flat[start : start + n]
+                fine = IndexedTables(z["fine_offsets"].astype(np.int64), pmf, lengths)
                 return cls(weights=z["weights"].astype(np.int64), sharpen=tuple(int(s) for s in z["sharpen"]),
-                           index_bucket=int(z["index_bucket"]), max_shift=int(z["max_shift"]))
+                           index_bucket=int(z["index_bucket"]), max_shift=int(z["max_shift"]),
+                           fraction_bits=int(z["fraction_bits"]), fine=fine, coarse=z["coarse"].astype(bool))
         except (KeyError, ValueError, TypeError, OSError) as e:
             raise WeightsIntegrityError(f"Expected a valid {FILENAME}. Got {type(e).__name__}: {e} instead.") from None
 
@@ -91,19 +123,18 @@ def coded_order(grid: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Step:
-    """One step of a later date, recorded by the encoder before it chooses the mixture set."""
+    """One step of a date as both sides see it before its symbols: parameters and the date before (None: date 0)."""
 
-    index: np.ndarray
-    mean: np.ndarray
-    values: np.ndarray
-    prev: np.ndarray
-    prev_kept: np.ndarray | None
-    kept: np.ndarray | None
-    a: int
+    index: np.ndarray  # (1, P, c) scale-table index
+    fine_mean: np.ndarray  # mean at 2**-fraction_bits symbols
+    prev: np.ndarray | None  # the previous date's co-located symbols
+    prev_kept: np.ndarray | None  # where they were coded (None: everywhere)
+    kept: np.ndarray | None  # where this date's symbols are coded (None: everywhere)
+    a: int  # the step's first coded channel
 
 
 class TemporalCoder(ContextCoder):
-    """The context model's coding of date 0, and mixtures with the previous date's symbols for every later date."""
+    """Fine means for every date, and mixtures with the previous date's symbols where a set's weights say so."""
 
     name = ENTROPY_MODEL
     files = (*ContextCoder.files, FILENAME)
@@ -116,8 +147,15 @@ class TemporalCoder(ContextCoder):
             raise WeightsIntegrityError(
                 f"Expected temporal weights of shape (K, {q}, {m}, {buckets}, D) for this hyperprior. Got "
                 f"{temporal.weights.shape} instead.")
+        if temporal.fine.count != hyperprior.scales.count * ((1 << temporal.fraction_bits) + 1):
+            raise WeightsIntegrityError(
+                f"Expected {hyperprior.scales.count * ((1 << temporal.fraction_bits) + 1)} fine-mean tables. Got "
+                f"{temporal.fine.count} instead.")
         self.temporal = temporal
-        self.mixed = tuple(MixedTables(hyperprior.scales, temporal.max_shift, s) for s in temporal.sharpen)
+        count = hyperprior.scales.count
+        fractions = 1 << temporal.fraction_bits
+        self.mixed = tuple(MixedTables(temporal.fine, temporal.max_shift, sharpened(count, fractions, s))
+                           for s in temporal.sharpen)
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], tables: EntropyTables) -> TemporalCoder:
@@ -135,80 +173,103 @@ class TemporalCoder(ContextCoder):
         weight = tm.weights[mixture_set, quality, channel, index // tm.index_bucket, distance]
         return weight if prev_kept is None else np.where(prev_kept, weight, 0)
 
-    def _write_date(self, encoder, steps: list[_Step], quality: int) -> None:
-        """A later date: the set with the fewest estimated bits, its number, then every step with its mixtures."""
-        def estimate(k):
-            bits = 0.0
-            for s in steps:
-                w = self.weights(k, quality, s.index, s.prev - s.mean, s.prev_kept, s.a)
-                sel = (slice(None),) if s.kept is None else (s.kept,)
-                bits += float(self.mixed[k].bits(s.index[sel], (s.values - s.mean)[sel], (s.prev - s.mean)[sel],
-                                                 w[sel]).sum())
-            return bits
+    def keys(self, step: _Step, mixture_set: int, quality: int) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, centre) of a step's symbols, each coded as ``symbol - centre``: fine tables for date 0, set
+        ``mixture_set``'s mixtures of them with the previous date's symbol for a later date."""
+        bits = self.temporal.fraction_bits
+        mean = (step.fine_mean + ((1 << bits) >> 1)) >> bits  # the context model's own integer mean
+        coarse = self.temporal.coarse[quality, step.index]
+        slots = (1 << bits) + 1
+        fine_keys = step.index * slots + np.where(coarse, slots - 1, step.fine_mean & ((1 << bits) - 1))
+        centre = np.where(coarse, mean, step.fine_mean >> bits)
+        if step.prev is None:
+            return fine_keys, centre
+        weight = self.weights(mixture_set, quality, step.index, step.prev - mean, step.prev_kept, step.a)
+        return self.mixed[mixture_set].keys(fine_keys, step.prev - centre, weight), centre
 
-        chosen = min(range(self.temporal.sets), key=estimate) if self.temporal.sets > 1 else 0
-        encoder.encode(np.array([chosen], np.int32), set_model(self.temporal.sets))
-        for s in steps:
-            w = self.weights(chosen, quality, s.index, s.prev - s.mean, s.prev_kept, s.a)
-            keys = self.mixed[chosen].keys(s.index, s.prev - s.mean, w)
-            write_kept(encoder, s.values - s.mean, keys, self.mixed[chosen], s.kept)
+    def tables(self, step: _Step, mixture_set: int):
+        return self.temporal.fine if step.prev is None else self.mixed[mixture_set]
+
+    def estimated_bits(self, steps: list[_Step], values: list[np.ndarray], mixture_set: int, quality: int) -> float:
+        bits = 0.0
+        mixed = self.mixed[mixture_set]
+        for step, v in zip(steps, values):
+            keys, centre = self.keys(step, mixture_set, quality)
+            sel = (slice(None),) if step.kept is None else (step.kept,)
+            t, _, d, w = mixed.split(keys[sel])
+            bits += float(mixed.bits(t, (v - centre)[sel], d, w).sum())
+        return bits
+
+    def write_step(self, encoder, step: _Step, values: np.ndarray, mixture_set: int, quality: int) -> None:
+        keys, centre = self.keys(step, mixture_set, quality)
+        write_kept(encoder, values - centre, keys, self.tables(step, mixture_set), step.kept)
+
+    def read_step(self, decoder, budget: PayloadBudget, step: _Step, mixture_set: int, quality: int) -> np.ndarray:
+        keys, centre = self.keys(step, mixture_set, quality)
+        return read_kept(decoder, keys, centre, self.tables(step, mixture_set), budget, step.kept)
 
     def write_y(self, encoder, symbols: np.ndarray, z: np.ndarray, quality: int, keep: np.ndarray | None) -> None:
-        """Date by date: date 0 as the context model, later dates mixed with the date before."""
+        """Date by date: date 0 with fine means; a later date's steps are recorded, its set chosen by estimated
+        bits and written first, then the steps."""
         order = self.context.order
         known = coded_order(symbols, order)
         kept = None if keep is None else coded_order(keep, order)
         for t in range(symbols.shape[0]):
-            now = known[t : t + 1]
-            now_kept = None if kept is None else kept[t : t + 1]
-            prev = None if t == 0 else known[t - 1 : t]
-            prev_kept = None if t == 0 or kept is None else kept[t - 1 : t]
             steps: list[_Step] = []
+            values: list[np.ndarray] = []
 
-            def code_step(index, mean, a, e, classes):
-                values = gather(now[..., a:e], classes)
-                step_kept = None if now_kept is None else gather(now_kept[..., a:e], classes)
-                if prev is None:
-                    write_kept(encoder, values - mean, index, self.hyperprior.scales, step_kept)
+            def code_step(index, fine_mean, a, e, classes):
+                step = _step(index, fine_mean, a, e, classes, known, kept, t)
+                v = gather(known[t : t + 1, ..., a:e], classes)
+                if t == 0:
+                    self.write_step(encoder, step, v, 0, quality)
                 else:  # the parameters do not depend on the set: record now, code once the set is chosen
-                    steps.append(_Step(index, mean, values, gather(prev[..., a:e], classes),
-                                       None if prev_kept is None else gather(prev_kept[..., a:e], classes),
-                                       step_kept, a))
-                return values
+                    steps.append(step)
+                    values.append(v)
+                return v
 
-            run_steps(self.hyperprior, self.context, z[t : t + 1], quality, (1, *symbols.shape[1:]), code_step)
-            if steps:
-                self._write_date(encoder, steps, quality)
+            run_steps(self.hyperprior, self.context, z[t : t + 1], quality, (1, *symbols.shape[1:]), code_step,
+                      fraction_bits=self.temporal.fraction_bits)
+            if t:
+                sets = range(self.temporal.sets)
+                chosen = min(sets, key=lambda k: self.estimated_bits(steps, values, k, quality))
+                encoder.encode(np.array([chosen], np.int32), set_model(self.temporal.sets))
+                for step, v in zip(steps, values):
+                    self.write_step(encoder, step, v, chosen, quality)
 
     def read_y(self, decoder, budget: PayloadBudget, z: np.ndarray, quality: int, shape,
                keep: np.ndarray | None) -> np.ndarray:
         order = self.context.order
         kept = None if keep is None else coded_order(keep, order)
         out = np.zeros(shape, np.int64)
+        decoded = np.zeros((shape[0], shape[2], shape[3], shape[1]), np.int64)  # coded order, dates so far
         for t in range(shape[0]):
-            now_kept = None if kept is None else kept[t : t + 1]
-            prev = None if t == 0 else coded_order(out[t - 1 : t], order)
-            prev_kept = None if t == 0 or kept is None else kept[t - 1 : t]
             chosen = 0
             if t:
                 try:
                     chosen = int(decoder.decode(set_model(self.temporal.sets), 1)[0])
                 except DECODER_ERRORS as e:
-                    raise CorruptChunkError(f"Expected a decodable y section. Got {type(e).__name__}: {e} instead.") from None
+                    raise CorruptChunkError(
+                        f"Expected a decodable y section. Got {type(e).__name__}: {e} instead.") from None
 
-            def code_step(index, mean, a, e, classes):
-                step_kept = None if now_kept is None else gather(now_kept[..., a:e], classes)
-                if prev is None:
-                    return read_kept(decoder, index, mean, self.hyperprior.scales, budget, step_kept)
-                shift = gather(prev[..., a:e], classes) - mean
-                w = self.weights(chosen, quality, index, shift,
-                                 None if prev_kept is None else gather(prev_kept[..., a:e], classes), a)
-                return read_kept(decoder, self.mixed[chosen].keys(index, shift, w), mean, self.mixed[chosen], budget,
-                                 step_kept)
+            def code_step(index, fine_mean, a, e, classes):
+                return self.read_step(decoder, budget, _step(index, fine_mean, a, e, classes, decoded, kept, t),
+                                      chosen, quality)
 
             out[t : t + 1] = run_steps(self.hyperprior, self.context, z[t : t + 1], quality, (1, *shape[1:]),
-                                       code_step)
+                                       code_step, fraction_bits=self.temporal.fraction_bits)
+            decoded[t : t + 1] = coded_order(out[t : t + 1], order)
         return out
+
+
+def _step(index, fine_mean, a, e, classes, symbols: np.ndarray, kept: np.ndarray | None, t: int) -> _Step:
+    """Step ``(a, e, classes)`` of date ``t``; ``symbols`` and ``kept`` (B, h, w, M) in coded order, dates before
+    ``t`` known."""
+    def at(grid, date):
+        return gather(grid[date : date + 1, ..., a:e], classes)
+
+    return _Step(index, fine_mean, None if t == 0 else at(symbols, t - 1),
+                 None if t == 0 or kept is None else at(kept, t - 1), None if kept is None else at(kept, t), a)
 
 
 def set_model(sets: int):

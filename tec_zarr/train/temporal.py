@@ -7,8 +7,9 @@ the stored symbols and pixels are the base's. What is fitted is mixture set 0's 
 coded channel, scale-index bucket and distance bucket ``min(|prev - mean|, D - 1)``, the weight in sixteenths that
 minimizes the code length of the training sequences' later dates. Training pairs are every ordered pair of adjacent
 dates of the training places (both directions: a user's cube may run either way in season), each date coded by the
-base's integer entropy model exactly as the coder does. The other sets (:data:`TRUSTING_SETS`) are fixed: constant
-weights with a narrower second table, for dates far more alike than seasons; the encoder picks a set per date.
+base's integer entropy model exactly as the coder does. The other sets (:data:`FIXED_SETS`) are fixed: no mixture
+(a date unlike the one before), and constant weights with a narrower second table for dates far more alike than
+seasons; the encoder picks a set per date.
 Validation is the held-out places' 4-date sequences, coded by the exported model and by the base one date per chunk.
 
 The fit takes a few minutes on 2 cores and is deterministic: rerunning it on the same data writes the same bytes.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import time
@@ -29,19 +31,24 @@ from pathlib import Path
 import numpy as np
 
 from ..entropy.context import ContextCoder, gather, run_steps
-from ..entropy.mixture import WEIGHT_ONE, MixedTables
+from ..entropy.hyperprior import LOG_BITS
+from ..entropy.mixture import WEIGHT_ONE, MixedTables, sharpened, table_bits
+from ..entropy.tables import IndexedTables, quantize_pmf
 from ..entropy.temporal import ENTROPY_MODEL, FILENAME, TemporalModel, coded_order
 from ..models import MODELS_DIR, get_card, load_model, model_digest
 from ..models.registry import file_path, share_files
 from .data import SEASONAL, VALIDATION_PLACES
 from .export import machine_description, sha256_file
+from .hyper_export import MAX_HALF_WIDTH, TAIL_SIGMAS, erfc
 
 INDEX_BUCKET = 4  # scale tables per bucket: half an octave at 8 tables per octave
 DISTANCES = 5  # distance buckets 0..4 (0: prev == mean, where a mixture changes nothing)
 MAX_SHIFT = 12  # previous symbols farther than this from the mean get no mixture (bounds the tables built)
-# Mixture sets beyond the fitted one, (weight, sharpen): the encoder takes one per date when it codes fewer bits,
-# for dates that repeat the one before far more than seasons do (revisits days apart, repeated acquisitions).
-TRUSTING_SETS = ((10, 8), (14, 24), (15, 1024))
+FRACTION_BITS = 3  # fine means at 1/8 symbol: 1/16 gained little more on the held-out places, for twice the tables
+# Mixture sets beyond the fitted one, (weight, sharpen); the encoder takes one per date when it codes fewer bits.
+# (0, 0) is no mixture at all: a date unlike the one before costs no more than tec-ctx's bits plus the set number.
+# The others trust the previous date more than seasons allow: revisits days apart, repeated acquisitions.
+FIXED_SETS = ((0, 0), (10, 8), (14, 24), (15, 1024))
 
 
 def read_sequences(root: Path) -> dict[str, np.ndarray]:
@@ -72,35 +79,72 @@ def symbols_and_side(model, dn: np.ndarray, quality: int) -> tuple[np.ndarray, n
     return y, symbols, model.coder.side_information(y, quality)
 
 
+def fine_tables(hp, fraction_bits: int) -> IndexedTables:
+    """Table ``t * (2**fraction_bits + 1) + f``: scale ``t``'s discretized Gaussian centred at
+    ``(f + 1/2) / 2**fraction_bits`` (the middle of the fine mean's interval), the last of each scale at 0; integer
+    counts over -r..r+1 (r = ceil(5 sigma)) and an escape, built once here in float64 and stored."""
+    fractions = 1 << fraction_bits
+    rows, offsets = [], []
+    for i in range(hp.scales.count):
+        sigma = 2.0 ** (hp.log_sigma_min / 2**LOG_BITS + i / hp.steps_per_octave)
+        r = min(max(1, math.ceil(TAIL_SIGMAS * sigma)), MAX_HALF_WIDTH)
+        c = 1.0 / (sigma * math.sqrt(2.0))
+        for centre in [(f + 0.5) / fractions for f in range(fractions)] + [0.0]:
+            v = np.abs(np.arange(-r, r + 2, dtype=np.float64) - centre)
+            p = 0.5 * (erfc((v - 0.5) * c) - erfc((v + 0.5) * c))
+            tail = float(0.5 * (erfc((r + 0.5 + centre) * c) + erfc((r + 1.5 - centre) * c)))
+            rows.append(quantize_pmf(p, max(tail, 1e-9)))
+            offsets.append(-r)
+    lengths = np.array([len(r) for r in rows], np.int64)
+    pmf = np.zeros((len(rows), int(lengths.max())), np.int32)
+    for i, row in enumerate(rows):
+        pmf[i, : len(row)] = row
+    return IndexedTables(np.asarray(offsets, np.int64), pmf, lengths)
+
+
 def step_rows(coder: ContextCoder, symbols: np.ndarray, z: np.ndarray, prev: np.ndarray, quality: int) -> dict:
-    """Per coded symbol of one date: coded channel, table index, value - mean, prev - mean (int32 columns)."""
+    """Per coded symbol of one date: coded channel, table index, mean at 2**-FRACTION_BITS, the symbol and the
+    previous date's (int64 columns)."""
     order = coder.context.order
     now, before = coded_order(symbols, order), coded_order(prev, order)
-    cols: dict[str, list] = {"channel": [], "index": [], "value": [], "shift": []}
+    cols: dict[str, list] = {"channel": [], "index": [], "fine_mean": [], "symbol": [], "prev": []}
 
-    def code_step(index, mean, a, e, classes):
+    def code_step(index, fine_mean, a, e, classes):
         values = gather(now[..., a:e], classes)
         cols["channel"].append(np.broadcast_to(np.arange(a, e), index.shape).ravel())
         cols["index"].append(index.ravel())
-        cols["value"].append((values - mean).ravel())
-        cols["shift"].append((gather(before[..., a:e], classes) - mean).ravel())
+        cols["fine_mean"].append(fine_mean.ravel())
+        cols["symbol"].append(values.ravel())
+        cols["prev"].append(gather(before[..., a:e], classes).ravel())
         return values
 
-    run_steps(coder.hyperprior, coder.context, z, quality, symbols.shape, code_step)
-    return {k: np.concatenate(v).astype(np.int32) for k, v in cols.items()}
+    run_steps(coder.hyperprior, coder.context, z, quality, symbols.shape, code_step, fraction_bits=FRACTION_BITS)
+    return {k: np.concatenate(v).astype(np.int64) for k, v in cols.items()}
 
 
-def fit_weights(rows: dict, scales, channels: int) -> tuple[np.ndarray, float, float]:
-    """The weight table (M, index buckets, D) minimizing the rows' code length; (table, bits without, bits with)."""
+def fit_weights(rows: dict, scales, fine: IndexedTables, channels: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Per scale, whether the rounded integer mean codes fewer bits than the fine one (coarse); then the weight
+    table (M, index buckets, D) minimizing the rows' code length (sharpen 0); and the estimated bits: with the
+    integer means, with fine means alone, with fine means and the fitted mixtures."""
+    index, fine_mean, symbol, prev = rows["index"], rows["fine_mean"], rows["symbol"], rows["prev"]
+    fractions = 1 << FRACTION_BITS
+    slots = fractions + 1
+    mean = (fine_mean + fractions // 2) >> FRACTION_BITS  # the context model's integer mean, exactly
+    integer_bits = table_bits(fine, index * slots + fractions, symbol - mean)
+    fine_bits = table_bits(fine, index * slots + (fine_mean & (fractions - 1)), symbol - (fine_mean >> FRACTION_BITS))
+    coarse = np.bincount(index, integer_bits, scales.count) <= np.bincount(index, fine_bits, scales.count)
+    keys = index * slots + np.where(coarse[index], fractions, fine_mean & (fractions - 1))
+    centre = np.where(coarse[index], mean, fine_mean >> FRACTION_BITS)
     buckets = -(-scales.count // INDEX_BUCKET)
-    distance = np.minimum(np.abs(rows["shift"]), DISTANCES - 1)
-    cell = (rows["channel"].astype(np.int64) * buckets + rows["index"] // INDEX_BUCKET) * DISTANCES + distance
+    distance = np.minimum(np.abs(prev - mean), DISTANCES - 1)
+    cell = (rows["channel"] * buckets + index // INDEX_BUCKET) * DISTANCES + distance
     n_cells = channels * buckets * DISTANCES
-    mixed = MixedTables(scales, MAX_SHIFT)
-    cost = np.stack([np.bincount(cell, mixed.bits(rows["index"], rows["value"], rows["shift"], np.full(cell.shape, w)),
+    mixed = MixedTables(fine, MAX_SHIFT, sharpened(scales.count, fractions, 0))
+    cost = np.stack([np.bincount(cell, mixed.bits(keys, symbol - centre, prev - centre, np.full(cell.shape, w)),
                                  minlength=n_cells) for w in range(WEIGHT_ONE)])
-    best = cost.argmin(0)
-    return best.reshape(channels, buckets, DISTANCES), float(cost[0].sum()), float(cost.min(0).sum())
+    return cost.argmin(0).reshape(channels, buckets, DISTANCES), coarse, {
+        "integer_means": float(integer_bits.sum()), "fine_means": float(cost[0].sum()),
+        "fine_and_mixtures": float(cost.min(0).sum())}
 
 
 def fit(sequences: dict[str, np.ndarray], base: str, multiple: int, log=print) -> tuple[TemporalModel, dict]:
@@ -108,7 +152,8 @@ def fit(sequences: dict[str, np.ndarray], base: str, multiple: int, log=print) -
     model = load_model(base)
     coder = model.coder
     q_count, m = coder.hyperprior.log_gain.shape
-    weights, report = [], {}
+    fine = fine_tables(coder.hyperprior, FRACTION_BITS)
+    weights, coarse_flags, report = [], [], {}
     for quality in range(q_count):
         rows: dict[str, list] = {}
         for place, dn in sequences.items():
@@ -121,15 +166,20 @@ def fit(sequences: dict[str, np.ndarray], base: str, multiple: int, log=print) -
                         for k, v in got.items():
                             rows.setdefault(k, []).append(v)
         joined = {k: np.concatenate(v) for k, v in rows.items()}
-        table, without, with_ = fit_weights(joined, coder.hyperprior.scales, m)
+        table, coarse, bits = fit_weights(joined, coder.hyperprior.scales, fine, m)
         weights.append(table)
+        coarse_flags.append(coarse)
         report[f"q{quality}"] = {"pairs": len(rows["index"]), "symbols": int(joined["index"].size),
-                                 "fit_saving": round(1 - with_ / without, 4)}
+                                 "saving_fine_means": round(1 - bits["fine_means"] / bits["integer_means"], 4),
+                                 "saving_fine_and_mixtures": round(
+                                     1 - bits["fine_and_mixtures"] / bits["integer_means"], 4),
+                                 "coarse_scales": int(coarse.sum())}
         log(f"q{quality}: {report[f'q{quality}']}  {time.strftime('%H:%M:%S')}")
     fitted = np.stack(weights).astype(np.int64)
-    sets = [fitted] + [np.full(fitted.shape, w, np.int64) for w, _ in TRUSTING_SETS]
-    sharpen = (0,) + tuple(s for _, s in TRUSTING_SETS)
-    return TemporalModel(np.stack(sets), sharpen, INDEX_BUCKET, MAX_SHIFT), report
+    sets = [fitted] + [np.full(fitted.shape, w, np.int64) for w, _ in FIXED_SETS]
+    sharpen = (0,) + tuple(s for _, s in FIXED_SETS)
+    return TemporalModel(np.stack(sets), sharpen, INDEX_BUCKET, MAX_SHIFT, FRACTION_BITS, fine,
+                         np.stack(coarse_flags)), report
 
 
 def write_model(temporal: TemporalModel, base: str, name: str, version: str, out_dir: Path | None,
@@ -146,16 +196,19 @@ def write_model(temporal: TemporalModel, base: str, name: str, version: str, out
     manifest.update({
         "name": name,
         "version": version,
-        "architecture": f"temporal context model (TEC-TT) on {base}: a chunk's leading axis is time; date 0 coded "
-                        f"as {base}, every later date's symbols with a two-component integer mixture of {base}'s "
-                        "table at its mean and a table at the previous date's co-located symbol; per date the "
-                        "encoder picks one of 4 mixture sets (set 0's weights fitted per quality, channel, "
-                        "scale-index bucket and distance bucket; sets 1-3 trust the previous date more)",
+        "architecture": f"temporal context model (TEC-TT) on {base}: a chunk's leading axis is time; every date "
+                        f"coded around {base}'s mean kept to 1/{1 << temporal.fraction_bits} symbol (fine-mean "
+                        "integer tables); a later date's symbols may instead use a two-component integer mixture of "
+                        "the scale table at the integer mean and a table at the previous date's co-located symbol; "
+                        f"per date the encoder picks one of {temporal.sets} mixture sets (set 0's weights fitted per "
+                        "quality, channel, scale-index bucket and distance bucket; set 1 mixes nothing; the others "
+                        "trust the previous date more)",
         "entropy_model": ENTROPY_MODEL,
         "base_model": {"name": base, "sha256": card.sha256},
-        "temporal": {"index_bucket": temporal.index_bucket, "distances": int(temporal.weights.shape[4]),
+        "temporal": {"fraction_bits": temporal.fraction_bits, "index_bucket": temporal.index_bucket,
+                     "distances": int(temporal.weights.shape[4]),
                      "max_shift": temporal.max_shift, "sets": temporal.sets, "sharpen": list(temporal.sharpen),
-                     "set_weights": ["fitted"] + [w for w, _ in TRUSTING_SETS]},
+                     "set_weights": ["fitted"] + [w for w, _ in FIXED_SETS]},
         "training": {**manifest.get("training", {}), "temporal": training},
         "exported": {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                      "machine": machine_description()},
@@ -169,33 +222,36 @@ def write_model(temporal: TemporalModel, base: str, name: str, version: str, out
 
 
 def measure(folder: Path, sequences: dict[str, np.ndarray], base: str) -> None:
-    """Bits per date of the held-out sequences, one 4-date chunk against the base one date per chunk."""
+    """Bits per date of the held-out sequences: one 4-date chunk per place, against the base and the model itself
+    one date per chunk (what fine means alone save)."""
     from .. import metrics, pipeline
     from ..models import clear_cache
 
     clear_cache()
     manifest = json.loads((folder / "manifest.json").read_text())
+    name = manifest["name"]
     for q in manifest["qualities"]:
-        own = ref = pixels = 0.0
+        own = ref = single = pixels = 0.0
         psnrs, differ = [], 0.0
         for dn in sequences.values():
             cube = np.ascontiguousarray(dn[..., :256, :256])
-            chunk = pipeline.encode_chunk(cube, model=manifest["name"], quality=q["quality"], nodata=None)
+            chunk = pipeline.encode_chunk(cube, model=name, quality=q["quality"], nodata=None)
             decoded = pipeline.decode_chunk(chunk)
             own += 8 * len(chunk)
             for t in range(cube.shape[0]):
-                single = pipeline.encode_chunk(cube[t : t + 1], model=base, quality=q["quality"], nodata=None)
-                ref += 8 * len(single)
-                differ = max(differ, metrics.max_error(pipeline.decode_chunk(single)[0], decoded[t]))
+                alone = pipeline.encode_chunk(cube[t : t + 1], model=base, quality=q["quality"], nodata=None)
+                ref += 8 * len(alone)
+                single += 8 * len(pipeline.encode_chunk(cube[t : t + 1], model=name, quality=q["quality"], nodata=None))
+                differ = max(differ, metrics.max_error(pipeline.decode_chunk(alone)[0], decoded[t]))
                 psnrs.append(metrics.psnr(cube[t : t + 1], decoded[t : t + 1]))
             pixels += cube.shape[0] * 256 * 256
         q["validation"] = {"bpp": round(own / pixels, 4), "psnr": round(float(np.mean(psnrs)), 3),
                            "sequences": len(sequences), "size": "4x12x256x256 (one chunk per place)",
                            f"{base}_bpp": round(ref / pixels, 4), "rate_saving": round(1 - own / ref, 4),
+                           "one_date_per_chunk_bpp": round(single / pixels, 4),
+                           "rate_saving_one_date_per_chunk": round(1 - single / ref, 4),
                            # same symbols; the decoder may round differently when it stacks other channel sets
                            "max_pixel_difference_to_base": float(differ)}
-    files = manifest["files"]
-    manifest["sha256"] = model_digest(files)
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
