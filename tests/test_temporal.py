@@ -217,7 +217,8 @@ def _fine():
 
 
 GOOD_TABLE = {"weights": np.zeros((2, 5, 192, 26, 5), np.int64), "sharpen": (0, 8), "index_bucket": 4,
-              "max_shift": 12, "fraction_bits": 3, "coarse": np.zeros((5, 104), bool)}
+              "max_shift": 12, "fraction_bits": 3, "coarse": np.zeros((5, 104), bool),
+              "mixed_slot": np.array([2, 2, 2, 2, 5, 5, 5, 5, 8])}
 
 
 @pytest.mark.parametrize("bad", [
@@ -230,6 +231,8 @@ GOOD_TABLE = {"weights": np.zeros((2, 5, 192, 26, 5), np.int64), "sharpen": (0, 
     {"max_shift": 1000},
     {"fraction_bits": 9},
     {"coarse": np.zeros((5, 103), bool)},
+    {"mixed_slot": np.array([2, 2, 2, 2, 5, 5, 5, 5, 9])},
+    {"mixed_slot": np.zeros(8, np.int64)},
 ])
 def test_hostile_weight_tables_are_refused(bad):
     with pytest.raises(WeightsIntegrityError):

@@ -113,17 +113,18 @@ class MixedTables:
         return out
 
     def model(self, key: int):
-        t, u, d, w = (int(v) for v in self.split(key))
-        if not self._is_mixture(t, u, d, w):
-            return self.base.model(t)
         with self._lock:
             found = self._models.get(key)
             if found is not None:
                 self._models.move_to_end(key)
                 return found
-        import constriction
+        t, u, d, w = (int(v) for v in self.split(key))
+        if not self._is_mixture(t, u, d, w):
+            found = self.base.model(t)
+        else:
+            import constriction
 
-        found = constriction.stream.model.Categorical(self.pmf(key).astype(np.float64), perfect=False)
+            found = constriction.stream.model.Categorical(self.pmf(key).astype(np.float64), perfect=False)
         with self._lock:
             self._models[key] = found
             if len(self._models) > MODEL_CACHE:

@@ -108,6 +108,15 @@ def table_order(flat_index: np.ndarray, count: int) -> np.ndarray:
     return np.argsort(flat_index.astype(narrow), kind="stable")
 
 
+def _present_tables(counts: np.ndarray, tables) -> list[tuple[int, int, int]]:
+    """(table, first symbol, escape symbol) of every table with a count, ascending; looked up in one call (a
+    mixture's tables compute them)."""
+    present = np.flatnonzero(counts)
+    offsets = np.asarray(tables.offsets[present], np.int64)
+    escapes = np.asarray(tables.lengths[present], np.int64) - 1
+    return list(zip(present.tolist(), offsets.tolist(), escapes.tolist()))
+
+
 def write_grouped(encoder, values: np.ndarray, index: np.ndarray, tables: IndexedTables) -> None:
     """Each value with the table its index names, table by table (stable order within a table), into an open
     range encoder (later sections may follow in the same stream)."""
@@ -117,10 +126,9 @@ def write_grouped(encoder, values: np.ndarray, index: np.ndarray, tables: Indexe
     ordered = values.ravel()[order]
     counts = np.bincount(flat_index, minlength=tables.count)
     start = 0
-    for t in np.flatnonzero(counts):
+    for t, lo, escape in _present_tables(counts, tables):
         part = ordered[start : start + counts[t]]
         start += counts[t]
-        lo, escape = int(tables.offsets[t]), int(tables.lengths[t]) - 1
         sym = part - lo
         outside = (sym < 0) | (sym >= escape)
         sym[outside] = escape
@@ -140,10 +148,9 @@ def read_grouped(decoder, index: np.ndarray, tables: IndexedTables, budget: Payl
     ordered = np.empty(flat_index.size, np.int64)
     start = 0
     try:
-        for t in present:
+        for t, lo, escape in _present_tables(counts, tables):
             n = int(counts[t])
-            lo, escape = int(tables.offsets[t]), int(tables.lengths[t]) - 1
-            sym = decoder.decode(tables.model(int(t)), n).astype(np.int64)
+            sym = decoder.decode(tables.model(t), n).astype(np.int64)
             positions = np.flatnonzero(sym == escape)
             part = sym + lo
             if positions.size:

@@ -53,9 +53,10 @@ class TemporalModel:
     """What ``temporal.npz`` holds: the mixture sets, ``weights[k, q, c, index // index_bucket, min(|prev - mean|,
     D - 1)]`` in sixteenths (``c`` in the context model's coded channel order) and ``sharpen[k]`` scale steps, and the
     fine-mean tables, table ``t * (2**fraction_bits + 1) + f`` for scale ``t`` centred at ``(f + 1/2) /
-    2**fraction_bits`` (f < 2**fraction_bits) or at 0 (the last, integer-centred), and per quality and scale whether
-    the mean is rounded to an integer instead (the context networks were trained with
-    rounded means, so at the narrowest scales the rounded mean codes fewer bits)."""
+    2**fraction_bits`` (f < 2**fraction_bits) or at 0 (the last, integer-centred), per quality and scale whether
+    the mean is rounded to an integer instead (the context networks were trained with rounded means, so at the
+    narrowest scales the rounded mean codes fewer bits), and which fine table a mixed symbol's first component
+    uses."""
 
     weights: np.ndarray  # (K, Q, M, index buckets, D) int64 in 0..15
     sharpen: tuple[int, ...]
@@ -64,6 +65,7 @@ class TemporalModel:
     fraction_bits: int
     fine: IndexedTables
     coarse: np.ndarray  # (Q, scales) bool: where the context model's mean is better rounded to an integer
+    mixed_slot: np.ndarray  # (2**fraction_bits + 1,): the fine table a mixed symbol's first component uses
 
     def __post_init__(self):
         if self.weights.ndim != 5 or self.weights.shape[4] < 2 or not 1 <= self.weights.shape[0] <= 16:
@@ -81,6 +83,10 @@ class TemporalModel:
         if self.coarse.shape != (self.weights.shape[1], self.fine.count // ((1 << self.fraction_bits) + 1)):
             raise WeightsIntegrityError(
                 f"Expected one coarse flag per quality and scale. Got shape {self.coarse.shape} instead.")
+        slots = (1 << self.fraction_bits) + 1
+        if self.mixed_slot.shape != (slots,) or self.mixed_slot.min() < 0 or self.mixed_slot.max() >= slots:
+            raise WeightsIntegrityError(
+                f"Expected {slots} mixed slots in 0..{slots - 1}. Got {self.mixed_slot} instead.")
 
     @property
     def sets(self) -> int:
@@ -94,7 +100,7 @@ class TemporalModel:
                             index_bucket=np.int64(self.index_bucket), max_shift=np.int64(self.max_shift),
                             fraction_bits=np.int64(self.fraction_bits), fine_offsets=fine.offsets.astype(np.int64),
                             fine_lengths=fine.lengths.astype(np.int64), fine_counts=flat.astype(np.uint16),
-                            coarse=self.coarse.astype(np.uint8))
+                            coarse=self.coarse.astype(np.uint8), mixed_slot=self.mixed_slot.astype(np.int64))
         return buf.getvalue()
 
     @classmethod
@@ -111,7 +117,8 @@ class TemporalModel:
                 fine = IndexedTables(z["fine_offsets"].astype(np.int64), pmf, lengths)
                 return cls(weights=z["weights"].astype(np.int64), sharpen=tuple(int(s) for s in z["sharpen"]),
                            index_bucket=int(z["index_bucket"]), max_shift=int(z["max_shift"]),
-                           fraction_bits=int(z["fraction_bits"]), fine=fine, coarse=z["coarse"].astype(bool))
+                           fraction_bits=int(z["fraction_bits"]), fine=fine, coarse=z["coarse"].astype(bool),
+                           mixed_slot=z["mixed_slot"].astype(np.int64))
         except (KeyError, ValueError, TypeError, OSError) as e:
             raise WeightsIntegrityError(f"Expected a valid {FILENAME}. Got {type(e).__name__}: {e} instead.") from None
 
@@ -185,7 +192,10 @@ class TemporalCoder(ContextCoder):
         if step.prev is None:
             return fine_keys, centre
         weight = self.weights(mixture_set, quality, step.index, step.prev - mean, step.prev_kept, step.a)
-        return self.mixed[mixture_set].keys(fine_keys, step.prev - centre, weight), centre
+        mixed, shift = self.mixed[mixture_set], step.prev - centre
+        # A mixed symbol's first component uses fewer fractions: fewer distinct mixtures to build and code.
+        first = step.index * slots + self.temporal.mixed_slot[fine_keys % slots]
+        return mixed.keys(np.where(mixed.mixes(fine_keys, shift, weight), first, fine_keys), shift, weight), centre
 
     def tables(self, step: _Step, mixture_set: int):
         return self.temporal.fine if step.prev is None else self.mixed[mixture_set]
