@@ -326,3 +326,19 @@ def test_built_mixture_models_stay_bounded(dates, monkeypatch):
     np.testing.assert_array_equal(symbols_of(enc), expected)
     assert all(len(mixed._models) <= 4 for mixed in coder.mixed)
     assert any(len(mixed._models) == 4 for mixed in coder.mixed)
+
+
+def test_too_many_dates_are_refused_before_any_work(dates):
+    """Dates decode one after another: a chunk declaring more than MAX_DATES is refused, and never written."""
+    from tec_zarr.errors import InvalidInputError
+
+    coder = models.load_model(TT).coder
+    enc = TEC(model=TT, quality=0).encode(np.ascontiguousarray(dates[:2, :, :16, :16]))
+    payload = payload_of(enc)
+    with pytest.raises(CorruptChunkError):  # here the z section's budget refuses it first
+        coder.decode(payload, 0, (temporal.MAX_DATES + 1, 192, 4, 4))
+    with pytest.raises(CorruptChunkError, match="at most 256 dates"):  # a payload long enough for z
+        coder.read_y(None, None, None, 0, (temporal.MAX_DATES + 1, 192, 4, 4), None)
+    many = np.broadcast_to(dates[:1, :, :4, :4], (temporal.MAX_DATES + 1, 12, 4, 4)).copy()
+    with pytest.raises(InvalidInputError, match="at most 256 dates"):
+        TEC(model=TT, quality=0).encode(many)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CorruptChunkError, WeightsIntegrityError
+from ..errors import CorruptChunkError, InvalidInputError, WeightsIntegrityError
 from .context import FILENAME as CONTEXT_FILENAME
 from .context import ContextCoder, ContextModel, gather, run_steps
 from .hyperprior import Hyperprior, read_kept, write_kept
@@ -46,6 +46,9 @@ from .tables import EntropyTables, IndexedTables
 
 FILENAME = "temporal.npz"
 ENTROPY_MODEL = "temporal"
+# Dates are coded one after another (each needs the one before), so a chunk's dates bound its decoding time: a
+# header declaring thousands of tiny dates must not keep a reader busy for minutes.
+MAX_DATES = 256
 
 
 @dataclass(frozen=True, eq=False)
@@ -221,6 +224,10 @@ class TemporalCoder(ContextCoder):
     def write_y(self, encoder, symbols: np.ndarray, z: np.ndarray, quality: int, keep: np.ndarray | None) -> None:
         """Date by date: date 0 with fine means; a later date's steps are recorded, its set chosen by estimated
         bits and written first, then the steps."""
+        if symbols.shape[0] > MAX_DATES:
+            raise InvalidInputError(
+                f"Expected at most {MAX_DATES} dates (images along the leading axes) in a {self.name} chunk. Got "
+                f"{symbols.shape[0]} instead: chunk the time axis into fewer dates.")
         order = self.context.order
         known = coded_order(symbols, order)
         kept = None if keep is None else coded_order(keep, order)
@@ -249,6 +256,9 @@ class TemporalCoder(ContextCoder):
 
     def read_y(self, decoder, budget: PayloadBudget, z: np.ndarray, quality: int, shape,
                keep: np.ndarray | None) -> np.ndarray:
+        if shape[0] > MAX_DATES:
+            raise CorruptChunkError(
+                f"Expected at most {MAX_DATES} dates in a {self.name} chunk. Got {shape[0]} instead.")
         order = self.context.order
         kept = None if keep is None else coded_order(keep, order)
         out = np.zeros(shape, np.int64)
