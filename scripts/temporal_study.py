@@ -238,6 +238,13 @@ def histogram_bits(fit, resid, channel_bucket, ctx_key):
     return np.where(inside, bits, esc_bits)
 
 
+def pair_arrays(data: dict, place: str, tp: int, tc: int, base: str) -> tuple[np.ndarray, ...]:
+    """(symbols of date tc, symbols of date tp, base model's integer mean and table index of date tc), int64."""
+    key = f"{place}_{tc}"
+    return tuple(data[k].astype(np.int64) for k in (f"{key}/sym", f"{place}_{tp}/sym", f"{key}/{base}_mean",
+                                                     f"{key}/{base}_index"))
+
+
 def simple_study(data: dict, quality: int, report: dict) -> None:
     fitting, held = places()
     n_index = 128 // INDEX_BUCKET
@@ -246,10 +253,7 @@ def simple_study(data: dict, quality: int, report: dict) -> None:
             cols = {k: [] for k in ("resid", "cb", "abs", "sgn")}
             for place in place_list:
                 for tp, tc in pairs:
-                    sym = data[f"{place}_{tc}/sym"].astype(np.int64)
-                    prev = data[f"{place}_{tp}/sym"].astype(np.int64)
-                    mean = data[f"{place}_{tc}/{base}_mean"].astype(np.int64)
-                    idx = data[f"{place}_{tc}/{base}_index"].astype(np.int64)
+                    sym, prev, mean, idx = pair_arrays(data, place, tp, tc, base)
                     ch = np.arange(sym.shape[0])[:, None, None]
                     cols["resid"].append((sym - mean).ravel())
                     cols["cb"].append((ch * n_index + idx // INDEX_BUCKET).ravel())
@@ -299,10 +303,7 @@ def lut_study(data: dict, quality: int, report: dict) -> None:
         def rows(place_list, pairs, col):
             for place in place_list:
                 for tp, tc in pairs:
-                    sym = data[f"{place}_{tc}/sym"].astype(np.int64)
-                    prev = data[f"{place}_{tp}/sym"].astype(np.int64)
-                    mean = data[f"{place}_{tc}/{base}_mean"].astype(np.int64)
-                    idx = data[f"{place}_{tc}/{base}_index"].astype(np.int64)
+                    sym, prev, mean, idx = pair_arrays(data, place, tp, tc, base)
                     if col == "abs":
                         pb = abs_bucket(prev)
                     elif col == "sgn":
@@ -355,10 +356,7 @@ def lut_mixture_study(data: dict, quality: int, report: dict, cross: bool = Fals
             keys, p1, p2 = [], [], []
             for place in place_list:
                 for tp, tc in pairs:
-                    sym = data[f"{place}_{tc}/sym"].astype(np.int64)
-                    prev = data[f"{place}_{tp}/sym"].astype(np.int64)
-                    mean = data[f"{place}_{tc}/{base}_mean"].astype(np.int64)
-                    idx = data[f"{place}_{tc}/{base}_index"].astype(np.int64)
+                    sym, prev, mean, idx = pair_arrays(data, place, tp, tc, base)
                     ch = np.arange(sym.shape[0])[:, None, None]
                     bucket = np.minimum(np.abs(prev - mean), 4)
                     keys.append(((ch * n_index + idx // INDEX_BUCKET) * 5 + bucket).ravel())
