@@ -126,6 +126,22 @@ class TemporalModel:
             raise WeightsIntegrityError(f"Expected a valid {FILENAME}. Got {type(e).__name__}: {e} instead.") from None
 
 
+def fine_coding(index: np.ndarray, fine_mean: np.ndarray, coarse, fraction_bits: int):
+    """(fine table, centre, integer mean) of symbols from their scale index and mean at 2**-fraction_bits: the
+    fraction's table counted from floor(mean), or where ``coarse`` the integer-centred table counted from the
+    context model's own rounded mean (exactly its integer mean: the fine mean is a floor)."""
+    fractions = 1 << fraction_bits
+    mean = (fine_mean + (fractions >> 1)) >> fraction_bits
+    table = index * (fractions + 1) + np.where(coarse, fractions, fine_mean & (fractions - 1))
+    return table, np.where(coarse, mean, fine_mean >> fraction_bits), mean
+
+
+def mixed_first(table: np.ndarray, mixed_slot: np.ndarray) -> np.ndarray:
+    """The fine table a mixed symbol's first component uses: fewer fractions, fewer distinct mixtures."""
+    slots = mixed_slot.shape[0]
+    return table - table % slots + mixed_slot[table % slots]
+
+
 def coded_order(grid: np.ndarray, order: np.ndarray) -> np.ndarray:
     """(B, M, h, w) in the model's channel order -> (B, h, w, M) in the context model's coded order."""
     return np.moveaxis(grid[:, order], 1, -1)
@@ -133,11 +149,13 @@ def coded_order(grid: np.ndarray, order: np.ndarray) -> np.ndarray:
 
 @dataclass
 class _Step:
-    """One step of a date as both sides see it before its symbols: parameters and the date before (None: date 0)."""
+    """One step of a date as both sides see it before its symbols, with what no mixture set changes."""
 
     index: np.ndarray  # (1, P, c) scale-table index
-    fine_mean: np.ndarray  # mean at 2**-fraction_bits symbols
-    prev: np.ndarray | None  # the previous date's co-located symbols
+    table: np.ndarray  # the fine table of each symbol
+    centre: np.ndarray  # each symbol is coded as symbol - centre
+    mean: np.ndarray  # the context model's integer mean
+    prev: np.ndarray | None  # the previous date's co-located symbols (None: date 0)
     prev_kept: np.ndarray | None  # where they were coded (None: everywhere)
     kept: np.ndarray | None  # where this date's symbols are coded (None: everywhere)
     a: int  # the step's first coded channel
@@ -183,22 +201,28 @@ class TemporalCoder(ContextCoder):
         weight = tm.weights[mixture_set, quality, channel, index // tm.index_bucket, distance]
         return weight if prev_kept is None else np.where(prev_kept, weight, 0)
 
-    def keys(self, step: _Step, mixture_set: int, quality: int) -> tuple[np.ndarray, np.ndarray]:
-        """(keys, centre) of a step's symbols, each coded as ``symbol - centre``: fine tables for date 0, set
-        ``mixture_set``'s mixtures of them with the previous date's symbol for a later date."""
-        bits = self.temporal.fraction_bits
-        mean = (step.fine_mean + ((1 << bits) >> 1)) >> bits  # the context model's own integer mean
-        coarse = self.temporal.coarse[quality, step.index]
-        slots = (1 << bits) + 1
-        fine_keys = step.index * slots + np.where(coarse, slots - 1, step.fine_mean & ((1 << bits) - 1))
-        centre = np.where(coarse, mean, step.fine_mean >> bits)
+    def step(self, index, fine_mean, a, e, classes, symbols: np.ndarray, kept: np.ndarray | None, t: int,
+             quality: int) -> _Step:
+        """Step ``(a, e, classes)`` of date ``t``; ``symbols`` and ``kept`` (B, h, w, M) in coded order, the dates
+        before ``t`` known."""
+        def at(grid, date):
+            return gather(grid[date : date + 1, ..., a:e], classes)
+
+        table, centre, mean = fine_coding(index, fine_mean, self.temporal.coarse[quality, index],
+                                          self.temporal.fraction_bits)
+        return _Step(index, table, centre, mean, None if t == 0 else at(symbols, t - 1),
+                     None if t == 0 or kept is None else at(kept, t - 1), None if kept is None else at(kept, t), a)
+
+    def keys(self, step: _Step, mixture_set: int, quality: int) -> np.ndarray:
+        """Keys of a step's symbols: fine tables for date 0, set ``mixture_set``'s mixtures of them with the
+        previous date's symbol for a later date."""
         if step.prev is None:
-            return fine_keys, centre
-        weight = self.weights(mixture_set, quality, step.index, step.prev - mean, step.prev_kept, step.a)
-        mixed, shift = self.mixed[mixture_set], step.prev - centre
-        # A mixed symbol's first component uses fewer fractions: fewer distinct mixtures to build and code.
-        first = step.index * slots + self.temporal.mixed_slot[fine_keys % slots]
-        return mixed.keys(np.where(mixed.mixes(fine_keys, shift, weight), first, fine_keys), shift, weight), centre
+            return step.table
+        weight = self.weights(mixture_set, quality, step.index, step.prev - step.mean, step.prev_kept, step.a)
+        mixed, shift = self.mixed[mixture_set], step.prev - step.centre
+        first = np.where(mixed.mixes(step.table, shift, weight), mixed_first(step.table, self.temporal.mixed_slot),
+                         step.table)
+        return mixed.keys(first, shift, weight)
 
     def tables(self, step: _Step, mixture_set: int):
         return self.temporal.fine if step.prev is None else self.mixed[mixture_set]
@@ -207,19 +231,18 @@ class TemporalCoder(ContextCoder):
         bits = 0.0
         mixed = self.mixed[mixture_set]
         for step, v in zip(steps, values):
-            keys, centre = self.keys(step, mixture_set, quality)
             sel = (slice(None),) if step.kept is None else (step.kept,)
-            t, _, d, w = mixed.split(keys[sel])
-            bits += float(mixed.bits(t, (v - centre)[sel], d, w).sum())
+            t, _, d, w = mixed.split(self.keys(step, mixture_set, quality)[sel])
+            bits += float(mixed.bits(t, (v - step.centre)[sel], d, w).sum())
         return bits
 
     def write_step(self, encoder, step: _Step, values: np.ndarray, mixture_set: int, quality: int) -> None:
-        keys, centre = self.keys(step, mixture_set, quality)
-        write_kept(encoder, values - centre, keys, self.tables(step, mixture_set), step.kept)
+        write_kept(encoder, values - step.centre, self.keys(step, mixture_set, quality), self.tables(step, mixture_set),
+                   step.kept)
 
     def read_step(self, decoder, budget: PayloadBudget, step: _Step, mixture_set: int, quality: int) -> np.ndarray:
-        keys, centre = self.keys(step, mixture_set, quality)
-        return read_kept(decoder, keys, centre, self.tables(step, mixture_set), budget, step.kept)
+        return read_kept(decoder, self.keys(step, mixture_set, quality), step.centre, self.tables(step, mixture_set),
+                         budget, step.kept)
 
     def write_y(self, encoder, symbols: np.ndarray, z: np.ndarray, quality: int, keep: np.ndarray | None) -> None:
         """Date by date: date 0 with fine means; a later date's steps are recorded, its set chosen by estimated
@@ -236,7 +259,7 @@ class TemporalCoder(ContextCoder):
             values: list[np.ndarray] = []
 
             def code_step(index, fine_mean, a, e, classes):
-                step = _step(index, fine_mean, a, e, classes, known, kept, t)
+                step = self.step(index, fine_mean, a, e, classes, known, kept, t, quality)
                 v = gather(known[t : t + 1, ..., a:e], classes)
                 if t == 0:
                     self.write_step(encoder, step, v, 0, quality)
@@ -273,23 +296,13 @@ class TemporalCoder(ContextCoder):
                         f"Expected a decodable y section. Got {type(e).__name__}: {e} instead.") from None
 
             def code_step(index, fine_mean, a, e, classes):
-                return self.read_step(decoder, budget, _step(index, fine_mean, a, e, classes, decoded, kept, t),
-                                      chosen, quality)
+                return self.read_step(decoder, budget, self.step(index, fine_mean, a, e, classes, decoded, kept, t,
+                                                                 quality), chosen, quality)
 
             out[t : t + 1] = run_steps(self.hyperprior, self.context, z[t : t + 1], quality, (1, *shape[1:]),
                                        code_step, fraction_bits=self.temporal.fraction_bits)
             decoded[t : t + 1] = coded_order(out[t : t + 1], order)
         return out
-
-
-def _step(index, fine_mean, a, e, classes, symbols: np.ndarray, kept: np.ndarray | None, t: int) -> _Step:
-    """Step ``(a, e, classes)`` of date ``t``; ``symbols`` and ``kept`` (B, h, w, M) in coded order, dates before
-    ``t`` known."""
-    def at(grid, date):
-        return gather(grid[date : date + 1, ..., a:e], classes)
-
-    return _Step(index, fine_mean, None if t == 0 else at(symbols, t - 1),
-                 None if t == 0 or kept is None else at(kept, t - 1), None if kept is None else at(kept, t), a)
 
 
 def set_model(sets: int):

@@ -34,7 +34,7 @@ from ..entropy.context import ContextCoder, gather, run_steps
 from ..entropy.hyperprior import LOG_BITS
 from ..entropy.mixture import WEIGHT_ONE, MixedTables, sharpened, table_bits
 from ..entropy.tables import IndexedTables, quantize_pmf
-from ..entropy.temporal import ENTROPY_MODEL, FILENAME, TemporalModel, coded_order
+from ..entropy.temporal import ENTROPY_MODEL, FILENAME, TemporalModel, coded_order, fine_coding, mixed_first
 from ..models import MODELS_DIR, get_card, load_model, model_digest
 from ..models.registry import file_path, share_files
 from .data import SEASONAL, VALIDATION_PLACES
@@ -131,20 +131,18 @@ def fit_weights(rows: dict, scales, fine: IndexedTables, channels: int) -> tuple
     table (M, index buckets, D) minimizing the rows' code length (sharpen 0); and the estimated bits: with the
     integer means, with fine means alone, with fine means and the fitted mixtures."""
     index, fine_mean, symbol, prev = rows["index"], rows["fine_mean"], rows["symbol"], rows["prev"]
-    fractions = 1 << FRACTION_BITS
-    slots = fractions + 1
-    mean = (fine_mean + fractions // 2) >> FRACTION_BITS  # the context model's integer mean, exactly
-    integer_bits = table_bits(fine, index * slots + fractions, symbol - mean)
-    fine_bits = table_bits(fine, index * slots + (fine_mean & (fractions - 1)), symbol - (fine_mean >> FRACTION_BITS))
+    table, centre, mean = fine_coding(index, fine_mean, True, FRACTION_BITS)
+    integer_bits = table_bits(fine, table, symbol - centre)
+    table, centre, _ = fine_coding(index, fine_mean, False, FRACTION_BITS)
+    fine_bits = table_bits(fine, table, symbol - centre)
     coarse = np.bincount(index, integer_bits, scales.count) <= np.bincount(index, fine_bits, scales.count)
-    keys = index * slots + np.where(coarse[index], fractions, fine_mean & (fractions - 1))
-    centre = np.where(coarse[index], mean, fine_mean >> FRACTION_BITS)
+    keys, centre, _ = fine_coding(index, fine_mean, coarse[index], FRACTION_BITS)
     buckets = -(-scales.count // INDEX_BUCKET)
     distance = np.minimum(np.abs(prev - mean), DISTANCES - 1)
     cell = (rows["channel"] * buckets + index // INDEX_BUCKET) * DISTANCES + distance
     n_cells = channels * buckets * DISTANCES
-    mixed = MixedTables(fine, MAX_SHIFT, sharpened(scales.count, fractions, 0))
-    first = index * slots + MIXED_SLOT[keys % slots]
+    mixed = MixedTables(fine, MAX_SHIFT, sharpened(scales.count, 1 << FRACTION_BITS, 0))
+    first = mixed_first(keys, MIXED_SLOT)
     cost = []
     for w in range(WEIGHT_ONE):
         weight = np.full(cell.shape, w)
