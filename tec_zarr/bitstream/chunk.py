@@ -8,7 +8,8 @@ Layout (all integers little-endian)::
                           all-missing blocks are not coded (SKIP_MARGIN), with or without a residual section
     flags        u8       bit 0: a nodata value is set; bit 1: a mask section is present; bit 2: residual section;
                           bit 3: a NaN mask section is present (added later: chunks without NaN never set it);
-                          bit 4: a blocks section is present (added later: older readers refuse such chunks)
+                          bit 4: a blocks section is present (added later: older readers refuse such chunks);
+                          bit 5: thinned, a source quality byte is present (added later: older readers refuse)
     quality      u8       quality level of the model used
     dtype        u8       1 uint16, 2 int16, 3 float32
     name_len     u8       then the model name, UTF-8
@@ -23,6 +24,10 @@ Layout (all integers little-endian)::
     blocks       u8 x 3 per band (bit 4 only): block size k, phase_y, phase_x of bands made of k x k blocks of equal
                           values (k = 1: not), see tec_zarr.replication. Lossy: the decoded band is projected onto
                           its blocks; residual: the base is, and the residual is coded on the native grid
+    thinned      u8 + u8 x n  (bit 5 only) n >= 1, then the qualities the chunk was at before tec_zarr.thin cut it to
+                          ``quality``, the one it was coded at first, strictly decreasing, all above ``quality``: its
+                          symbols stand for runs of the first level's symbols and decode to the runs' middles
+                          (tec_zarr.pipeline.requantize). Never with a residual section
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
@@ -79,7 +84,8 @@ FLAG_MASK = 2
 FLAG_RESIDUAL = 4
 FLAG_NAN = 8
 FLAG_BLOCKS = 16
-KNOWN_FLAGS = FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN | FLAG_BLOCKS
+FLAG_THINNED = 32
+KNOWN_FLAGS = FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN | FLAG_BLOCKS | FLAG_THINNED
 # 0: integer dtypes, step 2E+1 in DN; 1: float32, step 2E in data units; 2: float32 exact, through an
 # order-preserving integer view of the bits (step 1).
 RESIDUAL_MODES = (0, 1, 2)
@@ -118,6 +124,9 @@ class ChunkHeader:
     # Per band (size, phase_y, phase_x): bands made of size x size blocks of equal values (size 1: not); None
     # where no band is (tec_zarr.replication).
     blocks: tuple[tuple[int, int, int], ...] | None = None
+    # A thinned chunk's earlier qualities, the one it was coded at first (tec_zarr.pipeline.requantize); None: coded
+    # at ``quality``.
+    thinned_from: tuple[int, ...] | None = None
 
     @property
     def batch(self) -> int:
@@ -140,6 +149,7 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes, nan_mask: byte
     flags = (FLAG_NODATA if header.nodata is not None else 0) | (FLAG_MASK if mask is not None else 0)
     flags |= (FLAG_RESIDUAL if res is not None else 0) | (FLAG_NAN if nan_mask is not None else 0)
     flags |= FLAG_BLOCKS if header.blocks is not None else 0
+    flags |= FLAG_THINNED if header.thinned_from is not None else 0
     if header.skips_missing:
         version = SKIP_FORMAT_VERSION
     else:
@@ -162,6 +172,9 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes, nan_mask: byte
             raise ValueError(f"Expected one (size, phase_y, phase_x) of bytes per band. Got {header.blocks} instead.")
         _check_blocks(header.blocks)
         parts.append(bytes(int(v) for block in header.blocks for v in block))
+    if header.thinned_from is not None:
+        _check_thinned(header.thinned_from, header.quality, res)
+        parts.append(struct.pack(f"<B{len(header.thinned_from)}B", len(header.thinned_from), *header.thinned_from))
     parts += [struct.pack("<I", len(payload)), payload]
     if res is not None:
         coder = b"" if version == RESIDUAL_V1_FORMAT_VERSION else struct.pack("<B", res.coder)
@@ -227,6 +240,7 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         if flags & FLAG_BLOCKS and ndim >= 3:  # (fewer axes: refused by the shape check below)
             raw = bytes(r.take(3 * shape[-3]))
             blocks = tuple(tuple(raw[i : i + 3]) for i in range(0, len(raw), 3))
+        thinned_from = tuple(r.take(r.unpack("<B")[0])) if flags & FLAG_THINNED else None
         payload = bytes(r.take(r.unpack("<I")[0]))
         residual = None
         if flags & FLAG_RESIDUAL:
@@ -243,6 +257,8 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         raise CorruptChunkError(f"Expected the TEC chunk to end after {r.pos} bytes. Got {len(r.buf)} instead.")
     _check_header(dtype_code, shape, (m, lh, lw), flags, nodata, float_scale, residual, version)
     _check_blocks(blocks)
+    if thinned_from is not None:
+        _check_thinned(thinned_from, quality, residual)
     header = ChunkHeader(
         model=name,
         model_hash=model_hash,
@@ -256,6 +272,7 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         residual=residual,
         skips_missing=version == SKIP_FORMAT_VERSION,
         blocks=blocks,
+        thinned_from=thinned_from,
     )
     if header.skips_missing and mask is None and nan_mask is None:
         raise CorruptChunkError("Expected a nodata or NaN mask in a chunk that skips missing latents. Got none instead.")
@@ -291,7 +308,7 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
     if flags & FLAG_NODATA and not math.isfinite(nodata):
         raise CorruptChunkError(f"Expected a finite nodata value. Got {nodata} instead.")
     if flags & ~KNOWN_FLAGS:
-        raise CorruptChunkError(f"Expected flag bits 0 to 4. Got flags {flags:#04x} instead (written by a newer tec_zarr).")
+        raise CorruptChunkError(f"Expected flag bits 0 to 5. Got flags {flags:#04x} instead (written by a newer tec_zarr).")
     if flags & FLAG_NAN and CODE_DTYPES[dtype_code].kind != "f":
         raise CorruptChunkError("Expected a NaN mask in float32 chunks only. Got one in an integer chunk instead.")
     if residual is None:
@@ -317,6 +334,14 @@ def _check_blocks(blocks) -> None:
     if not all(size >= 1 and py < size and px < size for size, py, px in blocks) or all(b[0] == 1 for b in blocks):
         raise CorruptChunkError(f"Expected per band a block size >= 1 and phases below it, some size above 1. "
                                 f"Got {blocks} instead.")
+
+
+def _check_thinned(levels: tuple[int, ...], quality: int, residual) -> None:
+    steps = (*levels, quality)
+    if not levels or any(a <= b for a, b in zip(steps, steps[1:])) or max(steps) > 255 or residual is not None:
+        raise CorruptChunkError(f"Expected a thinned chunk's earlier qualities strictly decreasing above its quality "
+                                f"{quality}, and no residual section. Got {levels}"
+                                f"{' and a residual' if residual else ''} instead.")
 
 
 def _check_crc(view: memoryview) -> None:

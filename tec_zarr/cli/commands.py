@@ -467,6 +467,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_thin(args) -> int:
+    from ..thinning import thin_store
+
+    if not args.store.exists():
+        raise CommandError(f"Expected a Zarr store or a .tec file at {args.store}. Got nothing there instead.")
+    progress = Progress("thinning", "chunks")
+    try:
+        report = thin_store(args.store, args.quality, variables=args.variable, progress=progress)
+    finally:
+        progress.close()
+    for name, why in report.left.items():
+        print(f"left {name or '/'} as it was: {why}")
+    if not report.thinned:
+        raise CommandError(f"Expected TEC arrays to thin in {args.store}. Got none that can be thinned instead.")
+    before, after = report.bytes_before, report.bytes_after
+    print(f"thinned {', '.join(n or '/' for n in report.thinned)} to quality {args.quality}: {report.chunks} chunks "
+          f"rewritten, {before / 1e6:.2f} -> {after / 1e6:.2f} MB of TEC chunks "
+          f"({before / max(after, 1):.2f}x smaller) in {progress.seconds:.1f} s")
+    if args.store.suffix == ".tec" and args.store.with_name(args.store.name + ".vrt").exists():
+        from ..gdal import sidecar
+
+        print(f"# rewrote its sidecar {sidecar(args.store)} (the file has a new uuid)")
+    return 0
+
+
 def cmd_demo(args) -> int:
     import imagecodecs  # noqa: F401  (the JPEG 2000 baseline: fail now, not after the TEC half)
 
@@ -711,6 +736,25 @@ examples:
         formatter_class=fmt)
     _train_arguments(t)
     t.set_defaults(func=cmd_train)
+
+    th = sub.add_parser(
+        "thin", help="cut a Zarr store's or .tec file's TEC chunks to a lower quality, in place",
+        description=_para("Rewrite every TEC chunk of a Zarr store (formats 2 and 3) or tile of a .tec file at a "
+                          "lower quality of its model, without decoding the image: smaller, and readable as before "
+                          "by xarray, zarr and GDAL. Each chunk is replaced atomically, so readers never see a "
+                          "half-written one, and an interrupted run leaves a valid store (run it again to finish). "
+                          "Thinning costs a few per cent more bits than coding at that quality directly; thinning "
+                          "the same data again costs more, so thin from the quality the data was written at. "
+                          "Error-bounded arrays (max_error) are left as they are."),
+        epilog="examples:\n  tec thin archive.zarr --quality 1                  (every TEC array)\n"
+               "  tec thin archive.zarr --quality 0 --variable 2019/refl\n  tec thin scene.tec --quality 2",
+        formatter_class=fmt)
+    th.add_argument("store", type=Path, help="a Zarr store directory or a .tec file, changed in place")
+    th.add_argument("--quality", type=int, required=True, metavar="Q",
+                    help="the level to thin to (chunks already at or below it stay as they are)")
+    th.add_argument("--variable", action="append", metavar="PATH",
+                    help="an array inside the store to thin (repeatable; default: every TEC array)")
+    th.set_defaults(func=cmd_thin)
 
     d = sub.add_parser("demo", help="compress the bundled Sentinel-2 sample with TEC and JPEG 2000 and compare",
                        description=_para("Compress the bundled Sentinel-2 sample (4 dates, 12 bands) with TEC and "

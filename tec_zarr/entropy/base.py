@@ -37,3 +37,10 @@ class LatentCoder(ABC):
                skip: np.ndarray | None = None) -> np.ndarray:
         """int32 symbols of ``shape`` (B, M, h, w), 0 where ``skip``. Raises
         :class:`~tec_zarr.errors.CorruptChunkError`."""
+
+    def recode(self, payload: bytes, y: np.ndarray, symbols: np.ndarray, source: int, quality: int, *,
+               skip: np.ndarray | None = None) -> bytes:
+        """The payload for ``symbols`` at ``quality``, requantized from a chunk coded at ``source`` whose payload
+        was ``payload``; ``y`` estimates the encoder's latents (the chunk's only record of them). Coders with side
+        information choose it from both (:meth:`HyperpriorCoder.recode`)."""
+        return self.encode(y, symbols, quality, skip=skip)

@@ -254,6 +254,24 @@ class HyperpriorCoder(LatentCoder):
         self.write_y(encoder, np.asarray(symbols, np.int64), z, quality, keep)
         return sections.join_z_section(z_bytes, encoder.get_compressed().tobytes())
 
+    def recode(self, payload: bytes, y: np.ndarray, symbols: np.ndarray, source: int, quality: int, *,
+               skip: np.ndarray | None = None) -> bytes:
+        """The shorter of two payloads, whose z (side information only: it changes no symbol) comes from the source's
+        z rounded at the new gain, or from h_a of the estimate ``y`` kept inside the bin the source's z stored for
+        h_a(y). Measured on tec-hp: h_a of the estimate alone costs up to +50 % bits, each of the two up to +12 %."""
+        source_z = read_z(self.hyperprior, payload, source, symbols.shape, skip)[0].astype(np.float64)
+        z_gain = self.hyperprior.z_gain.astype(np.float64)[:, None, :, None, None]
+        with np.errstate(divide="ignore", invalid="ignore"):  # a dead z channel (gain 0) bounds nothing
+            ends = (source_z - 0.5) / z_gain[source], (source_z + 0.5) / z_gain[source]
+            rounded = np.nan_to_num(source_z / z_gain[source], nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = np.nan_to_num(np.minimum(*ends), nan=-np.inf), np.nan_to_num(np.maximum(*ends), nan=np.inf)
+        estimated = np.clip(self.analysis.run(np.ascontiguousarray(y, np.float32)).astype(np.float64), low, high)
+        payloads = []
+        for h in (rounded, estimated):
+            z = np.clip(np.rint(h * z_gain[quality]), -Z_LIMIT, Z_LIMIT).astype(np.int32)
+            payloads.append(self.encode(y, symbols, quality, z, skip=skip))
+        return min(payloads, key=len)
+
     def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
                skip: np.ndarray | None = None) -> np.ndarray:
         z, rest = read_z(self.hyperprior, payload, quality, shape, skip)

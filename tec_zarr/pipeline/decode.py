@@ -18,6 +18,7 @@ from ..parsing import env_limit
 from ..replication import from_header, project
 from ..residual import bound
 from ..runtime.batching import run_stacked
+from . import requantize
 from .prepare import DN_PER_REFLECTANCE, latent_skip, union
 
 
@@ -67,8 +68,15 @@ class ParsedChunk:
         return ~missing if missing is not None else np.ones((self.header.batch, c, h, w), bool)
 
     def y_hat(self) -> np.ndarray:
-        """The decoder graph's input: symbols times the quality's inverse gains."""
-        inv_gain = self.model.inv_gain[self.header.quality][None, :, None, None]
+        """The decoder graph's input: symbols times the quality's inverse gains (thinned chunks: the middles of the
+        runs their symbols stand for, :mod:`.requantize`)."""
+        header = self.header
+        if header.thinned_from is not None:
+            gain, levels = self.model.gain, (*header.thinned_from, header.quality)
+            chain = [requantize.ratios(gain, a, b) for a, b in zip(levels, levels[1:])]
+            return requantize.reconstruct(self.symbols, chain, gain[[levels[0], header.quality]],
+                                          self.model.inv_gain[header.quality])
+        inv_gain = self.model.inv_gain[header.quality][None, :, None, None]
         return np.ascontiguousarray(self.symbols.astype(np.float32) * inv_gain)
 
 
@@ -134,6 +142,7 @@ def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
         or header.pad != (-h % model.multiple, -w % model.multiple)
         or (lh * model.latent_stride, lw * model.latent_stride) != (h + header.pad[0], w + header.pad[1])
         or m != model.latent_channels
+        or (header.thinned_from is not None and header.thinned_from[0] >= model.qualities)
     ):
         raise CorruptChunkError(f"Expected a header consistent with model {model.name}. Got {header} instead.")
     batch = header.batch

@@ -1,0 +1,59 @@
+"""Thinning: a chunk cut to a lower quality of its model without decoding its image.
+
+The chunk's symbols are entropy-decoded, mapped onto the lower level's grid in integers (:mod:`.requantize`) and coded
+again; masks, blocks and the rest of the header are kept byte for byte. The result is an ordinary chunk of the same
+model at the lower quality whose header names the quality it came from (format flag bit 5), so it decodes through
+every reader of this version. Chunks with a residual section (``max_error``, lossless) are refused: their bound
+holds for their own base only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from ..bitstream.chunk import pack, unpack_sections
+from ..errors import InvalidInputError
+from . import requantize
+from .decode import parse, skipped_latents
+
+
+def thin_chunk(buf, quality: int) -> bytes:
+    """``buf`` (a TEC chunk) at ``quality``, a level at or below its own: smaller, decoding to the lower level.
+
+    A chunk already at ``quality`` comes back unchanged. Raises the chunk's
+    :class:`~tec_zarr.errors.BitstreamError` if it is damaged, and :class:`~tec_zarr.errors.InvalidInputError` for
+    a quality above the chunk's or a chunk with a residual section.
+    """
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or quality < 0:
+        raise InvalidInputError(f"Expected a quality level (an integer >= 0). Got {quality!r} instead.")
+    quality = int(quality)
+    sections = unpack_sections(buf)
+    header = sections.header
+    if quality == header.quality:
+        return bytes(buf)
+    if quality > header.quality:
+        raise InvalidInputError(f"Expected a quality at or below the chunk's {header.quality}. Got {quality} instead: "
+                                "thinning removes information, it cannot add any.")
+    if header.residual is not None:
+        raise InvalidInputError(
+            f"Expected a lossy chunk. Got one with a residual section (max_error={header.residual.max_error:g}) instead:"
+            " thinning would break its bound, so decode it and encode it again at the lower quality.")
+    parsed = parse(buf)
+    model = parsed.model
+    levels = (*(header.thinned_from or ()), header.quality)
+    chain = [requantize.ratios(model.gain, a, b) for a, b in zip(levels, levels[1:])]
+    symbols = requantize.requantize(parsed.symbols, requantize.ratios(model.gain, header.quality, quality))
+    # The encoder's latents as well as the chunk knows them: the middles of the top-level runs, in encoder units.
+    top = model.gain[levels[0]].astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv_top = np.where(top != 0, 0.5 / top, 0.0)
+    y = np.ascontiguousarray((requantize.doubled_middle(parsed.symbols, chain) * inv_top[None, :, None, None])
+                             .astype(np.float32))
+    skip = skipped_latents(header, parsed.mask, parsed.nan, model.latent_stride)
+    if skip is not None:
+        symbols *= ~skip[:, None]
+    payload = model.coder.recode(sections.payload, y, symbols, header.quality, quality, skip=skip)
+    thinned = replace(header, quality=quality, thinned_from=levels)
+    return pack(thinned, sections.mask, payload, nan_mask=sections.nan_mask)

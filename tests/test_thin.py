@@ -1,0 +1,273 @@
+"""Thinning: chunks cut to a lower quality without decoding the image (tec_zarr.thin), and stores thinned in place."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import zarr
+
+import tec_zarr
+from tec_zarr import TEC, metrics
+from tec_zarr.bitstream.chunk import pack, unpack_sections
+from tec_zarr.errors import CorruptChunkError, InvalidInputError, TecZarrError
+from tec_zarr.pipeline import decode_chunk, encode_chunk, read_header
+from tec_zarr.pipeline.requantize import DEADZONE, RATIO_BITS, doubled_middle, ratios, requantize, runs
+from tec_zarr.thinning import thin_store
+from tec_zarr.zarr3 import TEC as TEC3
+
+
+@pytest.fixture(scope="module")
+def tile(image) -> np.ndarray:
+    return np.ascontiguousarray(image[:, :64, :64])
+
+
+@pytest.fixture(scope="module")
+def top_chunks(tile) -> dict[str, bytes]:
+    return {name: encode_chunk(tile, model=name, quality=4, nodata=None) for name in ("tec-fp", "tec-hp", "tec-ctx")}
+
+
+def test_requantize_runs_contain_exactly_the_symbols_mapped_to_them():
+    gain = np.array([[1.0, 0.3, -0.1, 2.2], [2.0, 1.0, 1.0, 2.1]], np.float32)  # top: row 1
+    ratio = ratios(gain, 1, 0)
+    assert ratio[2] == 0 and ratio[3] == (1 << RATIO_BITS) - 1  # dropped; not lower: just below 1
+    s = np.arange(-300, 301).reshape(1, 1, 1, -1).repeat(4, axis=1)
+    t = requantize(s, ratio)
+    lo, hi = runs(t, ratio)
+    kept = ratio > 0
+    assert ((lo <= s) & (s <= hi))[:, kept].all()
+    for c in np.flatnonzero(kept):  # every symbol in a run maps back to its run's value
+        for value in np.unique(t[0, c]):
+            members = s[0, c][t[0, c] == value]
+            if members.min() == s.min() or members.max() == s.max():
+                continue  # a run cut by the test's range
+            a, b = runs(np.array([[[[value]]]] * 1).repeat(4, axis=1), ratio)
+            assert members.min() == a[0, c, 0, 0] and members.max() == b[0, c, 0, 0]
+    assert (t[:, 2] == 0).all()
+    assert (t[0, 0] == -t[0, 0, 0, ::-1]).all()  # odd: the run of 0 is centred
+    # The deadzone: 0.4 instead of a half, so a value mapped to exactly 0.5 goes to 0.
+    assert DEADZONE < 1 << (RATIO_BITS - 1)
+
+
+def test_doubled_middle_composes_runs_of_runs():
+    gain = np.array([[0.9], [1.7], [3.5]], np.float32)
+    s = np.arange(-200, 201).reshape(1, 1, 1, -1)
+    r21, r10 = ratios(gain, 2, 1), ratios(gain, 1, 0)
+    t1 = requantize(s, r21)
+    t0 = requantize(t1, r10)
+    middle = doubled_middle(t0, [r21, r10])
+    for value in np.unique(t0):
+        members = s[t0 == value]
+        if members.min() == s.min() or members.max() == s.max():
+            continue
+        assert middle[t0 == value][0] == members.min() + members.max()
+
+
+@pytest.mark.parametrize("name", ["tec-fp", "tec-hp", "tec-ctx"])
+def test_thinned_chunks_decode_smaller_with_quality_falling(name, tile, top_chunks):
+    top = top_chunks[name]
+    sizes, psnrs = [len(top)], [metrics.psnr(tile, decode_chunk(top))]
+    for q in (3, 2, 1, 0):
+        thinned = tec_zarr.thin(top, q)
+        header = read_header(thinned)
+        assert header.quality == q and header.thinned_from == (4,)
+        sizes.append(len(thinned))
+        psnrs.append(metrics.psnr(tile, decode_chunk(thinned, expected_shape=tile.shape)))
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 5
+    assert psnrs == sorted(psnrs, reverse=True) and psnrs[-1] > 30
+
+
+def test_thinned_chunk_is_close_to_a_direct_one(tile, top_chunks):
+    """At the same level the thinned chunk's PSNR and size are near a chunk coded there directly (the benchmark
+    measures bits at equal PSNR)."""
+    for q in (3, 1):
+        direct = encode_chunk(tile, model="tec-fp", quality=q, nodata=None)
+        thinned = tec_zarr.thin(top_chunks["tec-fp"], q)
+        assert abs(metrics.psnr(tile, decode_chunk(thinned)) - metrics.psnr(tile, decode_chunk(direct))) < 2.0
+        assert 0.7 < len(thinned) / len(direct) < 1.3
+
+
+def test_thinning_twice_lists_the_levels_and_nests(tile, top_chunks):
+    top = top_chunks["tec-hp"]
+    once = tec_zarr.thin(top, 3)
+    twice = tec_zarr.thin(once, 1)
+    assert read_header(twice).thinned_from == (4, 3)
+    assert len(twice) < len(once)
+    assert metrics.psnr(tile, decode_chunk(twice)) > metrics.psnr(tile, decode_chunk(tec_zarr.thin(top, 0)))
+
+
+def test_same_quality_returns_the_chunk_and_bad_requests_are_refused(tile, top_chunks):
+    top = top_chunks["tec-fp"]
+    assert tec_zarr.thin(top, 4) == top
+    for bad in (5, -1, 1.5, True, "2"):
+        with pytest.raises(InvalidInputError):
+            tec_zarr.thin(top, bad)
+    bounded = encode_chunk(tile, model="tec-fp", quality=2, nodata=None, max_error=20)
+    with pytest.raises(InvalidInputError, match="residual"):
+        tec_zarr.thin(bounded, 0)
+    with pytest.raises(TecZarrError):
+        tec_zarr.thin(top[:-10], 1)
+    with pytest.raises(TecZarrError):
+        tec_zarr.thin(b"not a chunk at all", 1)
+
+
+def test_masks_nan_and_edge_padding_survive_thinning(image):
+    data = image[:, :50, :70].astype(np.float32) / 1e4
+    data[:, :10, :] = np.nan  # a swath edge
+    data[3, 20:25, 30:35] = np.nan
+    top = encode_chunk(data, model="tec-fp", quality=4, nodata=None)
+    thinned = tec_zarr.thin(top, 1)
+    got = decode_chunk(thinned)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(data))
+    valid = ~np.isnan(data)
+    assert np.abs(got[valid] - data[valid]).max() < 0.2
+    assert unpack_sections(thinned).nan_mask == unpack_sections(top).nan_mask
+    ints = image[:, :40, :40].copy()
+    ints[:, :8] = 0
+    top = encode_chunk(ints, model="tec-hp", quality=3, nodata=0)
+    got = decode_chunk(tec_zarr.thin(top, 0))
+    assert (got[:, :8] == 0).all() and (got[:, 8:] != 0).all()
+
+
+def test_temporal_chunks_thin(cube):
+    dates = np.ascontiguousarray(cube[:3, :, :32, :32])
+    top = encode_chunk(dates, model="tec-tt", quality=3, nodata=0)
+    thinned = tec_zarr.thin(top, 1)
+    direct = encode_chunk(dates, model="tec-tt", quality=1, nodata=0)
+    got = decode_chunk(thinned, expected_shape=dates.shape)
+    assert got.shape == dates.shape and len(thinned) < len(top)
+    assert metrics.psnr(dates, got) > metrics.psnr(dates, decode_chunk(direct)) - 2.0
+
+
+def test_hostile_thinned_headers_are_refused(top_chunks, monkeypatch):
+    from tec_zarr.bitstream import chunk
+
+    sections = unpack_sections(tec_zarr.thin(top_chunks["tec-fp"], 2))
+    monkeypatch.setattr(chunk, "_check_thinned", lambda *args: None)  # write what a hostile encoder would
+    hostile = {levels: pack(replace(sections.header, thinned_from=levels), sections.mask, sections.payload)
+               for levels in ((), (2,), (1,), (3, 4), (4, 4, 3), (9,))}
+    monkeypatch.undo()
+    for levels, data in hostile.items():
+        with pytest.raises(CorruptChunkError):
+            decode_chunk(data)
+    assert decode_chunk(pack(replace(sections.header, thinned_from=(4, 3)), sections.mask, sections.payload)).shape
+
+
+def _store(tmp_path, image, zarr_format, **codec):
+    path = tmp_path / f"v{zarr_format}.zarr"
+    data = np.ascontiguousarray(image[:, :100, :90])
+    kwargs = ({"compressors": TEC(quality=4, model="tec-fp", **codec)} if zarr_format == 2
+              else {"serializer": TEC3(quality=4, model="tec-fp", **codec), "compressors": None})
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=(12, 64, 64), dtype="uint16", zarr_format=zarr_format,
+                            fill_value=0, **kwargs)
+    arr[:] = data
+    return path, data
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_thin_store_in_place(tmp_path, image, zarr_format):
+    path, data = _store(tmp_path, image, zarr_format)
+    before = zarr.open_array(str(path))[:]
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    report = thin_store(path, 1)
+    assert report.thinned == [""] and report.chunks == 4 and report.bytes_after < report.bytes_before
+    assert sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) < size
+    assert not [p for p in path.rglob("*thin-*")]
+    after = zarr.open_array(str(path))[:]
+    assert metrics.psnr(data, after) < metrics.psnr(data, before) and metrics.psnr(data, after) > 33
+    meta = json.loads((path / (".zarray" if zarr_format == 2 else "zarr.json")).read_text())
+    assert '"quality": 1' in json.dumps(meta)
+    again = thin_store(path, 3)  # already below: nothing to do
+    assert again.chunks == 0
+    np.testing.assert_array_equal(zarr.open_array(str(path))[:], after)
+
+
+def test_thin_store_with_xarray_and_consolidated_metadata(tmp_path, cube):
+    xr = pytest.importorskip("xarray")
+    ds = xr.Dataset({"refl": (("time", "band", "y", "x"), cube[:2, :, :64, :64])})
+    path = tmp_path / "cube.zarr"
+    ds.to_zarr(path, zarr_format=2, consolidated=True,
+               encoding={"refl": {"compressors": TEC(quality=3, model="tec-hp"), "chunks": (1, 12, 64, 64)}})
+    report = thin_store(path, 0, variables=["refl"])
+    assert report.thinned == ["refl"]
+    out = xr.open_zarr(path)
+    assert json.loads((path / ".zmetadata").read_text())["metadata"]["refl/.zarray"]["compressor"]["quality"] == 0
+    assert [read_header((path / "refl" / f"{t}.0.0.0").read_bytes()).quality for t in (0, 1)] == [0, 0]
+    assert metrics.psnr(cube[:2, :, :64, :64], out.refl.values) > 30
+
+
+def test_thin_store_leaves_bounded_arrays_and_refuses_unknown_ones(tmp_path, image):
+    path, data = _store(tmp_path, image, 2, max_error=10)
+    report = thin_store(path, 0)
+    assert report.thinned == [] and "max_error" in report.left[""]
+    np.testing.assert_array_less(np.abs(zarr.open_array(str(path))[:].astype(int) - data), 11)
+    with pytest.raises(InvalidInputError):
+        thin_store(path, 0, variables=["nope"])
+    with pytest.raises(InvalidInputError):
+        thin_store(tmp_path / "missing.zarr", 0)
+
+
+def test_thin_tec_file(tmp_path, scene, original):
+    import shutil
+
+    from tec_zarr import tecfile
+
+    source, levels = scene
+    path = tmp_path / "scene.tec"
+    shutil.copy(source, path)
+    with tecfile.open(path) as f:
+        old_uuid, quality = f.metadata.uuid, f.metadata.codec["quality"]
+    report = thin_store(path, 0)
+    assert report.chunks > 0 and report.bytes_after < report.bytes_before
+    with tecfile.open(path) as f:
+        assert f.metadata.uuid != old_uuid and f.metadata.codec["quality"] == 0 < quality
+        after = f.read()
+        assert f.read(level=2).shape == levels[2].shape
+    assert after.shape == levels[0].shape
+    assert 30 < metrics.psnr(original, after) < metrics.psnr(original, levels[0])
+
+
+@pytest.mark.parametrize("model, levels", [("tec-fp", (2, 0)), ("tec-hp", (1,)), ("tec-tt", (1,))])
+def test_golden_thinned_chunks_decode(cube, model, levels):
+    """Stored thinned chunks decode to their stored pixels in every run (regenerated only with
+    TEC_ZARR_REGENERATE_GOLDEN=1); the top chunk they came from thins to the same bytes where thinning is integer
+    arithmetic alone (tec-fp: no network chooses side information)."""
+    from common import FIXTURES, REGENERATE
+
+    d = FIXTURES / "tec_zarr.tec" / f"thinned-{model}-{'-'.join(map(str, levels))}"
+    array = np.ascontiguousarray(cube[:2, :, :48, :40] if model == "tec-tt" else cube[1, :, :48, :40])
+    if REGENERATE:
+        d.mkdir(parents=True, exist_ok=True)
+        top = encode_chunk(array, model=model, quality=4, nodata=0)
+        thinned = top
+        for q in levels:
+            thinned = tec_zarr.thin(thinned, q)
+        (d / "top.bin").write_bytes(top)
+        (d / "encoded.00.dat").write_bytes(thinned)
+        (d / "config.json").write_text(json.dumps(TEC(model=model, quality=levels[-1]).get_config(), indent=1,
+                                                  sort_keys=True) + "\n")
+        np.save(d / "decoded.00.npy", decode_chunk(thinned))
+    stored = (d / "encoded.00.dat").read_bytes()
+    header = read_header(stored)
+    assert header.thinned_from == (4, *levels[:-1]) and header.quality == levels[-1]
+    got = decode_chunk(stored, expected_shape=array.shape)
+    assert metrics.max_error(got, np.load(d / "decoded.00.npy")) <= 1
+    if model == "tec-fp":
+        again = (d / "top.bin").read_bytes()
+        for q in levels:
+            again = tec_zarr.thin(again, q)
+        assert again == stored
+
+
+def test_cli_thin(tmp_path, image, capsys):
+    from tec_zarr.cli import main
+
+    path, data = _store(tmp_path, image, 3)
+    assert main(["thin", str(path), "--quality", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "thinned / to quality 0: 4 chunks rewritten" in out
+    assert metrics.psnr(data, zarr.open_array(str(path))[:]) > 30
+    assert main(["thin", str(tmp_path / "none.zarr"), "--quality", "0"]) == 2
+    assert "tec: error: Expected a Zarr store" in capsys.readouterr().err
