@@ -14,6 +14,7 @@ alternative without thinning), in this run. Writes benchmarks/results/thin.json 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from datetime import datetime, timezone
@@ -65,12 +66,12 @@ def measure(model: str, image: np.ndarray) -> dict:
     for q in range(TOP - 1, -1, -1):
         thinned = tec_zarr.thin(chunks[TOP], q)
         psnr = metrics.psnr(image, pipeline.decode_chunk(thinned))
-        one_step[q] = {"psnr": psnr, "bits": 8 * len(thinned), "ratio": 8 * len(thinned) / bits_needed(direct, psnr)}
+        one_step[str(q)] = {"psnr": psnr, "bits": 8 * len(thinned), "ratio": 8 * len(thinned) / bits_needed(direct, psnr)}
     chain, chunk = {}, chunks[TOP]
     for q in CHAIN:
         chunk = tec_zarr.thin(chunk, q)
         psnr = metrics.psnr(image, pipeline.decode_chunk(chunk))
-        chain[q] = {"psnr": psnr, "bits": 8 * len(chunk), "ratio": 8 * len(chunk) / bits_needed(direct, psnr)}
+        chain[str(q)] = {"psnr": psnr, "bits": 8 * len(chunk), "ratio": 8 * len(chunk) / bits_needed(direct, psnr)}
     return {"direct": [{"psnr": p, "bits": b} for p, b in direct], "one_step": one_step, "chain": chain}
 
 
@@ -94,7 +95,12 @@ def timing(model: str, image: np.ndarray, repeats: int = 3) -> dict:
 def main(argv=None) -> int:
     p = argument_parser(__doc__, HERE / "results" / "thin.json")
     p.add_argument("--quick", action="store_true", help="64 x 64 crops, one per set (a smoke run; not for the README)")
+    p.add_argument("--table", action="store_true", help="only print (and put in the README) the table of --out")
     args = p.parse_args(argv)
+    if args.table:
+        results = json.loads(args.out.read_text())
+        publish("thin", results, args.out, table(results), readme=not args.no_readme)
+        return 0
     sets = image_sets(args.data, args.quick)
     results = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "top": TOP, "chain": list(CHAIN), "sets": {}, "timing": {}}
@@ -110,14 +116,14 @@ def main(argv=None) -> int:
 
 def summary(runs: list[dict], kind: str, q: int) -> tuple[float, float]:
     """(mean ratio, worst ratio) over a set's images."""
-    ratios = [r[kind][q]["ratio"] for r in runs]
+    ratios = [r[kind][str(q)]["ratio"] for r in runs]
     return float(np.mean(ratios)), float(np.max(ratios))
 
 
 def monotone(runs: list[dict]) -> bool:
     """Quality falls with every level thinned to, on every image."""
     for r in runs:
-        psnrs = [r["direct"][TOP]["psnr"]] + [r["one_step"][q]["psnr"] for q in range(TOP - 1, -1, -1)]
+        psnrs = [r["direct"][TOP]["psnr"]] + [r["one_step"][str(q)]["psnr"] for q in range(TOP - 1, -1, -1)]
         if any(a <= b for a, b in zip(psnrs, psnrs[1:])):
             return False
     return True

@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import TecZarrError
 from . import failures
 from .failures import CommandError
+from .inpaint import add_parser as add_inpaint_parser
 from .inputs import (GEOTIFF, NETCDF, TEC, ZARR, check_nodata, chunk_count, open_dataset, output_kind, replacing,
                      require_input, require_output)
 from .progress import Progress, PsnrMisses, dask_progress
@@ -755,6 +756,7 @@ examples:
     th.add_argument("--variable", action="append", metavar="PATH",
                     help="an array inside the store to thin (repeatable; default: every TEC array)")
     th.set_defaults(func=cmd_thin)
+    add_inpaint_parser(sub)
 
     d = sub.add_parser("demo", help="compress the bundled Sentinel-2 sample with TEC and JPEG 2000 and compare",
                        description=_para("Compress the bundled Sentinel-2 sample (4 dates, 12 bands) with TEC and "
