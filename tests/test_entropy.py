@@ -30,6 +30,7 @@ from tec_zarr.bitstream import payload as sections
 from tec_zarr.entropy import LATENT_CODERS, LatentCoder, context, factorized, hyperprior, tables, temporal
 from tec_zarr.errors import CorruptChunkError, TecZarrError, WeightsIntegrityError
 from tec_zarr.models.registry import file_path
+from tec_zarr.requantize import Thinning
 from tec_zarr.runtime import onnx
 
 HP, CTX, FP = "tec-hp", "tec-ctx", "tec-fp"
@@ -417,8 +418,15 @@ def test_latent_encoder_goldens(path):
     model = models.load_model(header.model)
     shape = (header.batch,) + header.latent
     skip = golden_skip(path.read_bytes())  # version 4: latents under missing data are not coded
-    symbols = model.coder.decode(payload, header.quality, shape, skip=skip)
-    if isinstance(model.coder, factorized.FactorizedCoder):
+    thinning = None  # thinned chunks: their levels (and a factorized payload's table byte)
+    if header.thinned_from is not None:
+        thinning = Thinning.of(model.gain, (*header.thinned_from, header.quality))
+    symbols = model.coder.decode(payload, header.quality, shape, skip=skip, thinning=thinning)
+    if isinstance(model.coder, factorized.FactorizedCoder) and thinning is not None:
+        own = payload[0] == factorized.OWN_TABLES
+        tables = model.coder.tables if own else model.coder.tables_of(thinning)
+        again = payload[:1] + factorized.encode(symbols, header.quality if own else 0, tables, skip)
+    elif isinstance(model.coder, factorized.FactorizedCoder):
         again = factorized.encode(symbols, header.quality, model.coder.tables, skip)
     else:
         z, _ = hyperprior.read_z(model.coder.hyperprior, payload, header.quality, shape, skip)

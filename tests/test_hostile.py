@@ -1022,7 +1022,7 @@ def header_attacks() -> dict[str, bytes]:
     # Fields pack() refuses to write: edited in place, the CRC recomputed.
     layout = chunk_layout(lossy)
     for name, field, value in (("dtype code 0", "dtype", 0), ("dtype code 4", "dtype", 4), ("dtype code 255", "dtype", 255),
-                               ("flags | 0x20", "flags", 0x20), ("flags 0xff", "flags", 255), ("version 0", "version", 0),
+                               ("flags | 0x40", "flags", 0x40), ("flags 0xff", "flags", 255), ("version 0", "version", 0),
                                ("version 4", "version", 4), ("quality 255", "quality", 255)):
         buf = bytearray(lossy)
         offset, code = layout.fields[field]

@@ -14,7 +14,7 @@ from tec_zarr import TEC, metrics
 from tec_zarr.bitstream.chunk import pack, unpack_sections
 from tec_zarr.errors import CorruptChunkError, InvalidInputError, TecZarrError
 from tec_zarr.pipeline import decode_chunk, encode_chunk, read_header
-from tec_zarr.pipeline.requantize import DEADZONE, RATIO_BITS, doubled_middle, ratios, requantize, runs
+from tec_zarr.requantize import DEADZONE, RATIO_BITS, doubled_middle, ratios, requantize, runs
 from tec_zarr.thinning import thin_store
 from tec_zarr.zarr3 import TEC as TEC3
 
@@ -271,3 +271,36 @@ def test_cli_thin(tmp_path, image, capsys):
     assert metrics.psnr(data, zarr.open_array(str(path))[:]) > 30
     assert main(["thin", str(tmp_path / "none.zarr"), "--quality", "0"]) == 2
     assert "tec: error: Expected a Zarr store" in capsys.readouterr().err
+
+
+def test_run_tables_give_each_thinned_symbol_its_run_of_top_counts():
+    from tec_zarr.entropy.factorized import run_tables
+    from tec_zarr.models import load_model
+    from tec_zarr.requantize import Thinning, forward
+
+    model = load_model("tec-fp")
+    tables = model.coder.tables
+    for levels in ((4, 3), (4, 2, 0), (3, 1)):
+        thinning = Thinning.of(model.gain, levels)
+        derived = run_tables(tables, thinning)
+        top = levels[0]
+        for c in (0, 7, 100, 191):
+            n = int(tables.lengths[top, c])
+            s = tables.offsets[top, c] + np.arange(n - 1)
+            t = forward(s.reshape(1, 1, 1, -1).repeat(192, axis=1), thinning.chain)[0, c, 0]
+            m = int(derived.lengths[0, c])
+            assert derived.pmf[0, c, :m].sum() == tables.pmf[top, c, :n].sum()  # 2**16, escape kept
+            assert derived.pmf[0, c, m - 1] == tables.pmf[top, c, n - 1]
+            for k in range(m - 1):
+                value = derived.offsets[0, c] + k
+                assert derived.pmf[0, c, k] == tables.pmf[top, c, : n - 1][t == value].sum() > 0
+
+
+def test_thinned_factorized_payloads_name_their_tables(tile, top_chunks):
+    thinned = tec_zarr.thin(top_chunks["tec-fp"], 1)
+    sections = unpack_sections(thinned)
+    assert sections.payload[0] in (0, 1)
+    for bad in (b"\x02", b""):
+        hostile = pack(sections.header, sections.mask, bad + sections.payload[1:len(sections.payload) if bad else 0])
+        with pytest.raises(CorruptChunkError):
+            decode_chunk(hostile)

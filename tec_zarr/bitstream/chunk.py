@@ -27,7 +27,7 @@ Layout (all integers little-endian)::
     thinned      u8 + u8 x n  (bit 5 only) n >= 1, then the qualities the chunk was at before tec_zarr.thin cut it to
                           ``quality``, the one it was coded at first, strictly decreasing, all above ``quality``: its
                           symbols stand for runs of the first level's symbols and decode to the runs' middles
-                          (tec_zarr.pipeline.requantize). Never with a residual section
+                          (tec_zarr.requantize). Never with a residual section
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
@@ -124,7 +124,7 @@ class ChunkHeader:
     # Per band (size, phase_y, phase_x): bands made of size x size blocks of equal values (size 1: not); None
     # where no band is (tec_zarr.replication).
     blocks: tuple[tuple[int, int, int], ...] | None = None
-    # A thinned chunk's earlier qualities, the one it was coded at first (tec_zarr.pipeline.requantize); None: coded
+    # A thinned chunk's earlier qualities, the one it was coded at first (tec_zarr.requantize); None: coded
     # at ``quality``.
     thinned_from: tuple[int, ...] | None = None
 

@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..requantize import Thinning
 from .tables import EntropyTables
 
 
@@ -34,13 +35,14 @@ class LatentCoder(ABC):
 
     @abstractmethod
     def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
-               skip: np.ndarray | None = None) -> np.ndarray:
-        """int32 symbols of ``shape`` (B, M, h, w), 0 where ``skip``. Raises
+               skip: np.ndarray | None = None, thinning: Thinning | None = None) -> np.ndarray:
+        """int32 symbols of ``shape`` (B, M, h, w), 0 where ``skip``; ``thinning``: how a thinned chunk's symbols
+        came about (coders that code such chunks their own way read it). Raises
         :class:`~tec_zarr.errors.CorruptChunkError`."""
 
-    def recode(self, payload: bytes, y: np.ndarray, symbols: np.ndarray, source: int, quality: int, *,
+    def recode(self, payload: bytes, y: np.ndarray, symbols: np.ndarray, source: int, thinning: Thinning, *,
                skip: np.ndarray | None = None) -> bytes:
-        """The payload for ``symbols`` at ``quality``, requantized from a chunk coded at ``source`` whose payload
-        was ``payload``; ``y`` estimates the encoder's latents (the chunk's only record of them). Coders with side
-        information choose it from both (:meth:`HyperpriorCoder.recode`)."""
-        return self.encode(y, symbols, quality, skip=skip)
+        """The payload for ``symbols`` at ``thinning.levels[-1]``, requantized from a chunk at quality ``source``
+        whose payload was ``payload``; ``y`` estimates the encoder's latents (the chunk's only record of them).
+        Coders with side information choose it from both (:meth:`HyperpriorCoder.recode`)."""
+        return self.encode(y, symbols, thinning.levels[-1], skip=skip)

@@ -2,6 +2,12 @@
 
 Payload: constriction range-coder words; channel by channel, the channel's symbols over (B, h, w) in row-major
 order, each escaped value's offset right after its escape (:mod:`.rangecoder`).
+
+Thinned chunks (:mod:`tec_zarr.requantize`) start with one byte naming their tables: 0, the level's own; 1, the
+first level's tables summed over the run of first-level symbols each thinned symbol stands for (:func:`run_tables`,
+exact integers: the probability the first level's model gives the run). The encoder keeps the shorter payload:
+summed tables fit data unlike the training data better (measured -10 to -18 % bits on another source), the
+level's own tables data like it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import CorruptChunkError
+from ..requantize import Thinning, forward
 from .base import LatentCoder
 from .rangecoder import (
     DECODER_ERRORS,
@@ -86,6 +93,30 @@ def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: 
     return np.ascontiguousarray(np.moveaxis(out.reshape(m, b, h, w), 0, 1), dtype=np.int32)
 
 
+OWN_TABLES, RUN_TABLES = 0, 1
+
+
+def run_tables(tables: EntropyTables, thinning: Thinning) -> EntropyTables:
+    """One quality's tables for symbols thinned through ``thinning``: each thinned symbol's count the sum of the
+    first level's counts over its run (every first-level symbol of a table maps into one contiguous range of
+    thinned symbols, each hit at least once), the escape's count kept."""
+    top = thinning.levels[0]
+    lengths, offsets = tables.lengths[top].astype(np.int64), tables.offsets[top].astype(np.int64)
+    width = tables.pmf.shape[2] - 1
+    symbols = offsets[:, None] + np.arange(width)[None, :]  # (M, width); a channel's first lengths - 1 are its own
+    thinned = forward(symbols[None, :, None, :], thinning.chain)[0, :, 0, :].astype(np.int64)
+    rows = []
+    for c in range(len(lengths)):
+        t = thinned[c, : lengths[c] - 1]
+        counts = np.bincount(t - t[0], weights=tables.pmf[top, c, : lengths[c] - 1]).astype(np.int64)
+        rows.append((int(t[0]), np.append(counts, tables.pmf[top, c, lengths[c] - 1])))
+    pmf = np.zeros((1, len(rows), max(len(r) for _, r in rows)), np.int64)
+    for c, (_, row) in enumerate(rows):
+        pmf[0, c, : len(row)] = row
+    return EntropyTables(offsets=np.array([[o for o, _ in rows]], np.int32), pmf=pmf,
+                         lengths=np.array([[len(r) for _, r in rows]], np.int32))
+
+
 class FactorizedCoder(LatentCoder):
     """Symbols coded with the model's per-(quality, channel) tables (``tables.npz``): tec-fp."""
 
@@ -93,6 +124,14 @@ class FactorizedCoder(LatentCoder):
 
     def __init__(self, tables: EntropyTables):
         self.tables = tables
+        self._run_tables: dict[tuple[int, ...], EntropyTables] = {}  # by levels: at most 2**qualities
+
+    def tables_of(self, thinning: Thinning) -> EntropyTables:
+        """:func:`run_tables`, built once per chain of levels (two threads may build equal ones; one is kept)."""
+        found = self._run_tables.get(thinning.levels)
+        if found is None:
+            found = self._run_tables.setdefault(thinning.levels, run_tables(self.tables, thinning))
+        return found
 
     @classmethod
     def from_files(cls, files: Mapping[str, bytes], tables: EntropyTables) -> FactorizedCoder:
@@ -102,5 +141,18 @@ class FactorizedCoder(LatentCoder):
         return encode(symbols, quality, self.tables, skip)
 
     def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
-               skip: np.ndarray | None = None) -> np.ndarray:
-        return decode(payload, quality, shape, self.tables, skip)
+               skip: np.ndarray | None = None, thinning: Thinning | None = None) -> np.ndarray:
+        if thinning is None:
+            return decode(payload, quality, shape, self.tables, skip)
+        if not payload or payload[0] not in (OWN_TABLES, RUN_TABLES):
+            raise CorruptChunkError(f"Expected a thinned payload starting with its tables, {OWN_TABLES} or "
+                                    f"{RUN_TABLES}. Got {payload[:1]!r} instead.")
+        if payload[0] == OWN_TABLES:
+            return decode(payload[1:], quality, shape, self.tables, skip)
+        return decode(payload[1:], 0, shape, self.tables_of(thinning), skip)
+
+    def recode(self, payload: bytes, y: np.ndarray, symbols: np.ndarray, source: int, thinning: Thinning, *,
+               skip: np.ndarray | None = None) -> bytes:
+        own = bytes([OWN_TABLES]) + encode(symbols, thinning.levels[-1], self.tables, skip)
+        summed = bytes([RUN_TABLES]) + encode(symbols, 0, self.tables_of(thinning), skip)
+        return min(own, summed, key=len)

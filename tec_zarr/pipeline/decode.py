@@ -18,7 +18,7 @@ from ..parsing import env_limit
 from ..replication import from_header, project
 from ..residual import bound
 from ..runtime.batching import run_stacked
-from . import requantize
+from .. import requantize
 from .prepare import DN_PER_REFLECTANCE, latent_skip, union
 
 
@@ -69,13 +69,12 @@ class ParsedChunk:
 
     def y_hat(self) -> np.ndarray:
         """The decoder graph's input: symbols times the quality's inverse gains (thinned chunks: the middles of the
-        runs their symbols stand for, :mod:`.requantize`)."""
+        runs their symbols stand for, :mod:`tec_zarr.requantize`)."""
         header = self.header
         if header.thinned_from is not None:
-            gain, levels = self.model.gain, (*header.thinned_from, header.quality)
-            chain = [requantize.ratios(gain, a, b) for a, b in zip(levels, levels[1:])]
-            return requantize.reconstruct(self.symbols, chain, gain[[levels[0], header.quality]],
-                                          self.model.inv_gain[header.quality])
+            thinning = requantize.Thinning.of(self.model.gain, (*header.thinned_from, header.quality))
+            return requantize.reconstruct(self.symbols, thinning.chain, self.model.gain[[thinning.levels[0],
+                                          header.quality]], self.model.inv_gain[header.quality])
         inv_gain = self.model.inv_gain[header.quality][None, :, None, None]
         return np.ascontiguousarray(self.symbols.astype(np.float32) * inv_gain)
 
@@ -151,7 +150,10 @@ def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
         raise CorruptChunkError("Expected a nodata value with a nodata mask. Got a mask alone instead.")
     nan = unpack_mask(sections.nan_mask, (batch, c, h, w)) if sections.nan_mask is not None else None
     skip = skipped_latents(header, mask, nan, model.latent_stride)
-    symbols = model.coder.decode(payload, header.quality, (batch, m, lh, lw), skip=skip)
+    thinning = None
+    if header.thinned_from is not None:
+        thinning = requantize.Thinning.of(model.gain, (*header.thinned_from, header.quality))
+    symbols = model.coder.decode(payload, header.quality, (batch, m, lh, lw), skip=skip, thinning=thinning)
     return ParsedChunk(header=header, model=model, mask=mask, nan=nan, symbols=symbols)
 
 

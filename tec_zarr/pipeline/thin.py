@@ -1,6 +1,6 @@
 """Thinning: a chunk cut to a lower quality of its model without decoding its image.
 
-The chunk's symbols are entropy-decoded, mapped onto the lower level's grid in integers (:mod:`.requantize`) and coded
+The chunk's symbols are entropy-decoded, mapped onto the lower level's grid in integers (:mod:`tec_zarr.requantize`) and coded
 again; masks, blocks and the rest of the header are kept byte for byte. The result is an ordinary chunk of the same
 model at the lower quality whose header names the quality it came from (format flag bit 5), so it decodes through
 every reader of this version. Chunks with a residual section (``max_error``, lossless) are refused: their bound
@@ -15,7 +15,7 @@ import numpy as np
 
 from ..bitstream.chunk import pack, unpack_sections
 from ..errors import InvalidInputError
-from . import requantize
+from .. import requantize
 from .decode import parse, skipped_latents
 
 
@@ -43,17 +43,18 @@ def thin_chunk(buf, quality: int) -> bytes:
     parsed = parse(buf)
     model = parsed.model
     levels = (*(header.thinned_from or ()), header.quality)
-    chain = [requantize.ratios(model.gain, a, b) for a, b in zip(levels, levels[1:])]
-    symbols = requantize.requantize(parsed.symbols, requantize.ratios(model.gain, header.quality, quality))
+    source = requantize.Thinning.of(model.gain, levels)
+    thinning = requantize.Thinning.of(model.gain, (*levels, quality))
+    symbols = requantize.requantize(parsed.symbols, thinning.chain[-1])
     # The encoder's latents as well as the chunk knows them: the middles of the top-level runs, in encoder units.
     top = model.gain[levels[0]].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_top = np.where(top != 0, 0.5 / top, 0.0)
-    y = np.ascontiguousarray((requantize.doubled_middle(parsed.symbols, chain) * inv_top[None, :, None, None])
+    y = np.ascontiguousarray((requantize.doubled_middle(parsed.symbols, source.chain) * inv_top[None, :, None, None])
                              .astype(np.float32))
     skip = skipped_latents(header, parsed.mask, parsed.nan, model.latent_stride)
     if skip is not None:
         symbols *= ~skip[:, None]
-    payload = model.coder.recode(sections.payload, y, symbols, header.quality, quality, skip=skip)
+    payload = model.coder.recode(sections.payload, y, symbols, header.quality, thinning, skip=skip)
     thinned = replace(header, quality=quality, thinned_from=levels)
     return pack(thinned, sections.mask, payload, nan_mask=sections.nan_mask)

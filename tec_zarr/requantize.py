@@ -20,6 +20,8 @@ steps (the chunk header lists the levels, :func:`doubled_middle`), and every lev
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 RATIO_BITS = 16
@@ -36,6 +38,26 @@ def ratios(gain: np.ndarray, top: int, quality: int) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         r = np.where(g_top > 0, g_low / g_top, 0.0)
     return np.rint(np.clip(r, 0.0, 1.0) * 2**RATIO_BITS).astype(np.int64).clip(0, (1 << RATIO_BITS) - 1)
+
+
+@dataclass(frozen=True, eq=False)
+class Thinning:
+    """How a thinned chunk's symbols came about: ``levels``, the qualities from the one it was coded at to its own,
+    and ``chain``, the ratios of each step (:func:`ratios`)."""
+
+    levels: tuple[int, ...]
+    chain: tuple[np.ndarray, ...]
+
+    @classmethod
+    def of(cls, gain: np.ndarray, levels: tuple[int, ...]) -> Thinning:
+        return cls(tuple(levels), tuple(ratios(gain, a, b) for a, b in zip(levels, levels[1:])))
+
+
+def forward(symbols: np.ndarray, chain) -> np.ndarray:
+    """Top-level symbols (B, M, h, w) requantized through every step of ``chain``."""
+    for ratio in chain:
+        symbols = requantize(symbols, ratio)
+    return symbols
 
 
 def requantize(symbols: np.ndarray, ratio: np.ndarray) -> np.ndarray:
