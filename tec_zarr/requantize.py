@@ -25,14 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 
 RATIO_BITS = 16
+LIMIT = 1 << 32  # run ends are clipped to +-LIMIT: top symbols are int32
 # Rounding offset of the mapping, in 2**-RATIO_BITS: 0.4 (round half up would be 0.5).
 DEADZONE = 26214
 
 
 def ratios(gain: np.ndarray, top: int, quality: int) -> np.ndarray:
     """int64 (M,): ``R`` of each channel from ``top`` to ``quality``; 0 where the lower level drops the channel, and
-    just below 1 where its gain is not lower (a few near-dead channels of the shipped models: a symbol then maps to
-    itself, as no requantization can add precision)."""
+    just below 1 where its gain is not lower (a few near-dead channels of the shipped models: a symbol below
+    DEADZONE in magnitude then maps to itself, as no requantization can add precision)."""
     g_top = gain[top].astype(np.float64)
     g_low = gain[quality].astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -48,8 +49,14 @@ class Thinning:
     levels: tuple[int, ...]
     chain: tuple[np.ndarray, ...]
 
+    @property
+    def dropped(self) -> np.ndarray:
+        """bool (M,): channels some step drops (their thinned symbols are all 0)."""
+        return np.any([ratio <= 0 for ratio in self.chain], axis=0)
+
     @classmethod
     def of(cls, gain: np.ndarray, levels: tuple[int, ...]) -> Thinning:
+        """The thinning through ``levels`` (first the quality coded at) of a model with gains ``gain`` (Q, M)."""
         return cls(tuple(levels), tuple(ratios(gain, a, b) for a, b in zip(levels, levels[1:])))
 
 
@@ -68,7 +75,8 @@ def requantize(symbols: np.ndarray, ratio: np.ndarray) -> np.ndarray:
 
 def runs(symbols: np.ndarray, ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int64 (lo, hi): the first and last higher-level symbol that :func:`requantize` maps to each of ``symbols``
-    (monotone and odd, so a run's ends are the ends' runs; a dropped channel's 0 stands for 0)."""
+    (monotone and odd, so a run's ends are the ends' runs; a dropped channel's 0 stands for 0). ``symbols`` at most
+    :data:`LIMIT` in magnitude."""
     r = np.maximum(ratio, 1)[None, :, None, None]
     a = np.abs(symbols.astype(np.int64))
     unit = np.int64(1 << RATIO_BITS)
@@ -86,15 +94,17 @@ def doubled_middle(symbols: np.ndarray, chain: list[np.ndarray]) -> np.ndarray:
     the requantizations ``chain`` (their ratios, top first)."""
     lo = hi = symbols.astype(np.int64)
     for ratio in reversed(chain):
-        lo, hi = runs(lo, ratio)[0], runs(hi, ratio)[1]
+        # Top symbols are int32: ends beyond stand for nothing, and clipping keeps every product below 2**63.
+        lo = np.clip(runs(lo, ratio)[0], -LIMIT, LIMIT)
+        hi = np.clip(runs(hi, ratio)[1], -LIMIT, LIMIT)
     return lo + hi
 
 
-def reconstruct(symbols: np.ndarray, chain: list[np.ndarray], gain: np.ndarray, inv_gain: np.ndarray) -> np.ndarray:
-    """The decoder graph's float32 input for symbols of a thinned chunk: the middle of each run in top units, in the
-    chunk's level's units (times its gain over the top's, ``gain`` (2, M): top and level), times the level's inverse
-    gains ``inv_gain`` (M,)."""
+def reconstruct(doubled: np.ndarray, gain: np.ndarray, inv_gain: np.ndarray) -> np.ndarray:
+    """The decoder graph's float32 input for a thinned chunk from ``doubled`` (B, M, h, w), twice the top-unit
+    value each symbol decodes to (:func:`doubled_middle`, or a coder's estimate), in the chunk's level's units (times
+    its gain over the top's, ``gain`` (2, M): top and level), times the level's inverse gains ``inv_gain`` (M,)."""
     g = gain.astype(np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(g[0] > 0, g[1] / g[0] / 2 * inv_gain, 0.0)
-    return np.ascontiguousarray((doubled_middle(symbols, chain) * scale[None, :, None, None]).astype(np.float32))
+    return np.ascontiguousarray((doubled * scale[None, :, None, None]).astype(np.float32))

@@ -14,9 +14,10 @@ left as they are and reported: their bound would not hold.
 from __future__ import annotations
 
 import json
-import math
 import os
+import re
 import secrets
+import stat
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,7 +27,7 @@ from .bitstream import tecfile
 from .bitstream.chunk import CODEC_ID
 from .errors import InvalidInputError, TecZarrError
 from .pipeline.decode import read_header
-from .pipeline.thin import thin_chunk
+from .pipeline.thin import parse_level, thin_chunk
 
 
 @dataclass
@@ -38,14 +39,14 @@ class ThinReport:
     chunks: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
+    sidecar: Path | None = None  # a .tec file's VRT sidecar, rewritten for its new uuid
 
 
 def thin_store(path, quality: int, *, variables=None, progress: Callable[[int, int], None] | None = None) -> ThinReport:
     """Thin a Zarr store directory or a ``.tec`` file at ``path`` to ``quality`` in place; ``variables``: the Zarr
     arrays to thin (paths inside the store; None: every TEC array). Chunks already at or below ``quality`` stay."""
     path = Path(path)
-    if isinstance(quality, bool) or not isinstance(quality, int) or quality < 0:
-        raise InvalidInputError(f"Expected a quality level (an integer >= 0). Got {quality!r} instead.")
+    quality = parse_level(quality)
     if path.is_file() and path.suffix == ".tec":
         return _thin_tec(path, quality, progress)
     if not path.is_dir():
@@ -67,9 +68,13 @@ def thin_store(path, quality: int, *, variables=None, progress: Callable[[int, i
         if why:
             report.left[name] = why
             continue
-        _thin_array(array, quality, report, progress)
+        _remove_leftovers(array.directory)
+        try:
+            _thin_array(array, quality, report, progress)
+        finally:  # chunks already thinned: the metadata says so, even if a later chunk fails
+            _set_quality(array, quality)
+            _update_consolidated(path, name, array)
         report.thinned.append(name)
-    _update_consolidated(path, {n: arrays[n] for n in report.thinned})
     return report
 
 
@@ -100,23 +105,28 @@ class _ZarrArray:
             return "not stored with the TEC codec"
         if codec.get("max_error") is not None:
             return f"error-bounded (max_error={codec['max_error']}): thinning would break the bound"
-        if self.zarr_format == 3 and any(isinstance(c, dict) and c.get("name") == "sharding_indexed"
-                                         for c in self.metadata.get("codecs") or []):
+        codecs = self.metadata.get("codecs") or []
+        if self.zarr_format == 3 and any(isinstance(c, dict) and c.get("name") == "sharding_indexed" for c in codecs):
             return "sharded: thin its shards' inner chunks by rewriting the array"
+        names = [c.get("name") if isinstance(c, dict) else None for c in codecs]
+        if self.zarr_format == 3 and names.index(CODEC_ID) != len(names) - 1:
+            return (f"its TEC chunks pass through {names[names.index(CODEC_ID) + 1:]} after the codec, so the stored "
+                    "bytes are not TEC chunks")
         return None
 
-    def chunk_paths(self):
-        shape, chunks = self.metadata["shape"], self._chunks()
-        grid = [max(1, math.ceil(s / c)) for s, c in zip(shape, chunks)]
+    def chunk_paths(self) -> list[Path]:
+        """The array's stored chunk files, found on disk (a sparse array's missing chunks cost nothing), in key
+        order; files whose names are no chunk key of the array are not touched."""
         separator, prefix = self._key_encoding()
-        for index in _indices(grid):
-            key = separator.join(str(i) for i in index) if index else "0"
-            yield self.directory / (prefix + key)
-
-    def _chunks(self) -> list[int]:
-        if self.zarr_format == 2:
-            return list(self.metadata["chunks"])
-        return list(self.metadata["chunk_grid"]["configuration"]["chunk_shape"])
+        ndim = len(self.metadata["shape"])
+        pattern = re.compile(re.escape(prefix) + re.escape(separator).join([r"\d+"] * max(ndim, 1)) + r"\Z")
+        found = []
+        for root, dirs, files in os.walk(self.directory):
+            for f in files:
+                key = (Path(root) / f).relative_to(self.directory).as_posix()
+                if pattern.match(key):
+                    found.append(Path(root) / f)
+        return sorted(found)
 
     def _key_encoding(self) -> tuple[str, str]:
         if self.zarr_format == 2:
@@ -128,24 +138,10 @@ class _ZarrArray:
         return separator or "/", "c" + (separator or "/")
 
 
-def _indices(grid: list[int]):
-    if not grid:
-        yield ()
-        return
-    first, *rest = grid
-    for i in range(first):
-        for tail in _indices(rest):
-            yield (i, *tail)
-
-
 def _zarr_arrays(root: Path) -> dict[str, _ZarrArray]:
     arrays = {}
     for meta in sorted([*root.rglob(".zarray"), *root.rglob("zarr.json")]):
-        try:
-            data = json.loads(meta.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidInputError(f"Expected Zarr metadata JSON in {meta}. Got {type(e).__name__}: {e} instead.") \
-                from None
+        data = _read_json(meta)
         if meta.name == "zarr.json" and data.get("node_type") != "array":
             continue
         name = meta.parent.relative_to(root).as_posix()
@@ -154,7 +150,7 @@ def _zarr_arrays(root: Path) -> dict[str, _ZarrArray]:
 
 
 def _thin_array(array: _ZarrArray, quality: int, report: ThinReport, progress) -> None:
-    paths = [p for p in array.chunk_paths() if p.is_file()]
+    paths = array.chunk_paths()
     for done, chunk_path in enumerate(paths, 1):
         data = chunk_path.read_bytes()
         try:
@@ -169,7 +165,15 @@ def _thin_array(array: _ZarrArray, quality: int, report: ThinReport, progress) -
             report.chunks += 1
         if progress is not None:
             progress(done, len(paths))
+
+
+def _set_quality(array: _ZarrArray, quality: int) -> None:
+    """The array's codec config says the new quality (and no psnr target), read afresh: whatever else changed in
+    the metadata meanwhile is kept."""
+    array.metadata = _read_json(array.metadata_file)
     codec = array.codec
+    if codec is None:
+        return
     codec["quality"] = min(quality, int(codec.get("quality", quality)))
     codec.pop("psnr", None)
     _replace_file(array.metadata_file, json.dumps(array.metadata, indent=4).encode())
@@ -179,39 +183,66 @@ def _chunk_quality(data: bytes) -> int:
     return read_header(data).quality
 
 
-def _update_consolidated(root: Path, arrays: dict[str, _ZarrArray]) -> None:
-    """Consolidated metadata (format 2 ``.zmetadata``, format 3 in the root ``zarr.json``) says what each array's
+def _update_consolidated(root: Path, name: str, array: _ZarrArray) -> None:
+    """Consolidated metadata (format 2 ``.zmetadata``, format 3 in the root ``zarr.json``) says what the array's
     own metadata now says."""
-    if not arrays:
-        return
     zmetadata = root / ".zmetadata"
     if zmetadata.is_file():
-        data = json.loads(zmetadata.read_text())
-        for name, array in arrays.items():
-            key = f"{name}/.zarray" if name else ".zarray"
-            if key in data.get("metadata", {}):
-                data["metadata"][key] = array.metadata
-        _replace_file(zmetadata, json.dumps(data, indent=4).encode())
+        data = _read_json(zmetadata)
+        key = f"{name}/.zarray" if name else ".zarray"
+        if key in data.get("metadata", {}):
+            data["metadata"][key] = array.metadata
+            _replace_file(zmetadata, json.dumps(data, indent=4).encode())
     root_json = root / "zarr.json"
-    if root_json.is_file():
-        data = json.loads(root_json.read_text())
+    if root_json.is_file() and array.metadata_file != root_json:
+        data = _read_json(root_json)
         consolidated = (data.get("consolidated_metadata") or {}).get("metadata")
-        if isinstance(consolidated, dict):
-            for name, array in arrays.items():
-                if name in consolidated:
-                    consolidated[name] = array.metadata
+        if isinstance(consolidated, dict) and name in consolidated:
+            consolidated[name] = array.metadata
             _replace_file(root_json, json.dumps(data, indent=4).encode())
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InvalidInputError(f"Expected Zarr metadata JSON in {path}. Got {type(e).__name__}: {e} instead.") \
+            from None
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"Expected a JSON object in {path}. Got {type(data).__name__} instead.")
+    return data
+
+
+LEFTOVER = re.compile(r".*\.thin-[0-9a-f]{8}\Z")
+
+
+def _remove_leftovers(directory: Path) -> None:
+    """Temporaries of an interrupted run (never a chunk: the rename is what makes one)."""
+    for root, _, files in os.walk(directory):
+        for f in files:
+            if LEFTOVER.match(f):
+                (Path(root) / f).unlink(missing_ok=True)
+
+
 def _replace_file(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` afterwards; readers see the old bytes or the new ones, never a mixture."""
-    tmp = path.with_name(f"{path.name}.thin-{secrets.token_hex(4)}")
+    """``path`` (a link: its target) holds ``data`` afterwards, with its permissions; readers see the old bytes or
+    the new ones, never a mixture, and the rename is on disk before the next file is touched."""
+    target = path.resolve() if path.is_symlink() else path
+    mode = stat.S_IMODE(target.stat().st_mode) if target.exists() else None
+    tmp = target.with_name(f"{target.name}.thin-{secrets.token_hex(4)}")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -229,21 +260,35 @@ def _thin_tec(path: Path, quality: int, progress) -> ThinReport:
             return report
         positions = [(level, ty, tx) for level in meta.levels for ty in range(meta.grid(level)[0])
                      for tx in range(meta.grid(level)[1])]
-        new_tiles = []
-        for done, (level, ty, tx) in enumerate(positions, 1):
-            data = tiles.read_tile(level, ty, tx)
-            if data:
-                thinned = thin_chunk(data, min(quality, _chunk_quality(data)))
-                report.bytes_before += len(data)
-                report.bytes_after += len(thinned)
-                report.chunks += thinned != data
-                data = thinned
-            new_tiles.append(data or None)
-            if progress is not None:
-                progress(done, len(positions))
+        if all(not tiles.tile_entry(*p)[1] or _chunk_quality(tiles.read_tile(*p)) <= quality for p in positions):
+            report.thinned.append(path.name)  # nothing to cut: the file (and its uuid) stays as it is
+            return report
+
+        def thinned_tiles():  # one tile in memory at a time, written as it comes
+            for done, position in enumerate(positions, 1):
+                data = tiles.read_tile(*position)
+                if data:
+                    try:
+                        thinned = thin_chunk(data, min(quality, _chunk_quality(data)))
+                    except TecZarrError as e:
+                        e.add_note(f"(tile {position} of {path})")
+                        raise
+                    report.bytes_before += len(data)
+                    report.bytes_after += len(thinned)
+                    report.chunks += thinned != data
+                    data = thinned
+                if progress is not None:
+                    progress(done, len(positions))
+                yield data or None
+
         codec = dict(meta.codec, quality=min(quality, int(meta.codec["quality"])))
         codec.pop("psnr", None)
-        new_meta = replace(meta, codec=codec, uuid=str(uuidlib.uuid4()))
-    tecfile.write_tiles(path, new_meta, new_tiles)
+        tecfile.write_tiles(path, replace(meta, codec=codec, uuid=str(uuidlib.uuid4())), thinned_tiles())
     report.thinned.append(path.name)
+    sidecar = path.with_name(path.name + ".vrt")
+    if sidecar.exists():  # it names the old uuid: GDAL would refuse the file through it
+        from .gdal.vrt import write_sidecar
+
+        write_sidecar(path, sidecar)
+        report.sidecar = sidecar
     return report

@@ -304,3 +304,121 @@ def test_thinned_factorized_payloads_name_their_tables(tile, top_chunks):
         hostile = pack(sections.header, sections.mask, bad + sections.payload[1:len(sections.payload) if bad else 0])
         with pytest.raises(CorruptChunkError):
             decode_chunk(hostile)
+
+
+def test_a_thinned_flag_without_its_levels_is_refused(top_chunks):
+    import struct
+    import zlib
+
+    from tec_zarr.errors import BitstreamError
+
+    data = bytearray(top_chunks["tec-fp"][:-4])
+    data[5] |= 32
+    body = bytes(data)
+    with pytest.raises(BitstreamError):
+        decode_chunk(body + struct.pack("<I", zlib.crc32(body)))
+
+
+def test_thin_store_leaves_arrays_whose_chunks_are_compressed_after_the_codec(tmp_path, image):
+    from zarr.codecs import ZstdCodec
+
+    data = np.ascontiguousarray(image[:, :64, :64])
+    path = tmp_path / "zstd.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.create_array("plain", shape=data.shape, chunks=data.shape, dtype="uint16",
+                       serializer=TEC3(quality=3, model="tec-fp"), compressors=None)[:] = data
+    group.create_array("zstd", shape=data.shape, chunks=data.shape, dtype="uint16",
+                       serializer=TEC3(quality=3, model="tec-fp"), compressors=ZstdCodec())[:] = data
+    report = thin_store(path, 1)
+    assert report.thinned == ["plain"] and "zstd" in report.left["zstd"]
+    assert read_header((path / "plain" / "c" / "0" / "0" / "0").read_bytes()).quality == 1
+
+
+def test_thin_store_keeps_links_and_modes_and_clears_leftovers(tmp_path, image):
+    import os
+    import stat
+
+    path, data = _store(tmp_path, image, 2)
+    chunk_file = path / "0.0.0"
+    elsewhere = tmp_path / "elsewhere.bin"
+    chunk_file.rename(elsewhere)
+    chunk_file.symlink_to(elsewhere)
+    os.chmod(path / "0.0.1", 0o640)
+    (path / "0.1.0.thin-0123abcd").write_bytes(b"half a chunk")  # an interrupted run's temporary
+    (path / "notes.txt").write_text("not a chunk")
+    thin_store(path, 1)
+    assert chunk_file.is_symlink() and read_header(elsewhere.read_bytes()).quality == 1
+    assert stat.S_IMODE((path / "0.0.1").stat().st_mode) == 0o640
+    assert not (path / "0.1.0.thin-0123abcd").exists() and (path / "notes.txt").read_text() == "not a chunk"
+    assert metrics.psnr(data, zarr.open_array(str(path))[:]) > 30
+
+
+def test_a_failing_chunk_leaves_consolidated_metadata_true(tmp_path, cube):
+    xr = pytest.importorskip("xarray")
+    ds = xr.Dataset({"refl": (("time", "band", "y", "x"), cube[:2, :, :64, :64])})
+    path = tmp_path / "cube.zarr"
+    ds.to_zarr(path, zarr_format=2, consolidated=True,
+               encoding={"refl": {"compressors": TEC(quality=3, model="tec-fp", psnr=40), "chunks": (1, 12, 64, 64)}})
+    (path / "refl" / "1.0.0.0").write_bytes(b"TECZ" + bytes(60))  # damaged
+    with pytest.raises(TecZarrError):
+        thin_store(path, 1)
+    own = json.loads((path / "refl" / ".zarray").read_text())["compressor"]
+    consolidated = json.loads((path / ".zmetadata").read_text())["metadata"]["refl/.zarray"]["compressor"]
+    assert own == consolidated and own["quality"] == 1 and "psnr" not in own
+    assert read_header((path / "refl" / "0.0.0.0").read_bytes()).quality == 1
+
+
+def test_thin_tec_refreshes_its_sidecar_and_leaves_a_thin_enough_file_alone(tmp_path, scene):
+    import shutil
+
+    from tec_zarr import tecfile
+    from tec_zarr.gdal.vrt import write_sidecar
+
+    path = tmp_path / "scene.tec"
+    shutil.copy(scene[0], path)
+    sidecar = write_sidecar(path)
+    report = thin_store(path, 0)
+    assert report.sidecar == sidecar
+    with tecfile.open(path) as f:
+        assert f.metadata.uuid in sidecar.read_text()
+        uuid = f.metadata.uuid
+    before = path.read_bytes()
+    again = thin_store(path, 0)
+    assert again.chunks == 0 and path.read_bytes() == before
+    with tecfile.open(path) as f:
+        assert f.metadata.uuid == uuid
+
+
+def test_symbols_in_dropped_channels_are_refused(top_chunks):
+    from tec_zarr.models import load_model
+    from tec_zarr.pipeline.decode import parse
+
+    model = load_model("tec-fp")
+    dropped = np.flatnonzero(model.gain[0] <= 0)
+    assert dropped.size  # the shipped tec-fp drops a channel at its lowest level
+    thinned = tec_zarr.thin(top_chunks["tec-fp"], 0)
+    sections = unpack_sections(thinned)
+    symbols = parse(thinned).symbols.copy()
+    symbols[0, dropped[0], 0, 0] = 5
+    payload = bytes([0]) + model.coder.encode(None, symbols, 0)  # the level's own tables, a hostile symbol
+    with pytest.raises(CorruptChunkError, match="drop"):
+        decode_chunk(pack(sections.header, sections.mask, payload))
+
+
+@pytest.mark.parametrize("name", ["tec-hp", "tec-ctx"])
+def test_wide_runs_decode_to_a_centroid_inside_the_run(name, top_chunks):
+    from tec_zarr.entropy.hyperprior import CENTROID_MIN_RUN
+    from tec_zarr.pipeline.decode import parse
+    from tec_zarr.requantize import LIMIT, Thinning
+
+    parsed = parse(tec_zarr.thin(top_chunks[name], 0))
+    thinning = Thinning.of(parsed.model.gain, (4, 0))
+    lo = hi = parsed.symbols.astype(np.int64)
+    for ratio in reversed(thinning.chain):
+        lo, hi = runs(lo, ratio)[0].clip(-LIMIT, LIMIT), runs(hi, ratio)[1].clip(-LIMIT, LIMIT)
+    values = parsed.thinned_values
+    assert ((2 * lo <= values) & (values <= 2 * hi)).all()
+    wide = hi - lo + 1 >= CENTROID_MIN_RUN
+    assert wide.any() and (values[~wide] == (lo + hi)[~wide]).all()
+    moved = wide & (parsed.symbols != 0)  # pulled towards the top level's mean, off the middle
+    assert moved.any() and (values[moved] != (lo + hi)[moved]).mean() > 0.9

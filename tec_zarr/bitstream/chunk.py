@@ -9,7 +9,7 @@ Layout (all integers little-endian)::
     flags        u8       bit 0: a nodata value is set; bit 1: a mask section is present; bit 2: residual section;
                           bit 3: a NaN mask section is present (added later: chunks without NaN never set it);
                           bit 4: a blocks section is present (added later: older readers refuse such chunks);
-                          bit 5: thinned, a source quality byte is present (added later: older readers refuse)
+                          bit 5: thinned, the list of earlier qualities is present (added later: older readers refuse)
     quality      u8       quality level of the model used
     dtype        u8       1 uint16, 2 int16, 3 float32
     name_len     u8       then the model name, UTF-8

@@ -1,5 +1,5 @@
 """The ``tec`` command line: ``tec compress IN OUT.zarr|OUT.tec``, ``tec decompress``, ``tec convert``, ``tec to-vrt``,
-``tec gdal-plugin``, ``tec info``, ``tec models``, ``tec demo``.
+``tec gdal-plugin``, ``tec info``, ``tec models``, ``tec train``, ``tec thin``, ``tec inpaint``, ``tec demo``.
 
 Every failure prints one line, ``tec: error: <cause>; <fix>`` (:mod:`.failures`), and exits with status 2. Long
 commands draw a progress line on stderr where it is a terminal and print a summary with the time taken
@@ -486,10 +486,8 @@ def cmd_thin(args) -> int:
     print(f"thinned {', '.join(n or '/' for n in report.thinned)} to quality {args.quality}: {report.chunks} chunks "
           f"rewritten, {before / 1e6:.2f} -> {after / 1e6:.2f} MB of TEC chunks "
           f"({before / max(after, 1):.2f}x smaller) in {progress.seconds:.1f} s")
-    if args.store.suffix == ".tec" and args.store.with_name(args.store.name + ".vrt").exists():
-        from ..gdal import sidecar
-
-        print(f"# rewrote its sidecar {sidecar(args.store)} (the file has a new uuid)")
+    if report.sidecar is not None:
+        print(f"# rewrote its sidecar {report.sidecar} (the file has a new uuid)")
     return 0
 
 

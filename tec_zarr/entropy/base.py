@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..requantize import Thinning
+from ..requantize import Thinning, doubled_middle
 from .tables import EntropyTables
 
 
@@ -46,3 +46,9 @@ class LatentCoder(ABC):
         whose payload was ``payload``; ``y`` estimates the encoder's latents (the chunk's only record of them).
         Coders with side information choose it from both (:meth:`HyperpriorCoder.recode`)."""
         return self.encode(y, symbols, thinning.levels[-1], skip=skip)
+
+    def thinned_values(self, payload: bytes, symbols: np.ndarray, quality: int, *, skip: np.ndarray | None,
+                       thinning: Thinning) -> np.ndarray:
+        """float64 (B, M, h, w): twice the top-level value each thinned symbol decodes to; the middles of their runs
+        (coders whose model knows better say so: :meth:`HyperpriorCoder.thinned_values`)."""
+        return doubled_middle(symbols, thinning.chain).astype(np.float64)

@@ -30,7 +30,7 @@ import numpy as np
 from ..bitstream import payload as sections
 from ..errors import CorruptChunkError, WeightsIntegrityError
 from ..integer.layers import CLIP_BITS, EXACT_LIMIT, KERNEL, conv3, deconv
-from ..requantize import Thinning
+from ..requantize import LIMIT, Thinning, runs
 from ..runtime import Graph
 from . import factorized
 from .base import LatentCoder
@@ -274,6 +274,20 @@ class HyperpriorCoder(LatentCoder):
             payloads.append(self.encode(y, symbols, quality, z, skip=skip))
         return min(payloads, key=len)
 
+    def thinned_values(self, payload: bytes, symbols: np.ndarray, quality: int, *, skip: np.ndarray | None,
+                       thinning: Thinning) -> np.ndarray:
+        """Runs of at least CENTROID_MIN_RUN top symbols decode to their centroid under the top level's
+        distribution that z gives (:func:`run_centroids`), shorter ones to their middle. tec-ctx and tec-tt use z's
+        distribution too, without their context networks' refinement (which decoding at the thinned level never
+        computes for the top level): measured on tec-ctx thinning 4 -> 0, -24 % bits at equal PSNR on the desert
+        tile, +3 % on the held-out places."""
+        z, _ = read_z(self.hyperprior, payload, quality, symbols.shape, skip)
+        log_sigma, mu = self.hyperprior.synthesize(z, quality)
+        top = thinning.levels[0]
+        index, mean = self.hyperprior.index_and_mean(log_sigma, mu, self.hyperprior.log_gain[top][None, :, None, None],
+                                                     self.hyperprior.gain_int[top][None, :, None, None])
+        return run_centroids(symbols, thinning, self.hyperprior.scales, index, mean)
+
     def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
                skip: np.ndarray | None = None, thinning: Thinning | None = None) -> np.ndarray:
         z, rest = read_z(self.hyperprior, payload, quality, shape, skip)
@@ -295,6 +309,35 @@ class HyperpriorCoder(LatentCoder):
         """Inverse of :meth:`write_y`: int64 symbols of ``shape``, 0 where not kept."""
         index, mean = self.hyperprior.parameters(z, quality)
         return read_kept(decoder, index, mean, self.hyperprior.scales, budget, keep)
+
+
+# Runs this long (top symbols) decode to their centroid: measured on tec-hp, +1.1 to +1.3 dB thinning 4 -> 0 on the
+# desert tile and +0.0 to +0.1 on the held-out places, but 0.1 to 0.5 dB worse than the middle over runs of 2 to 8
+# (4 -> 3, 4 -> 1), where z's Gaussian fits the symbols less well than a uniform spread over the run.
+CENTROID_MIN_RUN = 16
+
+
+def run_centroids(symbols: np.ndarray, thinning: Thinning, scales: IndexedTables, index: np.ndarray,
+                  mean: np.ndarray) -> np.ndarray:
+    """float64: twice the value each thinned symbol decodes to: over runs of at least CENTROID_MIN_RUN top symbols the
+    mean of the top symbols in the run weighted by their probability (table ``index``, centred on ``mean``: the top
+    level's parameters), elsewhere (and where the run holds no table mass) the run's middle."""
+    lo = hi = symbols.astype(np.int64)
+    for ratio in reversed(thinning.chain):
+        lo = np.clip(runs(lo, ratio)[0], -LIMIT, LIMIT)
+        hi = np.clip(runs(hi, ratio)[1], -LIMIT, LIMIT)
+    counts, moments = scales.prefix_sums
+    offsets = scales.offsets[index]
+    width = counts.shape[1] - 1
+
+    def below(table: np.ndarray, x: np.ndarray) -> np.ndarray:  # the table's sum over values <= x
+        return table[index, np.clip(x - offsets + 1, 0, width)]
+
+    a, b = lo - mean, hi - mean
+    mass = below(counts, b) - below(counts, a - 1)
+    centroid = 2.0 * mean + 2.0 * (below(moments, b) - below(moments, a - 1)) / np.maximum(mass, 1.0)
+    wide = (hi - lo + 1 >= CENTROID_MIN_RUN) & (mass > 0)
+    return np.where(wide, centroid, (lo + hi).astype(np.float64))
 
 
 def write_kept(encoder, values: np.ndarray, index: np.ndarray, tables, keep: np.ndarray | None) -> None:

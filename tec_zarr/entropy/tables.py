@@ -9,6 +9,7 @@ tables chosen per symbol by an index (the hyperprior's scale tables).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -113,6 +114,16 @@ class IndexedTables:
     @property
     def count(self) -> int:
         return int(self.lengths.shape[0])
+
+    @cached_property
+    def prefix_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """(T, L + 1) float64 prefix sums of each table's counts and of counts times value (the escape left out):
+        a run's probability mass and first moment in two lookups each."""
+        t, length = self.pmf.shape
+        values = self.offsets[:, None] + np.arange(length)[None, :]
+        pmf = np.where(np.arange(length)[None, :] < (self.lengths - 1)[:, None], self.pmf, 0).astype(np.float64)
+        zero = np.zeros((t, 1))
+        return np.concatenate([zero, np.cumsum(pmf, 1)], 1), np.concatenate([zero, np.cumsum(pmf * values, 1)], 1)
 
     @property
     def min_bits(self) -> np.ndarray:

@@ -60,6 +60,8 @@ class ParsedChunk:
     mask: np.ndarray | None
     nan: np.ndarray | None
     symbols: np.ndarray
+    # Thinned chunks: twice the top-level value each symbol decodes to (the coder's thinned_values), float64.
+    thinned_values: np.ndarray | None = None
 
     @property
     def valid(self) -> np.ndarray:
@@ -71,10 +73,9 @@ class ParsedChunk:
         """The decoder graph's input: symbols times the quality's inverse gains (thinned chunks: the middles of the
         runs their symbols stand for, :mod:`tec_zarr.requantize`)."""
         header = self.header
-        if header.thinned_from is not None:
-            thinning = requantize.Thinning.of(self.model.gain, (*header.thinned_from, header.quality))
-            return requantize.reconstruct(self.symbols, thinning.chain, self.model.gain[[thinning.levels[0],
-                                          header.quality]], self.model.inv_gain[header.quality])
+        if self.thinned_values is not None:
+            return requantize.reconstruct(self.thinned_values, self.model.gain[[header.thinned_from[0], header.quality]],
+                                          self.model.inv_gain[header.quality])
         inv_gain = self.model.inv_gain[header.quality][None, :, None, None]
         return np.ascontiguousarray(self.symbols.astype(np.float32) * inv_gain)
 
@@ -154,7 +155,13 @@ def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
     if header.thinned_from is not None:
         thinning = requantize.Thinning.of(model.gain, (*header.thinned_from, header.quality))
     symbols = model.coder.decode(payload, header.quality, (batch, m, lh, lw), skip=skip, thinning=thinning)
-    return ParsedChunk(header=header, model=model, mask=mask, nan=nan, symbols=symbols)
+    values = None
+    if thinning is not None:
+        if symbols[:, thinning.dropped].any():
+            raise CorruptChunkError("Expected 0 in the channels a thinned chunk's levels drop. Got other symbols "
+                                    "instead.")
+        values = model.coder.thinned_values(payload, symbols, header.quality, skip=skip, thinning=thinning)
+    return ParsedChunk(header=header, model=model, mask=mask, nan=nan, symbols=symbols, thinned_values=values)
 
 
 def skipped_latents(header: ChunkHeader, mask: np.ndarray | None, nan: np.ndarray | None,

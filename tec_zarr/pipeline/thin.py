@@ -19,6 +19,13 @@ from .. import requantize
 from .decode import parse, skipped_latents
 
 
+def parse_level(quality) -> int:
+    """A quality level to thin to: an integer >= 0 (the chunk's model bounds it from above)."""
+    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or quality < 0:
+        raise InvalidInputError(f"Expected a quality level (an integer >= 0). Got {quality!r} instead.")
+    return int(quality)
+
+
 def thin_chunk(buf, quality: int) -> bytes:
     """``buf`` (a TEC chunk) at ``quality``, a level at or below its own: smaller, decoding to the lower level.
 
@@ -26,9 +33,7 @@ def thin_chunk(buf, quality: int) -> bytes:
     :class:`~tec_zarr.errors.BitstreamError` if it is damaged, and :class:`~tec_zarr.errors.InvalidInputError` for
     a quality above the chunk's or a chunk with a residual section.
     """
-    if isinstance(quality, bool) or not isinstance(quality, (int, np.integer)) or quality < 0:
-        raise InvalidInputError(f"Expected a quality level (an integer >= 0). Got {quality!r} instead.")
-    quality = int(quality)
+    quality = parse_level(quality)
     sections = unpack_sections(buf)
     header = sections.header
     if quality == header.quality:
@@ -43,15 +48,14 @@ def thin_chunk(buf, quality: int) -> bytes:
     parsed = parse(buf)
     model = parsed.model
     levels = (*(header.thinned_from or ()), header.quality)
-    source = requantize.Thinning.of(model.gain, levels)
     thinning = requantize.Thinning.of(model.gain, (*levels, quality))
     symbols = requantize.requantize(parsed.symbols, thinning.chain[-1])
-    # The encoder's latents as well as the chunk knows them: the middles of the top-level runs, in encoder units.
+    # The encoder's latents as well as the chunk knows them: the values its symbols decode to, in encoder units.
     top = model.gain[levels[0]].astype(np.float64)
+    doubled = parsed.thinned_values if parsed.thinned_values is not None else 2.0 * parsed.symbols
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_top = np.where(top != 0, 0.5 / top, 0.0)
-    y = np.ascontiguousarray((requantize.doubled_middle(parsed.symbols, source.chain) * inv_top[None, :, None, None])
-                             .astype(np.float32))
+    y = np.ascontiguousarray((doubled * inv_top[None, :, None, None]).astype(np.float32))
     skip = skipped_latents(header, parsed.mask, parsed.nan, model.latent_stride)
     if skip is not None:
         symbols *= ~skip[:, None]
