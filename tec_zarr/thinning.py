@@ -153,16 +153,9 @@ def _thin_array(array: _ZarrArray, quality: int, report: ThinReport, progress) -
     paths = array.chunk_paths()
     for done, chunk_path in enumerate(paths, 1):
         data = chunk_path.read_bytes()
-        try:
-            thinned = thin_chunk(data, min(quality, _chunk_quality(data)))
-        except TecZarrError as e:
-            e.add_note(f"(chunk {chunk_path})")
-            raise
-        report.bytes_before += len(data)
-        report.bytes_after += len(thinned)
+        thinned = _thin_counted(data, quality, report, f"chunk {chunk_path}")
         if thinned != data:
             _replace_file(chunk_path, thinned)
-            report.chunks += 1
         if progress is not None:
             progress(done, len(paths))
 
@@ -177,6 +170,19 @@ def _set_quality(array: _ZarrArray, quality: int) -> None:
     codec["quality"] = min(quality, int(codec.get("quality", quality)))
     codec.pop("psnr", None)
     _replace_file(array.metadata_file, json.dumps(array.metadata, indent=4).encode())
+
+
+def _thin_counted(data: bytes, quality: int, report: ThinReport, where: str) -> bytes:
+    """The chunk at ``quality`` or its own, whichever is lower, counted in ``report``; errors name ``where``."""
+    try:
+        thinned = thin_chunk(data, min(quality, _chunk_quality(data)))
+    except TecZarrError as e:
+        e.add_note(f"({where})")
+        raise
+    report.bytes_before += len(data)
+    report.bytes_after += len(thinned)
+    report.chunks += thinned != data
+    return thinned
 
 
 def _chunk_quality(data: bytes) -> int:
@@ -268,15 +274,7 @@ def _thin_tec(path: Path, quality: int, progress) -> ThinReport:
             for done, position in enumerate(positions, 1):
                 data = tiles.read_tile(*position)
                 if data:
-                    try:
-                        thinned = thin_chunk(data, min(quality, _chunk_quality(data)))
-                    except TecZarrError as e:
-                        e.add_note(f"(tile {position} of {path})")
-                        raise
-                    report.bytes_before += len(data)
-                    report.bytes_after += len(thinned)
-                    report.chunks += thinned != data
-                    data = thinned
+                    data = _thin_counted(data, quality, report, f"tile {position} of {path}")
                 if progress is not None:
                     progress(done, len(positions))
                 yield data or None
