@@ -89,14 +89,21 @@ def runs(symbols: np.ndarray, ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return np.where(negative, -last, first), np.where(negative, -first, last)
 
 
-def doubled_middle(symbols: np.ndarray, chain: list[np.ndarray]) -> np.ndarray:
-    """int64 ``lo + hi``: twice the middle of the run of top-level symbols that each of ``symbols`` stands for, after
-    the requantizations ``chain`` (their ratios, top first)."""
+def run_ends(symbols: np.ndarray, chain) -> tuple[np.ndarray, np.ndarray]:
+    """int64 (lo, hi): the first and last top-level symbol of the run each of ``symbols`` stands for, after the
+    requantizations ``chain`` (their ratios, top first): runs of runs, through the ends."""
     lo = hi = symbols.astype(np.int64)
     for ratio in reversed(chain):
         # Top symbols are int32: ends beyond stand for nothing, and clipping keeps every product below 2**63.
         lo = np.clip(runs(lo, ratio)[0], -LIMIT, LIMIT)
         hi = np.clip(runs(hi, ratio)[1], -LIMIT, LIMIT)
+    return lo, hi
+
+
+def doubled_middle(symbols: np.ndarray, chain) -> np.ndarray:
+    """int64 ``lo + hi``: twice the middle of the run of top-level symbols that each of ``symbols`` stands for
+    (:func:`run_ends`)."""
+    lo, hi = run_ends(symbols, chain)
     return lo + hi
 
 

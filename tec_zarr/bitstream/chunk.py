@@ -26,8 +26,8 @@ Layout (all integers little-endian)::
                           its blocks; residual: the base is, and the residual is coded on the native grid
     thinned      u8 + u8 x n  (bit 5 only) n >= 1, then the qualities the chunk was at before tec_zarr.thin cut it to
                           ``quality``, the one it was coded at first, strictly decreasing, all above ``quality``: its
-                          symbols stand for runs of the first level's symbols and decode to the runs' middles
-                          (tec_zarr.requantize). Never with a residual section
+                          symbols stand for runs of the first level's symbols and decode to the runs' middles or
+                          centroids (tec_zarr.requantize, FORMAT.md). Never with a residual section
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)

@@ -30,7 +30,7 @@ import numpy as np
 from ..bitstream import payload as sections
 from ..errors import CorruptChunkError, WeightsIntegrityError
 from ..integer.layers import CLIP_BITS, EXACT_LIMIT, KERNEL, conv3, deconv
-from ..requantize import LIMIT, Thinning, runs
+from ..requantize import Thinning, run_ends
 from ..runtime import Graph
 from . import factorized
 from .base import LatentCoder
@@ -322,10 +322,7 @@ def run_centroids(symbols: np.ndarray, thinning: Thinning, scales: IndexedTables
     """float64: twice the value each thinned symbol decodes to: over runs of at least CENTROID_MIN_RUN top symbols the
     mean of the top symbols in the run weighted by their probability (table ``index``, centred on ``mean``: the top
     level's parameters), elsewhere (and where the run holds no table mass) the run's middle."""
-    lo = hi = symbols.astype(np.int64)
-    for ratio in reversed(thinning.chain):
-        lo = np.clip(runs(lo, ratio)[0], -LIMIT, LIMIT)
-        hi = np.clip(runs(hi, ratio)[1], -LIMIT, LIMIT)
+    lo, hi = run_ends(symbols, thinning.chain)
     counts, moments = scales.prefix_sums
     offsets = scales.offsets[index]
     width = counts.shape[1] - 1

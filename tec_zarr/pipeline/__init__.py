@@ -1,8 +1,8 @@
 """The chunk pipeline: numpy chunks to TEC bitstreams and back, calling the model's parts without knowing which.
 
 :mod:`.prepare` validates and normalizes, :mod:`.encode` runs the analysis graph, quantizes and packs, :mod:`.decode`
-parses, decodes the latents and runs the synthesis, :mod:`.thin` cuts a chunk to a lower quality. The codec front ends (:mod:`tec_zarr.codec`) and ``.tec`` files
-call only the names below.
+parses, decodes the latents and runs the synthesis, :mod:`.thin` cuts a chunk to a lower quality. The codec front
+ends (:mod:`tec_zarr.codec`) and ``.tec`` files call only the names below.
 """
 
 from ..runtime.batching import MAX_BATCH_IMAGES

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import requantize
 from ..bitstream.chunk import HASH_PREFIX_BYTES, ChunkHeader, element_count, unpack, unpack_mask, unpack_sections
 from ..errors import ChunkShapeError, CorruptChunkError, ModelMismatchError, TecZarrError
 from ..models import Model, load_model
@@ -18,7 +19,6 @@ from ..parsing import env_limit
 from ..replication import from_header, project
 from ..residual import bound
 from ..runtime.batching import run_stacked
-from .. import requantize
 from .prepare import DN_PER_REFLECTANCE, latent_skip, union
 
 
@@ -70,8 +70,8 @@ class ParsedChunk:
         return ~missing if missing is not None else np.ones((self.header.batch, c, h, w), bool)
 
     def y_hat(self) -> np.ndarray:
-        """The decoder graph's input: symbols times the quality's inverse gains (thinned chunks: the middles of the
-        runs their symbols stand for, :mod:`tec_zarr.requantize`)."""
+        """The decoder graph's input: symbols times the quality's inverse gains (thinned chunks: the values their
+        coder reads from the runs the symbols stand for, :attr:`thinned_values`)."""
         header = self.header
         if self.thinned_values is not None:
             return requantize.reconstruct(self.thinned_values, self.model.gain[[header.thinned_from[0], header.quality]],

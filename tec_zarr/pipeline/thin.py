@@ -1,7 +1,7 @@
 """Thinning: a chunk cut to a lower quality of its model without decoding its image.
 
-The chunk's symbols are entropy-decoded, mapped onto the lower level's grid in integers (:mod:`tec_zarr.requantize`) and coded
-again; masks, blocks and the rest of the header are kept byte for byte. The result is an ordinary chunk of the same
+The chunk's symbols are entropy-decoded, mapped onto the lower level's grid in integers
+(:mod:`tec_zarr.requantize`) and coded again; masks, blocks and the rest of the header are kept byte for byte. The result is an ordinary chunk of the same
 model at the lower quality whose header names the quality it came from (format flag bit 5), so it decodes through
 every reader of this version. Chunks with a residual section (``max_error``, lossless) are refused: their bound
 holds for their own base only.
@@ -13,9 +13,9 @@ from dataclasses import replace
 
 import numpy as np
 
+from .. import requantize
 from ..bitstream.chunk import pack, unpack_sections
 from ..errors import InvalidInputError
-from .. import requantize
 from .decode import parse, skipped_latents
 
 
