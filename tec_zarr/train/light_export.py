@@ -1,0 +1,136 @@
+"""Export a light-synthesis checkpoint as a model: a base model's files byte for byte, its decoder.onnx replaced.
+
+``python -m tec_zarr.train.light_export runs/tec-fp-lite/checkpoint.pt --name tec-fp-lite --base tec-fp --data ../shared/data``
+
+Everything before the synthesis (encoder, gains, entropy tables, the integer synthesis that error-bounded chunks
+predict from) stays the base model's, so the new model writes the base model's symbols in the same number of bits;
+its chunks name the new model, whose decoder is the light one. ``--base`` may be any installed model with the same
+analysis transform and gains (tec-fp, tec-hp, tec-ctx): the light synthesis only reads the symbols they share.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models import MODELS_DIR, get_card, model_digest
+from ..models.registry import file_path, share_files
+from .export import export_onnx, machine_description, sha256_file
+from .light import LightConfig, LightSynthesis
+
+DECODER = "decoder.onnx"
+
+
+def load_checkpoint(path: Path) -> tuple[LightSynthesis, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    net = LightSynthesis(LightConfig.from_dict(ckpt["config"]))
+    net.load_state_dict(ckpt["model"])
+    return net.eval(), ckpt
+
+
+def check_same_gains(base_folder_tables: bytes, net_ckpt: dict) -> None:
+    """The light synthesis learned on symbols times the base checkpoint's inverse gains: the model it joins must
+    dequantize with the same ones."""
+    import io
+
+    base_ckpt = torch.load(net_ckpt["base"], map_location="cpu", weights_only=False)
+    with np.load(io.BytesIO(base_folder_tables)) as t:
+        inv_gain = t["inv_gain"]
+    if not np.array_equal(inv_gain, base_ckpt["model"]["inv_gain"].numpy()):
+        raise SystemExit("Expected the base model's inverse gains to equal the checkpoint the light synthesis was "
+                         "trained against. Got other gains instead: pick the matching --base.")
+
+
+def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: Path | None,
+           data_root: Path | None) -> Path:
+    net, ckpt = load_checkpoint(checkpoint)
+    base = get_card(base_name)
+    check_same_gains(file_path(base, "tables.npz").read_bytes(), ckpt)
+    folder = Path(out_dir) if out_dir else MODELS_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in base.files:
+        if f != DECODER:
+            shutil.copyfile(file_path(base, f), folder / f)
+    example = torch.zeros(1, net.cfg.latent_channels, 4, 4)
+    with torch.no_grad():
+        export_onnx(net, example, "y_hat", "x_hat", folder / DECODER)
+    files = {f: sha256_file(folder / f) for f in base.files}
+    manifest = {k: v for k, v in base.manifest.items() if k not in ("files", "sha256", "exported", "qualities")}
+    manifest.update({
+        "name": name,
+        "version": version,
+        "architecture": f"{base.name}'s analysis, gains and entropy model (same symbols, same bits) with a light "
+                        "synthesis: 1x1 projection, residual 3x3 convolutions at the latent resolution, sub-pixel 1x1 "
+                        "output beside the linear 4x4 block path",
+        "base_model": {"name": base.name, "sha256": base.sha256},
+        "synthesis": net.cfg.to_dict(),
+        "qualities": [{"quality": q["quality"], "lambda": q.get("lambda")} for q in base.manifest["qualities"]],
+        "training": {
+            "base_training": base.manifest.get("training"),
+            "synthesis_steps": int(ckpt["step"]),
+            "crop": ckpt.get("crop"), "batch": ckpt.get("batch"), "images": ckpt["train_images"],
+            "validation_places": ckpt["validation_places"],
+        },
+        "exported": {"utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": machine_description()},
+        "files": files,
+        "sha256": model_digest(files),
+    })
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    if folder.parent.resolve() == MODELS_DIR.resolve():
+        share_files(MODELS_DIR)  # the base model's files are shipped once
+    if data_root is not None:
+        measure(folder, data_root, base.name)
+    return folder
+
+
+def measure(folder: Path, data_root: Path, base_name: str) -> None:
+    """bpp and PSNR per quality with the runtime codec on the validation places, beside the base model's: the same
+    bytes up to the header, other pixels."""
+    from .. import metrics, pipeline
+    from ..models import clear_cache
+    from . import data
+
+    clear_cache()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    _, val = data.split(data.load_images(Path(data_root)))
+    crops = np.rint(data.validation_crops(val) * 1e4).astype(np.uint16)
+    for q in manifest["qualities"]:
+        rows = {}
+        for model in (manifest["name"], base_name):
+            bpps, psnrs = [], []
+            for img in crops:
+                enc = pipeline.encode_chunk(img, model=model, quality=q["quality"], nodata=None)
+                bpps.append(len(enc) * 8 / (img.shape[1] * img.shape[2]))
+                psnrs.append(metrics.psnr(img, pipeline.decode_chunk(enc)))
+            rows[model] = (float(np.mean(bpps)), float(np.mean(psnrs)))
+        (bpp, psnr), (base_bpp, base_psnr) = rows[manifest["name"]], rows[base_name]
+        q["validation"] = {"bpp": round(bpp, 4), "psnr": round(psnr, 3), "images": len(crops), "size": "12x256x256",
+                           f"{base_name}_bpp": round(base_bpp, 4), f"{base_name}_psnr": round(base_psnr, 3)}
+        print(json.dumps(q), flush=True)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tec_zarr.train.light_export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--name", default="tec-fp-lite")
+    p.add_argument("--base", default="tec-fp", help="the installed model whose files the new one shares")
+    p.add_argument("--version", default="1")
+    p.add_argument("--out", type=Path, help="model folder (default: inside the package)")
+    p.add_argument("--data", type=Path, help="shared data folder: measure RD on the validation places")
+    args = p.parse_args(argv)
+    folder = export(args.checkpoint, args.name, args.version, args.base, args.out, args.data)
+    print(f"exported {args.name} to {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Light-synthesis training smoke test: a few steps on tec-fp's frozen latents, resume, export beside tec-fp's
+files; the exported model writes tec-fp's symbols and decodes them through its own synthesis."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+rasterio = pytest.importorskip("rasterio")
+
+from tec_zarr import models, pipeline  # noqa: E402
+from tec_zarr.bitstream.chunk import unpack  # noqa: E402
+from tec_zarr.train import data, light, light_export  # noqa: E402
+
+pytestmark = pytest.mark.train
+ARGS = ["--crop", "32", "--batch", "2", "--channels", "8", "--depth", "1", "--log-every", "1", "--val-every", "2",
+        "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, cube):
+    """The bundled sample laid out like shared/data: two dates of a tec-fp training place, two of a held-out one."""
+    root = tmp_path_factory.mktemp("data")
+    folder = root / data.SEASONAL
+    folder.mkdir()
+    for t, place in enumerate(["0080717", "0080717", data.VALIDATION_PLACES[0], data.VALIDATION_PLACES[0]]):
+        with rasterio.open(folder / f"ssl4eos12_val_{place}_{t}.tif", "w", driver="GTiff", width=cube.shape[3],
+                           height=cube.shape[2], count=12, dtype="int16") as dst:
+            dst.write(cube[t].astype(np.int16))
+    return root
+
+
+@pytest.fixture(scope="module")
+def run(data_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert light.main(["--data", str(data_root), "--out", str(out), "--steps", "2", *ARGS]) == 0
+    return out
+
+
+def test_logs_hold_out_the_validation_places_and_resume(run, data_root):
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["quality"] for r in [x for x in lines if "validation" in x][-1]["validation"]] == list(range(5))
+    before = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert before["step"] == 2 and not any(p in n for n in before["train_images"] for p in data.VALIDATION_PLACES)
+    assert light.main(["--data", str(data_root), "--out", str(run), "--steps", "3", *ARGS]) == 0
+    after = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert after["step"] == 3
+    assert not torch.equal(before["model"]["to_pixels.weight"], after["model"]["to_pixels.weight"])
+
+
+def test_export_writes_the_base_models_symbols(run, tmp_path, monkeypatch, cube):
+    folder = light_export.export(run / "checkpoint.pt", "tec-light-smoke", "0", "tec-fp",
+                                 tmp_path / "models" / "tec-light-smoke", None)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    base = models.get_card("tec-fp")
+    assert {f: d for f, d in manifest["files"].items() if f != "decoder.onnx"} == \
+        {f: d for f, d in base.files.items() if f != "decoder.onnx"}
+    assert manifest["files"]["decoder.onnx"] != base.files["decoder.onnx"]
+    monkeypatch.setenv("TEC_ZARR_MODEL_PATH", str(tmp_path / "models"))
+    models.clear_cache()
+    try:
+        image = np.ascontiguousarray(cube[1, :, :40, :52])
+        ours = pipeline.encode_chunk(image, model="tec-light-smoke", quality=1)
+        theirs = pipeline.encode_chunk(image, model="tec-fp", quality=1)
+        assert unpack(ours)[2] == unpack(theirs)[2]  # the same payload: same symbols and bits
+        assert pipeline.read_header(ours).model == "tec-light-smoke"
+        decoded = pipeline.decode_chunk(ours)
+        assert decoded.shape == image.shape and decoded.dtype == image.dtype
+        net, _ = light_export.load_checkpoint(run / "checkpoint.pt")
+        model = models.load_model("tec-light-smoke")
+        y = pipeline.decode.parse(ours).y_hat()
+        with torch.no_grad():
+            expected = net(torch.from_numpy(y)).numpy()
+        np.testing.assert_allclose(model.decoder.run(y), expected, rtol=0, atol=1e-4)  # the ONNX graph is the net
+    finally:
+        models.clear_cache()
+
+
+def test_export_refuses_a_base_with_other_gains(run, tmp_path, monkeypatch):
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    base = torch.load(ckpt["base"], weights_only=False)
+    base["model"]["inv_gain"] = base["model"]["inv_gain"] * 1.01
+    torch.save(base, tmp_path / "other.pt")
+    ckpt["base"] = str(tmp_path / "other.pt")
+    torch.save(ckpt, tmp_path / "light.pt")
+    with pytest.raises(SystemExit, match="inverse gains"):
+        light_export.export(tmp_path / "light.pt", "tec-light-x", "0", "tec-fp", tmp_path / "m" / "tec-light-x", None)
