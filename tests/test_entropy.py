@@ -41,7 +41,7 @@ ENTROPY_FILES = {HP: (hyperprior.FILENAME, hyperprior.ANALYSIS_FILENAME),
 
 
 def test_manifests_name_their_coders():
-    assert set(LATENT_CODERS) == {"factorized", "hyperprior", "context", "temporal"}
+    assert set(LATENT_CODERS) == {"factorized", "hyperprior", "context", "temporal", "elic"}
     for name, coder in ((FP, factorized.FactorizedCoder), (HP, hyperprior.HyperpriorCoder),
                         (CTX, context.ContextCoder), ("tec-tt", temporal.TemporalCoder)):
         if name in INSTALLED:
@@ -436,4 +436,6 @@ def test_latent_encoder_goldens(path):
 
 def test_latent_encoder_goldens_cover_every_coder():
     names = {chunk.unpack(f.read_bytes())[0].model for f in golden_chunks()}
-    assert {models.load_model(n).entropy_model for n in names} == set(LATENT_CODERS)
+    # elic codes imported TerraCodec-ELIC checkpoints only (no shipped model writes it): tests/test_import.py checks
+    # it against the reference's own decode and under another summation order
+    assert {models.load_model(n).entropy_model for n in names} == set(LATENT_CODERS) - {"elic"}

@@ -7,14 +7,15 @@ machines agree bit for bit.
 
 from .base import LatentCoder
 from .context import ContextCoder
+from .elic import ElicCoder
 from .factorized import FactorizedCoder
 from .hyperprior import HyperpriorCoder
 from .tables import EntropyTables
 from .temporal import TemporalCoder
 
 LATENT_CODERS: dict[str, type[LatentCoder]] = {
-    c.name: c for c in (FactorizedCoder, HyperpriorCoder, ContextCoder, TemporalCoder)
+    c.name: c for c in (FactorizedCoder, HyperpriorCoder, ContextCoder, TemporalCoder, ElicCoder)
 }
 
-__all__ = ["LATENT_CODERS", "ContextCoder", "EntropyTables", "FactorizedCoder", "HyperpriorCoder", "LatentCoder",
+__all__ = ["LATENT_CODERS", "ContextCoder", "ElicCoder", "EntropyTables", "FactorizedCoder", "HyperpriorCoder", "LatentCoder",
            "TemporalCoder"]

@@ -107,6 +107,31 @@ def direct_conv3(x: np.ndarray, w: np.ndarray, b, matmul) -> np.ndarray:
     return out + b
 
 
+def direct_conv(x: np.ndarray, w: np.ndarray, b, matmul) -> np.ndarray:
+    """Conv2d(k, stride 1, padding k // 2) of integer (B, H, W, Cin) with w (k * k, Cin, Cout), taps (ky, kx), for
+    any odd k: :func:`direct_conv3`'s one product over all taps per block of rows, exact for bounded integers."""
+    taps, cin = w.shape[:2]
+    k = int(round(taps**0.5))
+    bsz, h, wd, _ = x.shape
+    p = k // 2
+    padded = np.zeros((bsz, h + 2 * p, wd + 2 * p, cin), np.float64)
+    padded[:, p : p + h, p : p + wd] = x
+    out = np.empty((bsz, h, wd, w.shape[-1]), np.float64)
+    rows = max(1, PATCH_BYTES // max(1, bsz * wd * taps * cin * 8))
+    for top in range(0, h, rows):
+        n = min(rows, h - top)
+        patches = np.concatenate([padded[:, top + ky : top + ky + n, kx : kx + wd]
+                                  for ky in range(k) for kx in range(k)], axis=-1)
+        out[:, top : top + n] = matmul(patches.reshape(-1, taps * cin), w.reshape(-1, w.shape[-1])).reshape(bsz, n, wd, -1)
+    return out + b
+
+
+def conv_matrix(w: np.ndarray) -> np.ndarray:
+    """Conv2d weight (Cout, Cin, k, k) -> (k * k, Cin, Cout), taps ordered (ky, kx)."""
+    k = w.shape[-1]
+    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(k * k, w.shape[1], w.shape[0]))
+
+
 def conv3_matrix(w: np.ndarray) -> np.ndarray:
     """Conv2d weight (Cout, Cin, 3, 3) -> (9, Cin, Cout), taps ordered (ky, kx)."""
     return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(9, w.shape[1], w.shape[0]))
