@@ -126,7 +126,6 @@ def test_refuses_what_is_not_a_state_dict(tmp_path):
 
 
 @pytest.mark.parametrize("keys, says", [
-    (["model.g_a.0.weight", "model.g_s.0.weight", "model.latent_codec.y.entropy_bottleneck.quantiles"], "ELIC"),
     (["model.transform.encoder.0.weight", "model.entropy_model.prior.0.weight"], "TEC-TT"),
     (["h_a.0.weight", "foo.bar"], "Expected a TerraCodec FP or ELIC"),
 ])
@@ -176,3 +175,151 @@ def test_cli_import_into_the_per_user_folder(tmp_path, monkeypatch, capsys):
         assert rc == 2 and "state dict" in capsys.readouterr().err
     finally:
         models.clear_cache()
+
+
+# -- ELIC ------------------------------------------------------------------------------------------------------------
+# elic_random.npz (scripts/make_elic_fixture.py): a random-weight TerraCodec ELIC (N = 8, M = 132, groups
+# [16, 16, 32, 64, 4]) built by the reference's constructor, its weights made sparse ternary / int8 multiples of
+# powers of two so the file stays small; the tests rebuild the model.-prefixed state dict and torch.save it.
+ELIC_NAME = "tc-elic-random"
+
+
+def elic_state() -> dict:
+    state = {}
+    with np.load(FIXTURE / "elic_random.npz") as f:
+        for name in f.files:
+            kind, key = name.split("/", 1)
+            if kind == "q":
+                state[key] = torch.from_numpy(f[name].astype(np.float32) * np.float32(2.0 ** int(f[f"e/{key}"])))
+            elif kind == "f":
+                state[key] = torch.from_numpy(f[name].astype(np.float32))
+            elif kind == "shape":
+                state[key] = torch.zeros(tuple(int(n) for n in f[name]), dtype=torch.int32)
+    return {f"model.{k}": v for k, v in state.items()}
+
+
+@pytest.fixture(scope="module")
+def elic_reference():
+    with np.load(FIXTURE / "elic_reference.npz") as f:
+        return dict(f)
+
+
+@pytest.fixture(scope="module")
+def elic_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("elic") / "TerraCodec_v1_ELIC_S2L2A_lambda-10.pt"
+    torch.save(elic_state(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def elic_installed(tmp_path_factory, elic_checkpoint, elic_reference, cube):
+    """Imported once, calibrated and measured on the two reference crops (the sample's 256 x 256 dates take
+    longer: ELIC's context networks are 224, 128 and 512 wide whatever N and M)."""
+    root = tmp_path_factory.mktemp("elic-models")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TEC_ZARR_MODEL_PATH", str(root))
+    models.clear_cache()
+    images = np.stack([_crop(cube, elic_reference, 128)[:, :64, :128], _crop(cube, elic_reference, 64).repeat(2, -1)])
+    folder = importer.import_checkpoint(elic_checkpoint, ELIC_NAME, config=FIXTURE / "elic_random.yaml",
+                                        images=images)
+    yield folder
+    mp.undo()
+    models.clear_cache()
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_imported_elic_codes_as_the_reference(elic_installed, elic_reference, cube, size):
+    from tec_zarr.pipeline.decode import parse
+
+    img = _crop(cube, elic_reference, size)
+    chunk = pipeline.encode_chunk(img, model=ELIC_NAME, quality=0, nodata=None)
+    _, _, payload = unpack(chunk)
+    theirs = int(elic_reference[f"bytes_{size}"])
+    assert abs(len(payload) - theirs) <= 0.1 * theirs, (len(payload), theirs)
+    assert len(chunk) - len(payload) < 128
+    # the latents the decoder graph reads are the reference's y_hat = round(y - mean) + mean, to the mean's 2**-10
+    y_hat = parse(chunk).y_hat()[0]
+    np.testing.assert_allclose(y_hat, elic_reference[f"y_hat_{size}"], atol=2.0**-10)
+    if size == 64:
+        decoded = pipeline.decode_chunk(chunk)
+        expected = np.clip(elic_reference["decoded_64"], 0, 65535)
+        assert metrics.psnr(expected, decoded) >= 50.0
+        assert np.abs(expected - decoded.astype(np.int64)).max() <= 2
+
+
+def test_imported_elic_card_and_zarr_round_trip(elic_installed, elic_checkpoint, cube):
+    import zarr
+
+    from tec_zarr.zarr3 import TEC
+
+    card = models.get_card(ELIC_NAME)
+    manifest = card.manifest
+    assert manifest["entropy_model"] == "elic" and manifest["multiple"] == 64 and manifest["latent_stride"] == 16
+    assert manifest["imported"]["architecture"] == "elic" and manifest["imported"]["lambda"] == 10.0
+    assert manifest["imported"]["checkpoint_sha256"] == hashlib.sha256(elic_checkpoint.read_bytes()).hexdigest()
+    assert manifest["config"]["groups"] == [16, 16, 32, 64, 4] and manifest["config"]["latent_channels"] == 132
+    assert card.qualities[0]["validation"]["bpp"] > 0
+    a = np.ascontiguousarray(cube[0, :, :64, :96])  # padded to 64 x 128
+    arr = zarr.create_array({}, shape=a.shape, chunks=a.shape, dtype="uint16", serializer=TEC(model=ELIC_NAME),
+                            compressors=None)
+    arr[:] = a
+    back = arr[:]
+    assert back.shape == a.shape and metrics.psnr(a, back) > 15
+    codec = tec_zarr.TEC(model=ELIC_NAME)
+    assert np.array_equal(codec.decode(codec.encode(a)), back)
+
+
+def test_elic_decoding_is_integer_exact(elic_installed, cube):
+    """Any exact summation order gives the same bits: a transposed product stands in for another BLAS."""
+    from tec_zarr.entropy import elic
+
+    model = models.load_model(ELIC_NAME)
+    coder = model.coder
+    assert isinstance(coder, elic.ElicCoder)
+    a = np.ascontiguousarray(cube[3, :, :64, :64])
+    chunk = pipeline.encode_chunk(a, model=ELIC_NAME, quality=0, nodata=None)
+    _, _, payload = unpack(chunk)
+    z_bytes, rest = __import__("tec_zarr.bitstream.payload", fromlist=["x"]).split_z_section(payload)
+    symbols = coder.decode(payload, 0, (1, 132, 4, 4))
+    z = elic.factorized.decode(z_bytes, 0, (1, coder.model.z_tables.channels, 1, 1), coder.model.z_tables)
+
+    def transposed(x, w):
+        return np.ascontiguousarray((w.T @ x.T).T)
+
+    seen = []
+
+    def record(index, mean, a_, e, classes):
+        seen.append((index, mean))
+        return np.zeros_like(mean)
+
+    elic.run_steps(coder.model, z, (1, 132, 4, 4), record)
+    again = []
+    elic.run_steps(coder.model, z, (1, 132, 4, 4), lambda i, m, *_: again.append((i, m)) or np.zeros_like(m),
+                   matmul=transposed)
+    assert all(np.array_equal(i1, i2) and np.array_equal(m1, m2) for (i1, m1), (i2, m2) in zip(seen, again))
+    assert symbols.shape == (1, 132, 4, 4)
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda s: s.pop("model.latent_codec.y.channel_context.y2.0.weight"), "channel_context.y2.0.weight"),
+    (lambda s: s.__setitem__("model.latent_codec.y.extra.weight", torch.zeros(1)), "Expected only ELIC keys"),
+    (lambda s: s.__setitem__("model.latent_codec.y.latent_codec.y1.context_prediction.mask",
+                             torch.ones(32, 16, 5, 5)), "checkerboard-masked"),
+    (lambda s: s.__setitem__("model.g_a.3.weight", torch.zeros(8, 8, 4, 4)), "odd square kernel"),
+    (lambda s: s.pop("model.latent_codec.y.latent_codec.y0.context_prediction.weight"), "channel groups"),
+])
+def test_refuses_malformed_elic_state_dicts(tmp_path, change, says):
+    state = elic_state()
+    change(state)
+    torch.save(state, tmp_path / "elic.pt")
+    with pytest.raises(CheckpointImportError, match=says):
+        importer.import_checkpoint(tmp_path / "elic.pt", "tc-bad-elic", into=tmp_path / "models",
+                                   images=np.zeros((1, 12, 64, 64), np.uint16))
+    assert not (tmp_path / "models" / "tc-bad-elic").exists()
+
+
+def test_elic_config_must_agree(tmp_path, elic_checkpoint):
+    (tmp_path / "c.yaml").write_text("architecture: elic\nin_channels: 12\nN: 192\nM: 320\n")
+    with pytest.raises(CheckpointImportError, match="N"):
+        importer.import_checkpoint(elic_checkpoint, "tc-bad-cfg", config=tmp_path / "c.yaml", into=tmp_path / "m",
+                                   images=np.zeros((1, 12, 64, 64), np.uint16))
