@@ -20,6 +20,7 @@ pytest.importorskip("onnx")
 import tec_zarr  # noqa: E402
 from tec_zarr import metrics, models, pipeline  # noqa: E402
 from tec_zarr.bitstream.chunk import unpack  # noqa: E402
+from tec_zarr.bitstream.payload import split_z_section  # noqa: E402
 from tec_zarr.cli.commands import main as tec_main  # noqa: E402
 from tec_zarr.errors import CheckpointImportError  # noqa: E402
 from tec_zarr.train import importer  # noqa: E402
@@ -279,7 +280,7 @@ def test_elic_decoding_is_integer_exact(elic_installed, cube):
     a = np.ascontiguousarray(cube[3, :, :64, :64])
     chunk = pipeline.encode_chunk(a, model=ELIC_NAME, quality=0, nodata=None)
     _, _, payload = unpack(chunk)
-    z_bytes, rest = __import__("tec_zarr.bitstream.payload", fromlist=["x"]).split_z_section(payload)
+    z_bytes, rest = split_z_section(payload)
     symbols = coder.decode(payload, 0, (1, 132, 4, 4))
     z = elic.factorized.decode(z_bytes, 0, (1, coder.model.z_tables.channels, 1, 1), coder.model.z_tables)
 

@@ -706,10 +706,11 @@ examples:
                             help="import: convert a TerraCodec checkpoint (without ACTION: list the models)")
     mi = msub.add_parser(
         "import", help="convert a TerraCodec checkpoint into an installed model",
-        description=_para("Convert a TerraCodec FP checkpoint (a torch state dict; nothing but tensors is unpickled) "
-                          "into a model folder: ONNX transforms, integer entropy tables, TerraCodec's normalization, "
-                          "the checkpoint's sha256 and lambda, and its measured bpp and PSNR. Needs the train extra. "
-                          "ELIC, TEC-TT and FlexTEC checkpoints are not imported (yet)."),
+        description=_para("Convert a TerraCodec FP or ELIC checkpoint (a torch state dict; nothing but tensors is "
+                          "unpickled) into a model folder: ONNX transforms, integer entropy tables (for ELIC also its "
+                          "hyperprior and context networks in exact integers), TerraCodec's normalization, the "
+                          "checkpoint's sha256 and lambda, and its measured bpp and PSNR. Needs the train extra. "
+                          "TEC-TT and FlexTEC checkpoints are not imported (yet)."),
         epilog="example:\n  tec models import TerraCodec_v1_FP_S2L2A_lambda-10.pt --name tc-fp-10 "
                "--config config_lambda-10.yaml\n  tec compress scene.tif scene.zarr --model tc-fp-10",
         formatter_class=fmt)

@@ -278,7 +278,6 @@ def build_entropy(model: ImportedElic, calibration: torch.Tensor, z_tables: Entr
     hyper = tuple(_conv_layer(layer, exps[i], exps[i + 1], i < 2) for i, layer in enumerate(model.h_s))
     median = _np(model.median).reshape(-1)
     networks = []
-    bounds = np.cumsum([0] + model.groups)
     for k, c in enumerate(model.groups):
         channel = ()
         channel_exp = 0
@@ -328,7 +327,6 @@ def build_entropy(model: ImportedElic, calibration: torch.Tensor, z_tables: Entr
     sigma0 = 2.0 ** (log_sigma_min / 2**log_bits)
     thresholds = np.array([math.ceil(sigma0 * 2.0 ** ((i - 0.5) / STEPS_PER_OCTAVE) * 2**SCALE_EXP)
                            for i in range(1, tables)], np.int64)
-    del bounds
     return elic.ElicModel(
         groups=tuple(model.groups), fine_bits=FINE_BITS, input_exp=input_exp, z_exp=z_exp,
         z_offset=np.rint(median * 2.0**z_exp).astype(np.int64), z_tables=z_tables, hyper=hyper,
