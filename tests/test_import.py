@@ -8,6 +8,7 @@ reference decodes (>= 50 dB between the two) from as many bits (within 10 %, plu
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -324,3 +325,73 @@ def test_elic_config_must_agree(tmp_path, elic_checkpoint):
     with pytest.raises(CheckpointImportError, match="N"):
         importer.import_checkpoint(elic_checkpoint, "tc-bad-cfg", config=tmp_path / "c.yaml", into=tmp_path / "m",
                                    images=np.zeros((1, 12, 64, 64), np.uint16))
+
+
+def _elic_npz(folder: Path, change) -> bytes:
+    """The installed model's elic.npz with ``change(arrays)`` applied."""
+    with np.load(folder / "elic.npz") as f:
+        arrays = dict(f)
+    change(arrays)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
+
+
+def _shrink(arrays, key, axis):
+    arrays[key] = np.delete(arrays[key], 0, axis=axis)
+
+
+@pytest.mark.parametrize("change, says", [
+    (lambda a: _shrink(a, "g1_ch0_w", 0), "odd square of taps"),  # 24 taps
+    (lambda a: _shrink(a, "g2_ch1_w", 1), r"channel context layer 1's weights"),  # Cin 223 after 224 outputs
+    (lambda a: _shrink(a, "g1_ch2_b", 0), r"channel context layer 2's weights"),
+    (lambda a: a.__setitem__("g0_b1", a["g0_b1"][:1]), "hyper_w of shape"),  # would broadcast silently
+    (lambda a: _shrink(a, "g3_out_w", 1), "output weights"),
+    (lambda a: _shrink(a, "hs2_w", 1), "h_s layer 2's weights"),
+    (lambda a: a.__setitem__("hs_kinds", np.array([0, 1, 1])), "two deconv layers"),
+    (lambda a: a.__setitem__("g0_out_w", a["g0_out_w"] + 0.5), "integer weights"),
+    (lambda a: a.__setitem__("hs0_w", np.where(a["hs0_w"] == 0, np.nan, a["hs0_w"])), "integer weights"),
+    (lambda a: a.__setitem__("g4_b3", a["g4_b3"] + 2**60), "bounded by 2[*][*]52"),
+    (lambda a: a.__setitem__("g2_second0_w", a["g2_second0_w"] * 2.0**30), "bounded by 2[*][*]52"),
+    (lambda a: a.__setitem__("z_exp", np.int64(60)), "z_exp in"),
+    (lambda a: a.__setitem__("input_exp", np.int64(2000)), "input_exp"),
+    (lambda a: a.__setitem__("groups", np.array([16, 16, 32, 64, 0])), "at least one channel"),
+    (lambda a: a.pop("g4_shifts"), "valid elic.npz"),
+])
+def test_malformed_elic_npz_is_refused(elic_installed, change, says):
+    from tec_zarr.entropy import elic
+    from tec_zarr.errors import WeightsIntegrityError
+
+    elic.ElicModel.from_npz((elic_installed / "elic.npz").read_bytes())  # the installed one loads
+    with pytest.raises(WeightsIntegrityError, match=says):
+        elic.ElicModel.from_npz(_elic_npz(elic_installed, change))
+
+
+def test_malformed_elic_npz_is_refused_on_load(elic_installed, tmp_path, monkeypatch):
+    """Through the registry: changed bytes fail their sha256; re-listed with their new sha256, the weights
+    themselves are refused, before any chunk is decoded."""
+    import shutil
+
+    from tec_zarr.errors import WeightsIntegrityError
+    from tec_zarr.models import model_digest
+
+    folder = tmp_path / "tc-elic-bad"
+    shutil.copytree(elic_installed, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["name"] = "tc-elic-bad"
+    (folder / "elic.npz").write_bytes(_elic_npz(elic_installed, lambda a: _shrink(a, "g2_ch1_w", 1)))
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("TEC_ZARR_MODEL_PATH", str(tmp_path))
+    models.clear_cache()
+    try:
+        with pytest.raises(WeightsIntegrityError, match="sha256"):
+            models.load_model("tc-elic-bad")
+        manifest["files"]["elic.npz"] = hashlib.sha256((folder / "elic.npz").read_bytes()).hexdigest()
+        manifest["sha256"] = model_digest(manifest["files"])
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        models.clear_cache()
+        with pytest.raises(WeightsIntegrityError, match="channel context layer 1"):
+            models.load_model("tc-elic-bad")
+    finally:
+        models.clear_cache()
+

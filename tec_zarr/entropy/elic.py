@@ -27,6 +27,7 @@ order (group 0 anchors, group 0 others, group 1 anchors, ...), each coded table 
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ ANALYSIS_FILENAME = "hyper_analysis.onnx"
 ENTROPY_MODEL = "elic"
 KINDS = ("deconv", "conv", "dense")  # deconv: ConvTranspose2d(5, stride 2); conv: k x k, stride 1, same padding
 MEAN_BITS_LIMIT = 24  # |mean| < 2**(fine_bits + 24)
+Z_EXP_LIMIT = 40  # z_s << z_exp stays in int64: |z_s| <= Z_LIMIT = 2**20
 ROWS_PER_BLOCK = 16
 
 
@@ -68,12 +70,23 @@ class Layer:
             return np.abs(self.w).reshape(self.w.shape[0], KERNEL * KERNEL, cout).sum(axis=(0, 1))
         return np.abs(self.w).reshape(-1, cout).sum(0)
 
-    def check(self, what: str) -> None:
-        if self.kind not in KINDS or self.shift < 0:
-            raise WeightsIntegrityError(f"Expected a layer kind in {KINDS} and a shift >= 0 in {what}. Got "
-                                        f"{self.kind!r} and {self.shift} instead.")
+    def check(self, what: str, cin: int, kinds: tuple[str, ...] = KINDS) -> int:
+        """Refuse a layer that is not a ``kinds`` layer over ``cin`` channels with exact sums; its output channels."""
+        if self.kind not in kinds or self.shift < 0 or self.b.ndim != 1:
+            raise WeightsIntegrityError(f"Expected a layer kind in {kinds}, a shift >= 0 and a bias vector in {what}. "
+                                        f"Got {self.kind!r}, {self.shift} and a bias of shape {self.b.shape} instead.")
+        cout = self.b.shape[0]
+        taps = self.w.shape[0] if self.w.ndim == 3 else 0
+        side = math.isqrt(taps)
+        expected = {"deconv": (cin, KERNEL * KERNEL * cout), "conv": (side * side, cin, cout),
+                    "dense": (cin, cout)}[self.kind]
+        if self.w.shape != expected or (self.kind == "conv" and side % 2 == 0):
+            raise WeightsIntegrityError(f"Expected {what}'s weights of shape {expected} (conv: an odd square of taps). "
+                                        f"Got {self.w.shape} instead.")
+        require_integers(what, self.w, self.b)
         if (self.colsum() * 2.0**CLIP_BITS + np.abs(self.b)).max() >= EXACT_LIMIT:
             raise WeightsIntegrityError(f"Expected integer sums bounded by 2**52 in {what}. Got a larger bound.")
+        return cout
 
     def accumulate(self, x: np.ndarray, matmul) -> np.ndarray:
         if self.kind == "deconv":
@@ -108,10 +121,26 @@ class GroupNetwork:
     def channels(self) -> int:
         return self.spatial_w.shape[1]
 
-    def check(self, k: int) -> None:
+    def check(self, k: int, hyper_channels: int, context_channels: int) -> None:
+        """Refuse weights whose shapes do not chain from the hyper features and ``context_channels`` decoded
+        latents (groups 0 and k - 1) to the group's means and scales, or whose sums could exceed 2**52."""
+        cin = context_channels
         for i, layer in enumerate(self.channel):
-            layer.check(f"group {k}'s channel context layer {i}")
-        self.second.check(f"group {k}'s second layer")
+            cin = layer.check(f"group {k}'s channel context layer {i}", cin, ("conv", "dense"))
+        h1 = self.b1.shape[0] if self.b1.ndim == 1 else -1
+        c = self.channels
+        expected = {"hyper_w": (hyper_channels, h1), "channel_w": (cin if self.channel else 0, h1),
+                    "spatial_w": (len(SPATIAL_TAPS), c, h1), "b1_spatial": (h1,)}
+        for name, shape in expected.items():
+            if getattr(self, name).shape != shape:
+                raise WeightsIntegrityError(f"Expected group {k}'s {name} of shape {shape}. Got "
+                                            f"{getattr(self, name).shape} instead.")
+        h2 = self.second.check(f"group {k}'s second layer", h1, ("dense",))
+        if self.out_w.shape != (h2, 2 * c) or self.b3.shape != (2 * c,):
+            raise WeightsIntegrityError(f"Expected group {k}'s output weights ({h2}, {2 * c}) and bias ({2 * c},). Got "
+                                        f"{self.out_w.shape} and {self.b3.shape} instead.")
+        require_integers(f"group {k}'s parameter network", self.hyper_w, self.channel_w, self.spatial_w, self.b1,
+                         self.b1_spatial, self.out_w, self.b3)
         limit = 2.0**CLIP_BITS
         first = (np.abs(self.hyper_w).sum(0) + np.abs(self.channel_w).sum(0) + np.abs(self.spatial_w).sum((0, 1)))
         worst = [first * limit + np.abs(self.b1) + np.abs(self.b1_spatial), np.abs(self.out_w).sum(0) * limit
@@ -119,6 +148,14 @@ class GroupNetwork:
         if max(float(v.max()) for v in worst) >= EXACT_LIMIT or min(self.shift1, self.mean_shift, self.scale_shift) < 0:
             raise WeightsIntegrityError(f"Expected group {k}'s parameter sums bounded by 2**52 and shifts >= 0. Got "
                                         "otherwise.")
+
+
+def require_integers(what: str, *arrays: np.ndarray) -> None:
+    """Refuse weights that are not finite integers: exactness (and the bounds' checks) hold for integers only."""
+    for a in arrays:
+        if a.size and not (np.isfinite(a).all() and (a == np.rint(a)).all()):
+            raise WeightsIntegrityError(f"Expected integer weights in {what}. Got non-integer or non-finite values "
+                                        "instead.")
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,23 +177,30 @@ class ElicModel:
     networks: tuple[GroupNetwork, ...]
 
     def __post_init__(self):
-        m = sum(self.groups)
-        if len(self.networks) != len(self.groups) or any(n.channels != c for n, c in zip(self.networks, self.groups)):
-            raise WeightsIntegrityError(f"Expected one network per group of {list(self.groups)}. Got otherwise.")
-        if self.hyper[-1].b.shape[0] != self.networks[0].hyper_w.shape[0] or self.z_offset.shape != (
-                self.z_tables.channels,):
-            raise WeightsIntegrityError("Expected hyper features matching the group networks and one z offset per "
-                                        "z channel.")
+        if not self.groups or min(self.groups) < 1 or len(self.networks) != len(self.groups) or any(
+                n.channels != c for n, c in zip(self.networks, self.groups)):
+            raise WeightsIntegrityError(f"Expected one network per group of {list(self.groups)}, each of at least one "
+                                        "channel. Got otherwise.")
+        if self.z_tables.qualities != 1 or self.z_offset.shape != (self.z_tables.channels,):
+            raise WeightsIntegrityError(f"Expected z tables of one quality and one z offset per z channel. Got "
+                                        f"{self.z_tables.qualities} and {self.z_offset.shape} instead.")
+        # h_s: two stride-2 transposed convolutions (z is 1/Z_STRIDE of the latent grid), then same-size layers
+        if [la.kind == "deconv" for la in self.hyper] != [True, True] + [False] * (len(self.hyper) - 2):
+            raise WeightsIntegrityError(f"Expected h_s to be two deconv layers and then conv or dense ones. Got "
+                                        f"{[la.kind for la in self.hyper]} instead.")
+        cin = self.z_tables.channels
         for i, layer in enumerate(self.hyper):
-            layer.check(f"h_s layer {i}")
+            cin = layer.check(f"h_s layer {i}", cin)
         for k, net in enumerate(self.networks):
-            net.check(k)
-            inputs = 0 if k == 0 else self.groups[0] + (self.groups[k - 1] if k > 1 else 0)
-            if k and (net.channel[0].w.shape[1] != inputs or net.channel_w.shape[0] != net.channel[-1].b.shape[0]):
-                raise WeightsIntegrityError(f"Expected group {k}'s channel context over {inputs} channels.")
-        if not 0 <= self.fine_bits <= 16 or (np.abs(self.z_offset) >= 2**40).any() or m < 1:
-            raise WeightsIntegrityError(f"Expected fine bits in [0, 16]. Got {self.fine_bits} instead.")
-        if np.any(np.diff(self.thresholds) <= 0) or self.thresholds.shape[0] != self.scale_lengths.shape[0] - 1:
+            net.check(k, cin, 0 if k == 0 else self.groups[0] + (self.groups[k - 1] if k > 1 else 0))
+        # the context inputs' factor 2**(input_exp - fine_bits) is a finite float
+        if not (0 <= self.fine_bits <= 16 and 0 <= self.z_exp <= Z_EXP_LIMIT and abs(self.input_exp) <= 64
+                and (np.abs(self.z_offset) < 2**40).all()):
+            raise WeightsIntegrityError(f"Expected fine bits in [0, 16], z_exp in [0, {Z_EXP_LIMIT}], |input_exp| <= 64 and z "
+                                        f"offsets below 2**40. Got {self.fine_bits}, {self.z_exp} and {self.input_exp} "
+                                        "instead, or a larger offset.")
+        if (self.thresholds.ndim != 1 or np.any(np.diff(self.thresholds) <= 0)
+                or self.thresholds.shape[0] != self.scale_lengths.shape[0] - 1):
             raise WeightsIntegrityError("Expected increasing scale thresholds, one fewer than the scale tables.")
         object.__setattr__(self, "scales", IndexedTables(self.scale_offsets, self.scale_pmf, self.scale_lengths))
 

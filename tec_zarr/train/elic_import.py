@@ -272,7 +272,7 @@ def build_entropy(model: ImportedElic, calibration: torch.Tensor, z_tables: Entr
             model.steps(model.analyse(image[None]), record)
     clip = 2.0**CLIP_BITS
     input_exp = min(_exp(record, "y_hat"), FINE_BITS + 8)
-    z_exp = _exp(record, "z")
+    z_exp = min(_exp(record, "z"), elic.Z_EXP_LIMIT)  # an all-zero z would ask for 2**58
     hyper_exp = _exp(record, "hyper")
     exps = [z_exp, _exp(record, "hs1"), _exp(record, "hs2"), hyper_exp]
     hyper = tuple(_conv_layer(layer, exps[i], exps[i + 1], i < 2) for i, layer in enumerate(model.h_s))
