@@ -395,3 +395,52 @@ def test_malformed_elic_npz_is_refused_on_load(elic_installed, tmp_path, monkeyp
     finally:
         models.clear_cache()
 
+
+def test_hostile_elic_chunks_end_in_package_errors(elic_installed, cube):
+    """tests/test_hostile.py's judge on an ELIC chunk (a nodata block: skipped latents too): payloads cut inside z
+    and y, z_len beyond the payload, a y section of part words, filler and random bytes, trailing words, each with
+    the CRC recomputed so it reaches elic.py, and a few of test_hostile's seeded mutations. Each ends in a
+    TecZarrError or finite values of the chunk's shape, within test_hostile's CASE_SECONDS."""
+    import struct
+
+    from test_hostile import judge, mutate_chunk
+
+    from tec_zarr.bitstream import chunk as chunkfmt
+
+    a = np.ascontiguousarray(cube[1, :, 101:130, 37:82])  # padded to 64 x 64
+    a[:, 3:9, 5:17] = 0
+    codec = tec_zarr.TEC(model=ELIC_NAME, nodata=0)
+    good = bytes(codec.encode(a))
+    header, mask, payload = chunkfmt.unpack(good)
+    z_len = struct.unpack_from("<I", payload)[0]
+    y_at = 4 + z_len
+    rng = np.random.default_rng(19)
+    payloads = {
+        "cut in z": payload[: 4 + z_len // 2 // 4 * 4],
+        "cut in y": payload[: y_at + (len(payload) - y_at) // 2 // 4 * 4],
+        "last word dropped": payload[:-4],
+        "z_len past the end": struct.pack("<I", len(payload)) + payload[4:],
+        "z_len 2**32 - 1": struct.pack("<I", 2**32 - 1) + payload[4:],
+        "y of part words": payload + b"\x00\x00",
+        "y all ones": payload[:y_at] + b"\xff" * (len(payload) - y_at),
+        "y random": payload[:y_at] + rng.bytes(len(payload) - y_at),
+        "trailing words": payload + rng.bytes(64),
+    }
+    cases = {name: chunkfmt.pack(header, mask, p) for name, p in payloads.items()}
+    for i in range(4):
+        flipped = bytearray(payload)
+        for bit in rng.integers(8 * len(payload), size=i + 1):
+            flipped[bit // 8] ^= 1 << (bit % 8)
+        cases[f"{i + 1} payload bits flipped"] = chunkfmt.pack(header, mask, bytes(flipped))
+    for i in range(10):
+        recipe, bad = mutate_chunk(np.random.default_rng([19, i]), good, good)
+        cases[f"mutation {i}: {recipe}"] = bad
+    outcomes, problems = {}, []
+    for name, bad in cases.items():
+        outcomes[name], _, problem = judge(lambda b: pipeline.decode_chunk(b, expected_shape=a.shape), bad,
+                                           expect_shape=a.shape)
+        if problem:
+            problems.append(f"{name}: {problem}")
+    assert not problems, problems
+    # the cut, mislabelled and replaced payloads are all detected (none decodes to another image)
+    assert [n for n in payloads if outcomes[n] == "ok"] == [], outcomes
