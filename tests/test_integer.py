@@ -103,18 +103,18 @@ def test_winograd_conv3_is_conv3_exactly(shape):
     x = rng.integers(-top, top, shape + (cin,)).astype(np.float64)
     x[..., 3] = 0  # a dead channel
     assert layers._winograd_fits(x, w)
-    expected = layers.direct_conv3(x, w, b, np.matmul)
+    expected = layers.direct_conv(x, w, b, np.matmul)
     np.testing.assert_array_equal(layers.conv3(x, w, b, np.matmul), expected)
     np.testing.assert_array_equal(layers.conv3(x, w, b, shuffled_matmul(4)), expected)
     x[0, 0, 0, 0] = 2 * top  # past the bound: the direct sums, still exact
     assert not layers._winograd_fits(x, w)
-    np.testing.assert_array_equal(layers.conv3(x, w, b, np.matmul), layers.direct_conv3(x, w, b, np.matmul))
+    np.testing.assert_array_equal(layers.conv3(x, w, b, np.matmul), layers.direct_conv(x, w, b, np.matmul))
 
 
-def test_conv3_matrix_orders_taps_as_conv3():
+def test_conv_matrix_orders_taps_as_conv3():
     rng = np.random.default_rng(2)
     w4 = rng.integers(-50, 50, (7, 5, 3, 3)).astype(np.float64)  # (Cout, Cin, ky, kx)
-    m = layers.conv3_matrix(w4)
+    m = layers.conv_matrix(w4)
     assert m.shape == (9, 5, 7)
     for ky in range(3):
         for kx in range(3):

@@ -7,6 +7,7 @@ against :data:`CLIP_BITS` (activations are clipped to +-2**22) and :data:`EXACT_
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import numpy as np
@@ -88,30 +89,15 @@ def conv3(x: np.ndarray, w: np.ndarray, b, matmul) -> np.ndarray:
         x = x[..., live]
     if x.shape[-1] >= WINOGRAD_MIN_CHANNELS and _winograd_fits(x, w):
         return winograd_conv3(x, w, b, matmul, live)
-    return direct_conv3(x, w if live is None else w[:, live], b, matmul)
-
-
-def direct_conv3(x: np.ndarray, w: np.ndarray, b, matmul) -> np.ndarray:
-    """:func:`conv3` as one product over all 9 taps (patches of 9 Cin columns) per block of rows: fewer, larger
-    matrix products."""
-    bsz, h, wd, cin = x.shape
-    padded = np.zeros((bsz, h + 2, wd + 2, cin), np.float64)
-    padded[:, 1:-1, 1:-1] = x
-    out = np.empty((bsz, h, wd, w.shape[-1]), np.float64)
-    rows = max(1, PATCH_BYTES // max(1, bsz * wd * 9 * cin * 8))
-    for top in range(0, h, rows):
-        n = min(rows, h - top)
-        patches = np.concatenate([padded[:, top + ky : top + ky + n, kx : kx + wd]
-                                  for ky in range(3) for kx in range(3)], axis=-1)
-        out[:, top : top + n] = matmul(patches.reshape(-1, 9 * cin), w.reshape(-1, w.shape[-1])).reshape(bsz, n, wd, -1)
-    return out + b
+    return direct_conv(x, w if live is None else w[:, live], b, matmul)
 
 
 def direct_conv(x: np.ndarray, w: np.ndarray, b, matmul) -> np.ndarray:
     """Conv2d(k, stride 1, padding k // 2) of integer (B, H, W, Cin) with w (k * k, Cin, Cout), taps (ky, kx), for
-    any odd k: :func:`direct_conv3`'s one product over all taps per block of rows, exact for bounded integers."""
+    any odd k, as one product over all taps (patches of k * k * Cin columns) per block of rows: fewer, larger matrix
+    products, exact for bounded integers."""
     taps, cin = w.shape[:2]
-    k = int(round(taps**0.5))
+    k = math.isqrt(taps)
     bsz, h, wd, _ = x.shape
     p = k // 2
     padded = np.zeros((bsz, h + 2 * p, wd + 2 * p, cin), np.float64)
@@ -130,11 +116,6 @@ def conv_matrix(w: np.ndarray) -> np.ndarray:
     """Conv2d weight (Cout, Cin, k, k) -> (k * k, Cin, Cout), taps ordered (ky, kx)."""
     k = w.shape[-1]
     return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(k * k, w.shape[1], w.shape[0]))
-
-
-def conv3_matrix(w: np.ndarray) -> np.ndarray:
-    """Conv2d weight (Cout, Cin, 3, 3) -> (9, Cin, Cout), taps ordered (ky, kx)."""
-    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(9, w.shape[1], w.shape[0]))
 
 
 # -- Winograd F(2x2, 3x3) in integers ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..entropy import context, hyperprior
-from ..integer.layers import CLIP_BITS, conv3_matrix
+from ..integer.layers import CLIP_BITS, conv_matrix
 from ..integer.synthesis import scale_exponent
 from . import hyper_export
 from .context import ContextConfig, ContextPrior
@@ -62,7 +62,7 @@ def build_context(net: ContextPrior, calibration: np.ndarray) -> context.Context
     networks = []
     for module, peaks in zip(net.contexts, record):
         hidden = module.hidden.weight.shape[0]
-        channel_w = (conv3_matrix(module.channel.weight.detach().double().numpy())
+        channel_w = (conv_matrix(module.channel.weight.detach().double().numpy())
                      if module.channel is not None else np.zeros((9, 0, hidden)))
         first = (_matrix(module.hyper), channel_w, _spatial_matrix(module.spatial))
         layers = [(first, module.hyper.bias), ((_matrix(module.hidden),), module.hidden.bias),

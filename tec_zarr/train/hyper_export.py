@@ -27,7 +27,7 @@ import torch
 from ..entropy import hyperprior
 from ..entropy.tables import EntropyTables, quantize_pmf
 from ..errors import UnknownModelError
-from ..integer.layers import CLIP_BITS, conv3, conv3_matrix, deconv, deconv_matrix
+from ..integer.layers import CLIP_BITS, conv3, conv_matrix, deconv, deconv_matrix
 from ..integer.synthesis import scale_exponent
 from ..models import MODELS_DIR, get_card, model_digest
 from ..models.registry import file_path, share_files
@@ -72,7 +72,7 @@ def _layers(net: HyperPrior) -> list[tuple[str, np.ndarray, np.ndarray]]:
         if isinstance(layer, torch.nn.ConvTranspose2d):
             out.append(("deconv", deconv_matrix(w), b))
         else:
-            out.append(("conv3", conv3_matrix(w), b))
+            out.append(("conv3", conv_matrix(w), b))
     return out
 
 
