@@ -160,7 +160,6 @@ class Trainer:
             self.bank.rng.bit_generator.state = ckpt["sampler"]
             torch.set_rng_state(ckpt["torch_rng"])
         self.base_path = str(args.base)
-        self.base_sha = base_ckpt.get("step")
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.from_numpy(self.std)[:, None, None] + torch.from_numpy(self.mean)[:, None, None]
@@ -205,6 +204,7 @@ class Trainer:
             "sampler": self.bank.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
             "base": self.base_path,
+            "base_inv_gain": self.inv_gain.numpy().tolist(),
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),
             "train_images": self.train_names,

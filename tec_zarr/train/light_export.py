@@ -23,7 +23,7 @@ import torch
 from ..models import MODELS_DIR, get_card, model_digest
 from ..models.registry import file_path, share_files
 from .export import export_onnx, machine_description, sha256_file
-from .light import LightConfig, LightSynthesis
+from .light import DEFAULT_BASE, LightConfig, LightSynthesis
 
 DECODER = "decoder.onnx"
 
@@ -35,17 +35,25 @@ def load_checkpoint(path: Path) -> tuple[LightSynthesis, dict]:
     return net.eval(), ckpt
 
 
-def check_same_gains(base_folder_tables: bytes, net_ckpt: dict) -> None:
+def trained_inv_gain(ckpt: dict) -> np.ndarray:
+    """The inverse gains the light synthesis learned on: stored in its checkpoint, or (older checkpoints) read from
+    the base checkpoint it names, else from the committed tec-fp checkpoint."""
+    if "base_inv_gain" in ckpt:
+        return np.asarray(ckpt["base_inv_gain"], np.float32)
+    base = Path(ckpt["base"]) if Path(ckpt["base"]).is_file() else DEFAULT_BASE
+    return torch.load(base, map_location="cpu", weights_only=False)["model"]["inv_gain"].numpy()
+
+
+def check_same_gains(base_tables: bytes, ckpt: dict) -> None:
     """The light synthesis learned on symbols times the base checkpoint's inverse gains: the model it joins must
     dequantize with the same ones."""
     import io
 
-    base_ckpt = torch.load(net_ckpt["base"], map_location="cpu", weights_only=False)
-    with np.load(io.BytesIO(base_folder_tables)) as t:
+    with np.load(io.BytesIO(base_tables)) as t:
         inv_gain = t["inv_gain"]
-    if not np.array_equal(inv_gain, base_ckpt["model"]["inv_gain"].numpy()):
-        raise SystemExit("Expected the base model's inverse gains to equal the checkpoint the light synthesis was "
-                         "trained against. Got other gains instead: pick the matching --base.")
+    if not np.array_equal(inv_gain, trained_inv_gain(ckpt)):
+        raise SystemExit("Expected the base model's inverse gains to equal the ones the light synthesis was trained "
+                         "on. Got other gains instead: pick the matching --base.")
 
 
 def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: Path | None,

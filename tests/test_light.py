@@ -1,0 +1,70 @@
+"""tec-fp-lite: tec-fp's analysis, gains and tables with a light synthesis. It writes tec-fp's payload byte for byte
+under its own name, decodes it through its own (gathered) graph, stays within the quality its card states, and its
+golden chunks decode in every run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from common import check_golden
+
+from tec_zarr import TEC, metrics, pipeline
+from tec_zarr.bitstream.chunk import unpack
+from tec_zarr.models import get_card, load_model
+from tec_zarr.pipeline.decode import parse
+from tec_zarr.runtime.gathered import GatheredGraph
+
+LITE, BASE = "tec-fp-lite", "tec-fp"
+
+
+@pytest.fixture(scope="module")
+def crop(image) -> np.ndarray:
+    return np.ascontiguousarray(image[:, :128, :128])
+
+
+@pytest.mark.parametrize("quality", range(5))
+def test_writes_the_base_payload_under_its_own_name(crop, quality):
+    lite = pipeline.encode_chunk(crop, model=LITE, quality=quality)
+    base = pipeline.encode_chunk(crop, model=BASE, quality=quality)
+    assert unpack(lite)[2] == unpack(base)[2]  # same symbols, same bits
+    header = pipeline.read_header(lite)
+    assert (header.model, header.quality) == (LITE, quality)
+    assert len(lite) - len(base) == len(LITE) - len(BASE)  # only the name in the header differs
+
+
+def test_shares_every_file_but_the_decoder():
+    lite, base = get_card(LITE), get_card(BASE)
+    assert {f: d for f, d in lite.files.items() if f != "decoder.onnx"} == \
+        {f: d for f, d in base.files.items() if f != "decoder.onnx"}
+    assert lite.files["decoder.onnx"] != base.files["decoder.onnx"]
+    assert lite.manifest["base_model"] == {"name": BASE, "sha256": base.sha256}
+
+
+def test_decoder_runs_on_the_nonzero_channels(crop):
+    decoder = load_model(LITE).decoder
+    assert isinstance(decoder, GatheredGraph) and set(decoder.weights) == {"project.weight", "s_lin.weight"}
+    for quality in (0, 4):
+        y = parse(pipeline.encode_chunk(crop, model=LITE, quality=quality)).y_hat()
+        assert y.any(axis=(0, 2, 3)).sum() < y.shape[1]
+        np.testing.assert_allclose(decoder.run(y), decoder.full.run(y), rtol=0, atol=1e-4)
+
+
+def test_quality_within_what_its_card_states(crop):
+    """Same bits as tec-fp; PSNR on this held-out crop within 0.3 dB of what the card measured against tec-fp per
+    quality (the card: validation places; this crop: one of them, so the difference carries over)."""
+    card = get_card(LITE)
+    previous = None
+    for q in card.qualities:
+        stated = q["validation"]["psnr"] - q["validation"]["tec-fp_psnr"]
+        got = [metrics.psnr(crop, pipeline.decode_chunk(pipeline.encode_chunk(crop, model=m, quality=q["quality"])))
+               for m in (LITE, BASE)]
+        assert got[0] - got[1] >= stated - 0.3, (q["quality"], got, stated)
+        assert previous is None or got[0] > previous  # quality rises with the level
+        previous = got[0]
+
+
+def test_golden_bitstreams(cube):
+    a = np.ascontiguousarray(cube[2, :, 40:104, 8:88])
+    a[:, :6, :9] = 0  # nodata corner
+    check_golden(TEC(model=LITE, quality=2), [a], "tec-fp-lite-q2")
+    check_golden(TEC(model=LITE, quality=0), [np.ascontiguousarray(cube[3, :, :48, :40])], "tec-fp-lite-q0")
