@@ -259,7 +259,18 @@ def main(argv: list[str] | None = None) -> int:
                    "a cube a quarter that size is written too, to show that worker memory does not grow with it")
     p.add_argument("--images-per-task", type=int, default=8, help="zarr chunks (12 x 256 x 256) per dask task")
     p.add_argument("--no-cluster", action="store_true")
+    p.add_argument("--table", action="store_true", help="only re-render the table of --out's throughput.json (the "
+                   "ratios' roles from the rd.json beside it) and put it in the README")
     args = p.parse_args(argv)
+    if args.table:
+        results = json.loads((args.out / "throughput.json").read_text())
+        measured = [key.rsplit(" q", 1)[0] for key in results["local"] if " q" in key and not key.startswith("TEC ")]
+        model = results.get("model", DEFAULT_MODEL)
+        results["model"] = model
+        results["ratios"] = ratios(results["local"], model, results["ratios"]["quality"], measured,
+                                   args.out / "rd.json")
+        publish("throughput", results, args.out / "throughput.json", table(results), not args.no_readme)
+        return 0
 
     base = patches(args.data)
     items = [np.ascontiguousarray(base[i % len(base)]) for i in range(args.chunks)]
