@@ -210,3 +210,19 @@ print(layer.isValid(), layer.crs().authid(), layer.bandName(12), layer.extent().
 del block, provider, layer  # PyQGIS crashes at exit while layers are still referenced
 app.exitQgis()
 """
+
+
+def seasonal_layout(root: Path, cube: np.ndarray) -> Path:
+    """The bundled sample laid out like shared/data under ``root``: two dates as the training place 0080717 (one of
+    tec-fp's), two as the first validation place; int16 GeoTIFFs as the SSL4EO-S12 seasonal files are."""
+    import rasterio
+
+    from tec_zarr.train import data
+
+    folder = Path(root) / data.SEASONAL
+    folder.mkdir(parents=True)
+    for t, place in enumerate(["0080717", "0080717", data.VALIDATION_PLACES[0], data.VALIDATION_PLACES[0]]):
+        with rasterio.open(folder / f"ssl4eos12_val_{place}_{t}.tif", "w", driver="GTiff", width=cube.shape[3],
+                           height=cube.shape[2], count=12, dtype="int16") as dst:
+            dst.write(cube[t].astype(np.int16))
+    return Path(root)

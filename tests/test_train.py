@@ -17,6 +17,8 @@ from tec_zarr.entropy import factorized  # noqa: E402
 from tec_zarr.train import __main__ as train_main  # noqa: E402
 from tec_zarr.train import data, export  # noqa: E402
 
+from common import seasonal_layout  # noqa: E402
+
 pytestmark = pytest.mark.train
 
 TINY = ["--channels", "8", "--latent-channels", "16", "--stages", "3", "--crop", "32", "--batch", "2",
@@ -25,17 +27,7 @@ TINY = ["--channels", "8", "--latent-channels", "16", "--stages", "3", "--crop",
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory, cube):
-    """The bundled real sample laid out like shared/data: two dates as a training place, two as validation."""
-    root = tmp_path_factory.mktemp("data")
-    folder = root / data.SEASONAL
-    folder.mkdir()
-    places = ["0080717", "0080717", data.VALIDATION_PLACES[0], data.VALIDATION_PLACES[0]]
-    for t, place in enumerate(places):
-        path = folder / f"ssl4eos12_val_{place}_{t}.tif"
-        with rasterio.open(path, "w", driver="GTiff", width=cube.shape[3], height=cube.shape[2], count=12,
-                           dtype="int16") as dst:
-            dst.write(cube[t].astype(np.int16))
-    return root
+    return seasonal_layout(tmp_path_factory.mktemp("data"), cube)
 
 
 class FitSpy:

@@ -12,7 +12,9 @@ pytest.importorskip("onnx")
 rasterio = pytest.importorskip("rasterio")
 
 from tec_zarr import models, pipeline  # noqa: E402
-from tec_zarr.train import data, hyper, hyper_export  # noqa: E402
+from tec_zarr.train import hyper, hyper_export  # noqa: E402
+
+from common import seasonal_layout  # noqa: E402
 
 pytestmark = pytest.mark.train
 ARGS = ["--crops", "4", "--crop", "64", "--batch", "2", "--log-every", "1", "--val-every", "2", "--threads", "1"]
@@ -20,14 +22,7 @@ ARGS = ["--crops", "4", "--crop", "64", "--batch", "2", "--log-every", "1", "--v
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory, cube):
-    root = tmp_path_factory.mktemp("data")
-    folder = root / data.SEASONAL
-    folder.mkdir()
-    for t, place in enumerate(["0080717", "0080717", data.VALIDATION_PLACES[0], data.VALIDATION_PLACES[0]]):
-        with rasterio.open(folder / f"ssl4eos12_val_{place}_{t}.tif", "w", driver="GTiff", width=cube.shape[3],
-                           height=cube.shape[2], count=12, dtype="int16") as dst:
-            dst.write(cube[t].astype(np.int16))
-    return root
+    return seasonal_layout(tmp_path_factory.mktemp("data"), cube)
 
 
 def test_train_resume_export_round_trip(data_root, tmp_path, monkeypatch, cube):

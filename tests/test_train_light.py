@@ -16,6 +16,8 @@ from tec_zarr import models, pipeline  # noqa: E402
 from tec_zarr.bitstream.chunk import unpack  # noqa: E402
 from tec_zarr.train import data, light, light_export  # noqa: E402
 
+from common import seasonal_layout  # noqa: E402
+
 pytestmark = pytest.mark.train
 ARGS = ["--crop", "32", "--batch", "2", "--channels", "8", "--depth", "1", "--log-every", "1", "--val-every", "2",
         "--threads", "1"]
@@ -23,15 +25,7 @@ ARGS = ["--crop", "32", "--batch", "2", "--channels", "8", "--depth", "1", "--lo
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory, cube):
-    """The bundled sample laid out like shared/data: two dates of a tec-fp training place, two of a held-out one."""
-    root = tmp_path_factory.mktemp("data")
-    folder = root / data.SEASONAL
-    folder.mkdir()
-    for t, place in enumerate(["0080717", "0080717", data.VALIDATION_PLACES[0], data.VALIDATION_PLACES[0]]):
-        with rasterio.open(folder / f"ssl4eos12_val_{place}_{t}.tif", "w", driver="GTiff", width=cube.shape[3],
-                           height=cube.shape[2], count=12, dtype="int16") as dst:
-            dst.write(cube[t].astype(np.int16))
-    return root
+    return seasonal_layout(tmp_path_factory.mktemp("data"), cube)
 
 
 @pytest.fixture(scope="module")

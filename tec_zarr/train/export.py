@@ -230,7 +230,6 @@ def machine_description() -> str:
 
 def measure_into_manifest(folder: Path, data_root: Path) -> None:
     """Measure RD per quality with the runtime codec on the validation places; write it into the manifest."""
-    from .. import metrics, pipeline
     from ..models import clear_cache
     from . import data
 
@@ -239,15 +238,24 @@ def measure_into_manifest(folder: Path, data_root: Path) -> None:
     _, val = data.split(data.load_images(Path(data_root)))
     crops = np.rint(data.validation_crops(val) * 1e4).astype(np.uint16)
     for q in manifest["qualities"]:
-        bpps, psnrs = [], []
-        for img in crops:
-            enc = pipeline.encode_chunk(img, model=manifest["name"], quality=q["quality"], nodata=None)
-            dec = pipeline.decode_chunk(enc)
-            bpps.append(len(enc) * 8 / (img.shape[1] * img.shape[2]))
-            psnrs.append(metrics.psnr(img, dec))
-        q["validation"] = {"bpp": round(float(np.mean(bpps)), 4), "psnr": round(float(np.mean(psnrs)), 3),
-                           "images": len(crops), "size": "12x256x256"}
+        bpp, psnr, _ = runtime_rd(manifest["name"], crops, q["quality"])
+        q["validation"] = {"bpp": round(bpp, 4), "psnr": round(psnr, 3), "images": len(crops), "size": "12x256x256"}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+
+
+def runtime_rd(model: str, crops: np.ndarray, quality: int) -> tuple[float, float, list[np.ndarray]]:
+    """Mean bpp (headers included) and mean PSNR of the runtime codec on ``crops`` (N, 12, H, W) DN, and the
+    decoded crops."""
+    from .. import metrics, pipeline
+
+    bpps, psnrs, decoded = [], [], []
+    for img in crops:
+        enc = pipeline.encode_chunk(img, model=model, quality=quality, nodata=None)
+        dec = pipeline.decode_chunk(enc)
+        bpps.append(len(enc) * 8 / (img.shape[1] * img.shape[2]))
+        psnrs.append(metrics.psnr(img, dec))
+        decoded.append(dec)
+    return float(np.mean(bpps)), float(np.mean(psnrs)), decoded
 
 
 def main(argv: list[str] | None = None) -> int:

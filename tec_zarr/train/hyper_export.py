@@ -31,7 +31,7 @@ from ..integer.layers import CLIP_BITS, conv3, conv_matrix, deconv, deconv_matri
 from ..integer.synthesis import scale_exponent
 from ..models import MODELS_DIR, get_card, model_digest
 from ..models.registry import file_path, share_files
-from .export import entropy_tables, export_onnx, machine_description, sha256_file
+from .export import entropy_tables, export_onnx, machine_description, runtime_rd, sha256_file
 from .hyper import HyperConfig, HyperPrior
 
 _erfc = np.vectorize(math.erfc, otypes=[np.float64])  # float64, once at export
@@ -252,7 +252,6 @@ def integer_penalty(net, folder: Path, y: np.ndarray) -> None:
 
 def measure(folder: Path, data_root: Path, base_name: str) -> None:
     """bpp/PSNR per quality with the runtime codec on the validation places, beside the base model's."""
-    from .. import metrics, pipeline
     from ..models import clear_cache
     from . import data
 
@@ -261,16 +260,7 @@ def measure(folder: Path, data_root: Path, base_name: str) -> None:
     _, val = data.split(data.load_images(Path(data_root)))
     crops = np.rint(data.validation_crops(val) * 1e4).astype(np.uint16)
     for q in manifest["qualities"]:
-        rows = {}
-        for name in (manifest["name"], base_name):
-            bpps, psnrs, decoded = [], [], []
-            for img in crops:
-                enc = pipeline.encode_chunk(img, model=name, quality=q["quality"], nodata=None)
-                dec = pipeline.decode_chunk(enc)
-                bpps.append(len(enc) * 8 / (img.shape[1] * img.shape[2]))
-                psnrs.append(metrics.psnr(img, dec))
-                decoded.append(dec)
-            rows[name] = (float(np.mean(bpps)), float(np.mean(psnrs)), decoded)
+        rows = {name: runtime_rd(name, crops, q["quality"]) for name in (manifest["name"], base_name)}
         own, ref = rows[manifest["name"]], rows[base_name]
         same = all(np.array_equal(a, b) for a, b in zip(own[2], ref[2]))
         q["validation"] = {"bpp": round(own[0], 4), "psnr": round(own[1], 3), "images": len(crops),

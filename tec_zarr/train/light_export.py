@@ -22,7 +22,7 @@ import torch
 
 from ..models import MODELS_DIR, get_card, model_digest
 from ..models.registry import file_path, share_files
-from .export import export_onnx, machine_description, sha256_file
+from .export import export_onnx, machine_description, runtime_rd, sha256_file
 from .light import DEFAULT_BASE, LightConfig, LightSynthesis
 
 DECODER = "decoder.onnx"
@@ -101,7 +101,6 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
 def measure(folder: Path, data_root: Path, base_name: str) -> None:
     """bpp and PSNR per quality with the runtime codec on the validation places, beside the base model's: the same
     bytes up to the header, other pixels."""
-    from .. import metrics, pipeline
     from ..models import clear_cache
     from . import data
 
@@ -110,15 +109,8 @@ def measure(folder: Path, data_root: Path, base_name: str) -> None:
     _, val = data.split(data.load_images(Path(data_root)))
     crops = np.rint(data.validation_crops(val) * 1e4).astype(np.uint16)
     for q in manifest["qualities"]:
-        rows = {}
-        for model in (manifest["name"], base_name):
-            bpps, psnrs = [], []
-            for img in crops:
-                enc = pipeline.encode_chunk(img, model=model, quality=q["quality"], nodata=None)
-                bpps.append(len(enc) * 8 / (img.shape[1] * img.shape[2]))
-                psnrs.append(metrics.psnr(img, pipeline.decode_chunk(enc)))
-            rows[model] = (float(np.mean(bpps)), float(np.mean(psnrs)))
-        (bpp, psnr), (base_bpp, base_psnr) = rows[manifest["name"]], rows[base_name]
+        bpp, psnr, _ = runtime_rd(manifest["name"], crops, q["quality"])
+        base_bpp, base_psnr, _ = runtime_rd(base_name, crops, q["quality"])
         q["validation"] = {"bpp": round(bpp, 4), "psnr": round(psnr, 3), "images": len(crops), "size": "12x256x256",
                            f"{base_name}_bpp": round(base_bpp, 4), f"{base_name}_psnr": round(base_psnr, 3)}
         print(json.dumps(q), flush=True)
