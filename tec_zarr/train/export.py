@@ -228,8 +228,9 @@ def machine_description() -> str:
     return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, Python {platform.python_version()}".replace("  ", " ")
 
 
-def measure_into_manifest(folder: Path, data_root: Path) -> None:
-    """Measure RD per quality with the runtime codec on the validation places; write it into the manifest."""
+def measure_into_manifest(folder: Path, data_root: Path, beside: str | None = None) -> None:
+    """Measure RD per quality with the runtime codec on the validation places; write it into the manifest, with the
+    installed model ``beside``'s bpp and PSNR next to it where given."""
     from ..models import clear_cache
     from . import data
 
@@ -240,6 +241,9 @@ def measure_into_manifest(folder: Path, data_root: Path) -> None:
     for q in manifest["qualities"]:
         bpp, psnr, _ = runtime_rd(manifest["name"], crops, q["quality"])
         q["validation"] = {"bpp": round(bpp, 4), "psnr": round(psnr, 3), "images": len(crops), "size": "12x256x256"}
+        if beside is not None:
+            other_bpp, other_psnr, _ = runtime_rd(beside, crops, q["quality"])
+            q["validation"].update({f"{beside}_bpp": round(other_bpp, 4), f"{beside}_psnr": round(other_psnr, 3)})
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 

@@ -22,7 +22,7 @@ import torch
 
 from ..models import MODELS_DIR, get_card, model_digest
 from ..models.registry import file_path, share_files
-from .export import export_onnx, machine_description, runtime_rd, sha256_file
+from .export import export_onnx, machine_description, measure_into_manifest, sha256_file
 from .light import DEFAULT_BASE, LightConfig, LightSynthesis
 
 DECODER = "decoder.onnx"
@@ -93,28 +93,9 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     if folder.parent.resolve() == MODELS_DIR.resolve():
         share_files(MODELS_DIR)  # the base model's files are shipped once
-    if data_root is not None:
-        measure(folder, data_root, base.name)
+    if data_root is not None:  # the same bits as the base, other pixels: both PSNRs on the card
+        measure_into_manifest(folder, data_root, beside=base.name)
     return folder
-
-
-def measure(folder: Path, data_root: Path, base_name: str) -> None:
-    """bpp and PSNR per quality with the runtime codec on the validation places, beside the base model's: the same
-    bytes up to the header, other pixels."""
-    from ..models import clear_cache
-    from . import data
-
-    clear_cache()
-    manifest = json.loads((folder / "manifest.json").read_text())
-    _, val = data.split(data.load_images(Path(data_root)))
-    crops = np.rint(data.validation_crops(val) * 1e4).astype(np.uint16)
-    for q in manifest["qualities"]:
-        bpp, psnr, _ = runtime_rd(manifest["name"], crops, q["quality"])
-        base_bpp, base_psnr, _ = runtime_rd(base_name, crops, q["quality"])
-        q["validation"] = {"bpp": round(bpp, 4), "psnr": round(psnr, 3), "images": len(crops), "size": "12x256x256",
-                           f"{base_name}_bpp": round(base_bpp, 4), f"{base_name}_psnr": round(base_psnr, 3)}
-        print(json.dumps(q), flush=True)
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
