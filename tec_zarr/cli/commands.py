@@ -415,7 +415,7 @@ def cmd_models(args) -> int:
         tr = m.manifest.get("training", {})
         default = ", the default model" if m.name == DEFAULT_MODEL else ""
         print(f"{m.name} v{m.version}  sha256 {m.sha256}{default}")
-        stages = [(key, tr[key]) for key in ("steps", "hyperprior_steps", "context_steps") if key in tr]
+        stages = [(key, tr[key]) for key in ("steps", "hyperprior_steps", "context_steps", "synthesis_steps") if key in tr]
         trained = ", ".join(f"{n} {key.replace('_', ' ')}" for key, n in stages) or "? steps"
         if "base_training" in tr:
             trained = f"{tr['base_training'].get('steps', '?')} steps ({m.manifest['base_model']['name']}) + {trained}"
