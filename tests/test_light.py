@@ -11,7 +11,8 @@ from common import check_golden
 from tec_zarr import TEC, metrics, pipeline
 from tec_zarr.bitstream.chunk import unpack
 from tec_zarr.models import get_card, load_model
-from tec_zarr.pipeline.decode import parse
+from tec_zarr.pipeline.decode import finish, parse
+from tec_zarr.pipeline.thin import thin_chunk
 from tec_zarr.runtime.gathered import GatheredGraph
 
 LITE, BASE = "tec-fp-lite", "tec-fp"
@@ -47,6 +48,36 @@ def test_decoder_runs_on_the_nonzero_channels(crop):
         y = parse(pipeline.encode_chunk(crop, model=LITE, quality=quality)).y_hat()
         assert y.any(axis=(0, 2, 3)).sum() < y.shape[1]
         np.testing.assert_allclose(decoder.run(y), decoder.full.run(y), rtol=0, atol=1e-4)
+
+
+def through_its_synthesis(buf) -> np.ndarray:
+    """A lossy chunk's pixels computed here from tec-fp-lite's own decoder graph."""
+    parsed = parse(buf)
+    return finish(parsed, load_model(LITE).decoder.run(parsed.y_hat()))
+
+
+def test_decodes_through_its_own_synthesis_alone_batched_and_thinned(crop):
+    lite, base = (pipeline.encode_chunk(crop, model=m, quality=2) for m in (LITE, BASE))
+    alone = [pipeline.decode_chunk(b) for b in (lite, base)]
+    np.testing.assert_array_equal(alone[0], through_its_synthesis(lite))
+    assert not np.array_equal(alone[0], alone[1])
+    for got, expected in zip(pipeline.decode_chunks([lite, base, lite]), [*alone, alone[0]], strict=True):
+        np.testing.assert_array_equal(got, expected)  # one stack per graph: tec-fp's chunk never runs through ours
+    thinned = thin_chunk(lite, 0)
+    assert pipeline.read_header(thinned).model == LITE
+    np.testing.assert_array_equal(pipeline.decode_chunk(thinned), through_its_synthesis(thinned))
+
+
+@pytest.mark.parametrize("max_error", [0, 40])
+def test_error_bounded_chunks_decode_from_the_shared_integer_synthesis(crop, max_error):
+    """max_error and lossless chunks predict from tec-fp's synthesis_int.npz, which tec-fp-lite ships unchanged:
+    within the bound (exact at 0), the same payload and the same pixels as tec-fp's chunk."""
+    a = np.ascontiguousarray(crop[:, :64, :72])
+    lite, base = (pipeline.encode_chunk(a, model=m, quality=2, max_error=max_error) for m in (LITE, BASE))
+    assert pipeline.read_header(lite).model == LITE and unpack(lite)[2] == unpack(base)[2]
+    decoded = pipeline.decode_chunk(lite)
+    assert metrics.max_error(a, decoded) <= max_error
+    np.testing.assert_array_equal(decoded, pipeline.decode_chunk(base))
 
 
 def test_quality_within_what_its_card_states(crop):
