@@ -289,7 +289,10 @@ NODATA = {"tec-fp": ("uint16", {"max_error": 5, "nodata": 0}), "tec-hp": ("uint1
           "tec-ctx": ("int16", {"max_error": 0, "nodata": -1}), "tec-tt": ("uint16", {"nodata": 0})}
 # The temporal model's chunks hold dates: three of the same crop, later dates coded against earlier ones.
 TEMPORAL = ("tec-tt",)
-CHUNK_CASES = [(m, mode) for m in MODELS for mode in (*MODES, "float32", "nodata")]
+# tec-fp-lite shares every file of tec-fp but its decoder graph: its lossy chunks are the ones reaching that graph.
+LIGHT = "tec-fp-lite"
+CHUNK_MODELS = (*MODELS, LIGHT)
+CHUNK_CASES = [(m, mode) for m in MODELS for mode in (*MODES, "float32", "nodata")] + [(LIGHT, "lossy")]
 
 
 @functools.lru_cache(maxsize=None)
@@ -433,14 +436,14 @@ def check_fuzz(problems: list[str], outcomes: Counter, count: int) -> None:
 
 @pytest.mark.parametrize(("model", "mode"), CHUNK_CASES)
 def test_fuzz_chunk(model, mode):
-    problems, outcomes, _ = fuzz_chunk(model, mode, CHUNK_MUTATIONS, seed=MODELS.index(model) * 100 + len(mode))
+    problems, outcomes, _ = fuzz_chunk(model, mode, CHUNK_MUTATIONS, seed=CHUNK_MODELS.index(model) * 100 + len(mode))
     check_fuzz(problems, outcomes, CHUNK_MUTATIONS)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("model", "mode"), CHUNK_CASES)
 def test_fuzz_chunk_long(model, mode):
-    problems, outcomes, _ = fuzz_chunk(model, mode, SLOW_CHUNK_MUTATIONS, seed=10_000 + MODELS.index(model) * 100 + len(mode))
+    problems, outcomes, _ = fuzz_chunk(model, mode, SLOW_CHUNK_MUTATIONS, seed=10_000 + CHUNK_MODELS.index(model) * 100 + len(mode))
     check_fuzz(problems, outcomes, SLOW_CHUNK_MUTATIONS)
 
 
