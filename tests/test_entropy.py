@@ -76,6 +76,28 @@ def test_extreme_values():
     np.testing.assert_array_equal(factorized.decode(data, 0, symbols.shape, TABLES), symbols)
 
 
+@pytest.mark.parametrize("value", [2**31, -(2**31) - 1, 2**33])
+def test_escape_beyond_int32_is_corrupt(value):
+    """An escape can spell values no encoder writes (up to 2**33 from the table): decoding refuses them."""
+    import constriction
+
+    from tec_zarr.entropy.rangecoder import encode_escape, escape_models
+
+    encoder = constriction.stream.queue.RangeEncoder()
+    uniform = escape_models()
+    for c in range(TABLES.channels):
+        lo, escape = int(TABLES.offsets[0, c]), int(TABLES.lengths[0, c]) - 1
+        index = np.full(2, -lo, np.int32)  # symbol 0 ...
+        if c == 3:
+            index[1] = escape  # ... and one escape, in the fourth channel
+        encoder.encode(index, TABLES.model(0, c))
+        if c == 3:
+            encode_escape(encoder, value, lo, escape, *uniform)
+    data = encoder.get_compressed().tobytes()
+    with pytest.raises(CorruptChunkError, match="within int32"):
+        factorized.decode(data, 0, (1, TABLES.channels, 1, 2), TABLES)
+
+
 def test_quantized_tables_are_exact_and_positive():
     for q in range(TABLES.qualities):
         for c in range(TABLES.channels):

@@ -67,30 +67,31 @@ def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: 
     keep = None if skip is None else ~skip.reshape(-1)
     n = b * h * w if keep is None else int(keep.sum())
     PayloadBudget(len(data), "latent payload").spend(n * float(tables.min_bits[quality, :m].sum()))
-    out = np.empty((m, n), np.int64)
+    # int32 throughout: table indices plus offsets stay far inside it; escaped values are checked before they land.
+    out = np.empty((m, n), np.int32)
+    escapes = [int(v) - 1 for v in tables.lengths[quality, :m]]
     escaped: list[tuple[int, np.ndarray, list[int]]] = []  # (channel, positions, values): applied after the loop
     try:
-        for c in range(m):
+        for c, escape in enumerate(escapes):
             out[c] = index = decoder.decode(tables.model(quality, c), n)
-            escape = int(tables.lengths[quality, c]) - 1
-            positions = np.flatnonzero(index == escape)
-            if positions.size:
+            if n and index.max() >= escape:  # the escape is a table's last symbol: most channels have none
+                positions = np.flatnonzero(index == escape)
                 escaped.append((c, positions, [decode_escape(decoder, uniform_bits, uniform_chunk) for _ in positions]))
     except DECODER_ERRORS as e:
         raise CorruptChunkError(f"Expected a decodable latent payload. Got {type(e).__name__}: {e} instead.") from None
-    out += tables.offsets[quality, :m, None].astype(np.int64)
+    out += tables.offsets[quality, :m, None].astype(np.int32)
     for c, positions, zs in escaped:
-        lo, escape = int(tables.offsets[quality, c]), int(tables.lengths[quality, c]) - 1
-        out[c, positions] = escaped_values(zs, lo, escape)
-    if escaped and (out.min() < np.iinfo(np.int32).min or out.max() > np.iinfo(np.int32).max):
-        raise CorruptChunkError("Expected latent symbols within int32. Got an overflowing escape instead.")
+        values = escaped_values(zs, int(tables.offsets[quality, c]), escapes[c])
+        if values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max:
+            raise CorruptChunkError("Expected latent symbols within int32. Got an overflowing escape instead.")
+        out[c, positions] = values
     if not decoder.maybe_exhausted():
         raise CorruptChunkError("Expected the latent payload to end with its last symbol. Got trailing data instead.")
     if keep is not None:
-        full = np.zeros((m, b * h * w), np.int64)
+        full = np.zeros((m, b * h * w), np.int32)
         full[:, keep] = out
         out = full
-    return np.ascontiguousarray(np.moveaxis(out.reshape(m, b, h, w), 0, 1), dtype=np.int32)
+    return np.ascontiguousarray(np.moveaxis(out.reshape(m, b, h, w), 0, 1))
 
 
 OWN_TABLES, RUN_TABLES = 0, 1
