@@ -96,8 +96,7 @@ class ContextModel:
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
-        starts = np.cumsum((0,) + self.groups)
-        return [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        return group_bounds(self.groups)
 
     @cached_property
     def later_channel_w(self) -> tuple[np.ndarray, ...]:
@@ -134,6 +133,12 @@ class ContextModel:
                            y_in=z["y_in"].astype(np.int64), networks=tuple(networks))
         except (KeyError, ValueError, TypeError, OSError) as e:
             raise WeightsIntegrityError(f"Expected a valid {FILENAME}. Got {type(e).__name__}: {e} instead.") from None
+
+
+def group_bounds(groups: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(first, end) channel of each of the consecutive channel ``groups``."""
+    starts = np.cumsum((0,) + tuple(groups))
+    return [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
 
 
 # -- the steps, shared by encoder and decoder -------------------------------------------------------------------------

@@ -39,7 +39,7 @@ from ..integer.layers import CLIP_BITS, EXACT_LIMIT, KERNEL, activation, deconv,
 from ..runtime import Graph
 from . import factorized
 from .base import LatentCoder
-from .context import HALVES, SPATIAL_TAPS, _spatial, gather, scatter
+from .context import HALVES, SPATIAL_TAPS, _spatial, gather, group_bounds, scatter
 from .hyperprior import Z_LIMIT, Z_STRIDE, read_kept, require_z_grid, write_kept, z_skip
 from .rangecoder import PayloadBudget, checked_symbols, range_decoder
 from .tables import EntropyTables, IndexedTables
@@ -206,8 +206,7 @@ class ElicModel:
 
     @property
     def bounds(self) -> list[tuple[int, int]]:
-        starts = np.cumsum((0,) + self.groups)
-        return [(int(a), int(b)) for a, b in zip(starts[:-1], starts[1:])]
+        return group_bounds(self.groups)
 
     # -- serialization ------------------------------------------------------------------------------------------
 

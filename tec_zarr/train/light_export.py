@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..models import MODELS_DIR, get_card, model_digest
+from ..models import MODELS_DIR, get_card, model_digest, verified_bytes
 from ..models.registry import file_path, share_files
 from .export import export_onnx, machine_description, measure_into_manifest, sha256_file
 from .light import DEFAULT_BASE, LightConfig, LightSynthesis
@@ -60,7 +60,7 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
            data_root: Path | None) -> Path:
     net, ckpt = load_checkpoint(checkpoint)
     base = get_card(base_name)
-    check_same_gains(file_path(base, "tables.npz").read_bytes(), ckpt)
+    check_same_gains(verified_bytes(base, "tables.npz"), ckpt)
     folder = Path(out_dir) if out_dir else MODELS_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     for f in base.files:
