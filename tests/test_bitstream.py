@@ -3,17 +3,21 @@ every damaged chunk ends in a BitstreamError subclass, never a crash or wrong pi
 
 from __future__ import annotations
 
+import dataclasses
 import struct
 import zlib
 
 import numpy as np
 import pytest
 
+from common import FIXTURES, check_golden
 from tec_zarr import TEC
 from tec_zarr.bitstream import chunk
 from tec_zarr.bitstream import payload as sections
 from tec_zarr.errors import BitstreamError, CorruptChunkError, ModelMismatchError, TruncatedChunkError
+from tec_zarr.entropy import factorized
 from tec_zarr.models import load_model
+from tec_zarr.pipeline.decode import parse
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +171,71 @@ def test_parameter_sections_are_strict():
                        (packed + packed, 2 * len(raw))):
         with pytest.raises(CorruptChunkError):
             sections.inflate_parameters(bad, limit)
+
+
+# -- coded channels (flag bit 6): channels that are all 0 are left out of the payload ---------------------------------
+
+
+def test_coded_channels_leave_out_the_all_zero_ones(image):
+    """A factorized chunk marks the channels holding a nonzero symbol and codes those alone; the others decode to 0,
+    to the pixels of the same symbols with every channel coded (the chunks earlier versions wrote)."""
+    a = np.ascontiguousarray(image[:, :64, :64])
+    enc = TEC(quality=0).encode(a)
+    header, mask, payload = chunk.unpack(enc)
+    symbols = parse(enc).symbols
+    coded = header.coded_channels
+    assert header.channels == chunk.channel_section(coded) and chunk.pack(header, mask, payload) == enc
+    np.testing.assert_array_equal(coded, symbols.any(axis=(0, 2, 3)))
+    assert 0 < coded.sum() < coded.size / 2  # at the lowest level most channels are all 0
+    tables = load_model("tec-fp").coder.tables
+    every = chunk.pack(dataclasses.replace(header, channels=None), mask, factorized.encode(symbols, 0, tables))
+    np.testing.assert_array_equal(parse(every).symbols, symbols)
+    np.testing.assert_array_equal(TEC(quality=0).decode(every), TEC(quality=0).decode(enc))
+    assert len(enc) < len(every) + len(header.channels)  # leaving channels out costs at most the field
+
+
+def test_a_chunk_with_no_coded_channel_decodes_to_the_zero_latent(image):
+    a = np.ascontiguousarray(image[:, :16, :16])
+    header, mask, payload = chunk.unpack(TEC(quality=0).encode(a))
+    none = chunk.channel_section(np.zeros(header.latent[0], bool))
+    out = TEC(quality=0).decode(chunk.pack(dataclasses.replace(header, channels=none), mask, b""))
+    zero = parse(chunk.pack(dataclasses.replace(header, channels=none), mask, b"")).symbols
+    assert out.shape == a.shape and not zero.any()
+
+
+def test_coded_channels_field_is_checked(image):
+    a = np.ascontiguousarray(image[:, :32, :32])
+    header, mask, payload = chunk.unpack(TEC(quality=0).encode(a))
+    assert header.channels is not None
+    # bits after the latent channels must be 0: a 190-channel header keeps 24 bytes, its last two bits set
+    body = bytearray(chunk.pack(dataclasses.replace(header, latent=(190, *header.latent[1:]),
+                                                    channels=b"\xff" * 24), mask, payload)[:-4])
+    with pytest.raises(CorruptChunkError, match="coded-channels"):
+        chunk.unpack(bytes(body) + struct.pack("<I", zlib.crc32(body)))
+    # a field longer than the chunk under a valid CRC is corrupt, not truncated
+    lying = chunk.pack(dataclasses.replace(header, latent=(65535, *header.latent[1:])), mask, payload)
+    with pytest.raises(CorruptChunkError, match="reaching past its end"):
+        chunk.unpack(lying)
+
+
+def test_coded_channels_only_for_coders_that_leave_channels_out(image):
+    """tec-hp, tec-ctx and tec-tt code every channel (their y sections are cheap where a channel is all 0): a chunk
+    of theirs marking channels is corrupt."""
+    a = np.ascontiguousarray(image[:, :32, :32])
+    enc = TEC(model="tec-hp", quality=0).encode(a)
+    header, mask, payload = chunk.unpack(enc)
+    assert header.channels is None
+    marked = chunk.channel_section(parse(enc).symbols.any(axis=(0, 2, 3)))
+    with pytest.raises(CorruptChunkError, match="codes them all"):
+        TEC(model="tec-hp", quality=0).decode(chunk.pack(dataclasses.replace(header, channels=marked), mask, payload))
+
+
+def test_golden_coded_channels(cube):
+    """Chunks with flag bit 6 decode the same in every run (regenerated only with TEC_ZARR_REGENERATE_GOLDEN=1)."""
+    a = np.ascontiguousarray(cube[2, :, :48, :40])
+    a[:, :5, :6] = 0
+    check_golden(TEC(quality=0), [a], "channels-tec-fp-q0")
+    check_golden(TEC(model="tec-fp-lite", quality=1), [np.ascontiguousarray(cube[1, :, 8:56, 16:80])],
+                 "channels-tec-fp-lite-q1")
+    for f in (FIXTURES / "tec_zarr.tec").glob("channels-*/encoded.*.dat"):
+        assert chunk.unpack(f.read_bytes())[0].channels is not None

@@ -28,6 +28,8 @@ from tec_zarr import TEC, metrics, models, pipeline
 from tec_zarr.bitstream import chunk
 from tec_zarr.bitstream import payload as sections
 from tec_zarr.entropy import LATENT_CODERS, LatentCoder, context, factorized, hyperprior, tables, temporal
+from tec_zarr.entropy.base import channel_argument
+from tec_zarr.pipeline.decode import parse
 from tec_zarr.errors import CorruptChunkError, TecZarrError, WeightsIntegrityError
 from tec_zarr.models.registry import file_path
 from tec_zarr.requantize import Thinning
@@ -148,9 +150,7 @@ def crops(cube) -> np.ndarray:
 
 def symbols_of(buf) -> np.ndarray:
     """A chunk's latent symbols, decoded without running any network."""
-    header, _, payload = chunk.unpack(buf)
-    model = models.load_model(header.model)
-    return model.coder.decode(payload, header.quality, (header.batch,) + header.latent)
+    return parse(buf).symbols
 
 
 def test_manifest_shares_the_base_files_byte_for_byte(name):
@@ -369,11 +369,12 @@ def test_corrupt_and_truncated_chunks_raise(crops, name):
     model = models.load_model(name)
     shape = (header.batch,) + header.latent
     bad = [payload[:3], b"\xff\xff\xff\x7f" + payload[4:], payload[:-2], payload[:4] + payload[4:-4]]
+    channels = channel_argument(model.coder, header.coded_channels)
     for p in bad:
         with pytest.raises(CorruptChunkError):
-            model.coder.decode(p, header.quality, shape)
+            model.coder.decode(p, header.quality, shape, **channels)
     with pytest.raises(CorruptChunkError):
-        model.coder.decode(payload, header.quality, (1, 192, 6, 64))
+        model.coder.decode(payload, header.quality, (1, 192, 6, 64), **channels)
 
 
 def test_escapes_and_extreme_symbols_round_trip(name):
@@ -443,13 +444,15 @@ def test_latent_encoder_goldens(path):
     thinning = None  # thinned chunks: their levels (and a factorized payload's table byte)
     if header.thinned_from is not None:
         thinning = Thinning.of(model.gain, (*header.thinned_from, header.quality))
-    symbols = model.coder.decode(payload, header.quality, shape, skip=skip, thinning=thinning)
+    channels = header.coded_channels  # flag bit 6: the channels the payload codes
+    symbols = model.coder.decode(payload, header.quality, shape, skip=skip, thinning=thinning,
+                                 **channel_argument(model.coder, channels))
     if isinstance(model.coder, factorized.FactorizedCoder) and thinning is not None:
         own = payload[0] == factorized.OWN_TABLES
         tables = model.coder.tables if own else model.coder.tables_of(thinning)
-        again = payload[:1] + factorized.encode(symbols, header.quality if own else 0, tables, skip)
+        again = payload[:1] + factorized.encode(symbols, header.quality if own else 0, tables, skip, channels)
     elif isinstance(model.coder, factorized.FactorizedCoder):
-        again = factorized.encode(symbols, header.quality, model.coder.tables, skip)
+        again = factorized.encode(symbols, header.quality, model.coder.tables, skip, channels)
     else:
         z, _ = hyperprior.read_z(model.coder.hyperprior, payload, header.quality, shape, skip)
         again = model.coder.encode(None, symbols, header.quality, z=z, skip=skip)

@@ -103,16 +103,21 @@ def chunk_layout(buf: bytes) -> Layout:
     section("model_hash", 8)
     ndim_at = pos
     ndim = field("ndim", "B")
-    for i in range(ndim):
-        field(f"shape[{i}]", "I")
+    shape = [field(f"shape[{i}]", "I") for i in range(ndim)]
     shape_end = pos
-    for name, code in (("pad_h", "H"), ("pad_w", "H"), ("latent_m", "H"), ("latent_h", "I"), ("latent_w", "I"),
-                       ("nodata", "d"), ("float_scale", "d")):
-        field(name, code)
+    values = {name: field(name, code) for name, code in (
+        ("pad_h", "H"), ("pad_w", "H"), ("latent_m", "H"), ("latent_h", "I"), ("latent_w", "I"), ("nodata", "d"),
+        ("float_scale", "d"))}
     if flags & 2:
         section("mask", field("mask_len", "I"))
     if flags & 8:  # added after FORMAT.md was written (chunk.py): a NaN mask section, float32 chunks with NaN
         section("nan_mask", field("nan_len", "I"))
+    if flags & 16:  # FORMAT.md: bands x 3 bytes
+        section("blocks", 3 * shape[-3])
+    if flags & 32:  # FORMAT.md: a count, then that many qualities
+        section("thinned", field("thinned_n", "B"))
+    if flags & 64:  # FORMAT.md: the coded channels, one bit each
+        section("channels", -(-values["latent_m"] // 8))
     payload_len = field("payload_len", "I")
     if payload_len >= 4:
         fields["payload.z_len"] = (pos, "I")  # hyperprior / context framing (section 3); words for factorized
@@ -458,6 +463,9 @@ def test_the_layout_reader_matches_the_package():
         start, end = layout.sections["payload"]
         assert buf[start:end] == payload
         assert ("mask" in layout.sections) == (mask is not None)
+        if header.channels is not None:
+            start, end = layout.sections["channels"]
+            assert buf[start:end] == header.channels
 
 
 # -- .tec files: layout (FORMAT.md section 5) and mutations ------------------------------------------------------------
@@ -1025,11 +1033,11 @@ def header_attacks() -> dict[str, bytes]:
     # Fields pack() refuses to write: edited in place, the CRC recomputed.
     layout = chunk_layout(lossy)
     for name, field, value in (("dtype code 0", "dtype", 0), ("dtype code 4", "dtype", 4), ("dtype code 255", "dtype", 255),
-                               ("flags | 0x40", "flags", 0x40), ("flags 0xff", "flags", 255), ("version 0", "version", 0),
+                               ("flags | 0x80", "flags", 0x80), ("flags 0xff", "flags", 255), ("version 0", "version", 0),
                                ("version 4", "version", 4), ("quality 255", "quality", 255)):
         buf = bytearray(lossy)
         offset, code = layout.fields[field]
-        if name.startswith("flags |"):  # an unknown bit beside the chunk's own
+        if name.startswith("flags |"):  # the unknown bit beside the chunk's own
             value |= buf[offset]
         struct.pack_into("<" + code, buf, offset, value)
         out[name] = fix_crc(buf)
@@ -1063,7 +1071,7 @@ def extreme_latents(mode: str, value: int, float_scale: float) -> bytes:
     h, m, _ = chunkfmt.unpack(buf)
     symbols = np.full((h.batch, *h.latent), value, np.int64)
     payload = load_model("tec-fp").coder.encode(None, symbols, h.quality)
-    return chunkfmt.pack(dataclasses.replace(h, float_scale=float_scale), m, payload)
+    return chunkfmt.pack(dataclasses.replace(h, float_scale=float_scale, channels=None), m, payload)
 
 
 @pytest.mark.parametrize("mode", ["lossy", "float32"])

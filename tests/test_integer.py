@@ -11,6 +11,7 @@ import pytest
 
 from common import shuffled_matmul
 from tec_zarr import metrics, pipeline
+from tec_zarr.pipeline.decode import parse
 from tec_zarr.bitstream import chunk
 from tec_zarr.entropy import context
 from tec_zarr.integer import layers
@@ -22,8 +23,7 @@ MODEL = load_model("tec-fp")
 def symbols_of(a: np.ndarray, quality: int) -> tuple[bytes, np.ndarray]:
     """A chunk of ``a`` and its latent symbols, decoded from its payload."""
     enc = pipeline.encode_chunk(a, model=MODEL, quality=quality, nodata=None)
-    header, _, payload = chunk.unpack(enc)
-    return enc, MODEL.coder.decode(payload, quality, (header.batch,) + header.latent)
+    return enc, parse(enc).symbols
 
 
 # -- the layers -------------------------------------------------------------------------------------------------------

@@ -246,7 +246,7 @@ def test_extreme_latents_with_blocks_decode_finite(nearest):
     symbols[:, :, ::2] = 2**31 - 1
     symbols[:, :, 1::2] = -(2**31)
     payload = load_model("tec-fp").coder.encode(None, symbols, h.quality)
-    out = TEC(nodata=None).decode(bitstream.pack(dataclasses.replace(h, float_scale=1e-20), m, payload))
+    out = TEC(nodata=None).decode(bitstream.pack(dataclasses.replace(h, float_scale=1e-20, channels=None), m, payload))
     assert h.blocks is not None and np.isfinite(out).all()
 
 
@@ -279,9 +279,9 @@ def test_tiny_chunks_are_not_called_replicated(shape):
 
 def test_unknown_flag_still_refused(nearest):
     data = bytearray(TEC().encode(nearest)[:-4])
-    data[5] |= 64  # bit 5 (32) became the thinned flag
+    data[5] |= 128  # bits 5 (32) and 6 (64) became the thinned and coded-channels flags
     body = bytes(data)
-    with pytest.raises(CorruptChunkError, match="flag bits 0 to 5"):
+    with pytest.raises(CorruptChunkError, match="flag bits 0 to 6"):
         TEC().decode(body + struct.pack("<I", zlib.crc32(body)))
 
 

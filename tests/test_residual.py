@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 from common import FIXTURES, assert_bound, check_golden, golden_chunks, golden_id, golden_skip
 from tec_zarr.entropy.rangecoder import PayloadBudget
 from tec_zarr import TEC, pipeline
+from tec_zarr.entropy.base import channel_argument
+from tec_zarr.pipeline.decode import parse
 from tec_zarr.bitstream import chunk
 from tec_zarr.bitstream import payload as sections
 from tec_zarr.errors import BitstreamError, CorruptChunkError
@@ -273,8 +275,8 @@ def test_residual_coder2_beats_coder1(image):
     a = np.ascontiguousarray(image[:, :128, :128])
     for e in (0, 5, 50):
         enc = pipeline.encode_chunk(a, model=MODEL, quality=0, max_error=e)
-        header, _, payload = chunk.unpack(enc)
-        symbols = MODEL.coder.decode(payload, 0, (header.batch,) + header.latent)
+        header = chunk.unpack(enc)[0]
+        symbols = parse(enc).symbols
         base = bound.base_values(MODEL, symbols, 0, a.shape[-2:], a.dtype, 1.0)
         q = bound.quantize(a[None], base, bound.MODE_INTEGER, e)
         valid = a[None] != 0
@@ -328,7 +330,8 @@ def _residual_of(path):
     header, mask_bytes, payload = chunk.unpack(path.read_bytes())
     model = load_model(header.model)
     symbols = model.coder.decode(payload, header.quality, (header.batch,) + header.latent,
-                                 skip=golden_skip(path.read_bytes()))
+                                 skip=golden_skip(path.read_bytes()),
+                                 **channel_argument(model.coder, header.coded_channels))
     c, h, w = header.shape[-3:]
     if mask_bytes is None:
         valid = np.ones((header.batch, c, h, w), bool)

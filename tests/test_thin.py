@@ -14,6 +14,7 @@ from tec_zarr import TEC, metrics
 from tec_zarr.bitstream.chunk import pack, unpack_sections
 from tec_zarr.errors import CorruptChunkError, InvalidInputError, TecZarrError
 from tec_zarr.pipeline import decode_chunk, encode_chunk, read_header
+from tec_zarr.pipeline.decode import parse
 from tec_zarr.requantize import DEADZONE, RATIO_BITS, doubled_middle, ratios, requantize, runs
 from tec_zarr.thinning import thin_store
 from tec_zarr.zarr3 import TEC as TEC3
@@ -229,14 +230,16 @@ def test_thin_tec_file(tmp_path, scene, original):
     assert 30 < metrics.psnr(original, after) < metrics.psnr(original, levels[0])
 
 
-@pytest.mark.parametrize("model, levels", [("tec-fp", (2, 0)), ("tec-hp", (1,)), ("tec-tt", (1,))])
-def test_golden_thinned_chunks_decode(cube, model, levels):
+@pytest.mark.parametrize("model, levels, tag", [("tec-fp", (2, 0), ""), ("tec-fp", (2, 0), "channels-"),
+                                               ("tec-hp", (1,), ""), ("tec-tt", (1,), "")])
+def test_golden_thinned_chunks_decode(cube, model, levels, tag):
     """Stored thinned chunks decode to their stored pixels in every run (regenerated only with
     TEC_ZARR_REGENERATE_GOLDEN=1); the top chunk they came from thins to the same bytes where thinning is integer
-    arithmetic alone (tec-fp: no network chooses side information)."""
+    arithmetic alone (tec-fp: no network chooses side information). ``thinned-tec-fp-2-0`` was written before
+    chunks marked their coded channels (flag bit 6): thinning now writes the same symbols, its channels marked."""
     from common import FIXTURES, REGENERATE
 
-    d = FIXTURES / "tec_zarr.tec" / f"thinned-{model}-{'-'.join(map(str, levels))}"
+    d = FIXTURES / "tec_zarr.tec" / f"thinned-{tag}{model}-{'-'.join(map(str, levels))}"
     array = np.ascontiguousarray(cube[:2, :, :48, :40] if model == "tec-tt" else cube[1, :, :48, :40])
     if REGENERATE:
         d.mkdir(parents=True, exist_ok=True)
@@ -258,7 +261,12 @@ def test_golden_thinned_chunks_decode(cube, model, levels):
         again = (d / "top.bin").read_bytes()
         for q in levels:
             again = tec_zarr.thin(again, q)
-        assert again == stored
+        if tag:
+            assert header.channels is not None and again == stored
+        else:
+            assert header.channels is None and read_header(again).channels is not None
+            assert replace(read_header(again), channels=None) == header
+            np.testing.assert_array_equal(parse(again).symbols, parse(stored).symbols)
 
 
 def test_cli_thin(tmp_path, image, capsys):
@@ -391,7 +399,6 @@ def test_thin_tec_refreshes_its_sidecar_and_leaves_a_thin_enough_file_alone(tmp_
 
 def test_symbols_in_dropped_channels_are_refused(top_chunks):
     from tec_zarr.models import load_model
-    from tec_zarr.pipeline.decode import parse
 
     model = load_model("tec-fp")
     dropped = np.flatnonzero(model.gain[0] <= 0)
@@ -401,8 +408,8 @@ def test_symbols_in_dropped_channels_are_refused(top_chunks):
     symbols = parse(thinned).symbols.copy()
     symbols[0, dropped[0], 0, 0] = 5
     payload = bytes([0]) + model.coder.encode(None, symbols, 0)  # the level's own tables, a hostile symbol
-    with pytest.raises(CorruptChunkError, match="drop"):
-        decode_chunk(pack(sections.header, sections.mask, payload))
+    with pytest.raises(CorruptChunkError, match="drop"):  # every channel coded, the dropped one too
+        decode_chunk(pack(replace(sections.header, channels=None), sections.mask, payload))
 
 
 @pytest.mark.parametrize("name", ["tec-hp", "tec-ctx"])

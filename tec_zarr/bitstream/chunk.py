@@ -9,7 +9,8 @@ Layout (all integers little-endian)::
     flags        u8       bit 0: a nodata value is set; bit 1: a mask section is present; bit 2: residual section;
                           bit 3: a NaN mask section is present (added later: chunks without NaN never set it);
                           bit 4: a blocks section is present (added later: older readers refuse such chunks);
-                          bit 5: thinned, the list of earlier qualities is present (added later: older readers refuse)
+                          bit 5: thinned, the list of earlier qualities is present (added later: older readers refuse);
+                          bit 6: a coded-channels section is present (added later: older readers refuse)
     quality      u8       quality level of the model used
     dtype        u8       1 uint16, 2 int16, 3 float32
     name_len     u8       then the model name, UTF-8
@@ -28,6 +29,8 @@ Layout (all integers little-endian)::
                           ``quality``, the one it was coded at first, strictly decreasing, all above ``quality``: its
                           symbols stand for runs of the first level's symbols and decode to the runs' middles or
                           centroids (tec_zarr.requantize, FORMAT.md). Never with a residual section
+    channels     u8 x ceil(M / 8)  (bit 6 only) packbits, most significant bit first: bit c set where latent channel
+                          c is coded; the others hold only 0 and are not in the payload (the bits after M are 0)
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
@@ -85,7 +88,8 @@ FLAG_RESIDUAL = 4
 FLAG_NAN = 8
 FLAG_BLOCKS = 16
 FLAG_THINNED = 32
-KNOWN_FLAGS = FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN | FLAG_BLOCKS | FLAG_THINNED
+FLAG_CHANNELS = 64
+KNOWN_FLAGS = FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN | FLAG_BLOCKS | FLAG_THINNED | FLAG_CHANNELS
 # 0: integer dtypes, step 2E+1 in DN; 1: float32, step 2E in data units; 2: float32 exact, through an
 # order-preserving integer view of the bits (step 1).
 RESIDUAL_MODES = (0, 1, 2)
@@ -127,10 +131,25 @@ class ChunkHeader:
     # A thinned chunk's earlier qualities, the one it was coded at first (tec_zarr.requantize); None: coded
     # at ``quality``.
     thinned_from: tuple[int, ...] | None = None
+    # The latent channels coded in the payload, np.packbits of a bool (M,); the others are all 0 and cost no
+    # decoding time. None: every channel is coded.
+    channels: bytes | None = None
 
     @property
     def batch(self) -> int:
         return element_count(self.shape[:-3])
+
+    @property
+    def coded_channels(self) -> np.ndarray | None:
+        """bool (M,): the channels the payload codes; None: all."""
+        if self.channels is None:
+            return None
+        return np.unpackbits(np.frombuffer(self.channels, np.uint8), count=self.latent[0]).astype(bool)
+
+
+def channel_section(coded: np.ndarray) -> bytes:
+    """The header's channels field for a bool (M,) of coded channels."""
+    return np.packbits(np.asarray(coded, bool)).tobytes()
 
 
 @dataclass(frozen=True)
@@ -150,6 +169,7 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes, nan_mask: byte
     flags |= (FLAG_RESIDUAL if res is not None else 0) | (FLAG_NAN if nan_mask is not None else 0)
     flags |= FLAG_BLOCKS if header.blocks is not None else 0
     flags |= FLAG_THINNED if header.thinned_from is not None else 0
+    flags |= FLAG_CHANNELS if header.channels is not None else 0
     if header.skips_missing:
         version = SKIP_FORMAT_VERSION
     else:
@@ -175,6 +195,8 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes, nan_mask: byte
     if header.thinned_from is not None:
         _check_thinned(header.thinned_from, header.quality, res)
         parts.append(struct.pack(f"<B{len(header.thinned_from)}B", len(header.thinned_from), *header.thinned_from))
+    if header.channels is not None:  # as given (readers check it against the latent channels)
+        parts.append(bytes(header.channels))
     parts += [struct.pack("<I", len(payload)), payload]
     if res is not None:
         coder = b"" if version == RESIDUAL_V1_FORMAT_VERSION else struct.pack("<B", res.coder)
@@ -241,6 +263,7 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
             raw = bytes(r.take(3 * shape[-3]))
             blocks = tuple(tuple(raw[i : i + 3]) for i in range(0, len(raw), 3))
         thinned_from = tuple(r.take(r.unpack("<B")[0])) if flags & FLAG_THINNED else None
+        channels = bytes(r.take(-(-m // 8))) if flags & FLAG_CHANNELS else None
         payload = bytes(r.take(r.unpack("<I")[0]))
         residual = None
         if flags & FLAG_RESIDUAL:
@@ -252,6 +275,11 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
     except UnicodeDecodeError as e:
         _check_crc(view)
         raise CorruptChunkError(f"Expected a UTF-8 model name in the TEC chunk. Got {e} instead.") from None
+    except TruncatedChunkError:
+        if _crc_matches(view):  # the bytes are as written, not cut short: a field declares more than the chunk holds
+            raise CorruptChunkError("Expected the TEC chunk's fields within its bytes. Got a field reaching past its "
+                                    "end instead, under a valid CRC (written that way).") from None
+        raise
     _check_crc(view)
     if r.pos != len(r.buf):
         raise CorruptChunkError(f"Expected the TEC chunk to end after {r.pos} bytes. Got {len(r.buf)} instead.")
@@ -259,6 +287,8 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
     _check_blocks(blocks)
     if thinned_from is not None:
         _check_thinned(thinned_from, quality, residual)
+    if channels is not None:
+        _check_channels(channels, m)
     header = ChunkHeader(
         model=name,
         model_hash=model_hash,
@@ -273,6 +303,7 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         skips_missing=version == SKIP_FORMAT_VERSION,
         blocks=blocks,
         thinned_from=thinned_from,
+        channels=channels,
     )
     if header.skips_missing and mask is None and nan_mask is None:
         raise CorruptChunkError("Expected a nodata or NaN mask in a chunk that skips missing latents. Got none instead.")
@@ -308,7 +339,7 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
     if flags & FLAG_NODATA and not math.isfinite(nodata):
         raise CorruptChunkError(f"Expected a finite nodata value. Got {nodata} instead.")
     if flags & ~KNOWN_FLAGS:
-        raise CorruptChunkError(f"Expected flag bits 0 to 5. Got flags {flags:#04x} instead (written by a newer tec_zarr).")
+        raise CorruptChunkError(f"Expected flag bits 0 to 6. Got flags {flags:#04x} instead (written by a newer tec_zarr).")
     if flags & FLAG_NAN and CODE_DTYPES[dtype_code].kind != "f":
         raise CorruptChunkError("Expected a NaN mask in float32 chunks only. Got one in an integer chunk instead.")
     if residual is None:
@@ -336,12 +367,22 @@ def _check_blocks(blocks) -> None:
                                 f"Got {blocks} instead.")
 
 
+def _check_channels(channels: bytes, m: int) -> None:
+    if len(channels) != -(-m // 8) or np.unpackbits(np.frombuffer(channels, np.uint8))[m:].any():
+        raise CorruptChunkError(f"Expected a coded-channels field of {-(-m // 8)} bytes for {m} latent channels, "
+                                f"the bits after them 0. Got {channels.hex()} instead.")
+
+
 def _check_thinned(levels: tuple[int, ...], quality: int, residual) -> None:
     steps = (*levels, quality)
     if not levels or any(a <= b for a, b in zip(steps, steps[1:])) or max(steps) > 255 or residual is not None:
         raise CorruptChunkError(f"Expected a thinned chunk's earlier qualities strictly decreasing above its quality "
                                 f"{quality}, and no residual section. Got {levels}"
                                 f"{' and a residual' if residual else ''} instead.")
+
+
+def _crc_matches(view: memoryview) -> bool:
+    return len(view) >= 4 and struct.unpack("<I", view[-4:])[0] == zlib.crc32(view[:-4])
 
 
 def _check_crc(view: memoryview) -> None:

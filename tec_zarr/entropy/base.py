@@ -22,6 +22,9 @@ class LatentCoder(ABC):
 
     name: ClassVar[str]  # the manifest's "entropy_model"
     files: ClassVar[tuple[str, ...]] = ()  # model files it reads besides tables.npz
+    # Whether encode, decode and recode take ``channels``, bool (M,): the latent channels coded (the others hold
+    # only 0, are left out of the payload and cost no decoding time); None: all.
+    skips_channels: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -31,7 +34,7 @@ class LatentCoder(ABC):
     @abstractmethod
     def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int, *, skip: np.ndarray | None = None) -> bytes:
         """The payload for int32 ``symbols`` = round(``y`` * gain[quality]), both (B, M, h, w). ``skip`` (B, h, w):
-        positions not coded (their symbols must be 0)."""
+        positions not coded (their symbols must be 0); coders that :attr:`skips_channels` also take ``channels``."""
 
     @abstractmethod
     def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
@@ -41,14 +44,24 @@ class LatentCoder(ABC):
         :class:`~tec_zarr.errors.CorruptChunkError`."""
 
     def recode(self, payload: bytes, y: np.ndarray, symbols: np.ndarray, source: int, thinning: Thinning, *,
-               skip: np.ndarray | None = None) -> bytes:
+               skip: np.ndarray | None = None, channels: np.ndarray | None = None) -> bytes:
         """The payload for ``symbols`` at ``thinning.levels[-1]``, requantized from a chunk at quality ``source``
         whose payload was ``payload``; ``y`` estimates the encoder's latents (the chunk's only record of them).
         Coders with side information choose it from both (:meth:`HyperpriorCoder.recode`)."""
-        return self.encode(y, symbols, thinning.levels[-1], skip=skip)
+        return self.encode(y, symbols, thinning.levels[-1], skip=skip, **channel_argument(self, channels))
 
     def thinned_values(self, payload: bytes, symbols: np.ndarray, quality: int, *, skip: np.ndarray | None,
                        thinning: Thinning) -> np.ndarray:
         """float64 (B, M, h, w): twice the top-level value each thinned symbol decodes to; the middles of their runs
         (coders whose model knows better say so: :meth:`HyperpriorCoder.thinned_values`)."""
         return doubled_middle(symbols, thinning.chain).astype(np.float64)
+
+
+def channel_argument(coder: LatentCoder, channels: np.ndarray | None) -> dict:
+    """``{"channels": channels}`` for a coder that skips channels, {} for one that codes them all (``channels``
+    must then be None: such a coder's chunks never mark channels as not coded)."""
+    if coder.skips_channels:
+        return {"channels": channels}
+    if channels is not None:
+        raise ValueError(f"Expected every channel coded for the {coder.name} coder. Got a channel subset instead.")
+    return {}

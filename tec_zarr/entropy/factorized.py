@@ -1,7 +1,8 @@
 """The factorized prior: each latent channel coded with its own integer table per quality.
 
 Payload: constriction range-coder words; channel by channel, the channel's symbols over (B, h, w) in row-major
-order, each escaped value's offset right after its escape (:mod:`.rangecoder`).
+order, each escaped value's offset right after its escape (:mod:`.rangecoder`). Channels the chunk marks as not
+coded (all 0: at the rates users store, most of them) are left out, and decoding them costs nothing.
 
 Thinned chunks (:mod:`tec_zarr.requantize`) start with one byte naming their tables: 0, the level's own; 1, the
 first level's tables summed over the run of first-level symbols each thinned symbol stands for (:func:`run_tables`,
@@ -31,8 +32,15 @@ from .rangecoder import (
 from .tables import EntropyTables
 
 
-def encode(symbols: np.ndarray, quality: int, tables: EntropyTables, skip: np.ndarray | None = None) -> bytes:
-    """``symbols``: int32 (B, M, h, w), coded where ``skip`` (B, h, w) is not set. Returns the range-coded bytes."""
+def coded_indices(channels: np.ndarray | None, m: int) -> np.ndarray:
+    """The indices of the coded channels: where ``channels`` (bool (M,)) is set; all M where it is None."""
+    return np.arange(m) if channels is None else np.flatnonzero(channels)
+
+
+def encode(symbols: np.ndarray, quality: int, tables: EntropyTables, skip: np.ndarray | None = None,
+           channels: np.ndarray | None = None) -> bytes:
+    """``symbols``: int32 (B, M, h, w), coded where ``skip`` (B, h, w) is not set, in the ``channels`` (bool (M,);
+    None: all) set. Returns the range-coded bytes."""
     import constriction
 
     encoder = constriction.stream.queue.RangeEncoder()
@@ -40,7 +48,7 @@ def encode(symbols: np.ndarray, quality: int, tables: EntropyTables, skip: np.nd
     per_channel = np.ascontiguousarray(np.moveaxis(symbols, 1, 0).reshape(symbols.shape[1], -1))
     if skip is not None:
         per_channel = per_channel[:, ~skip.reshape(-1)]
-    for c in range(per_channel.shape[0]):
+    for c in coded_indices(channels, symbols.shape[1]):
         values = per_channel[c].astype(np.int64)
         lo = int(tables.offsets[quality, c])
         escape = int(tables.lengths[quality, c]) - 1
@@ -54,8 +62,8 @@ def encode(symbols: np.ndarray, quality: int, tables: EntropyTables, skip: np.nd
 
 
 def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: EntropyTables,
-           skip: np.ndarray | None = None) -> np.ndarray:
-    """Inverse of :func:`encode` for latents of ``shape`` (B, M, h, w); 0 where ``skip``."""
+           skip: np.ndarray | None = None, channels: np.ndarray | None = None) -> np.ndarray:
+    """Inverse of :func:`encode` for latents of ``shape`` (B, M, h, w); 0 where ``skip`` and outside ``channels``."""
     if not 0 <= quality < tables.qualities or shape[1] != tables.channels:
         raise CorruptChunkError(
             f"Expected quality < {tables.qualities} and {tables.channels} latent channels. "
@@ -66,32 +74,35 @@ def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: 
     b, m, h, w = shape
     keep = None if skip is None else ~skip.reshape(-1)
     n = b * h * w if keep is None else int(keep.sum())
-    PayloadBudget(len(data), "latent payload").spend(n * float(tables.min_bits[quality, :m].sum()))
+    coded = coded_indices(channels, m)
+    PayloadBudget(len(data), "latent payload").spend(n * float(tables.min_bits[quality, coded].sum()))
     # int32 throughout: table indices plus offsets stay far inside it; escaped values are checked before they land.
-    out = np.empty((m, n), np.int32)
-    escapes = [int(v) - 1 for v in tables.lengths[quality, :m]]
-    escaped: list[tuple[int, np.ndarray, list[int]]] = []  # (channel, positions, values): applied after the loop
+    out = np.empty((len(coded), n), np.int32)
+    escapes = tables.lengths[quality].astype(np.int64) - 1
+    escaped: list[tuple[int, int, np.ndarray, list[int]]] = []  # (row, channel, positions, values): after the loop
     try:
-        for c, escape in enumerate(escapes):
-            out[c] = index = decoder.decode(tables.model(quality, c), n)
-            if n and index.max() >= escape:  # the escape is a table's last symbol: most channels have none
-                positions = np.flatnonzero(index == escape)
-                escaped.append((c, positions, [decode_escape(decoder, uniform_bits, uniform_chunk) for _ in positions]))
+        for row, c in enumerate(coded):
+            out[row] = index = decoder.decode(tables.model(quality, c), n)
+            if n and index.max() >= escapes[c]:  # the escape is a table's last symbol: most channels have none
+                positions = np.flatnonzero(index == escapes[c])
+                escaped.append((row, c, positions,
+                                [decode_escape(decoder, uniform_bits, uniform_chunk) for _ in positions]))
     except DECODER_ERRORS as e:
         raise CorruptChunkError(f"Expected a decodable latent payload. Got {type(e).__name__}: {e} instead.") from None
-    out += tables.offsets[quality, :m, None].astype(np.int32)
-    for c, positions, zs in escaped:
-        values = escaped_values(zs, int(tables.offsets[quality, c]), escapes[c])
+    out += tables.offsets[quality, coded, None].astype(np.int32)
+    for row, c, positions, zs in escaped:
+        values = escaped_values(zs, int(tables.offsets[quality, c]), int(escapes[c]))
         if values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max:
             raise CorruptChunkError("Expected latent symbols within int32. Got an overflowing escape instead.")
-        out[c, positions] = values
+        out[row, positions] = values
     if not decoder.maybe_exhausted():
         raise CorruptChunkError("Expected the latent payload to end with its last symbol. Got trailing data instead.")
-    if keep is not None:
+    if keep is None and len(coded) == m:
+        full = out
+    else:
         full = np.zeros((m, b * h * w), np.int32)
-        full[:, keep] = out
-        out = full
-    return np.ascontiguousarray(np.moveaxis(out.reshape(m, b, h, w), 0, 1))
+        full[np.ix_(coded, np.arange(b * h * w) if keep is None else np.flatnonzero(keep))] = out
+    return np.ascontiguousarray(np.moveaxis(full.reshape(m, b, h, w), 0, 1))
 
 
 OWN_TABLES, RUN_TABLES = 0, 1
@@ -122,6 +133,7 @@ class FactorizedCoder(LatentCoder):
     """Symbols coded with the model's per-(quality, channel) tables (``tables.npz``): tec-fp."""
 
     name = "factorized"
+    skips_channels = True
 
     def __init__(self, tables: EntropyTables):
         self.tables = tables
@@ -138,22 +150,24 @@ class FactorizedCoder(LatentCoder):
     def from_files(cls, files: Mapping[str, bytes], tables: EntropyTables) -> FactorizedCoder:
         return cls(tables)
 
-    def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int, *, skip: np.ndarray | None = None) -> bytes:
-        return encode(symbols, quality, self.tables, skip)
+    def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int, *, skip: np.ndarray | None = None,
+               channels: np.ndarray | None = None) -> bytes:
+        return encode(symbols, quality, self.tables, skip, channels)
 
     def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
-               skip: np.ndarray | None = None, thinning: Thinning | None = None) -> np.ndarray:
+               skip: np.ndarray | None = None, thinning: Thinning | None = None,
+               channels: np.ndarray | None = None) -> np.ndarray:
         if thinning is None:
-            return decode(payload, quality, shape, self.tables, skip)
+            return decode(payload, quality, shape, self.tables, skip, channels)
         if not payload or payload[0] not in (OWN_TABLES, RUN_TABLES):
             raise CorruptChunkError(f"Expected a thinned payload starting with its tables, {OWN_TABLES} or "
                                     f"{RUN_TABLES}. Got {payload[:1]!r} instead.")
         if payload[0] == OWN_TABLES:
-            return decode(payload[1:], quality, shape, self.tables, skip)
-        return decode(payload[1:], 0, shape, self.tables_of(thinning), skip)
+            return decode(payload[1:], quality, shape, self.tables, skip, channels)
+        return decode(payload[1:], 0, shape, self.tables_of(thinning), skip, channels)
 
     def recode(self, payload: bytes, y: np.ndarray, symbols: np.ndarray, source: int, thinning: Thinning, *,
-               skip: np.ndarray | None = None) -> bytes:
-        own = bytes([OWN_TABLES]) + encode(symbols, thinning.levels[-1], self.tables, skip)
-        summed = bytes([RUN_TABLES]) + encode(symbols, 0, self.tables_of(thinning), skip)
+               skip: np.ndarray | None = None, channels: np.ndarray | None = None) -> bytes:
+        own = bytes([OWN_TABLES]) + encode(symbols, thinning.levels[-1], self.tables, skip, channels)
+        summed = bytes([RUN_TABLES]) + encode(symbols, 0, self.tables_of(thinning), skip, channels)
         return min(own, summed, key=len)

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import requantize
 from ..bitstream.chunk import HASH_PREFIX_BYTES, ChunkHeader, element_count, unpack, unpack_mask, unpack_sections
+from ..entropy.base import channel_argument
 from ..errors import ChunkShapeError, CorruptChunkError, ModelMismatchError, TecZarrError
 from ..models import Model, load_model
 from ..parsing import env_limit
@@ -154,7 +155,12 @@ def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
     thinning = None
     if header.thinned_from is not None:
         thinning = requantize.Thinning.of(model.gain, (*header.thinned_from, header.quality))
-    symbols = model.coder.decode(payload, header.quality, (batch, m, lh, lw), skip=skip, thinning=thinning)
+    channels = header.coded_channels
+    if channels is not None and not model.coder.skips_channels:
+        raise CorruptChunkError(f"Expected every latent channel coded for model {model.name}, whose {model.coder.name} "
+                                "coder codes them all. Got a chunk marking some as not coded instead.")
+    symbols = model.coder.decode(payload, header.quality, (batch, m, lh, lw), skip=skip, thinning=thinning,
+                                 **channel_argument(model.coder, channels))
     values = None
     if thinning is not None:
         if symbols[:, thinning.dropped].any():

@@ -18,7 +18,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from .. import metrics
-from ..bitstream.chunk import ChunkHeader, ResidualSection, pack, pack_mask
+from ..bitstream.chunk import ChunkHeader, ResidualSection, channel_section, pack, pack_mask
+from ..entropy.base import channel_argument
 from ..errors import PsnrTargetWarning
 from ..models import Model, load_model
 from ..residual import bound
@@ -75,6 +76,7 @@ def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, q
     symbols = np.rint(y * model.gain[quality][None, :, None, None]).astype(np.int32)
     if chunk.skip is not None:  # not coded: the decoder reads 0 there, and the residual's base must agree
         symbols *= ~chunk.skip[:, None]
+    channels = coded_channels(model, symbols)
     residual: ResidualSection | None = None
     if max_error is not None:
         residual = bound.encode(chunk.images, chunk.valid, symbols, quality, model, chunk.scale, max_error, nodata,
@@ -92,10 +94,22 @@ def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, q
         residual=residual,
         skips_missing=chunk.skip is not None,
         blocks=chunk.blocks,
+        channels=None if channels is None else channel_section(channels),
     )
     mask = pack_mask(chunk.mask) if chunk.mask is not None else None
     nan = pack_mask(chunk.nan) if chunk.nan is not None else None
-    return pack(header, mask, model.coder.encode(y, symbols, quality, skip=chunk.skip), nan_mask=nan)
+    payload = model.coder.encode(y, symbols, quality, skip=chunk.skip, **channel_argument(model.coder, channels))
+    return pack(header, mask, payload, nan_mask=nan)
+
+
+def coded_channels(model: Model, symbols: np.ndarray) -> np.ndarray | None:
+    """bool (M,): the channels a chunk's payload codes, those holding a nonzero symbol, where the model's coder
+    can leave the others out (at the rates users store, most channels are all 0, and decoding each costs as much
+    as a nonzero one); None: code every channel (none is all 0, or the coder codes them all)."""
+    if not model.coder.skips_channels:
+        return None
+    nonzero = symbols.any(axis=(0, 2, 3))
+    return None if nonzero.all() else nonzero
 
 
 def _lowest_rate_reaching(at, chunk: PreparedChunk, target: float, qualities: int) -> bytes:

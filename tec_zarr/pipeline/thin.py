@@ -14,9 +14,11 @@ from dataclasses import replace
 import numpy as np
 
 from .. import requantize
-from ..bitstream.chunk import pack, unpack_sections
+from ..bitstream.chunk import channel_section, pack, unpack_sections
+from ..entropy.base import channel_argument
 from ..errors import InvalidInputError
 from .decode import parse, skipped_latents
+from .encode import coded_channels
 
 
 def parse_level(quality) -> int:
@@ -59,6 +61,9 @@ def thin_chunk(buf, quality: int) -> bytes:
     skip = skipped_latents(header, parsed.mask, parsed.nan, model.latent_stride)
     if skip is not None:
         symbols *= ~skip[:, None]
-    payload = model.coder.recode(sections.payload, y, symbols, header.quality, thinning, skip=skip)
-    thinned = replace(header, quality=quality, thinned_from=levels)
+    channels = coded_channels(model, symbols)  # the level may drop channels, and zero more of them
+    payload = model.coder.recode(sections.payload, y, symbols, header.quality, thinning, skip=skip,
+                                 **channel_argument(model.coder, channels))
+    thinned = replace(header, quality=quality, thinned_from=levels,
+                      channels=None if channels is None else channel_section(channels))
     return pack(thinned, sections.mask, payload, nan_mask=sections.nan_mask)
