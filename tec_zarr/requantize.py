@@ -73,10 +73,26 @@ def requantize(symbols: np.ndarray, ratio: np.ndarray) -> np.ndarray:
     return (np.sign(symbols) * magnitude).astype(np.int32)
 
 
+# Symbols spanning at most this many values get their runs from a per-channel table of the span (a chunk's symbols
+# do, but for escapes): one look-up per symbol instead of a dozen int64 passes over the chunk.
+TABLE_SPAN = 1 << 12
+
+
 def runs(symbols: np.ndarray, ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """int64 (lo, hi): the first and last higher-level symbol that :func:`requantize` maps to each of ``symbols``
     (monotone and odd, so a run's ends are the ends' runs; a dropped channel's 0 stands for 0). ``symbols`` at most
     :data:`LIMIT` in magnitude."""
+    if symbols.size > TABLE_SPAN:
+        low, high = int(symbols.min()), int(symbols.max())
+        if high - low < TABLE_SPAN:
+            m = symbols.shape[1]
+            grid = np.broadcast_to(np.arange(low, high + 1, dtype=np.int64), (1, m, 1, high - low + 1))
+            where = np.arange(m, dtype=np.int64)[None, :, None, None] * (high - low + 1) + (symbols - low)
+            return tuple(np.take(table.reshape(-1), where) for table in _runs(grid, ratio))
+    return _runs(symbols, ratio)
+
+
+def _runs(symbols: np.ndarray, ratio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     r = np.maximum(ratio, 1)[None, :, None, None]
     a = np.abs(symbols.astype(np.int64))
     unit = np.int64(1 << RATIO_BITS)
@@ -93,10 +109,11 @@ def run_ends(symbols: np.ndarray, chain) -> tuple[np.ndarray, np.ndarray]:
     """int64 (lo, hi): the first and last top-level symbol of the run each of ``symbols`` stands for, after the
     requantizations ``chain`` (their ratios, top first): runs of runs, through the ends."""
     lo = hi = symbols.astype(np.int64)
-    for ratio in reversed(chain):
+    for step, ratio in enumerate(reversed(chain)):
+        # the first step maps the symbols themselves (lo is hi): one call gives both ends
+        first, last = runs(lo, ratio) if step == 0 else (runs(lo, ratio)[0], runs(hi, ratio)[1])
         # Top symbols are int32: ends beyond stand for nothing, and clipping keeps every product below 2**63.
-        lo = np.clip(runs(lo, ratio)[0], -LIMIT, LIMIT)
-        hi = np.clip(runs(hi, ratio)[1], -LIMIT, LIMIT)
+        lo, hi = np.clip(first, -LIMIT, LIMIT), np.clip(last, -LIMIT, LIMIT)
     return lo, hi
 
 

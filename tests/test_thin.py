@@ -413,9 +413,27 @@ def test_symbols_in_dropped_channels_are_refused(top_chunks):
 
 
 @pytest.mark.parametrize("name", ["tec-hp", "tec-ctx"])
+def test_thinned_decode_runs_the_hyper_synthesis_once(name, top_chunks, monkeypatch):
+    """The level's tables and the top level's centroids come from one run of the integer hyper-synthesis."""
+    from tec_zarr.entropy.hyperprior import Hyperprior
+
+    thinned = tec_zarr.thin(top_chunks[name], 1)
+    expected = decode_chunk(thinned)
+    calls = []
+    original = Hyperprior.synthesize_channels_last
+
+    def counted(self, *args, **kwargs):
+        calls.append(args[1] if len(args) > 1 else kwargs.get("quality"))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Hyperprior, "synthesize_channels_last", counted)
+    np.testing.assert_array_equal(decode_chunk(thinned), expected)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("name", ["tec-hp", "tec-ctx"])
 def test_wide_runs_decode_to_a_centroid_inside_the_run(name, top_chunks):
     from tec_zarr.entropy.hyperprior import CENTROID_MIN_RUN
-    from tec_zarr.pipeline.decode import parse
     from tec_zarr.requantize import LIMIT, Thinning
 
     parsed = parse(tec_zarr.thin(top_chunks[name], 0))
@@ -429,3 +447,20 @@ def test_wide_runs_decode_to_a_centroid_inside_the_run(name, top_chunks):
     assert wide.any() and (values[~wide] == (lo + hi)[~wide]).all()
     moved = wide & (parsed.symbols != 0)  # pulled towards the top level's mean, off the middle
     assert moved.any() and (values[moved] != (lo + hi)[moved]).mean() > 0.9
+
+
+def test_runs_from_the_table_equal_the_runs_computed():
+    """Chunks' symbols take their runs from a per-channel table of their span: the same integers as computed."""
+    from tec_zarr.requantize import TABLE_SPAN, _runs
+
+    rng = np.random.default_rng(3)
+    ratio = rng.integers(0, 1 << RATIO_BITS, 6)
+    ratio[2] = 0  # a dropped channel
+    small = rng.integers(-300, 301, (2, 6, 40, 40))
+    wide = small.copy()
+    wide[0, 0, 0, 0] = 2**31 - 1  # an escape: the span is too wide for a table
+    for symbols in (small, wide):
+        assert symbols.size > TABLE_SPAN
+        for got, expected in zip(runs(symbols, ratio), _runs(symbols, ratio)):
+            assert got.dtype == np.int64
+            np.testing.assert_array_equal(got, expected)

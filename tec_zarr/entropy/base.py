@@ -50,11 +50,13 @@ class LatentCoder(ABC):
         Coders with side information choose it from both (:meth:`HyperpriorCoder.recode`)."""
         return self.encode(y, symbols, thinning.levels[-1], skip=skip, **channel_argument(self, channels))
 
-    def thinned_values(self, payload: bytes, symbols: np.ndarray, quality: int, *, skip: np.ndarray | None,
-                       thinning: Thinning) -> np.ndarray:
-        """float64 (B, M, h, w): twice the top-level value each thinned symbol decodes to; the middles of their runs
-        (coders whose model knows better say so: :meth:`HyperpriorCoder.thinned_values`)."""
-        return doubled_middle(symbols, thinning.chain).astype(np.float64)
+    def decode_thinned(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
+                       skip: np.ndarray | None, thinning: Thinning, **channels) -> tuple[np.ndarray, np.ndarray]:
+        """A thinned chunk's symbols (:meth:`decode`) and, float64 (B, M, h, w), twice the top-level value each
+        decodes to: the middles of their runs (coders whose model knows better say so:
+        :meth:`HyperpriorCoder.decode_thinned`). ``channels``: as :meth:`decode` takes them."""
+        symbols = self.decode(payload, quality, shape, skip=skip, thinning=thinning, **channels)
+        return symbols, doubled_middle(symbols, thinning.chain).astype(np.float64)
 
 
 def channel_argument(coder: LatentCoder, channels: np.ndarray | None) -> dict:

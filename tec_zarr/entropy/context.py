@@ -32,7 +32,16 @@ import numpy as np
 
 from ..errors import WeightsIntegrityError
 from ..integer.layers import CLIP_BITS, EXACT_LIMIT, PATCH_BYTES, activation, conv3, live_channels
-from .hyperprior import INPUT_EXTRA_BITS, LOG_BITS, Z_LIMIT, Hyperprior, HyperpriorCoder, read_kept, write_kept
+from .hyperprior import (
+    INPUT_EXTRA_BITS,
+    LOG_BITS,
+    Z_LIMIT,
+    Hyperprior,
+    HyperpriorCoder,
+    Synthesized,
+    read_kept,
+    write_kept,
+)
 from .rangecoder import PayloadBudget
 from .tables import EntropyTables
 
@@ -198,7 +207,7 @@ def add_channel_context(channel_context: list, widths, k: int, sums: np.ndarray)
 
 
 def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, shape, code_step, *,
-              matmul=np.matmul, fraction_bits: int = 0) -> np.ndarray:
+              matmul=np.matmul, fraction_bits: int = 0, synthesized: Synthesized | None = None) -> np.ndarray:
     """Walk the ten steps; ``code_step(index, mean, a, e, classes)`` codes (encoder) or decodes (decoder) the
     step's symbols: coded channels a..e-1 at the positions of ``classes`` (see :func:`gather`), int64 (B, P, c),
     and returns them; ``mean`` is in units of 2**-fraction_bits symbols. Returns every symbol, int64 (B, M, h, w)
@@ -208,7 +217,8 @@ def run_steps(hp: Hyperprior, ctx: ContextModel, z: np.ndarray, quality: int, sh
         return matmul(x.reshape(-1, x.shape[-1]), w).reshape(x.shape[:-1] + (w.shape[1],))
 
     b, m, h, w = shape
-    log_sigma, mu = hp.synthesize_channels_last(z, quality, matmul=matmul)  # (B, h, w, M) at 2**LOG_BITS
+    # (B, h, w, M) at 2**LOG_BITS
+    log_sigma, mu = synthesized or hp.synthesize_channels_last(z, quality, matmul=matmul)
     order = ctx.order
     L = log_sigma[..., order].astype(np.int64)  # (B, h, w, M), coded channel order
     MU = mu[..., order].astype(np.int64)
@@ -292,7 +302,7 @@ class ContextCoder(HyperpriorCoder):
         run_steps(hp, ctx, z, quality, symbols.shape, code_step)
 
     def read_y(self, decoder, budget: PayloadBudget, z: np.ndarray, quality: int, shape,
-               keep: np.ndarray | None) -> np.ndarray:
+               keep: np.ndarray | None, synthesized: Synthesized | None = None) -> np.ndarray:
         hp = self.hyperprior
         kept = None if keep is None else np.moveaxis(keep[:, self.context.order], 1, -1)
 
@@ -300,4 +310,4 @@ class ContextCoder(HyperpriorCoder):
             return read_kept(decoder, index, mean, hp.scales, budget,
                              None if kept is None else gather(kept[..., a:e], classes))
 
-        return run_steps(hp, self.context, z, quality, shape, code_step)
+        return run_steps(hp, self.context, z, quality, shape, code_step, synthesized=synthesized)

@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import CorruptChunkError, InvalidInputError, WeightsIntegrityError
 from .context import FILENAME as CONTEXT_FILENAME
 from .context import ContextCoder, ContextModel, gather, run_steps
-from .hyperprior import Hyperprior, read_kept, write_kept
+from .hyperprior import Hyperprior, Synthesized, read_kept, write_kept
 from .mixture import WEIGHT_ONE, MixedTables, sharpened
 from .rangecoder import DECODER_ERRORS, PayloadBudget
 from .tables import EntropyTables, IndexedTables
@@ -278,7 +278,7 @@ class TemporalCoder(ContextCoder):
                     self.write_step(encoder, step, v, chosen, quality)
 
     def read_y(self, decoder, budget: PayloadBudget, z: np.ndarray, quality: int, shape,
-               keep: np.ndarray | None) -> np.ndarray:
+               keep: np.ndarray | None, synthesized: Synthesized | None = None) -> np.ndarray:
         if shape[0] > MAX_DATES:
             raise CorruptChunkError(
                 f"Expected at most {MAX_DATES} dates in a {self.name} chunk. Got {shape[0]} instead.")
@@ -299,8 +299,9 @@ class TemporalCoder(ContextCoder):
                 return self.read_step(decoder, budget, self.step(index, fine_mean, a, e, classes, decoded, kept, t,
                                                                  quality), chosen, quality)
 
+            date = None if synthesized is None else tuple(a[t : t + 1] for a in synthesized)
             out[t : t + 1] = run_steps(self.hyperprior, self.context, z[t : t + 1], quality, (1, *shape[1:]),
-                                       code_step, fraction_bits=self.temporal.fraction_bits)
+                                       code_step, fraction_bits=self.temporal.fraction_bits, synthesized=date)
             decoded[t : t + 1] = coded_order(out[t : t + 1], order)
         return out
 

@@ -61,7 +61,7 @@ class ParsedChunk:
     mask: np.ndarray | None
     nan: np.ndarray | None
     symbols: np.ndarray
-    # Thinned chunks: twice the top-level value each symbol decodes to (the coder's thinned_values), float64.
+    # Thinned chunks: twice the top-level value each symbol decodes to (the coder's decode_thinned), float64.
     thinned_values: np.ndarray | None = None
 
     @property
@@ -159,14 +159,16 @@ def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
     if channels is not None and not model.coder.skips_channels:
         raise CorruptChunkError(f"Expected every latent channel coded for model {model.name}, whose {model.coder.name} "
                                 "coder codes them all. Got a chunk marking some as not coded instead.")
-    symbols = model.coder.decode(payload, header.quality, (batch, m, lh, lw), skip=skip, thinning=thinning,
-                                 **channel_argument(model.coder, channels))
+    shape, coded = (batch, m, lh, lw), channel_argument(model.coder, channels)
     values = None
-    if thinning is not None:
+    if thinning is None:
+        symbols = model.coder.decode(payload, header.quality, shape, skip=skip, **coded)
+    else:
+        symbols, values = model.coder.decode_thinned(payload, header.quality, shape, skip=skip, thinning=thinning,
+                                                     **coded)
         if symbols[:, thinning.dropped].any():
             raise CorruptChunkError("Expected 0 in the channels a thinned chunk's levels drop. Got other symbols "
                                     "instead.")
-        values = model.coder.thinned_values(payload, symbols, header.quality, skip=skip, thinning=thinning)
     return ParsedChunk(header=header, model=model, mask=mask, nan=nan, symbols=symbols, thinned_values=values)
 
 
