@@ -81,3 +81,28 @@ def test_export_refuses_a_base_with_other_gains(run, tmp_path):
     torch.save(ckpt, tmp_path / "light.pt")
     with pytest.raises(SystemExit, match="inverse gains"):
         light_export.export(tmp_path / "light.pt", "tec-light-x", "0", "tec-fp", tmp_path / "m" / "tec-light-x", None)
+
+
+def test_pruned_synthesis_keeping_every_channel_is_the_base_synthesis():
+    """``--kind pruned`` starts from the base's weights: with all 64 hidden channels it is tec-fp's synthesis."""
+    from tec_zarr.train.export import load_checkpoint
+
+    base, _ = load_checkpoint(light.DEFAULT_BASE)
+    net = light.build(light.LightConfig(channels=64, kind="pruned"))
+    net.start_from(base)
+    y = torch.randn(1, 192, 6, 5) * 3
+    with torch.no_grad():
+        torch.testing.assert_close(net(y), base.synthesise(y), rtol=0, atol=1e-5)
+
+
+def test_pruned_synthesis_trains_resumes_and_exports(data_root, tmp_path):
+    out = tmp_path / "pruned"
+    args = ["--data", str(data_root), "--out", str(out), "--kind", "pruned", "--channels", "16", *ARGS[:4], *ARGS[8:]]
+    assert light.main([*args, "--steps", "2"]) == 0
+    before = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert before["config"]["kind"] == "pruned" and before["model"]["g_s.0.weight"].shape[1] == 16
+    assert light.main([*args, "--steps", "3"]) == 0
+    after = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert after["step"] == 3 and not torch.equal(before["model"]["g_s.0.weight"], after["model"]["g_s.0.weight"])
+    folder = light_export.export(out / "checkpoint.pt", "tec-pruned-smoke", "0", "tec-fp", tmp_path / "m", None)
+    assert "fewer hidden channels" in json.loads((folder / "manifest.json").read_text())["architecture"]

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from . import data, loop
-from .layers import GDN
+from .layers import GDN, deconv
 from .export import load_checkpoint
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -47,6 +47,10 @@ class LightConfig:
     expand: int = 0
     gdn: bool = False
     multiple: int = 4  # pixels per latent element along each axis
+    # "light": the design above; "pruned": tec-fp's own synthesis (transposed 5x5 stride-2 convolutions around an
+    # inverse GDN, beside the linear block path) with ``channels`` of its 64 hidden channels, started from the base
+    # model's weights of the channels that carry the most (:meth:`PrunedSynthesis.from_base`).
+    kind: str = "light"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,6 +61,9 @@ class LightConfig:
 
 
 class LightSynthesis(nn.Module):
+    description = ("a light synthesis: 1x1 projection, residual 3x3 convolutions at the latent resolution, sub-pixel "
+                   "1x1 output beside the linear 4x4 block path")
+
     def __init__(self, cfg: LightConfig):
         super().__init__()
         self.cfg = cfg
@@ -83,6 +90,51 @@ class LightSynthesis(nn.Module):
         if self.expand is not None:
             h = torch.relu(self.expand(h))
         return self.shuffle(self.to_pixels(h)) + self.s_lin(y_hat)
+
+
+class PrunedSynthesis(nn.Module):
+    """tec-fp's synthesis with fewer hidden channels: ``deconv(M -> channels)``, inverse GDN, ``deconv(channels ->
+    bands)``, plus the linear 4x4 block path. Its multiply-adds scale with ``channels`` (32 of 64: about half)."""
+
+    description = ("the base's synthesis with fewer hidden channels: transposed 5x5 stride-2 convolutions around an "
+                   "inverse GDN, beside the linear 4x4 block path")
+
+    def __init__(self, cfg: LightConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.g_s = nn.Sequential(deconv(cfg.latent_channels, cfg.channels), GDN(cfg.channels, inverse=True),
+                                 deconv(cfg.channels, cfg.bands))
+        self.s_lin = nn.ConvTranspose2d(cfg.latent_channels, cfg.bands, cfg.multiple, stride=cfg.multiple, bias=False)
+
+    def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return self.g_s(y_hat) + self.s_lin(y_hat)
+
+    @torch.no_grad()
+    def start_from(self, base) -> None:
+        """The base model's synthesis weights for the hidden channels whose in and out weights are largest (the
+        product of their norms)."""
+        first, gdn, last = base.g_s
+        weight_in, weight_out = first.weight, last.weight  # (M, C, 5, 5), (C, bands, 5, 5)
+        score = weight_in.pow(2).sum(dim=(0, 2, 3)).sqrt() * weight_out.pow(2).sum(dim=(1, 2, 3)).sqrt()
+        keep = torch.argsort(score, descending=True)[: self.cfg.channels].sort().values
+        mine_first, mine_gdn, mine_last = self.g_s
+        mine_first.weight.copy_(weight_in[:, keep])
+        mine_first.bias.copy_(first.bias[keep])
+        mine_gdn.beta_sqrt.copy_(gdn.beta_sqrt[keep])
+        mine_gdn.gamma_sqrt.copy_(gdn.gamma_sqrt[keep][:, keep])
+        mine_last.weight.copy_(weight_out[keep])
+        mine_last.bias.copy_(last.bias)
+        self.s_lin.weight.copy_(base.s_lin.weight)
+
+
+SYNTHESES = {"light": LightSynthesis, "pruned": PrunedSynthesis}
+
+
+def build(cfg: LightConfig) -> nn.Module:
+    """The synthesis a config describes."""
+    if cfg.kind not in SYNTHESES:
+        raise ValueError(f"Expected a synthesis kind in {tuple(SYNTHESES)}. Got {cfg.kind!r} instead.")
+    return SYNTHESES[cfg.kind](cfg)
 
 
 def dihedral(x: np.ndarray, k: int) -> np.ndarray:
@@ -149,11 +201,13 @@ class Trainer:
                                       / torch.from_numpy(self.std)[:, None, None])
         ckpt_path = self.out / "checkpoint.pt"
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
-        self.cfg = LightConfig.from_dict(ckpt["config"]) if ckpt else LightConfig(channels=args.channels, depth=args.depth,
-                                                                                expand=args.expand, gdn=args.gdn)
-        self.model = LightSynthesis(self.cfg)
+        self.cfg = LightConfig.from_dict(ckpt["config"]) if ckpt else LightConfig(
+            channels=args.channels, depth=args.depth, expand=args.expand, gdn=args.gdn, kind=args.kind)
+        self.model = build(self.cfg)
         if ckpt:
             self.model.load_state_dict(ckpt["model"])
+        elif isinstance(self.model, PrunedSynthesis):
+            self.model.start_from(base)
         else:
             self.model.s_lin.weight.data.copy_(base.s_lin.weight.detach())
         self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
@@ -231,6 +285,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--expand", type=int, default=0)
     p.add_argument("--gdn", action="store_true")
+    p.add_argument("--kind", choices=tuple(SYNTHESES), default="light",
+                   help="light: the design in this module's docstring; pruned: tec-fp's synthesis with --channels of its "
+                        "64 hidden channels, started from tec-fp's weights")
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--val-every", type=int, default=1000)
     p.add_argument("--save-every-s", type=float, default=300.0)

@@ -23,14 +23,14 @@ import torch
 from ..models import MODELS_DIR, get_card, model_digest, verified_bytes
 from ..models.registry import file_path, share_files
 from .export import export_onnx, machine_description, measure_into_manifest, sha256_file
-from .light import DEFAULT_BASE, LightConfig, LightSynthesis
+from .light import DEFAULT_BASE, LightConfig, build
 
 DECODER = "decoder.onnx"
 
 
-def load_checkpoint(path: Path) -> tuple[LightSynthesis, dict]:
+def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    net = LightSynthesis(LightConfig.from_dict(ckpt["config"]))
+    net = build(LightConfig.from_dict(ckpt["config"]))
     net.load_state_dict(ckpt["model"])
     return net.eval(), ckpt
 
@@ -74,9 +74,8 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
     manifest.update({
         "name": name,
         "version": version,
-        "architecture": f"{base.name}'s analysis, gains and entropy model (same symbols, same bits) with a light "
-                        "synthesis: 1x1 projection, residual 3x3 convolutions at the latent resolution, sub-pixel 1x1 "
-                        "output beside the linear 4x4 block path",
+        "architecture": f"{base.name}'s analysis, gains and entropy model (same symbols, same bits) with "
+                        f"{type(net).description}",
         "base_model": {"name": base.name, "sha256": base.sha256},
         "synthesis": net.cfg.to_dict(),
         "qualities": [{"quality": q["quality"], "lambda": q.get("lambda")} for q in base.manifest["qualities"]],
