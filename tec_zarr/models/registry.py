@@ -22,7 +22,7 @@ from .model import Model
 MODELS_DIR = Path(__file__).resolve().parent
 BLOBS = "blobs"
 DEFAULT_MODEL = "tec-fp"
-SHIPPED = ("tec-fp", "tec-hp", "tec-ctx", "tec-tt", "tec-fp-lite")
+SHIPPED = ("tec-fp", "tec-hp", "tec-ctx", "tec-tt", "tec-fp-lite", "tec-fp-half")
 
 
 class BrokenModelWarning(UserWarning):

@@ -96,8 +96,8 @@ class PrunedSynthesis(nn.Module):
     """tec-fp's synthesis with fewer hidden channels: ``deconv(M -> channels)``, inverse GDN, ``deconv(channels ->
     bands)``, plus the linear 4x4 block path. Its multiply-adds scale with ``channels`` (32 of 64: about half)."""
 
-    description = ("the base's synthesis with fewer hidden channels: transposed 5x5 stride-2 convolutions around an "
-                   "inverse GDN, beside the linear 4x4 block path")
+    description = ("a pruned copy of the base's synthesis (fewer hidden channels): transposed 5x5 stride-2 "
+                   "convolutions around an inverse GDN, beside the linear 4x4 block path")
 
     def __init__(self, cfg: LightConfig):
         super().__init__()
