@@ -77,31 +77,33 @@ def decode(data: bytes, quality: int, shape: tuple[int, int, int, int], tables: 
     coded = coded_indices(channels, m)
     PayloadBudget(len(data), "latent payload").spend(n * float(tables.min_bits[quality, coded].sum()))
     # int32 throughout: table indices plus offsets stay far inside it; escaped values are checked before they land.
-    out = np.empty((len(coded), n), np.int32)
+    # Rows of every channel, 0 for those not coded: written in place as they decode.
+    out = np.zeros((m, n), np.int32)
     escapes = tables.lengths[quality].astype(np.int64) - 1
-    escaped: list[tuple[int, int, np.ndarray, list[int]]] = []  # (row, channel, positions, values): after the loop
+    offsets = tables.offsets[quality].astype(np.int32)
+    escaped: list[tuple[int, np.ndarray, list[int]]] = []  # (channel, positions, values): after the loop
     try:
-        for row, c in enumerate(coded):
-            out[row] = index = decoder.decode(tables.model(quality, c), n)
+        for c in coded:
+            index = out[c]
+            index[:] = decoder.decode(tables.model(quality, c), n)
             if n and index.max() >= escapes[c]:  # the escape is a table's last symbol: most channels have none
                 positions = np.flatnonzero(index == escapes[c])
-                escaped.append((row, c, positions,
-                                [decode_escape(decoder, uniform_bits, uniform_chunk) for _ in positions]))
+                escaped.append((c, positions, [decode_escape(decoder, uniform_bits, uniform_chunk) for _ in positions]))
+            index += offsets[c]
     except DECODER_ERRORS as e:
         raise CorruptChunkError(f"Expected a decodable latent payload. Got {type(e).__name__}: {e} instead.") from None
-    out += tables.offsets[quality, coded, None].astype(np.int32)
-    for row, c, positions, zs in escaped:
+    for c, positions, zs in escaped:
         values = escaped_values(zs, int(tables.offsets[quality, c]), int(escapes[c]))
         if values.min() < np.iinfo(np.int32).min or values.max() > np.iinfo(np.int32).max:
             raise CorruptChunkError("Expected latent symbols within int32. Got an overflowing escape instead.")
-        out[row, positions] = values
+        out[c, positions] = values
     if not decoder.maybe_exhausted():
         raise CorruptChunkError("Expected the latent payload to end with its last symbol. Got trailing data instead.")
-    if keep is None and len(coded) == m:
+    if keep is None:
         full = out
     else:
         full = np.zeros((m, b * h * w), np.int32)
-        full[np.ix_(coded, np.arange(b * h * w) if keep is None else np.flatnonzero(keep))] = out
+        full[:, keep] = out
     return np.ascontiguousarray(np.moveaxis(full.reshape(m, b, h, w), 0, 1))
 
 
