@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..bands import band_order
+from ..bands import band_name, band_order
 from ..errors import InvalidInputError
 from .config import parse_model
 
@@ -28,23 +28,35 @@ def zarr_encoding(
     names = list(variables) if variables is not None else [
         name for name, var in ds.data_vars.items() if var.ndim >= 3 and var.shape[-3] == nbands
     ]
+    if not names:
+        for name, var in ds.data_vars.items():  # bands beside the model's (a STAC cube's SCL, AOT, visual...)
+            stored = stored_band_names(var)[0] if var.ndim >= 3 else None
+            if stored is not None:
+                band_order(stored, card.bands, source=f"variable {name!r}")
+        raise InvalidInputError(
+            f"Expected a variable with the model's {nbands} bands on axis -3. Got none among "
+            f"{ {name: var.dims for name, var in ds.data_vars.items()} } instead: name it with variables=[...]."
+        )
     encoding: dict[str, dict] = {}
     for name in names:
         var = ds[name]
         if var.ndim < 3 or var.shape[-3] != nbands:
-            if var.ndim >= 3 and var.dims[-3] in var.coords:
-                band_order(var[var.dims[-3]].values, card.bands, source=f"variable {name!r}")  # says what is wrong
+            stored = stored_band_names(var)[0] if var.ndim >= 3 else None
+            if stored is not None:
+                band_order(stored, card.bands, source=f"variable {name!r}")  # says what is wrong
             raise InvalidInputError(
                 f"Expected variable {name!r} to have {nbands} bands on axis -3. Got dims {var.dims} shape {var.shape} instead."
             )
         band_dim = var.dims[-3]
-        if band_dim in var.coords:
-            order = band_order(var[band_dim].values, card.bands, source=f"variable {name!r}")
-            if order is not None and order != list(range(nbands)):
-                raise InvalidInputError(
-                    f"Expected the bands of {name!r} in the model's order {' '.join(card.bands)}. Got "
-                    f"{' '.join(map(str, var[band_dim].values))} instead: ds = ds.sel({band_dim}={list(card.bands)})."
-                )
+        stored, by_name = stored_band_names(var)
+        order = None if stored is None else band_order(stored, card.bands, source=f"variable {name!r}")
+        if order is not None and order != list(range(nbands)):
+            fix = (f"ds = ds.sel({band_dim}={[str(stored[i]) for i in order]})" if by_name
+                   else f"ds = ds.isel({band_dim}={order})")
+            raise InvalidInputError(
+                f"Expected the bands of {name!r} in the model's order {' '.join(card.bands)}. Got "
+                f"{' '.join(map(str, stored))} instead: {fix}."
+            )
         if zarr_format == 2:
             from .zarr2 import TEC
 
@@ -67,6 +79,19 @@ def zarr_encoding(
                 )
         encoding[name] = enc
     return encoding
+
+
+def stored_band_names(var) -> tuple[list | None, bool]:
+    """The names of a variable's bands (axis -3) and whether they are its coordinate there (``ds.sel`` picks them
+    by name): the coordinate where it names bands, else the band descriptions rioxarray keeps in ``long_name`` (its
+    band coordinate holds the numbers 1..n); (None, False) when neither names a band."""
+    dim = var.dims[-3]
+    if dim in var.coords and any(band_name(v) is not None for v in var[dim].values):
+        return list(var[dim].values), True
+    described = var.attrs.get("long_name")
+    if isinstance(described, (list, tuple)) and len(described) == var.shape[-3]:
+        return list(described), False
+    return None, False
 
 
 def _chunk(name: str, dim: str, size: int, asked: int | None, dask_chunks: dict | None) -> int:
