@@ -138,3 +138,27 @@ def test_compress_refuses_l1c_and_unknown_bands(geotiff, tmp_path, capsys):
     _write_bands(odd, a, ["B01"] * 12)
     assert cli.main(["compress", str(odd), str(tmp_path / "odd.tec")]) != 0
     assert "Expected the bands B01 B02" in capsys.readouterr().err
+
+
+def test_compress_puts_a_stac_cubes_named_bands_in_the_models_order(image, tmp_path, capsys):
+    """A Zarr cube as stackstac writes it from earth-search (STAC asset names on the band coordinate, in the item's
+    alphabetical order) is stored in the model's order; with the item's other assets beside the bands it is refused,
+    naming them."""
+    from tec_zarr.bands import S2_L2A_BANDS
+
+    stac = ["coastal", "blue", "green", "red", "rededge1", "rededge2", "rededge3", "nir", "nir08", "nir09", "swir16",
+            "swir22"]
+    a = np.ascontiguousarray(image[:, :64, :80])
+    ds = xr.Dataset({"stackstac": (("time", "band", "y", "x"), a[None])}, coords={"band": stac})
+    alphabetical = ds.sel(band=sorted(stac))
+    alphabetical.to_zarr(tmp_path / "in.zarr", zarr_format=3, consolidated=False)
+    assert cli.main(["compress", str(tmp_path / "in.zarr"), str(tmp_path / "out.zarr"), "--quality", "2", "--quiet"]) == 0
+    back = xr.open_zarr(tmp_path / "out.zarr")["stackstac"]
+    assert list(back.band.values) == stac  # the coordinate travels with its bands
+    assert metrics.psnr(a, back.values[0]) > 41.5
+    extra = xr.concat([alphabetical, ds.isel(band=[0]).assign_coords(band=["scl"])], dim="band")
+    extra.to_zarr(tmp_path / "extra.zarr", zarr_format=3, consolidated=False)
+    assert cli.main(["compress", str(tmp_path / "extra.zarr"), str(tmp_path / "x.zarr"), "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert "with scl beside them" in err and err.count("\n") == 1 and not (tmp_path / "x.zarr").exists()
+    assert len(S2_L2A_BANDS) == len(stac)

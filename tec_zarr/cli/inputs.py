@@ -170,13 +170,39 @@ def open_dataset(path: str, found: str, variable: str | None, chunk: int):
         ds = xr.open_dataset(path, mask_and_scale=False)
     if variable is None:  # by shape: dask chunks splitting the band axis are rechunked later
         candidates = [name for name, v in ds.data_vars.items() if v.ndim >= 3 and v.shape[-3] == len(S2_L2A_BANDS)]
+        if not candidates:  # a cube with bands beside the model's (a STAC cube's scl, aot...): say which
+            for name, v in ds.data_vars.items():
+                if v.ndim >= 3:
+                    in_model_order(ds, name, path)
         if len(candidates) != 1:
             raise CommandError(f"Expected one 12-band variable in {path}, or --var NAME. Got {candidates} instead.")
         variable = candidates[0]
     if variable not in ds:
         raise CommandError(f"Expected variable {variable!r} in {path}. Got {list(ds.data_vars)} instead: pass one "
                            "of them with --var.")
-    return ds, variable
+    return in_model_order(ds, variable, path), variable
+
+
+def in_model_order(ds, variable: str, path: str):
+    """``ds`` with ``variable``'s bands in the model's order where they are named (a band coordinate, or
+    rioxarray's descriptions), as GeoTIFF bands are put; a CommandError naming the bands that are missing, repeated
+    or beside the model's."""
+    from ..bands import S2_L2A_BANDS, band_order
+    from ..codec.encoding import stored_band_names
+    from ..errors import InvalidInputError
+
+    var = ds[variable]
+    stored = stored_band_names(var)[0] if var.ndim >= 3 else None
+    try:
+        order = None if stored is None else band_order(stored, S2_L2A_BANDS, source=f"variable {variable!r} of {path}")
+    except InvalidInputError as e:
+        raise CommandError(str(e)) from None
+    if order is None or order == list(range(len(order))):
+        return ds
+    reordered = ds.isel({var.dims[-3]: order})
+    if isinstance(var.attrs.get("long_name"), (list, tuple)):  # descriptions follow their bands
+        reordered[variable].attrs["long_name"] = tuple(stored[i] for i in order)
+    return reordered
 
 
 def read_geotiff(path: Path, name: str, chunk: int):
