@@ -107,3 +107,18 @@ def test_xarray_helper_without_any_band_variable_says_so():
     ds = xr.Dataset({"scl": (("y", "x"), np.zeros((4, 4), np.uint8))})
     with pytest.raises(InvalidInputError, match="Expected a variable with the model's 12 bands"):
         zarr_encoding(ds)
+
+
+def test_xarray_helper_shows_how_to_stack_an_odc_stac_dataset_of_one_variable_per_band():
+    names = ["red", "green", "blue", "nir", "nir08", "nir09", "coastal", "rededge1", "rededge2", "rededge3", "swir16",
+             "swir22", "scl"]
+    ds = xr.Dataset({n: (("time", "y", "x"), np.full((2, 8, 8), i, np.uint16)) for i, n in enumerate(names)})
+    with pytest.raises(InvalidInputError, match="one each") as e:
+        zarr_encoding(ds)
+    fix = str(e.value).split("loads them): stack them on a band axis, ")[1].rstrip(".")
+    scope = {"ds": ds}
+    exec(fix, scope)  # noqa: S102 - the message's own code
+    stacked = scope["ds"]
+    assert stacked["reflectance"].dims == ("time", "band", "y", "x")
+    assert list(stacked.band.values) == STAC_IN_MODEL_ORDER
+    assert list(zarr_encoding(stacked)) == ["reflectance"]

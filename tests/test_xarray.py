@@ -136,3 +136,43 @@ def test_float32_with_nan_and_partial_chunks(dataset, tmp_path, zarr_format):
     a = refl.values
     assert np.isnan(a).mean() > 0.1 and np.array_equal(np.isnan(a), np.isnan(back))
     assert metrics.psnr(np.nan_to_num(a), np.nan_to_num(back), scale=1e4) > 41.0  # measured 42.1
+
+
+def test_float_dn_as_cube_builders_load_it_is_refused_before_writing_and_float_scale_1_codes_it(dataset, tmp_path):
+    """stackstac and odc-stac load DN unscaled, as float64 (stackstac's default) or float32: read as reflectance at
+    the default float_scale they would decode to garbage, so they are refused, naming the fix, before any store is
+    created; with float_scale=1 they code as well as uint16 DN."""
+    from tec_zarr.errors import UnsupportedDtypeError
+
+    dn = dataset.isel(time=[1]).isel(y=slice(0, 70), x=slice(0, 90)).astype("float64")
+    dn["reflectance"][:, :, :6] = np.nan  # a swath edge
+    with pytest.raises(UnsupportedDtypeError, match=r"astype\('float32'\)"):
+        zarr_encoding(dn, zarr_format=3)
+    dn32 = dn.astype("float32")
+    with pytest.raises(InvalidInputError, match="float_scale=1"):
+        zarr_encoding(dn32, zarr_format=3, chunks={"y": 64, "x": 64})
+    assert not list(tmp_path.iterdir())
+    enc = zarr_encoding(dn32, zarr_format=3, chunks={"y": 64, "x": 64}, float_scale=1)
+    dn32.to_zarr(tmp_path / "dn.zarr", zarr_format=3, encoding=enc)
+    back = xr.open_zarr(tmp_path / "dn.zarr")["reflectance"].values
+    a = dn32["reflectance"].values
+    assert np.array_equal(np.isnan(a), np.isnan(back))
+    assert metrics.psnr(np.nan_to_num(a), np.nan_to_num(back)) > 41.0
+    # A dask-backed variable is checked as its chunks are encoded: the write fails, it never stores garbage.
+    lazy = dn32.chunk({"y": 64, "x": 64})
+    with pytest.raises(InvalidInputError, match="float_scale=1"):
+        lazy.to_zarr(tmp_path / "lazy.zarr", zarr_format=3, encoding=zarr_encoding(lazy, zarr_format=3))
+
+
+def test_float_values_beyond_the_dn_range_are_refused_for_lossy_coding_only(image):
+    from tec_zarr import pipeline
+
+    refl = np.ascontiguousarray(image[:, :32, :32]).astype(np.float32) / np.float32(1e4)
+    pipeline.encode_chunk(refl, model="tec-fp", quality=1)  # reflectance: within range
+    refl[0, 0, 0] = 7.0  # 70000 DN at float_scale 10000
+    with pytest.raises(InvalidInputError, match=r"Got values from .* to 7 instead"):
+        pipeline.encode_chunk(refl, model="tec-fp", quality=1)
+    assert np.abs(pipeline.decode_chunk(pipeline.encode_chunk(refl, model="tec-fp", quality=1, max_error=1e-3))
+                  - refl).max() <= 1e-3  # a bound keeps any finite value
+    refl[0, 0, 0] = -1.0  # -10000 DN: negative reflectance (a BOA offset) is within range
+    pipeline.encode_chunk(refl, model="tec-fp", quality=1)

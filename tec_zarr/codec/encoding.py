@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..bands import band_name, band_order
-from ..errors import InvalidInputError
-from .config import parse_model
+from ..errors import InvalidInputError, TecZarrError
+from .config import CodecConfig, parse_model
 
 
 def zarr_encoding(
@@ -25,6 +27,7 @@ def zarr_encoding(
     nbands = len(card.bands)
     if zarr_format not in (2, 3):
         raise InvalidInputError(f"Expected zarr_format 2 or 3. Got {zarr_format!r} instead.")
+    params = CodecConfig.create(**codec_kwargs, allow_fill_value=zarr_format == 3).chunk_params()
     names = list(variables) if variables is not None else [
         name for name, var in ds.data_vars.items() if var.ndim >= 3 and var.shape[-3] == nbands
     ]
@@ -35,7 +38,7 @@ def zarr_encoding(
                 band_order(stored, card.bands, source=f"variable {name!r}")
         raise InvalidInputError(
             f"Expected a variable with the model's {nbands} bands on axis -3. Got none among "
-            f"{ {name: var.dims for name, var in ds.data_vars.items()} } instead: name it with variables=[...]."
+            f"{ {name: var.dims for name, var in ds.data_vars.items()} } instead: {_stacking_hint(ds, card.bands)}"
         )
     encoding: dict[str, dict] = {}
     for name in names:
@@ -57,6 +60,7 @@ def zarr_encoding(
                 f"Expected the bands of {name!r} in the model's order {' '.join(card.bands)}. Got "
                 f"{' '.join(map(str, stored))} instead: {fix}."
             )
+        check_values(name, var, params)
         if zarr_format == 2:
             from .zarr2 import TEC
 
@@ -79,6 +83,41 @@ def zarr_encoding(
                 )
         encoding[name] = enc
     return encoding
+
+
+def _stacking_hint(ds, bands: tuple[str, ...]) -> str:
+    """What to do with a dataset holding no band axis: where its variables are the bands, one per variable (as
+    odc-stac loads them), the code that stacks them in the model's order; else the variables=[...] option."""
+    by_band = {band_name(name): name for name, var in ds.data_vars.items() if var.ndim >= 2}
+    if all(b in by_band for b in bands):
+        names = [by_band[b] for b in bands]
+        dims = (*ds[names[0]].dims[:-2], "band", *ds[names[0]].dims[-2:])
+        return (f"its variables are the bands, one each (as odc-stac loads them): stack them on a band axis, "
+                f"ds = ds[{names}].to_array('band').transpose{dims}.to_dataset(name='reflectance').")
+    return "name it with variables=[...]."
+
+
+def check_values(name: str, var, params: dict) -> None:
+    """Before anything is written: the dtype the codec takes, and for lossy coding of float data held in memory the
+    range a float_scale gives DN in (values of a dask-backed variable are checked as each chunk is encoded)."""
+    from ..pipeline.prepare import check_lossy_range, parse_dtype
+
+    try:
+        dtype = parse_dtype(var.dtype)
+    except TecZarrError as e:
+        e.add_note(f"(variable {name!r})")
+        raise
+    if dtype.kind != "f" or params["max_error"] is not None or var.chunks is not None:
+        return
+    values = np.asarray(var.values)
+    valid = ~np.isnan(values)
+    if params["nodata"] is not None:
+        valid &= values != params["nodata"]
+    try:
+        check_lossy_range(values, valid, params["float_scale"])
+    except TecZarrError as e:
+        e.add_note(f"(variable {name!r}: e.g. tec_zarr.zarr_encoding(ds, float_scale=1, ...))")
+        raise
 
 
 def stored_band_names(var) -> tuple[list | None, bool]:

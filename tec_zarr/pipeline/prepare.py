@@ -22,9 +22,35 @@ def parse_dtype(dtype) -> np.dtype:
     dt = np.dtype(dtype)
     if dt.newbyteorder("=") not in SUPPORTED_DTYPES:
         raise UnsupportedDtypeError(
-            f"Expected one of uint16 (DN), int16 (DN) or float32 (reflectance x float_scale = DN). Got {dt} instead."
+            f"Expected one of uint16 (DN), int16 (DN) or float32 (reflectance x float_scale = DN). Got {dt} instead"
+            + (": convert it, e.g. ds['name'] = ds['name'].astype('float32') (stackstac loads float64 by default)."
+               if dt.kind == "f" else ".")
         )
     return dt
+
+
+# Lossy chunks of float data code values x float_scale as DN: the range of the integer dtypes the models code. Beyond
+# it the data are not reflectance at that scale (DN loaded as float32 read as reflectance are 10000x too large) and
+# would decode to garbage: refused. Bounded and lossless chunks keep any finite value within their bound.
+LOSSY_DN_RANGE = (-32768.0, 65535.0)
+
+
+def check_lossy_range(images: np.ndarray, valid: np.ndarray | None, scale: float) -> None:
+    """Refuse float data whose valid values x ``scale`` fall outside :data:`LOSSY_DN_RANGE`."""
+    values = images if valid is None else images[valid]
+    if values.size == 0:
+        return
+    lo, hi = float(values.min()) * scale, float(values.max()) * scale
+    if LOSSY_DN_RANGE[0] <= lo and hi <= LOSSY_DN_RANGE[1]:
+        return
+    low, high = (v / scale for v in LOSSY_DN_RANGE)
+    raise InvalidInputError(
+        f"Expected float values x float_scale {scale:g} within the DN range {LOSSY_DN_RANGE[0]:g}..{LOSSY_DN_RANGE[1]:g}"
+        f" (values {low:.4g}..{high:.4g}) for lossy coding. Got values from {lo / scale:.6g} to {hi / scale:.6g} "
+        "instead: DN stored as float (stackstac and odc-stac load them unscaled) need float_scale=1 (tec compress "
+        "--float-scale 1); other data "
+        "need max_error (kept within that bound)."
+    )
 
 
 def check_nodata(nodata: float | None, dtype: np.dtype) -> None:
@@ -189,6 +215,8 @@ def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_e
     if mask is not None and not mask.any():
         mask = None
     missing = union(mask, nan)
+    if dtype.kind == "f" and max_error is None:
+        check_lossy_range(images, None if missing is None else ~missing, scale)
     blocks = detect(images, ~missing if missing is not None else np.ones(images.shape, bool))
     normalized, amount = normalize(images, model, missing, scale, blocks)
     return PreparedChunk(array=array, images=images, mask=mask, nan=nan, scale=scale, pad=amount,
