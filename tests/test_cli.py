@@ -162,3 +162,24 @@ def test_compress_puts_a_stac_cubes_named_bands_in_the_models_order(image, tmp_p
     err = capsys.readouterr().err
     assert "with scl beside them" in err and err.count("\n") == 1 and not (tmp_path / "x.zarr").exists()
     assert len(S2_L2A_BANDS) == len(stac)
+
+
+def test_compress_float_dn_needs_float_scale_1_and_codes_it_with_it(image, tmp_path, capsys):
+    """A float32 GeoTIFF of DN (a cube builder's unscaled float export) is refused at the default float_scale,
+    naming --float-scale 1, for Zarr and .tec outputs; with it both code it as well as uint16 DN."""
+    from rasterio.transform import from_origin
+
+    from tec_zarr import tecfile
+
+    a = np.ascontiguousarray(image[:, :64, :80]).astype(np.float32)
+    path = tmp_path / "dn.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=80, height=64, count=12, dtype="float32", crs="EPSG:32610",
+                       transform=from_origin(600000, 4130000, 10, 10)) as dst:
+        dst.write(a)
+    for out in ("a.zarr", "a.tec"):
+        assert cli.main(["compress", str(path), str(tmp_path / out), "--quiet"]) != 0
+        assert "--float-scale 1" in capsys.readouterr().err and not (tmp_path / out).exists()
+        assert cli.main(["compress", str(path), str(tmp_path / out), "--quiet", "--float-scale", "1"]) == 0
+    assert metrics.psnr(a, xr.open_zarr(tmp_path / "a.zarr")["reflectance"].values) > 41.5
+    with tecfile.open(tmp_path / "a.tec") as f:
+        assert f.metadata.codec["float_scale"] == 1.0 and metrics.psnr(a, f.read()) > 41.5

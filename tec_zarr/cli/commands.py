@@ -79,10 +79,11 @@ def _refuse(args, options: dict[str, str], why: str) -> None:
 
 
 def _bound_args(args) -> dict:
-    """--max-error / --lossless / --psnr as codec keyword arguments (the parser makes them exclusive)."""
+    """--max-error / --lossless / --psnr (the parser makes them exclusive) and --float-scale as codec keyword
+    arguments."""
+    out = {} if getattr(args, "float_scale", None) is None else {"float_scale": args.float_scale}
     if args.lossless:
-        return {"max_error": 0}
-    out = {}
+        return {**out, "max_error": 0}
     if args.max_error is not None:
         out["max_error"] = int(args.max_error) if float(args.max_error).is_integer() else args.max_error
     if args.psnr is not None:
@@ -618,6 +619,8 @@ examples:
     bound.add_argument("--lossless", action="store_true", help="bit-exact (the same as --max-error 0)")
     bound.add_argument("--psnr", type=float, metavar="DB", help="per chunk, the lowest quality reaching this PSNR "
                                                                 "in dB (a mean: no per-pixel bound)")
+    c.add_argument("--float-scale", type=float, metavar="S",
+                   help="float32 input x S = DN (default 10000: reflectance; 1: DN stored as float)")
     c.add_argument("--chunk", type=int, metavar="N", help=f"Zarr output: spatial chunk size (default {DEFAULT_CHUNK})")
     c.add_argument("--dates", type=int, metavar="T",
                    help="Zarr output of a time series: dates per chunk along the leading axis (default 1); with "

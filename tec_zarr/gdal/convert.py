@@ -27,7 +27,7 @@ DIMS = ("band", "y", "x")
 
 
 def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=(), nodata=None, max_error=None,
-                   psnr=None, progress=None) -> layout.TecMetadata:
+                   psnr=None, progress=None, float_scale=10000.0) -> layout.TecMetadata:
     """Encode a GeoTIFF; its CRS, transform and band descriptions are kept, nodata is the file's (else 0).
 
     The GeoTIFF is read a strip of tile rows at a time (:func:`raster.write_rows`), never whole; ``progress(done,
@@ -53,7 +53,8 @@ def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=()
         return raster.write_rows(dst, read_rows, shape=(len(indexes), ds.height, ds.width),
                                  dtype=ds.dtypes[indexes[0] - 1], crs_wkt=crs, geotransform=geotransform,
                                  band_names=names, nodata=nodata, tile=tile, quality=quality, model=model,
-                                 overviews=overviews, max_error=max_error, psnr=psnr, progress=progress)
+                                 overviews=overviews, max_error=max_error, psnr=psnr, progress=progress,
+                                 float_scale=float_scale)
 
 
 # The nodata a decoded GeoTIFF declares by default: the one its input declares.
