@@ -122,3 +122,15 @@ def test_xarray_helper_shows_how_to_stack_an_odc_stac_dataset_of_one_variable_pe
     assert stacked["reflectance"].dims == ("time", "band", "y", "x")
     assert list(stacked.band.values) == STAC_IN_MODEL_ORDER
     assert list(zarr_encoding(stacked)) == ["reflectance"]
+
+
+def test_bands_on_another_axis_are_refused_even_when_that_axis_has_twelve_entries():
+    """``to_array('band')`` puts the bands first: with twelve monthly dates, axis -3 (time) would pass for bands."""
+    ds = _cube(STAC_IN_MODEL_ORDER)
+    months = xr.concat([ds] * 6, dim="time").assign_coords(time=np.arange(12))
+    first = months.transpose("band", "time", "y", "x")
+    with pytest.raises(InvalidInputError, match=r"Got them on axis 0 .* ds = ds.transpose\('time', 'band', 'y', 'x'\)"):
+        zarr_encoding(first)
+    with pytest.raises(InvalidInputError, match="axis 0"):
+        zarr_encoding(first, variables=["reflectance"])
+    assert list(zarr_encoding(first.transpose("time", "band", "y", "x"))) == ["reflectance"]

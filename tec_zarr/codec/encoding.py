@@ -31,6 +31,8 @@ def zarr_encoding(
     names = list(variables) if variables is not None else [
         name for name, var in ds.data_vars.items() if var.ndim >= 3 and var.shape[-3] == nbands
     ]
+    for name in names if variables is not None else ds.data_vars:
+        check_band_axis(name, ds[name])
     if not names:
         for name, var in ds.data_vars.items():  # bands beside the model's (a STAC cube's SCL, AOT, visual...)
             stored = stored_band_names(var)[0] if var.ndim >= 3 else None
@@ -83,6 +85,20 @@ def zarr_encoding(
                 )
         encoding[name] = enc
     return encoding
+
+
+def check_band_axis(name: str, var) -> None:
+    """Refuse a variable whose bands, named by a coordinate, lie on another axis than -3 (``to_array`` puts them
+    first): coded as they are, another axis (twelve dates, say) would pass for the bands."""
+    if var.ndim < 3:
+        return
+    for i, dim in enumerate(var.dims):
+        if i != var.ndim - 3 and dim in var.coords and any(band_name(v) is not None for v in var[dim].values):
+            order = [d for d in var.dims if d not in (dim, *var.dims[-2:])] + [dim, *var.dims[-2:]]
+            raise InvalidInputError(
+                f"Expected the bands of {name!r} on axis -3 (dims (..., band, y, x)). Got them on axis {i} of "
+                f"{var.dims} instead: ds = ds.transpose{tuple(order)}."
+            )
 
 
 def _stacking_hint(ds, bands: tuple[str, ...]) -> str:
