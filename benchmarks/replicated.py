@@ -21,6 +21,8 @@ against JPEG XL lossless (libjxl effort 7, one image per band). Writes benchmark
 README's ``replicated`` table.
 
     python benchmarks/replicated.py [--data ../shared/data] [--models tec-fp tec-hp tec-ctx] [--quick]
+    python benchmarks/replicated.py --models tec-fp tec-fp-half tec-fp-lite \
+        --out benchmarks/results/replicated-lite.json --readme-block replicated-lite   # the light models' table
 """
 
 from __future__ import annotations
@@ -176,10 +178,13 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["tec-fp", "tec-hp", "tec-ctx"])
     p.add_argument("--quick", action="store_true", help="two images per set (a smoke run; not for the README)")
     p.add_argument("--table-from", type=Path, help="only regenerate the table from a results JSON this script wrote")
+    p.add_argument("--readme-block", default="replicated",
+                   help="the README block the table goes to (replicated-lite: the light models beside tec-fp)")
     args = p.parse_args(argv)
     if args.table_from is not None:
         results = json.loads(args.table_from.read_text())
-        publish("replicated", results, args.out, table(results), readme=not args.no_readme and not results["quick"])
+        publish(args.readme_block, results, args.out, table(results),
+                readme=not args.no_readme and not results["quick"])
         return 0
     rows = []
     jxl = JpegXLLossless()
@@ -203,7 +208,7 @@ def main(argv=None) -> int:
             print(set_name, model, row["bpp_at"], row["lossless_bpp"], flush=True)
     results = {"machine": machine(), "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "quick": args.quick, "rows": rows}
-    publish("replicated", results, args.out, table(results), readme=not args.no_readme and not args.quick)
+    publish(args.readme_block, results, args.out, table(results), readme=not args.no_readme and not args.quick)
     return 0
 
 
