@@ -115,6 +115,36 @@ def test_mask_packing_round_trips():
         np.testing.assert_array_equal(chunk.unpack_mask(chunk.pack_mask(mask), shape), mask)
 
 
+def test_masks_every_band_shares_are_stored_once():
+    """Edge padding and swath edges miss every band alike: one band's mask is stored, marked by its first byte;
+    a mask whose bands differ is stored whole, as before (and as every earlier chunk stores it)."""
+    mask = np.zeros((2, 12, 256, 256), bool)
+    mask[:, :, 120:, :] = mask[:, :, :, 120:] = True
+    shared = chunk.pack_mask(mask)
+    whole = zlib.compress(np.packbits(mask.ravel()).tobytes(), 9)
+    assert shared[0] == chunk.SHARED_MASK and whole[0] & 0x0F == 8 and len(shared) * 4 < len(whole)
+    for data in (shared, whole):  # the shared form, and the form every earlier chunk holds
+        np.testing.assert_array_equal(chunk.unpack_mask(data, mask.shape), mask)
+    mask[1, 3, 0, 0] = True  # one band differs: stored whole
+    assert chunk.pack_mask(mask)[0] & 0x0F == 8
+    np.testing.assert_array_equal(chunk.unpack_mask(chunk.pack_mask(mask), mask.shape), mask)
+
+
+@pytest.mark.parametrize("data", [
+    bytes([1]) + zlib.compress(np.packbits(np.ones(40 * 56 * 2, bool)).tobytes()),  # one band's bits: too many
+    bytes([1]) + zlib.compress(np.packbits(np.ones(40 * 56 - 8, bool)).tobytes()),  # too few
+    bytes([1]), bytes([2]) + zlib.compress(b"x"), b"",
+])
+def test_a_shared_mask_of_the_wrong_size_or_kind_is_corrupt(data):
+    with pytest.raises(CorruptChunkError):
+        chunk.unpack_mask(data, (1, 12, 40, 56))
+
+
+def test_a_shared_mask_needs_a_band_axis():
+    with pytest.raises(CorruptChunkError, match="shared"):
+        chunk.unpack_mask(bytes([1]) + zlib.compress(np.packbits(np.ones(56, bool)).tobytes()), (40, 56))
+
+
 def test_version_one_chunks_unchanged(image):
     enc = TEC().encode(np.ascontiguousarray(image[:, :16, :16]))
     assert enc[4] == chunk.FORMAT_VERSION and chunk.unpack(enc)[0].residual is None

@@ -90,3 +90,20 @@ def test_golden_skipping_chunks(model, max_error, padded):
     small[:, 40:, :] = 0
     name = f"skip-missing-{model}" + ("" if max_error is None else f"-e{max_error}")
     check_golden(TEC(model=model, max_error=max_error), [small], name, max_abs_error=1.0 if max_error is None else 0)
+
+
+@pytest.mark.parametrize(("model", "max_error", "dtype"), [("tec-fp", None, "uint16"), ("tec-hp", 0, "uint16"),
+                                                           ("tec-fp", None, "float32")])
+def test_golden_shared_masks(model, max_error, dtype, padded):
+    """Chunks whose nodata (or NaN) mask every band shares store it once; they decode the same in every run."""
+    from tec_zarr.bitstream.chunk import SHARED_MASK, unpack_sections
+
+    small = np.ascontiguousarray(padded[:, :64, :96])
+    small[:, 40:, :] = 0
+    if dtype == "float32":  # xarray's NaN padding of a float32 edge chunk
+        small = np.where(small == 0, np.float32(np.nan), small.astype(np.float32) / np.float32(1e4))
+    codec = TEC(model=model, max_error=max_error)
+    sections = unpack_sections(codec.encode(small))
+    assert (sections.nan_mask if dtype == "float32" else sections.mask)[0] == SHARED_MASK
+    name = f"shared-mask-{model}" + ("" if max_error is None else f"-e{max_error}") + ("-float32" if dtype == "float32" else "")
+    check_golden(codec, [small], name, max_abs_error=(1.0 if dtype == "uint16" else 1e-4) if max_error is None else 0)

@@ -20,8 +20,9 @@ Layout (all integers little-endian)::
     latent       u16 + u32 x 2: latent channels, latent height, latent width
     nodata       f64      nodata value (meaningful when flag bit 0 is set)
     float_scale  f64      float32 input x float_scale = model units (DN); 1 for integer dtypes
-    mask_len     u32      then zlib(packbits(mask)) of the chunk's nodata elements (bit 1 only)
-    nan_len      u32      then zlib(packbits(mask)) of the chunk's NaN elements (bit 3 only: float32 chunks with NaN)
+    mask_len     u32      then zlib(packbits(mask)) of the chunk's nodata elements (bit 1 only), or 0x01 and
+                          zlib(packbits) of one band's mask that every band shares (pack_mask)
+    nan_len      u32      then the same for the chunk's NaN elements (bit 3 only: float32 chunks with NaN)
     blocks       u8 x 3 per band (bit 4 only): block size k, phase_y, phase_x of bands made of k x k blocks of equal
                           values (k = 1: not), see tec_zarr.replication. Lossy: the decoded band is projected onto
                           its blocks; residual: the base is, and the residual is coded on the native grid
@@ -396,12 +397,31 @@ def _check_crc(view: memoryview) -> None:
         )
 
 
+# A mask section is a zlib stream (its first byte's low nibble is 8, deflate) over every element, or this byte and a
+# zlib stream over one band's elements that every band shares: nodata padding and swath edges miss all bands alike,
+# and deflate cannot take a 12-band mask below about 1/400 of its bits (a 256 x 256 edge chunk: 247 bytes; shared:
+# about 30). Readers older than the shared form refuse it as a corrupt mask, never misread it.
+SHARED_MASK = 0x01
+
+
 def pack_mask(mask: np.ndarray) -> bytes:
+    """A (..., C, H, W) mask's section: shared by the C bands where they all hold the same mask."""
+    if mask.ndim >= 3 and mask.shape[-3] > 1 and (mask == mask[..., :1, :, :]).all():
+        return bytes([SHARED_MASK]) + zlib.compress(np.packbits(mask[..., 0, :, :].ravel()).tobytes(), 9)
     return zlib.compress(np.packbits(mask.ravel()).tobytes(), 9)
 
 
 def unpack_mask(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    """The nodata mask of ``shape``, inflated no further than the bytes it must hold (no zlib bomb)."""
+    """The mask of ``shape`` (..., C, H, W), inflated no further than the bytes it must hold (no zlib bomb)."""
+    shared = len(data) > 0 and data[0] == SHARED_MASK
+    if shared and len(shape) < 3:
+        raise CorruptChunkError(f"Expected a mask of every element for a chunk of shape {shape}. Got a shared one instead.")
+    stored = (*shape[:-3], 1, *shape[-2:]) if shared else tuple(shape)
+    mask = _inflate_bits(data[1:] if shared else data, stored)
+    return np.ascontiguousarray(np.broadcast_to(mask, shape)) if shared else mask
+
+
+def _inflate_bits(data: bytes, shape: tuple[int, ...]) -> np.ndarray:
     n = element_count(shape)
     size = (n + 7) // 8
     try:
