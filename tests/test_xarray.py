@@ -176,3 +176,16 @@ def test_float_values_beyond_the_dn_range_are_refused_for_lossy_coding_only(imag
                   - refl).max() <= 1e-3  # a bound keeps any finite value
     refl[0, 0, 0] = -1.0  # -10000 DN: negative reflectance (a BOA offset) is within range
     pipeline.encode_chunk(refl, model="tec-fp", quality=1)
+
+
+def test_a_lazily_opened_float_variable_is_checked_on_a_sample(dataset, tmp_path):
+    """A store opened without dask is checked before writing from a strided sample of its first image, not read
+    whole."""
+    dn = dataset.isel(time=[0, 1]).astype("float32")
+    dn.to_zarr(tmp_path / "plain.zarr", zarr_format=3)  # xarray's own codecs
+    lazy = xr.open_zarr(tmp_path / "plain.zarr", chunks=None)
+    assert lazy["reflectance"].chunks is None and not lazy["reflectance"].variable._in_memory
+    with pytest.raises(InvalidInputError, match="float_scale=1"):
+        zarr_encoding(lazy, zarr_format=3)
+    assert not lazy["reflectance"].variable._in_memory
+    assert list(zarr_encoding(lazy, zarr_format=3, float_scale=1)) == ["reflectance"]

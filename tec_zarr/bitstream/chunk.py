@@ -400,7 +400,7 @@ def _check_crc(view: memoryview) -> None:
 # A mask section is a zlib stream (its first byte's low nibble is 8, deflate) over every element, or this byte and a
 # zlib stream over one band's elements that every band shares: nodata padding and swath edges miss all bands alike,
 # and deflate cannot take a 12-band mask below about 1/400 of its bits (a 256 x 256 edge chunk: 247 bytes; shared:
-# about 30). Readers older than the shared form refuse it as a corrupt mask, never misread it.
+# 43). Readers older than the shared form refuse it as a corrupt mask, never misread it.
 SHARED_MASK = 0x01
 
 

@@ -113,9 +113,15 @@ def _stacking_hint(ds, bands: tuple[str, ...]) -> str:
     return "name it with variables=[...]."
 
 
+# Values sampled along each spatial axis when zarr_encoding checks a float variable's range: DN mistaken for
+# reflectance are so everywhere, and a lazily opened file is read no further than the sample.
+RANGE_SAMPLES = 512
+
+
 def check_values(name: str, var, params: dict) -> None:
-    """Before anything is written: the dtype the codec takes, and for lossy coding of float data held in memory the
-    range a float_scale gives DN in (values of a dask-backed variable are checked as each chunk is encoded)."""
+    """Before anything is written: the dtype the codec takes, and for lossy coding of float data not held by dask
+    the range a float_scale gives DN in, on a sample of the first image (every chunk is checked whole as it is
+    encoded)."""
     from ..pipeline.prepare import check_lossy_range, parse_dtype
 
     try:
@@ -125,7 +131,11 @@ def check_values(name: str, var, params: dict) -> None:
         raise
     if dtype.kind != "f" or params["max_error"] is not None or var.chunks is not None:
         return
-    values = np.asarray(var.values)
+    ydim, xdim = var.dims[-2:]
+    sample = var.isel({d: 0 for d in var.dims[:-3]}).isel(
+        {ydim: slice(None, None, max(1, var.sizes[ydim] // RANGE_SAMPLES)),
+         xdim: slice(None, None, max(1, var.sizes[xdim] // RANGE_SAMPLES))})
+    values = np.asarray(sample.values)
     valid = ~np.isnan(values)
     if params["nodata"] is not None:
         valid &= values != params["nodata"]
