@@ -20,7 +20,7 @@ blocks section), and bilinear; KLT + JPEG 2000 on nearest; lossless bits (``max_
 against JPEG XL lossless (libjxl effort 7, one image per band). Writes benchmarks/results/replicated.json and the
 README's ``replicated`` table.
 
-    python benchmarks/replicated.py [--data ../shared/data] [--models tec-fp tec-hp tec-ctx] [--quick]
+    python benchmarks/replicated.py [--data ../shared/data] [--models tec-fp tec-hp tec-ctx tec-tt] [--quick]
     python benchmarks/replicated.py --models tec-fp tec-fp-half tec-fp-lite \
         --out benchmarks/results/replicated-lite.json --readme-block replicated-lite   # the light models' table
 """
@@ -175,7 +175,7 @@ def _at(points, target):
 
 def main(argv=None) -> int:
     p = argument_parser(__doc__, HERE / "results" / "replicated.json")
-    p.add_argument("--models", nargs="+", default=["tec-fp", "tec-hp", "tec-ctx"])
+    p.add_argument("--models", nargs="+", default=["tec-fp", "tec-hp", "tec-ctx", "tec-tt"])
     p.add_argument("--quick", action="store_true", help="two images per set (a smoke run; not for the README)")
     p.add_argument("--table-from", type=Path, help="only regenerate the table from a results JSON this script wrote")
     p.add_argument("--readme-block", default="replicated",
