@@ -187,21 +187,21 @@ def in_model_order(ds, variable: str, path: str):
     """``ds`` with ``variable``'s bands in the model's order where they are named (a band coordinate, or
     rioxarray's descriptions), as GeoTIFF bands are put; a CommandError naming the bands that are missing, repeated
     or beside the model's."""
-    from ..bands import S2_L2A_BANDS, band_order
-    from ..codec.encoding import stored_band_names
+    from ..bands import S2_L2A_BANDS
+    from ..codec.encoding import named_band_order
     from ..errors import InvalidInputError
 
     var = ds[variable]
-    stored = stored_band_names(var)[0] if var.ndim >= 3 else None
     try:
-        order = None if stored is None else band_order(stored, S2_L2A_BANDS, source=f"variable {variable!r} of {path}")
+        order = named_band_order(var, S2_L2A_BANDS, f"variable {variable!r} of {path}")
     except InvalidInputError as e:
         raise CommandError(str(e)) from None
     if order is None or order == list(range(len(order))):
         return ds
     reordered = ds.isel({var.dims[-3]: order})
-    if isinstance(var.attrs.get("long_name"), (list, tuple)):  # descriptions follow their bands
-        reordered[variable].attrs["long_name"] = tuple(stored[i] for i in order)
+    described = var.attrs.get("long_name")
+    if isinstance(described, (list, tuple)) and len(described) == len(order):  # descriptions follow their bands
+        reordered[variable].attrs["long_name"] = tuple(described[i] for i in order)
     return reordered
 
 

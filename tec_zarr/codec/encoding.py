@@ -35,9 +35,7 @@ def zarr_encoding(
         check_band_axis(name, ds[name])
     if not names:
         for name, var in ds.data_vars.items():  # bands beside the model's (a STAC cube's SCL, AOT, visual...)
-            stored = stored_band_names(var)[0] if var.ndim >= 3 else None
-            if stored is not None:
-                band_order(stored, card.bands, source=f"variable {name!r}")
+            named_band_order(var, card.bands, f"variable {name!r}")
         raise InvalidInputError(
             f"Expected a variable with the model's {nbands} bands on axis -3. Got none among "
             f"{ {name: var.dims for name, var in ds.data_vars.items()} } instead: {_stacking_hint(ds, card.bands)}"
@@ -46,9 +44,7 @@ def zarr_encoding(
     for name in names:
         var = ds[name]
         if var.ndim < 3 or var.shape[-3] != nbands:
-            stored = stored_band_names(var)[0] if var.ndim >= 3 else None
-            if stored is not None:
-                band_order(stored, card.bands, source=f"variable {name!r}")  # says what is wrong
+            named_band_order(var, card.bands, f"variable {name!r}")  # says what is wrong with named bands
             raise InvalidInputError(
                 f"Expected variable {name!r} to have {nbands} bands on axis -3. Got dims {var.dims} shape {var.shape} instead."
             )
@@ -144,6 +140,13 @@ def check_values(name: str, var, params: dict) -> None:
     except TecZarrError as e:
         e.add_note(f"(variable {name!r}: e.g. tec_zarr.zarr_encoding(ds, float_scale=1, ...))")
         raise
+
+
+def named_band_order(var, bands: tuple[str, ...], source: str) -> list[int] | None:
+    """:func:`~tec_zarr.bands.band_order` of a variable's named bands (:func:`stored_band_names`); None where it
+    has no axis -3 or its bands are not named."""
+    stored = stored_band_names(var)[0] if var.ndim >= 3 else None
+    return None if stored is None else band_order(stored, bands, source=source)
 
 
 def stored_band_names(var) -> tuple[list | None, bool]:

@@ -37,10 +37,11 @@ LOSSY_DN_RANGE = (-32768.0, 65535.0)
 
 def check_lossy_range(images: np.ndarray, valid: np.ndarray | None, scale: float) -> None:
     """Refuse float data whose valid values x ``scale`` fall outside :data:`LOSSY_DN_RANGE`."""
-    values = images if valid is None else images[valid]
-    if values.size == 0:
+    if valid is not None and not valid.any():
         return
-    lo, hi = float(values.min()) * scale, float(values.max()) * scale
+    # min and max over the valid elements in place: no copy of them on the encoder's path
+    lo = float(np.min(images, where=valid if valid is not None else True, initial=np.inf)) * scale
+    hi = float(np.max(images, where=valid if valid is not None else True, initial=-np.inf)) * scale
     if LOSSY_DN_RANGE[0] <= lo and hi <= LOSSY_DN_RANGE[1]:
         return
     low, high = (v / scale for v in LOSSY_DN_RANGE)
@@ -48,8 +49,7 @@ def check_lossy_range(images: np.ndarray, valid: np.ndarray | None, scale: float
         f"Expected float values x float_scale {scale:g} within the DN range {LOSSY_DN_RANGE[0]:g}..{LOSSY_DN_RANGE[1]:g}"
         f" (values {low:.4g}..{high:.4g}) for lossy coding. Got values from {lo / scale:.6g} to {hi / scale:.6g} "
         "instead: DN stored as float (stackstac and odc-stac load them unscaled) need float_scale=1 (tec compress "
-        "--float-scale 1); other data "
-        "need max_error (kept within that bound)."
+        "--float-scale 1); other data need max_error (kept within that bound)."
     )
 
 
