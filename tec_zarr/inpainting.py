@@ -35,7 +35,7 @@ import numpy as np
 
 from .errors import InvalidInputError, UnknownModelError
 from .models import Model, load_model
-from .parsing import parse_float_scale
+from .parsing import parse_dn_offset, parse_float_scale
 from .pipeline.prepare import DN_PER_REFLECTANCE, SUPPORTED_DTYPES, fill_missing, pad
 
 METHODS = ("hybrid", "latent", "pixel")
@@ -79,10 +79,11 @@ def parse_cube(cube, mask, bands: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def inpaint(cube: np.ndarray, mask: np.ndarray, *, model: str | Model = DEFAULT_MODEL, method: str = "hybrid",
-            float_scale: float = 1e4) -> np.ndarray:
+            float_scale: float = 1e4, dn_offset: int = 0) -> np.ndarray:
     """A copy of ``cube`` (T, 12, H, W; uint16, int16 DN or float32 x ``float_scale`` = DN) whose pixels under
     ``mask`` (bool, T, H, W; True = cloud or missing) are predicted from the other dates and the clear pixels
-    around them (see the module's description); the other pixels are the input's, bit for bit."""
+    around them (see the module's description); the other pixels are the input's, bit for bit. ``dn_offset``: the
+    DN of reflectance 0 (Sentinel-2 from processing baseline 04.00 on: 1000)."""
     if isinstance(model, str):
         model = load_model(model)
     if model.latent_channels <= 0 or model.multiple % model.latent_stride:
@@ -90,10 +91,11 @@ def inpaint(cube: np.ndarray, mask: np.ndarray, *, model: str | Model = DEFAULT_
     method = parse_method(method)
     cube, mask = parse_cube(cube, mask, len(model.bands))
     scale = parse_float_scale(float_scale) if cube.dtype.kind == "f" else 1.0
+    offset = parse_dn_offset(dn_offset)
     out = cube.copy()
     counts = mask.reshape(mask.shape[0], -1).sum(axis=1)
     anchor = int(np.argmin(counts))
-    filler = _Filler(model, method, scale)
+    filler = _Filler(model, method, scale, offset)
     if mask.shape[0] == 1:
         out[0] = filler.spatial(cube[0], mask[0], out.dtype)
         return out
@@ -109,9 +111,10 @@ def inpaint(cube: np.ndarray, mask: np.ndarray, *, model: str | Model = DEFAULT_
 class _Filler:
     """One model's transforms and one method, applied date by date."""
 
-    def __init__(self, model: Model, method: str, scale: float):
+    def __init__(self, model: Model, method: str, scale: float, offset: int = 0):
         self.model, self.method, self.scale = model, method, scale
-        self.mean = model.mean[:, None, None]
+        # data DN = reflectance x 10000 + offset: the offset is a shift of the model's mean
+        self.mean = (model.mean + np.float32(offset / DN_PER_REFLECTANCE))[:, None, None]
         self.std = model.std[:, None, None]
 
     def normalized(self, image: np.ndarray, missing: np.ndarray | None) -> np.ndarray:

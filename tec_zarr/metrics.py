@@ -11,10 +11,11 @@ import numpy as np
 PEAK = 10000.0
 
 
-def psnr(original: np.ndarray, decoded: np.ndarray, *, scale: float = 1.0) -> float:
-    """PSNR of one image (bands, H, W); ``scale`` turns values into DN (10000 for float reflectance)."""
-    a = np.clip(np.asarray(original, np.float64) * scale, 0, PEAK)
-    b = np.clip(np.asarray(decoded, np.float64) * scale, 0, PEAK)
+def psnr(original: np.ndarray, decoded: np.ndarray, *, scale: float = 1.0, offset: float = 0) -> float:
+    """PSNR of one image (bands, H, W); ``scale`` turns values into DN (10000 for float reflectance), ``offset`` is
+    the DN of reflectance 0 (Sentinel-2 from processing baseline 04.00 on: 1000)."""
+    a = np.clip(np.asarray(original, np.float64) * scale - offset, 0, PEAK)
+    b = np.clip(np.asarray(decoded, np.float64) * scale - offset, 0, PEAK)
     mse = np.mean((a - b) ** 2)
     return float("inf") if mse == 0 else float(10 * np.log10(PEAK**2 / mse))
 

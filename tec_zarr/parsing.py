@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .bitstream.chunk import FLOAT_SCALE_RANGE
+from .bitstream.chunk import DN_OFFSET_RANGE, FLOAT_SCALE_RANGE
 from .errors import InvalidInputError
 
 
@@ -52,6 +52,20 @@ def parse_float_scale(scale: float) -> float:
         raise InvalidInputError(f"Expected a float_scale in {FLOAT_SCALE_RANGE[0]:g}..{FLOAT_SCALE_RANGE[1]:g} "
                                 f"(float32 x float_scale = DN). Got {scale!r} instead.")
     return float(scale)
+
+
+def parse_dn_offset(offset) -> int:
+    """The DN of reflectance 0, an integer: 0 for data without an offset, 1000 for Sentinel-2 products of processing
+    baseline 04.00 and later (from 25 January 2022) loaded as stored (odc-stac, stackstac with rescale=False)."""
+    if offset is None:
+        return 0
+    if type(offset).__module__ == "numpy" and getattr(offset, "ndim", None) == 0:  # a value read from attrs
+        offset = offset.item()
+    if isinstance(offset, bool) or not is_real(offset) or not float(offset).is_integer() or not (
+            DN_OFFSET_RANGE[0] <= offset <= DN_OFFSET_RANGE[1]):
+        raise InvalidInputError(f"Expected an integer dn_offset in {DN_OFFSET_RANGE[0]}..{DN_OFFSET_RANGE[1]} (the DN "
+                                f"of reflectance 0; Sentinel-2 baseline 04.00 and later: 1000). Got {offset!r} instead.")
+    return int(offset)
 
 
 def env_limit(variable: str, default: int) -> int:

@@ -277,11 +277,11 @@ def test_tiny_chunks_are_not_called_replicated(shape):
     assert header(TEC().encode(noise)).blocks is None  # 1 x 1 blocks would only cost a section
 
 
-def test_unknown_flag_still_refused(nearest):
+def test_extension_flag_without_its_field_is_refused(nearest):
     data = bytearray(TEC().encode(nearest)[:-4])
-    data[5] |= 128  # bits 5 (32) and 6 (64) became the thinned and coded-channels flags
+    data[5] |= 128  # bit 7 became the extensions field's flag: the payload length then reads as a bad extension
     body = bytes(data)
-    with pytest.raises(CorruptChunkError, match="flag bits 0 to 6"):
+    with pytest.raises(CorruptChunkError, match="extension"):
         TEC().decode(body + struct.pack("<I", zlib.crc32(body)))
 
 

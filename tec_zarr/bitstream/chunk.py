@@ -10,7 +10,8 @@ Layout (all integers little-endian)::
                           bit 3: a NaN mask section is present (added later: chunks without NaN never set it);
                           bit 4: a blocks section is present (added later: older readers refuse such chunks);
                           bit 5: thinned, the list of earlier qualities is present (added later: older readers refuse);
-                          bit 6: a coded-channels section is present (added later: older readers refuse)
+                          bit 6: a coded-channels section is present (added later: older readers refuse);
+                          bit 7: an extensions field is present (added later: older readers refuse)
     quality      u8       quality level of the model used
     dtype        u8       1 uint16, 2 int16, 3 float32
     name_len     u8       then the model name, UTF-8
@@ -32,6 +33,10 @@ Layout (all integers little-endian)::
                           centroids (tec_zarr.requantize, FORMAT.md). Never with a residual section
     channels     u8 x ceil(M / 8)  (bit 6 only) packbits, most significant bit first: bit c set where latent channel
                           c is coded; the others hold only 0 and are not in the payload (the bits after M are 0)
+    extensions   u8 n, then n x (tag u8, length u16, value) in ascending tag order (bit 7 only); a reader refuses a
+                          tag it does not know (every tag may change how the chunk decodes). Tag 1, dn_offset (i32):
+                          the DN of reflectance 0 (Sentinel-2 from processing baseline 04.00 on: 1000), taken off before
+                          the model's normalization and added back to the decoded values (and to a residual's base)
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
@@ -59,9 +64,10 @@ from ..errors import CorruptChunkError, TruncatedChunkError
 
 # The codec id in every store's config (numcodecs, zarr.codecs) and in .tec metadata: part of the format.
 CODEC_ID = "tec_zarr.tec"
-# The codec config's keys (the decode contract); max_error and psnr came later, so stored configs may lack them.
+# The codec config's keys (the decode contract); max_error, psnr and dn_offset came later, so stored configs may lack
+# them.
 REQUIRED_CONFIG_KEYS = ("model", "model_sha256", "quality", "nodata", "float_scale")
-OPTIONAL_CONFIG_KEYS = ("max_error", "psnr")
+OPTIONAL_CONFIG_KEYS = ("max_error", "psnr", "dn_offset")
 
 
 def check_config_keys(config, *, complete: bool) -> None:
@@ -90,7 +96,14 @@ FLAG_NAN = 8
 FLAG_BLOCKS = 16
 FLAG_THINNED = 32
 FLAG_CHANNELS = 64
-KNOWN_FLAGS = FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN | FLAG_BLOCKS | FLAG_THINNED | FLAG_CHANNELS
+FLAG_EXTENSIONS = 128  # the last flag bit: later fields go into the extensions field as new tags
+KNOWN_FLAGS = (FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN | FLAG_BLOCKS | FLAG_THINNED | FLAG_CHANNELS
+               | FLAG_EXTENSIONS)
+# Extension tags (flag bit 7) and the struct of each one's value.
+EXTENSION_DN_OFFSET = 1
+EXTENSION_FORMATS = {EXTENSION_DN_OFFSET: "<i"}
+# The DN offsets a chunk may declare: whatever shifts 16-bit DN into the models' range.
+DN_OFFSET_RANGE = (-32768, 65535)
 # 0: integer dtypes, step 2E+1 in DN; 1: float32, step 2E in data units; 2: float32 exact, through an
 # order-preserving integer view of the bits (step 1).
 RESIDUAL_MODES = (0, 1, 2)
@@ -135,6 +148,9 @@ class ChunkHeader:
     # The latent channels coded in the payload, np.packbits of a bool (M,); the others are all 0 and cost no
     # decoding time. None: every channel is coded.
     channels: bytes | None = None
+    # The DN of reflectance 0 (data DN = reflectance x 10000 + dn_offset): taken off before the normalization, added
+    # back after decoding. 0 (no extensions field) in every chunk written before it existed.
+    dn_offset: int = 0
 
     @property
     def batch(self) -> int:
@@ -171,6 +187,8 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes, nan_mask: byte
     flags |= FLAG_BLOCKS if header.blocks is not None else 0
     flags |= FLAG_THINNED if header.thinned_from is not None else 0
     flags |= FLAG_CHANNELS if header.channels is not None else 0
+    extensions = _pack_extensions(header)
+    flags |= FLAG_EXTENSIONS if extensions else 0
     if header.skips_missing:
         version = SKIP_FORMAT_VERSION
     else:
@@ -198,6 +216,8 @@ def pack(header: ChunkHeader, mask: bytes | None, payload: bytes, nan_mask: byte
         parts.append(struct.pack(f"<B{len(header.thinned_from)}B", len(header.thinned_from), *header.thinned_from))
     if header.channels is not None:  # as given (readers check it against the latent channels)
         parts.append(bytes(header.channels))
+    if extensions:
+        parts.append(extensions)
     parts += [struct.pack("<I", len(payload)), payload]
     if res is not None:
         coder = b"" if version == RESIDUAL_V1_FORMAT_VERSION else struct.pack("<B", res.coder)
@@ -265,6 +285,7 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
             blocks = tuple(tuple(raw[i : i + 3]) for i in range(0, len(raw), 3))
         thinned_from = tuple(r.take(r.unpack("<B")[0])) if flags & FLAG_THINNED else None
         channels = bytes(r.take(-(-m // 8))) if flags & FLAG_CHANNELS else None
+        extensions = _read_extensions(r) if flags & FLAG_EXTENSIONS else {}
         payload = bytes(r.take(r.unpack("<I")[0]))
         residual = None
         if flags & FLAG_RESIDUAL:
@@ -305,6 +326,7 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         blocks=blocks,
         thinned_from=thinned_from,
         channels=channels,
+        dn_offset=extensions.get(EXTENSION_DN_OFFSET, 0),
     )
     if header.skips_missing and mask is None and nan_mask is None:
         raise CorruptChunkError("Expected a nodata or NaN mask in a chunk that skips missing latents. Got none instead.")
@@ -340,7 +362,7 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
     if flags & FLAG_NODATA and not math.isfinite(nodata):
         raise CorruptChunkError(f"Expected a finite nodata value. Got {nodata} instead.")
     if flags & ~KNOWN_FLAGS:
-        raise CorruptChunkError(f"Expected flag bits 0 to 6. Got flags {flags:#04x} instead (written by a newer tec_zarr).")
+        raise CorruptChunkError(f"Expected flag bits 0 to 7. Got flags {flags:#04x} instead (written by a newer tec_zarr).")
     if flags & FLAG_NAN and CODE_DTYPES[dtype_code].kind != "f":
         raise CorruptChunkError("Expected a NaN mask in float32 chunks only. Got one in an integer chunk instead.")
     if residual is None:
@@ -358,6 +380,40 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
         or (version == RESIDUAL_V1_FORMAT_VERSION and residual.coder != 1)
     ):
         raise CorruptChunkError(f"Expected a valid residual section. Got {residual} instead.")
+
+
+def _pack_extensions(header: ChunkHeader) -> bytes:
+    """The extensions field's bytes (empty where no extension is set)."""
+    values = {}
+    if header.dn_offset != 0:
+        if not DN_OFFSET_RANGE[0] <= header.dn_offset <= DN_OFFSET_RANGE[1]:
+            raise ValueError(f"Expected a dn_offset in {DN_OFFSET_RANGE}. Got {header.dn_offset} instead.")
+        values[EXTENSION_DN_OFFSET] = struct.pack(EXTENSION_FORMATS[EXTENSION_DN_OFFSET], int(header.dn_offset))
+    if not values:
+        return b""
+    return bytes([len(values)]) + b"".join(struct.pack("<BH", tag, len(v)) + v for tag, v in sorted(values.items()))
+
+
+def _read_extensions(r: _Reader) -> dict[int, int]:
+    """Tag -> value of the extensions field: each tag known, once, in ascending order, of its value's size."""
+    (count,) = r.unpack("<B")
+    values: dict[int, int] = {}
+    for _ in range(count):
+        tag, length = r.unpack("<BH")
+        fmt = EXTENSION_FORMATS.get(tag)
+        if fmt is None:
+            raise CorruptChunkError(f"Expected extension tags {sorted(EXTENSION_FORMATS)}. Got tag {tag} instead "
+                                    "(written by a newer tec_zarr, or corrupt).")
+        if values and tag <= max(values) or length != struct.calcsize(fmt):
+            raise CorruptChunkError(f"Expected extension tags once each in ascending order, each value of its size. "
+                                    f"Got tag {tag} of {length} bytes after tags {sorted(values)} instead.")
+        (values[tag],) = r.unpack(fmt)
+    if count == 0:
+        raise CorruptChunkError("Expected at least one extension where flag bit 7 is set. Got none instead.")
+    offset = values.get(EXTENSION_DN_OFFSET, 0)
+    if not DN_OFFSET_RANGE[0] <= offset <= DN_OFFSET_RANGE[1] or (EXTENSION_DN_OFFSET in values and offset == 0):
+        raise CorruptChunkError(f"Expected a nonzero dn_offset in {DN_OFFSET_RANGE}. Got {offset} instead.")
+    return values
 
 
 def _check_blocks(blocks) -> None:

@@ -79,9 +79,11 @@ def _refuse(args, options: dict[str, str], why: str) -> None:
 
 
 def _bound_args(args) -> dict:
-    """--max-error / --lossless / --psnr (the parser makes them exclusive) and --float-scale as codec keyword
-    arguments."""
+    """--max-error / --lossless / --psnr (the parser makes them exclusive), --float-scale and --dn-offset as codec
+    keyword arguments."""
     out = {} if getattr(args, "float_scale", None) is None else {"float_scale": args.float_scale}
+    if getattr(args, "dn_offset", None) is not None:
+        out["dn_offset"] = args.dn_offset
     if args.lossless:
         return {**out, "max_error": 0}
     if args.max_error is not None:
@@ -256,7 +258,7 @@ def info_text(store: str) -> str:
             cfg = tec[0].get("configuration", tec[0])
             line += (f" ({raw / max(stored, 1):.1f}x of {raw:,} raw); TEC model {cfg.get('model')} "
                      f"sha256 {str(cfg.get('model_sha256'))[:12]}... quality {cfg.get('quality')} "
-                     f"nodata {cfg.get('nodata')}")
+                     f"nodata {cfg.get('nodata')}" + (f" dn_offset {cfg['dn_offset']}" if cfg.get("dn_offset") else ""))
             dates = _dates_per_chunk(cfg.get("model"), arr.chunks)
             if dates:
                 line += f"; {dates} dates per chunk (leading axes), each coded against the date before"
@@ -621,6 +623,10 @@ examples:
                                                                 "in dB (a mean: no per-pixel bound)")
     c.add_argument("--float-scale", type=float, metavar="S",
                    help="float32 input x S = DN (default 10000: reflectance; 1: DN stored as float)")
+    c.add_argument("--dn-offset", type=int, metavar="N",
+                   help="the DN of reflectance 0: 1000 for Sentinel-2 of processing baseline 04.00 and later (from "
+                        "2022) stored as delivered; decoded values are unchanged, the bits fewer (default: what the "
+                        "input's scale/offset or processing-baseline metadata state, else 0)")
     c.add_argument("--chunk", type=int, metavar="N", help=f"Zarr output: spatial chunk size (default {DEFAULT_CHUNK})")
     c.add_argument("--dates", type=int, metavar="T",
                    help="Zarr output of a time series: dates per chunk along the leading axis (default 1); with "

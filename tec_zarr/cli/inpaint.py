@@ -53,6 +53,9 @@ examples:
     p.add_argument("--method", choices=METHODS, default="hybrid", help="hybrid (default), latent or pixel")
     p.add_argument("--model", metavar="NAME", default=DEFAULT_MODEL,
                    help=f"model whose transforms are used (default {DEFAULT_MODEL})")
+    p.add_argument("--dn-offset", type=int, metavar="N",
+                   help="the DN of reflectance 0: 1000 for Sentinel-2 of processing baseline 04.00 and later stored "
+                        "as delivered (default: what the variable's metadata states, else 0)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.set_defaults(func=cmd_inpaint)
@@ -60,6 +63,7 @@ examples:
 
 
 def cmd_inpaint(args) -> int:
+    from ..dn_offset import stated_dn_offset
     from ..inpainting import inpaint
 
     started = time.perf_counter()
@@ -78,7 +82,8 @@ def cmd_inpaint(args) -> int:
     raw = read_mask(mask_path, args.mask_var, (t, h, w))
     clouds = scl_clouds(raw, classes) if args.mask_scl is not None else raw != 0
     clouds |= missing(cube, variable.attrs)
-    filled = inpaint(cube, clouds, model=args.model, method=args.method)
+    offset = args.dn_offset if args.dn_offset is not None else stated_dn_offset(variable) or 0
+    filled = inpaint(cube, clouds, model=args.model, method=args.method, dn_offset=offset)
     out = ds[[name]].copy()
     out[name] = variable.copy(data=filled)
     for v in out.variables.values():

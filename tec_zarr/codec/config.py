@@ -13,7 +13,7 @@ from typing import Any
 from ..bitstream.chunk import CODEC_ID, check_config_keys
 from ..errors import InvalidInputError, ModelMismatchError
 from ..models import DEFAULT_MODEL, ModelCard, get_card
-from ..parsing import is_real, parse_float_scale, parse_nodata
+from ..parsing import is_real, parse_dn_offset, parse_float_scale, parse_nodata
 
 CODEC_NAME = CODEC_ID  # one prefixed name for numcodecs (format 2) and zarr.codecs (format 3)
 # zarr 3 only: take the array's fill value as nodata when the array is created.
@@ -85,6 +85,9 @@ def parse_nodata_or_fill_value(nodata: Any) -> float | int | str | None:
 
 # The config's keys in the order numcodecs has always written them (its get_config follows attribute order).
 CONFIG_KEYS = ("model", "model_sha256", "max_error", "quality", "nodata", "float_scale", "psnr")
+# Keys written only where they differ from their default (0), so stores that don't use them stay readable by the
+# versions before them (which refuse unknown keys).
+NONZERO_KEYS = ("dn_offset",)
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,11 @@ class CodecConfig:
     nodata: float | int | str | None
     float_scale: float
     psnr: float | None
+    dn_offset: int = 0  # the DN of reflectance 0 (Sentinel-2 from processing baseline 04.00 on: 1000)
 
     @classmethod
     def create(cls, *, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None, max_error=None,
-               psnr=None, allow_fill_value: bool = False) -> CodecConfig:
+               psnr=None, dn_offset=0, allow_fill_value: bool = False) -> CodecConfig:
         """Every parameter parsed; ``nodata="fill_value"`` only where ``allow_fill_value`` (zarr 3)."""
         card = parse_model(model)
         max_error = parse_max_error(max_error)
@@ -113,6 +117,7 @@ class CodecConfig:
             nodata=parse_nodata_or_fill_value(nodata) if allow_fill_value else parse_nodata(nodata),
             float_scale=parse_float_scale(float_scale),
             psnr=parse_psnr(psnr, max_error),
+            dn_offset=parse_dn_offset(dn_offset),
         )
 
     @classmethod
@@ -126,11 +131,15 @@ class CodecConfig:
         return cls.create(**{k: v for k, v in config.items() if k != "id"})
 
     def to_json(self) -> dict[str, Any]:
-        """The numcodecs form: ``{"id": ..., every key}``, as stored in format-2 arrays and ``.tec`` files."""
-        return {"id": CODEC_ID, **{key: getattr(self, key) for key in CONFIG_KEYS}}
+        """The numcodecs form: ``{"id": ..., every key}``, as stored in format-2 arrays and ``.tec`` files (the
+        :data:`NONZERO_KEYS` only where they are not 0)."""
+        return {"id": CODEC_ID, **{key: getattr(self, key) for key in CONFIG_KEYS}, **self.nonzero_keys()}
+
+    def nonzero_keys(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in NONZERO_KEYS if getattr(self, key)}
 
     def chunk_params(self) -> dict[str, Any]:
         """Keyword arguments of :func:`tec_zarr.pipeline.encode_chunks`."""
         nodata = None if self.nodata == FILL_VALUE else self.nodata
         return {"model": self.model, "quality": self.quality, "nodata": nodata, "float_scale": self.float_scale,
-                "max_error": self.max_error, "psnr": self.psnr}
+                "max_error": self.max_error, "psnr": self.psnr, "dn_offset": self.dn_offset}

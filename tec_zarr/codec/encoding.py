@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..bands import band_name, band_order
+from ..dn_offset import stated_dn_offset
 from ..errors import InvalidInputError, TecZarrError
 from .config import CodecConfig, parse_model
 
@@ -22,6 +23,9 @@ def zarr_encoding(
     ``chunks`` (dim -> size) sets the Zarr chunk shape; the band axis is always one chunk. A dask-backed variable
     keeps its dask chunks along the dims ``chunks`` does not name (xarray writes dask chunks whole), and a ``chunks``
     entry that would split them is refused with the ``ds.chunk`` call that fixes it.
+
+    Without a ``dn_offset`` argument, each variable gets the offset its metadata states
+    (:func:`tec_zarr.dn_offset.stated_dn_offset`: Sentinel-2 baseline 04.00 and later, 1000), else 0.
     """
     card = parse_model(codec_kwargs.get("model"))
     nbands = len(card.bands)
@@ -59,14 +63,17 @@ def zarr_encoding(
                 f"{' '.join(map(str, stored))} instead: {fix}."
             )
         check_values(name, var, params)
+        kwargs = dict(codec_kwargs)
+        if "dn_offset" not in kwargs:
+            kwargs["dn_offset"] = stated_dn_offset(var, params["float_scale"]) or 0
         if zarr_format == 2:
             from .zarr2 import TEC
 
-            enc: dict[str, Any] = {"compressors": TEC(**codec_kwargs), "filters": None}
+            enc: dict[str, Any] = {"compressors": TEC(**kwargs), "filters": None}
         else:
             from .zarr3 import TEC
 
-            enc = {"serializer": TEC(**codec_kwargs), "compressors": None, "filters": None}
+            enc = {"serializer": TEC(**kwargs), "compressors": None, "filters": None}
         dask_chunks = dict(zip(var.dims, var.chunks)) if var.chunks is not None else None
         if chunks or dask_chunks:
             enc["chunks"] = tuple(

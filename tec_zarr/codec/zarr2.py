@@ -45,6 +45,11 @@ class TEC(Codec):
         Per chunk, the lowest-rate quality level whose decoded chunk reaches this PSNR (dB, see
         :mod:`tec_zarr.metrics`); the chunk header records the level. When no level reaches it, the level with
         the highest PSNR, and a :class:`~tec_zarr.errors.PsnrTargetWarning`. Not together with ``max_error``.
+    dn_offset : int
+        The DN of reflectance 0: data DN = reflectance x 10000 + ``dn_offset``. Sentinel-2 products of processing
+        baseline 04.00 and later (from 25 January 2022) add 1000, and odc-stac (and stackstac with
+        ``rescale=False``) load them so: pass 1000 there, or the models see every value 0.1 too bright and need
+        up to 60 % more bits. Decoded values are in the data's own units either way. Default 0.
     model_sha256 : str, optional
         Filled in from the installed model; a config naming other weights is refused.
     """
@@ -52,13 +57,22 @@ class TEC(Codec):
     codec_id = CODEC_NAME
 
     def __init__(self, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None, max_error=None,
-                 psnr=None):
+                 psnr=None, dn_offset=0):
         config = CodecConfig.create(quality=quality, model=model, nodata=nodata, float_scale=float_scale,
-                                    model_sha256=model_sha256, max_error=max_error, psnr=psnr)
+                                    model_sha256=model_sha256, max_error=max_error, psnr=psnr, dn_offset=dn_offset)
         # numcodecs' get_config() lists the public attributes in the order they are set: CONFIG_KEYS' order.
         for key in CONFIG_KEYS:
             setattr(self, key, getattr(config, key))
         self._config = config
+
+    @property
+    def dn_offset(self) -> int:
+        return self._config.dn_offset
+
+    def get_config(self):
+        """numcodecs' config, with dn_offset only where it is set (stores without it stay readable by versions
+        before it)."""
+        return {**super().get_config(), **self._config.nonzero_keys()}
 
     @classmethod
     def from_config(cls, config):
@@ -85,7 +99,8 @@ class TEC(Codec):
     def __repr__(self):
         return (
             f"{type(self).__name__}(quality={self.quality!r}, model={self.model!r}, nodata={self.nodata!r}, "
-            f"float_scale={self.float_scale!r}{_bound_repr(self.max_error, self.psnr)})"
+            f"float_scale={self.float_scale!r}{_bound_repr(self.max_error, self.psnr)}"
+            + (f", dn_offset={self.dn_offset!r})" if self.dn_offset else ")")
         )
 
 

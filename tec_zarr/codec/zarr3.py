@@ -13,7 +13,7 @@ from zarr.core.common import parse_named_configuration
 from .. import pipeline
 from ..errors import CorruptChunkError, InvalidInputError
 from ..parsing import parse_nodata
-from .config import CODEC_NAME, CONFIG_KEYS, FILL_VALUE, CodecConfig, parse_model
+from .config import CODEC_NAME, CONFIG_KEYS, FILL_VALUE, NONZERO_KEYS, CodecConfig, parse_model
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -42,17 +42,19 @@ class TEC(ArrayBytesCodec):
     float_scale: float
     max_error: float | int | None
     psnr: float | None
+    dn_offset: int
 
     def __init__(self, *, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None, max_error=None,
-                 psnr=None) -> None:
+                 psnr=None, dn_offset=0) -> None:
         config = CodecConfig.create(quality=quality, model=model, nodata=nodata, float_scale=float_scale,
-                                    model_sha256=model_sha256, max_error=max_error, psnr=psnr, allow_fill_value=True)
-        for key in CONFIG_KEYS:
+                                    model_sha256=model_sha256, max_error=max_error, psnr=psnr, dn_offset=dn_offset,
+                                    allow_fill_value=True)
+        for key in (*CONFIG_KEYS, *NONZERO_KEYS):
             object.__setattr__(self, key, getattr(config, key))
 
     @property
     def config(self) -> CodecConfig:
-        return CodecConfig(**{key: getattr(self, key) for key in CONFIG_KEYS})
+        return CodecConfig(**{key: getattr(self, key) for key in (*CONFIG_KEYS, *NONZERO_KEYS)})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
@@ -71,6 +73,7 @@ class TEC(ArrayBytesCodec):
         for key in ("max_error", "psnr"):
             if getattr(self, key) is not None:
                 configuration[key] = getattr(self, key)
+        configuration.update(self.config.nonzero_keys())
         return {"name": CODEC_NAME, "configuration": configuration}
 
     def evolve_from_array_spec(self, array_spec: ArraySpec) -> Self:

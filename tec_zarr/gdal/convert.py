@@ -19,6 +19,7 @@ from ..bands import S2_L2A_BANDS, band_order
 from ..bitstream import chunk as bitstream
 from ..bitstream import tecfile as layout
 from ..codec.config import CODEC_NAME, FILL_VALUE
+from ..dn_offset import packed_dn_offset
 from ..errors import InvalidInputError, TecFileError
 from ..parsing import nodata_allowed, parse_nodata
 from . import raster
@@ -27,8 +28,9 @@ DIMS = ("band", "y", "x")
 
 
 def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=(), nodata=None, max_error=None,
-                   psnr=None, progress=None, float_scale=10000.0) -> layout.TecMetadata:
-    """Encode a GeoTIFF; its CRS, transform and band descriptions are kept, nodata is the file's (else 0).
+                   psnr=None, progress=None, float_scale=10000.0, dn_offset=None) -> layout.TecMetadata:
+    """Encode a GeoTIFF; its CRS, transform and band descriptions are kept, nodata is the file's (else 0), and
+    ``dn_offset`` (the DN of reflectance 0) the one its bands' scale and offset state (else 0).
 
     The GeoTIFF is read a strip of tile rows at a time (:func:`raster.write_rows`), never whole; ``progress(done,
     total)`` is called after each tile."""
@@ -46,6 +48,8 @@ def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=()
         names = list(S2_L2A_BANDS) if order is not None else None
         if nodata is None:
             nodata = ds.nodata if ds.nodata is not None else 0
+        if dn_offset is None:
+            dn_offset = packed_dn_offset(ds.scales[indexes[0] - 1], ds.offsets[indexes[0] - 1]) or 0
 
         def read_rows(y0: int, y1: int) -> np.ndarray:
             return ds.read(indexes, window=Window(0, y0, ds.width, y1 - y0))
@@ -54,7 +58,7 @@ def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=()
                                  dtype=ds.dtypes[indexes[0] - 1], crs_wkt=crs, geotransform=geotransform,
                                  band_names=names, nodata=nodata, tile=tile, quality=quality, model=model,
                                  overviews=overviews, max_error=max_error, psnr=psnr, progress=progress,
-                                 float_scale=float_scale)
+                                 float_scale=float_scale, dn_offset=dn_offset)
 
 
 # The nodata a decoded GeoTIFF declares by default: the one its input declares.

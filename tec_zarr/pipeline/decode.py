@@ -188,7 +188,7 @@ def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
         # Denormalize and scale to data units in one multiply-add per element, in place.
         units = np.float32(DN_PER_REFLECTANCE / header.float_scale)
         values = np.multiply(x_hat[:, :, :h, :w], (model.std * units)[:, None, None])
-        values += (model.mean * units)[:, None, None]
+        values += (model.mean * units + np.float32(header.dn_offset / header.float_scale))[:, None, None]
         if header.blocks is not None:  # replicated bands: their blocks' means, as the encoder coded them
             info = np.finfo(np.float32) if np.dtype(header.dtype).kind == "f" else np.iinfo(header.dtype)
             np.clip(values, info.min, info.max, out=values)  # finite first: a block of +-inf would average to NaN

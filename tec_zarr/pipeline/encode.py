@@ -37,9 +37,11 @@ def encode_chunk(
     float_scale: float = 1e4,
     max_error: float | None = None,
     psnr: float | None = None,
+    dn_offset: int = 0,
 ) -> bytes:
     return encode_chunks(
-        [array], model=model, quality=quality, nodata=nodata, float_scale=float_scale, max_error=max_error, psnr=psnr
+        [array], model=model, quality=quality, nodata=nodata, float_scale=float_scale, max_error=max_error, psnr=psnr,
+        dn_offset=dn_offset,
     )[0]
 
 
@@ -52,17 +54,19 @@ def encode_chunks(
     float_scale: float = 1e4,
     max_error: float | None = None,
     psnr: float | None = None,
+    dn_offset: int = 0,
 ) -> list[bytes]:
     """:func:`encode_chunk` of each array, byte for byte, with one encoder run per stack of same-sized images.
 
     Every chunk's images (leading axes flattened) whose padded shapes match are stacked into onnxruntime calls
     of at most :data:`~tec_zarr.runtime.batching.MAX_BATCH_IMAGES` images; quantization, masks, residuals
     (``max_error``), the ``psnr`` search and entropy coding stay per chunk. Memory grows with the chunks passed:
-    pass a codec pipeline's batch.
+    pass a codec pipeline's batch. ``dn_offset``: the DN of reflectance 0 (Sentinel-2 from processing baseline
+    04.00 on: 1000), taken off before the models see the data and added back when decoding.
     """
     model = load_model(model) if isinstance(model, str) else model
     # Every mode stacks: a nodata mask only changes the encoder's input, and max_error / psnr act on the latent.
-    chunks = [prepare(a, model, quality, nodata, float_scale, max_error, psnr) for a in arrays]
+    chunks = [prepare(a, model, quality, nodata, float_scale, max_error, psnr, dn_offset) for a in arrays]
     latents = run_stacked([(model.encoder, c.normalized) for c in chunks], exact=True)
     out = []
     for c, y in zip(chunks, latents, strict=True):
@@ -80,7 +84,7 @@ def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, q
     residual: ResidualSection | None = None
     if max_error is not None:
         residual = bound.encode(chunk.images, chunk.valid, symbols, quality, model, chunk.scale, max_error, nodata,
-                                chunk.blocks)
+                                chunk.blocks, chunk.offset)
     header = ChunkHeader(
         model=model.name,
         model_hash=bytes.fromhex(model.sha256),
@@ -95,6 +99,7 @@ def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, q
         skips_missing=chunk.skip is not None,
         blocks=chunk.blocks,
         channels=None if channels is None else channel_section(channels),
+        dn_offset=chunk.offset,
     )
     mask = pack_mask(chunk.mask) if chunk.mask is not None else None
     nan = pack_mask(chunk.nan) if chunk.nan is not None else None
@@ -120,7 +125,7 @@ def _lowest_rate_reaching(at, chunk: PreparedChunk, target: float, qualities: in
         decoded = decode_chunk(data, expected_shape=chunk.array.shape).reshape(chunk.images.shape)
         if chunk.nan is not None:  # missing in both: not part of the quality
             decoded = np.where(chunk.nan, np.float32(0), decoded)
-        reached = metrics.psnr(chunk.images, decoded, scale=chunk.scale)
+        reached = metrics.psnr(chunk.images, decoded, scale=chunk.scale, offset=chunk.offset)
         if reached >= target:
             return data
         if best is None or reached > best[0]:

@@ -10,7 +10,7 @@ import numpy as np
 from ..bitstream.chunk import DTYPE_CODES
 from ..errors import InvalidInputError, UnsupportedDtypeError
 from ..models import Model
-from ..parsing import parse_float_scale
+from ..parsing import parse_dn_offset, parse_float_scale
 from ..replication import Blocks, detect, smooth
 from ..residual.bound import parse_bound
 
@@ -94,9 +94,12 @@ def pad(x: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[int, int]]:
 
 
 def normalize(images: np.ndarray, model: Model, mask: np.ndarray | None, scale: float,
-              blocks: tuple[Blocks, ...] | None = None) -> tuple[np.ndarray, tuple]:
-    """(B, bands, H, W) data -> the encoder's normalized input, padded to the model's multiple."""
+              blocks: tuple[Blocks, ...] | None = None, offset: int = 0) -> tuple[np.ndarray, tuple]:
+    """(B, bands, H, W) data -> the encoder's normalized input, padded to the model's multiple. DN (data x
+    ``scale``) are reflectance x 10000 + ``offset``."""
     reflectance = images.astype(np.float32) * np.float32(scale / DN_PER_REFLECTANCE)
+    if offset:
+        reflectance -= np.float32(offset / DN_PER_REFLECTANCE)
     normalized = (reflectance - model.mean[:, None, None]) / model.std[:, None, None]
     if mask is not None:  # restored from the mask: any value will do, so the cheapest to code
         fill_missing(normalized, mask)
@@ -166,8 +169,8 @@ def union(*masks: np.ndarray | None) -> np.ndarray | None:
 @dataclass(frozen=True, eq=False)
 class PreparedChunk:
     """One chunk ready to code: ``images`` (B, bands, H, W) in native order with NaN replaced by 0, its nodata
-    ``mask`` and ``nan`` mask (None: no such element), ``scale`` (data units -> DN), the edge ``pad`` and the
-    encoder's ``normalized`` input."""
+    ``mask`` and ``nan`` mask (None: no such element), ``scale`` (data units -> DN), the edge ``pad``, the
+    encoder's ``normalized`` input and ``offset``, the DN of reflectance 0."""
 
     array: np.ndarray
     images: np.ndarray
@@ -178,6 +181,7 @@ class PreparedChunk:
     normalized: np.ndarray
     skip: np.ndarray | None = None  # (B, h, w): latents not coded (see latent_skip)
     blocks: tuple[Blocks, ...] | None = None  # per band, where some band is made of k x k blocks (replication)
+    offset: int = 0
 
     @property
     def missing(self) -> np.ndarray | None:
@@ -190,9 +194,11 @@ class PreparedChunk:
         return ~missing if missing is not None else np.ones(self.images.shape, bool)
 
 
-def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_error, psnr) -> PreparedChunk:
+def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_error, psnr,
+            dn_offset: int = 0) -> PreparedChunk:
     """One chunk checked, flattened to (B, bands, H, W) images and normalized for the encoder."""
     array = validate(array, model)
+    offset = parse_dn_offset(dn_offset)
     dtype = array.dtype
     if not 0 <= quality < model.qualities:
         raise InvalidInputError(f"Expected a quality in 0..{model.qualities - 1}. Got {quality} instead.")
@@ -218,6 +224,7 @@ def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_e
     if dtype.kind == "f" and max_error is None:
         check_lossy_range(images, None if missing is None else ~missing, scale)
     blocks = detect(images, ~missing if missing is not None else np.ones(images.shape, bool))
-    normalized, amount = normalize(images, model, missing, scale, blocks)
+    normalized, amount = normalize(images, model, missing, scale, blocks, offset)
     return PreparedChunk(array=array, images=images, mask=mask, nan=nan, scale=scale, pad=amount,
-                         normalized=normalized, skip=latent_skip(missing, amount, model.latent_stride), blocks=blocks)
+                         normalized=normalized, skip=latent_skip(missing, amount, model.latent_stride), blocks=blocks,
+                         offset=offset)

@@ -54,11 +54,14 @@ def parse_bound(max_error: float, dtype: np.dtype) -> float:
 
 
 def base_values(model, symbols: np.ndarray, quality: int, shape: tuple[int, int], dtype: np.dtype, scale: float,
-                blocks: tuple[Blocks, ...] | None = None):
+                blocks: tuple[Blocks, ...] | None = None, offset: int = 0):
     """The base in data units: int64 clipped to the dtype's range, or float32 (DN / scale, rounded once);
-    replicated bands (``blocks``) projected onto their blocks, in integers."""
+    replicated bands (``blocks``) projected onto their blocks, in integers; ``offset`` DN added (an integer, so the
+    base stays exact)."""
     h, w = shape
     dn = model.int_synthesis(symbols, quality)[:, :, :h, :w]
+    if offset:
+        dn = dn + np.int64(offset)
     if blocks is not None:
         dn = project(np.ascontiguousarray(dn), blocks)
     if dtype.kind in "iu":
@@ -99,12 +102,13 @@ def reconstruct(base: np.ndarray, q: np.ndarray, mode: int, bound: float, dtype:
     return _unkey(_key(base) + q)
 
 
-def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blocks=None) -> ResidualSection:
+def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blocks=None,
+           offset: int = 0) -> ResidualSection:
     """The residual section of a chunk whose images (B, C, H, W) must decode within ``max_error``; bands made of
     blocks (``blocks``, as detected over ``valid``) have their residual coded on the native grid."""
     dtype = images.dtype
     bound = parse_bound(max_error, dtype)
-    base = base_values(model, symbols, quality, images.shape[-2:], dtype, scale, blocks)
+    base = base_values(model, symbols, quality, images.shape[-2:], dtype, scale, blocks, offset)
     mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT if bound > 0 else MODE_FLOAT_EXACT
     q = quantize(images, base, mode, bound)
     decoded = avoid_nodata(reconstruct(base, q, mode, bound, dtype), nodata)
@@ -178,7 +182,7 @@ def coded_layout(header: ChunkHeader, symbols, model, valid) -> tuple[np.ndarray
     res = header.residual
     blocks = from_header(header.blocks)
     base = base_values(model, symbols, header.quality, header.shape[-2:], np.dtype(header.dtype),
-                       header.float_scale, blocks)
+                       header.float_scale, blocks, header.dn_offset)
     anchor, step = residual_anchor(base, res.mode, res.max_error)
     if blocks is not None:
         anchor = None if anchor is None else native_layout(anchor, blocks)
