@@ -2,8 +2,8 @@
 25 January 2022 on) stores DN = reflectance x 10000 + 1000, and loaders that keep DN as stored (odc-stac,
 stackstac with ``rescale=False``, rioxarray without ``mask_and_scale``) hand that over unchanged.
 
-The models were trained on DN without the offset; coded as they are, such DN cost tec-fp 9-20 % and tec-ctx up to
-60 % more bits (README, offset table). The codec's ``dn_offset`` takes the offset off before the models see the
+The models were trained on DN without the offset; coded as they are, such DN cost tec-fp up to 20 % more bits at
+equal PSNR, the hyperprior and context models up to 2.5 times the bits (README, offset table). The codec's ``dn_offset`` takes the offset off before the models see the
 data and adds it back to the decoded values, so it never changes what is read back, only what it costs. Catalog
 flags are known to be wrong at times (Element84/earth-search#66, #71): an offset stated here is a default the user
 can override, never a reason to refuse data.

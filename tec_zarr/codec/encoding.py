@@ -22,7 +22,11 @@ def zarr_encoding(
     (with ``compressors=None``) for format 3. Note that xarray 2026.9 rejects the old singular ``"compressor"``.
     ``chunks`` (dim -> size) sets the Zarr chunk shape; the band axis is always one chunk. A dask-backed variable
     keeps its dask chunks along the dims ``chunks`` does not name (xarray writes dask chunks whole), and a ``chunks``
-    entry that would split them is refused with the ``ds.chunk`` call that fixes it.
+    entry that would split them is refused with the ``ds.chunk`` call that fixes it. Other dims ``chunks`` does not
+    name: one entry along the leading axes (a date), whole rows and columns up to :data:`WHOLE_AXIS_MAX`, else
+    :data:`DEFAULT_TILE` (zarr's own guess would split the bands). Format 2 chunks are at most
+    :func:`~tec_zarr.pipeline.decode.max_chunk_elements` elements: its readers decode a chunk without its shape, and
+    refuse larger ones.
 
     Without a ``dn_offset`` argument, each variable gets the offset its metadata states
     (:func:`tec_zarr.dn_offset.stated_dn_offset`: Sentinel-2 baseline 04.00 and later, 1000), else 0.
@@ -75,17 +79,20 @@ def zarr_encoding(
 
             enc = {"serializer": TEC(**kwargs), "compressors": None, "filters": None}
         dask_chunks = dict(zip(var.dims, var.chunks)) if var.chunks is not None else None
-        if chunks or dask_chunks:
-            enc["chunks"] = tuple(
-                nbands if i == var.ndim - 3 else _chunk(name, dim, size, (chunks or {}).get(dim), dask_chunks)
-                for i, (dim, size) in enumerate(zip(var.dims, var.shape))
+        enc["chunks"] = tuple(
+            nbands if i == var.ndim - 3 else _chunk(name, dim, size, (chunks or {}).get(dim), dask_chunks,
+                                                    spatial=i >= var.ndim - 2)
+            for i, (dim, size) in enumerate(zip(var.dims, var.shape))
+        )
+        if dask_chunks and len(dask_chunks[band_dim]) > 1:
+            raise InvalidInputError(
+                f"Expected variable {name!r} to hold all {nbands} bands in one dask chunk. Got chunks "
+                f"{dask_chunks[band_dim]} along {band_dim!r} instead: ds = ds.chunk({{{band_dim!r}: -1}})."
             )
-            band_dim = var.dims[-3]
-            if dask_chunks and len(dask_chunks[band_dim]) > 1:
-                raise InvalidInputError(
-                    f"Expected variable {name!r} to hold all {nbands} bands in one dask chunk. Got chunks "
-                    f"{dask_chunks[band_dim]} along {band_dim!r} instead: ds = ds.chunk({{{band_dim!r}: -1}})."
-                )
+        if zarr_format == 2:
+            from .zarr2 import check_format2_chunk
+
+            check_format2_chunk(enc["chunks"], f"variable {name!r}")
         encoding[name] = enc
     return encoding
 
@@ -169,10 +176,19 @@ def stored_band_names(var) -> tuple[list | None, bool]:
     return None, False
 
 
-def _chunk(name: str, dim: str, size: int, asked: int | None, dask_chunks: dict | None) -> int:
-    """The Zarr chunk along ``dim``: as asked, else the dask chunk, else the whole axis; checked against dask."""
+# Zarr chunks along y and x where neither ``chunks`` nor dask set them: the whole axis up to WHOLE_AXIS_MAX pixels
+# (every chunk then holds one image), else tiles of DEFAULT_TILE (a 12-band tile of 3 MB of uint16).
+WHOLE_AXIS_MAX = 1024
+DEFAULT_TILE = 512
+
+
+def _chunk(name: str, dim: str, size: int, asked: int | None, dask_chunks: dict | None, *, spatial: bool) -> int:
+    """The Zarr chunk along ``dim``: as asked, else the dask chunk, else the default (one entry along a leading
+    axis, the whole axis or DEFAULT_TILE along y and x); checked against dask."""
     if dask_chunks is None:
-        return min(asked, size) if asked else size
+        if asked:
+            return min(asked, size)
+        return (size if size <= WHOLE_AXIS_MAX else DEFAULT_TILE) if spatial else 1
     blocks = dask_chunks[dim]
     chunk = min(asked, size) if asked else blocks[0]
     if any(b % chunk for b in blocks[:-1]):  # xarray writes each dask chunk whole: it must hold whole zarr chunks

@@ -7,11 +7,14 @@ decodes even without the config.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numcodecs.abc import Codec
 from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
 from .. import pipeline
+from ..pipeline.decode import MAX_CHUNK_ELEMENTS_VARIABLE, max_chunk_elements
 from ..errors import InvalidInputError
 from .config import CODEC_NAME, CONFIG_KEYS, CodecConfig
 
@@ -49,7 +52,7 @@ class TEC(Codec):
         The DN of reflectance 0: data DN = reflectance x 10000 + ``dn_offset``. Sentinel-2 products of processing
         baseline 04.00 and later (from 25 January 2022) add 1000, and odc-stac (and stackstac with
         ``rescale=False``) load them so: pass 1000 there, or the models see every value 0.1 too bright and need
-        up to 60 % more bits. Decoded values are in the data's own units either way. Default 0.
+        up to 20 % (tec-fp) or 2.5 times (tec-hp, tec-ctx, tec-tt) the bits. Decoded values are in the data's own units either way. Default 0.
     model_sha256 : str, optional
         Filled in from the installed model; a config naming other weights is refused.
     """
@@ -83,6 +86,7 @@ class TEC(Codec):
         array = ensure_ndarray_like(buf)
         if not isinstance(array, np.ndarray):
             raise InvalidInputError(f"Expected a numpy array chunk. Got {type(buf).__name__} instead.")
+        check_format2_chunk(array.shape, "this chunk")  # what decode(buf), as zarr calls it, would refuse
         return pipeline.encode_chunk(array, **self._config.chunk_params())
 
     def decode(self, buf, out=None):
@@ -107,3 +111,14 @@ class TEC(Codec):
 def _bound_repr(max_error, psnr) -> str:
     """Only the parameters that are set, so the default repr stays the one older versions printed."""
     return (f", max_error={max_error!r}" if max_error is not None else "") + (f", psnr={psnr!r}" if psnr is not None else "")
+
+
+def check_format2_chunk(shape, what: str) -> None:
+    """Refuse a Zarr format 2 chunk shape its readers would refuse to decode (they are not told a chunk's shape, so
+    a chunk's header may declare at most max_chunk_elements() elements): before it is written, not on reading."""
+    elements, limit = math.prod(int(n) for n in shape), max_chunk_elements()
+    if elements > limit:
+        raise InvalidInputError(
+            f"Expected Zarr format 2 chunks of at most {limit} elements ({MAX_CHUNK_ELEMENTS_VARIABLE}), as its readers "
+            f"decode chunks without being told their shape. Got {tuple(shape)} ({elements}) for {what} instead: "
+            "smaller chunks (e.g. chunks={'y': 1024, 'x': 1024}), or zarr_format=3, whose readers are told.")
