@@ -5,6 +5,9 @@ For each validation image (the held-out places of ../shared/data, 12 bands, DN u
   against the same 120 x 120 as its own chunk;
 * strip: an 8-column strip padded to 120 columns against the strip as its own chunk;
 * swath edge: a 240 x 240 image whose right half is nodata against the full image;
+* saturated: the image with 0.01 % and 0.1 % of its elements set to 65535 (Sentinel-2's SATURATED value, stored as
+  a mask), and the 0.01 % case coded as values (the saturated mask switched off, as before it existed), against the
+  image without them;
 each as a ratio of bytes, with the PSNR of the valid pixels in both. Writes benchmarks/results/missing.json.
 
     python benchmarks/missing.py [--data ../shared/data] [--images 8] [--models tec-fp tec-hp tec-ctx]
@@ -25,10 +28,21 @@ from bounded import validation_images  # noqa: E402
 from common import argument_parser, machine, publish  # noqa: E402
 
 from tec_zarr import TEC, metrics  # noqa: E402
+from tec_zarr.pipeline import prepare  # noqa: E402
+
+SATURATED = 65535
+AS_VALUES = ", coded as values (before)"
 
 
-def cases(img: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[slice, slice]]]:
-    """name -> (the image as its own chunk, the chunk with missing data, where the valid pixels are)."""
+def saturated(img: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``img`` with ``fraction`` of its elements saturated, and where the others are."""
+    hit = np.random.default_rng(seed).random(img.shape) < fraction
+    return np.where(hit, np.uint16(SATURATED), img), ~hit
+
+
+def cases(img: np.ndarray, seed: int) -> dict[str, tuple]:
+    """name -> (the image as its own chunk, the chunk with missing data, where the valid pixels are: slices of the
+    chunk's rows and columns, or a mask of its elements)."""
     edge = np.zeros((12, 256, 256), np.uint16)
     edge[:, :120, :120] = img[:, :120, :120]
     strip = np.zeros((12, 120, 120), np.uint16)
@@ -36,11 +50,31 @@ def cases(img: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray, tuple[slic
     half = np.ascontiguousarray(img[:, :240, :240])
     swath = half.copy()
     swath[:, :, 120:] = 0
+    square = np.ascontiguousarray(img[:, :256, :256])
+    rare, rare_valid = saturated(square, 1e-4, seed)
+    many, many_valid = saturated(square, 1e-3, seed)
     return {
         "edge chunk 120 in 256": (img[:, :120, :120], edge, (slice(0, 120), slice(0, 120))),
         "strip 8 in 120": (img[:, :120, :8], strip, (slice(0, 120), slice(0, 8))),
         "half nodata vs full": (half, swath, (slice(0, 240), slice(0, 120))),
+        "saturated 0.01 %": (square, rare, rare_valid),
+        "saturated 0.1 %": (square, many, many_valid),
+        "saturated 0.01 %" + AS_VALUES: (square, rare, rare_valid),
     }
+
+
+def valid_part(a: np.ndarray, valid) -> np.ndarray:
+    return a[valid] if isinstance(valid, np.ndarray) else a[(slice(None), *valid)]
+
+
+def encode_as_values(codec, a: np.ndarray) -> bytes:
+    """The chunk as it was coded before saturated elements were a mask: as values."""
+    found = prepare.saturated_elements
+    prepare.saturated_elements = lambda images, nodata: None
+    try:
+        return codec.encode(a)
+    finally:
+        prepare.saturated_elements = found
 
 
 def main(argv=None) -> int:
@@ -53,16 +87,19 @@ def main(argv=None) -> int:
     for model in args.models:
         codec = TEC(model=model)
         per_case: dict[str, list] = {}
-        for img in images:
+        for seed, img in enumerate(images):
             img = np.ascontiguousarray(img)
-            for name, (own, missing, valid) in cases(img).items():
+            for name, (own, missing, valid) in cases(img, seed).items():
                 own = np.ascontiguousarray(own)
-                a, b = codec.encode(own), codec.encode(missing)
+                a = codec.encode(own)
+                b = encode_as_values(codec, missing) if name.endswith(AS_VALUES) else codec.encode(missing)
                 da, db = codec.decode(a), codec.decode(b)
-                truth = own[(slice(None), *valid)] if name.startswith("half") else own
+                # the valid pixels of both chunks: where the image alone covers them too, and all of it otherwise
+                same = isinstance(valid, np.ndarray) or name.startswith("half")
+                truth = valid_part(own, valid) if same else own
                 per_case.setdefault(name, []).append(
-                    (len(b) / len(a), metrics.psnr(truth, da[(slice(None), *valid)] if name.startswith("half") else da),
-                     metrics.psnr(truth, db[(slice(None), *valid)])))
+                    (len(b) / len(a), metrics.psnr(truth, valid_part(da, valid) if same else da),
+                     metrics.psnr(truth, valid_part(db, valid))))
         for name, values in per_case.items():
             v = np.asarray(values)
             rows.append({"model": model, "case": name, "bytes_ratio": round(float(v[:, 0].mean()), 3),

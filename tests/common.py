@@ -187,7 +187,8 @@ def golden_skip(data: bytes):
     shape = (h.batch,) + tuple(h.shape[-3:])
     mask = unpack_mask(s.mask, shape) if s.mask is not None else None
     nan = unpack_mask(s.nan_mask, shape) if s.nan_mask is not None else None
-    return skipped_latents(h, mask, nan, load_model(h.model).latent_stride)
+    saturated = unpack_mask(h.saturated, shape) if h.saturated is not None else None
+    return skipped_latents(h, load_model(h.model).latent_stride, mask, nan, saturated)
 
 
 def golden_id(path: Path) -> str:

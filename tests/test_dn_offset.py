@@ -118,7 +118,7 @@ def test_chunks_without_offset_have_no_extensions_field(plain):
 
 def with_extensions(buf: bytes, field: bytes) -> bytes:
     """``buf`` (a chunk with a dn_offset extension) with its extensions field replaced by ``field``, CRC fixed."""
-    old = bytes([1, bitstream.EXTENSION_DN_OFFSET]) + struct.pack("<H", 4) + struct.pack("<i", OFFSET)
+    old = bytes([1, bitstream.EXTENSION_DN_OFFSET]) + struct.pack("<I", 4) + struct.pack("<i", OFFSET)
     body = buf[:-4]
     assert body.count(old) == 1
     body = body.replace(old, field)
@@ -126,12 +126,15 @@ def with_extensions(buf: bytes, field: bytes) -> bytes:
 
 
 @pytest.mark.parametrize(("name", "field"), [
-    ("unknown tag", bytes([1, 2]) + struct.pack("<Hi", 4, OFFSET)),
+    ("unknown tag", bytes([1, 3]) + struct.pack("<Ii", 4, OFFSET)),
     ("no extension", bytes([0])),
-    ("zero offset", bytes([1, 1]) + struct.pack("<Hi", 4, 0)),
-    ("offset out of range", bytes([1, 1]) + struct.pack("<Hi", 4, 70000)),
-    ("wrong length", bytes([1, 1]) + struct.pack("<Hh", 2, 1000)),
-    ("tag twice", bytes([2, 1]) + struct.pack("<Hi", 4, OFFSET) + bytes([1]) + struct.pack("<Hi", 4, OFFSET)),
+    ("zero offset", bytes([1, 1]) + struct.pack("<Ii", 4, 0)),
+    ("offset out of range", bytes([1, 1]) + struct.pack("<Ii", 4, 70000)),
+    ("wrong length", bytes([1, 1]) + struct.pack("<Ih", 2, 1000)),
+    ("length past the end", bytes([1, 1]) + struct.pack("<Ii", 2**31, OFFSET)),
+    ("tag twice", bytes([2, 1]) + struct.pack("<Ii", 4, OFFSET) + bytes([1]) + struct.pack("<Ii", 4, OFFSET)),
+    ("saturated mask in a chunk with nothing saturated", bytes([2, 1]) + struct.pack("<Ii", 4, OFFSET) + bytes([2])
+     + struct.pack("<I", 3) + b"xyz"),
 ])
 def test_hostile_extension_fields_are_refused(shifted, name, field):
     buf = with_extensions(TEC(dn_offset=OFFSET).encode(shifted), field)

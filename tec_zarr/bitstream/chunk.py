@@ -33,10 +33,12 @@ Layout (all integers little-endian)::
                           centroids (tec_zarr.requantize, FORMAT.md). Never with a residual section
     channels     u8 x ceil(M / 8)  (bit 6 only) packbits, most significant bit first: bit c set where latent channel
                           c is coded; the others hold only 0 and are not in the payload (the bits after M are 0)
-    extensions   u8 n, then n x (tag u8, length u16, value) in ascending tag order (bit 7 only); a reader refuses a
+    extensions   u8 n, then n x (tag u8, length u32, value) in ascending tag order (bit 7 only); a reader refuses a
                           tag it does not know (every tag may change how the chunk decodes). Tag 1, dn_offset (i32):
                           the DN of reflectance 0 (Sentinel-2 from processing baseline 04.00 on: 1000), taken off before
-                          the model's normalization and added back to the decoded values (and to a residual's base)
+                          the model's normalization and added back to the decoded values (and to a residual's base).
+                          Tag 2, saturated (uint16 only): a mask as the nodata mask's of the elements that hold 65535,
+                          Sentinel-2's SATURATED value, stored exactly and coded as missing data
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
@@ -99,9 +101,12 @@ FLAG_CHANNELS = 64
 FLAG_EXTENSIONS = 128  # the last flag bit: later fields go into the extensions field as new tags
 KNOWN_FLAGS = (FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN | FLAG_BLOCKS | FLAG_THINNED | FLAG_CHANNELS
                | FLAG_EXTENSIONS)
-# Extension tags (flag bit 7) and the struct of each one's value.
-EXTENSION_DN_OFFSET = 1
-EXTENSION_FORMATS = {EXTENSION_DN_OFFSET: "<i"}
+# Extension tags (flag bit 7).
+EXTENSION_DN_OFFSET = 1  # value: i32
+EXTENSION_SATURATED = 2  # value: a packed mask (pack_mask)
+EXTENSION_TAGS = (EXTENSION_DN_OFFSET, EXTENSION_SATURATED)
+# Sentinel-2's SATURATED special value (NODATA is 0): uint16 elements holding it are stored exactly, as a mask.
+SATURATED_VALUE = 65535
 # The DN offsets a chunk may declare: whatever shifts 16-bit DN into the models' range.
 DN_OFFSET_RANGE = (-32768, 65535)
 # 0: integer dtypes, step 2E+1 in DN; 1: float32, step 2E in data units; 2: float32 exact, through an
@@ -151,6 +156,8 @@ class ChunkHeader:
     # The DN of reflectance 0 (data DN = reflectance x 10000 + dn_offset): taken off before the normalization, added
     # back after decoding. 0 (no extensions field) in every chunk written before it existed.
     dn_offset: int = 0
+    # uint16: the packed mask (pack_mask) of the elements holding SATURATED_VALUE; None where none does.
+    saturated: bytes | None = None
 
     @property
     def batch(self) -> int:
@@ -326,9 +333,13 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         blocks=blocks,
         thinned_from=thinned_from,
         channels=channels,
-        dn_offset=extensions.get(EXTENSION_DN_OFFSET, 0),
+        dn_offset=_dn_offset(extensions.get(EXTENSION_DN_OFFSET)),
+        saturated=extensions.get(EXTENSION_SATURATED),
     )
-    if header.skips_missing and mask is None and nan_mask is None:
+    if header.saturated is not None and (header.dtype != np.dtype("uint16") or not header.saturated):
+        raise CorruptChunkError(f"Expected a saturated mask in uint16 chunks only. Got one in a {header.dtype} chunk "
+                                "instead." if header.saturated else "Expected a saturated mask. Got 0 bytes instead.")
+    if header.skips_missing and mask is None and nan_mask is None and header.saturated is None:
         raise CorruptChunkError("Expected a nodata or NaN mask in a chunk that skips missing latents. Got none instead.")
     return ChunkSections(header, mask, nan_mask, payload)
 
@@ -388,32 +399,39 @@ def _pack_extensions(header: ChunkHeader) -> bytes:
     if header.dn_offset != 0:
         if not DN_OFFSET_RANGE[0] <= header.dn_offset <= DN_OFFSET_RANGE[1]:
             raise ValueError(f"Expected a dn_offset in {DN_OFFSET_RANGE}. Got {header.dn_offset} instead.")
-        values[EXTENSION_DN_OFFSET] = struct.pack(EXTENSION_FORMATS[EXTENSION_DN_OFFSET], int(header.dn_offset))
+        values[EXTENSION_DN_OFFSET] = struct.pack("<i", int(header.dn_offset))
+    if header.saturated is not None:
+        values[EXTENSION_SATURATED] = bytes(header.saturated)
     if not values:
         return b""
-    return bytes([len(values)]) + b"".join(struct.pack("<BH", tag, len(v)) + v for tag, v in sorted(values.items()))
+    return bytes([len(values)]) + b"".join(struct.pack("<BI", tag, len(v)) + v for tag, v in sorted(values.items()))
 
 
-def _read_extensions(r: _Reader) -> dict[int, int]:
-    """Tag -> value of the extensions field: each tag known, once, in ascending order, of its value's size."""
+def _read_extensions(r: _Reader) -> dict[int, bytes]:
+    """Tag -> value bytes of the extensions field: each tag known, once, in ascending order."""
     (count,) = r.unpack("<B")
-    values: dict[int, int] = {}
-    for _ in range(count):
-        tag, length = r.unpack("<BH")
-        fmt = EXTENSION_FORMATS.get(tag)
-        if fmt is None:
-            raise CorruptChunkError(f"Expected extension tags {sorted(EXTENSION_FORMATS)}. Got tag {tag} instead "
-                                    "(written by a newer tec_zarr, or corrupt).")
-        if values and tag <= max(values) or length != struct.calcsize(fmt):
-            raise CorruptChunkError(f"Expected extension tags once each in ascending order, each value of its size. "
-                                    f"Got tag {tag} of {length} bytes after tags {sorted(values)} instead.")
-        (values[tag],) = r.unpack(fmt)
     if count == 0:
         raise CorruptChunkError("Expected at least one extension where flag bit 7 is set. Got none instead.")
-    offset = values.get(EXTENSION_DN_OFFSET, 0)
-    if not DN_OFFSET_RANGE[0] <= offset <= DN_OFFSET_RANGE[1] or (EXTENSION_DN_OFFSET in values and offset == 0):
-        raise CorruptChunkError(f"Expected a nonzero dn_offset in {DN_OFFSET_RANGE}. Got {offset} instead.")
+    values: dict[int, bytes] = {}
+    for _ in range(count):
+        tag, length = r.unpack("<BI")
+        if tag not in EXTENSION_TAGS:
+            raise CorruptChunkError(f"Expected extension tags {list(EXTENSION_TAGS)}. Got tag {tag} instead "
+                                    "(written by a newer tec_zarr, or corrupt).")
+        if values and tag <= max(values):
+            raise CorruptChunkError(f"Expected extension tags once each in ascending order. Got tag {tag} after "
+                                    f"tags {sorted(values)} instead.")
+        values[tag] = bytes(r.take(length))
     return values
+
+
+def _dn_offset(value: bytes | None) -> int:
+    if value is None:
+        return 0
+    offset = struct.unpack("<i", value)[0] if len(value) == 4 else 0
+    if offset == 0 or not DN_OFFSET_RANGE[0] <= offset <= DN_OFFSET_RANGE[1]:
+        raise CorruptChunkError(f"Expected a nonzero 4-byte dn_offset in {DN_OFFSET_RANGE}. Got {value.hex()} instead.")
+    return offset
 
 
 def _check_blocks(blocks) -> None:

@@ -12,7 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import requantize
-from ..bitstream.chunk import HASH_PREFIX_BYTES, ChunkHeader, element_count, unpack, unpack_mask, unpack_sections
+from ..bitstream.chunk import (
+    HASH_PREFIX_BYTES,
+    SATURATED_VALUE,
+    ChunkHeader,
+    element_count,
+    unpack,
+    unpack_mask,
+    unpack_sections,
+)
 from ..entropy.base import channel_argument
 from ..errors import ChunkShapeError, CorruptChunkError, ModelMismatchError, TecZarrError
 from ..models import Model, load_model
@@ -63,10 +71,11 @@ class ParsedChunk:
     symbols: np.ndarray
     # Thinned chunks: twice the top-level value each symbol decodes to (the coder's decode_thinned), float64.
     thinned_values: np.ndarray | None = None
+    saturated: np.ndarray | None = None  # uint16 elements that read back as SATURATED_VALUE
 
     @property
     def valid(self) -> np.ndarray:
-        missing = union(self.mask, self.nan)
+        missing = union(self.mask, self.nan, self.saturated)
         c, h, w = self.header.shape[-3:]
         return ~missing if missing is not None else np.ones((self.header.batch, c, h, w), bool)
 
@@ -151,7 +160,8 @@ def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
     if mask is not None and header.nodata is None:
         raise CorruptChunkError("Expected a nodata value with a nodata mask. Got a mask alone instead.")
     nan = unpack_mask(sections.nan_mask, (batch, c, h, w)) if sections.nan_mask is not None else None
-    skip = skipped_latents(header, mask, nan, model.latent_stride)
+    saturated = unpack_mask(header.saturated, (batch, c, h, w)) if header.saturated is not None else None
+    skip = skipped_latents(header, model.latent_stride, mask, nan, saturated)
     thinning = None
     if header.thinned_from is not None:
         thinning = requantize.Thinning.of(model.gain, (*header.thinned_from, header.quality))
@@ -169,13 +179,14 @@ def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
         if symbols[:, thinning.dropped].any():
             raise CorruptChunkError("Expected 0 in the channels a thinned chunk's levels drop. Got other symbols "
                                     "instead.")
-    return ParsedChunk(header=header, model=model, mask=mask, nan=nan, symbols=symbols, thinned_values=values)
+    return ParsedChunk(header=header, model=model, mask=mask, nan=nan, symbols=symbols, thinned_values=values,
+                       saturated=saturated)
 
 
-def skipped_latents(header: ChunkHeader, mask: np.ndarray | None, nan: np.ndarray | None,
-                    stride: int) -> np.ndarray | None:
-    """The latents a version-4 chunk's encoder left out, found from its masks as the encoder found them."""
-    return latent_skip(union(mask, nan), header.pad, stride) if header.skips_missing else None
+def skipped_latents(header: ChunkHeader, stride: int, *masks: np.ndarray | None) -> np.ndarray | None:
+    """The latents a version-4 chunk's encoder left out, found from its masks (nodata, NaN, saturated) as the
+    encoder found them."""
+    return latent_skip(union(*masks), header.pad, stride) if header.skips_missing else None
 
 
 def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
@@ -197,6 +208,8 @@ def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
     result = _apply_nodata(result, header.nodata, parsed.mask)
     if parsed.nan is not None:
         result[parsed.nan] = np.nan
+    if parsed.saturated is not None:
+        result[parsed.saturated] = SATURATED_VALUE
     return result.reshape(header.shape)
 
 

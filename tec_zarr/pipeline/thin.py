@@ -58,7 +58,7 @@ def thin_chunk(buf, quality: int) -> bytes:
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_top = np.where(top != 0, 0.5 / top, 0.0)
     y = np.ascontiguousarray((doubled * inv_top[None, :, None, None]).astype(np.float32))
-    skip = skipped_latents(header, parsed.mask, parsed.nan, model.latent_stride)
+    skip = skipped_latents(header, model.latent_stride, parsed.mask, parsed.nan, parsed.saturated)
     if skip is not None:
         symbols *= ~skip[:, None]
     channels = coded_channels(model, symbols)  # the level may drop channels, and zero more of them

@@ -1,0 +1,116 @@
+"""Sentinel-2's SATURATED value (65535 in uint16 DN) is stored exactly, as a mask, and coded as missing data: a few
+saturated pixels must neither decode to other values nor cost the pixels around them."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+import tec_zarr
+import tec_zarr.pipeline
+from tec_zarr import TEC, metrics
+from tec_zarr.bitstream import chunk as bitstream
+from tec_zarr.errors import CorruptChunkError
+
+from common import assert_bound, check_golden
+
+SATURATED = 65535
+
+
+@pytest.fixture(scope="module")
+def clear(image) -> np.ndarray:
+    return np.ascontiguousarray(image[:, :128, :128])
+
+
+@pytest.fixture(scope="module")
+def spiked(clear) -> np.ndarray:
+    """0.1 % of the pixels saturated in some bands, one bright cloud top saturated in every band."""
+    a = clear.copy()
+    rng = np.random.default_rng(0)
+    where = rng.random(a.shape) < 1e-3
+    a[where] = SATURATED
+    a[:, 60:70, 30:45] = SATURATED
+    return a
+
+
+def others(a: np.ndarray) -> np.ndarray:
+    return a != SATURATED
+
+
+@pytest.mark.parametrize("model", ["tec-fp", "tec-ctx"])
+def test_saturated_pixels_cost_their_neighbours_nothing(model, clear, spiked):
+    ok = others(spiked)
+    enc_clear = TEC(model=model).encode(clear)
+    dec_clear = TEC(model=model).decode(enc_clear)
+    enc = TEC(model=model).encode(spiked)
+    dec = TEC(model=model).decode(enc)
+    assert (dec[~ok] == SATURATED).all() and bitstream.unpack(enc)[0].saturated is not None
+    # the other pixels as good as in the clear image (where it differs, the cloud top is missing from both)
+    quality = metrics.psnr(np.where(ok, spiked, 0), np.where(ok, dec, 0))
+    assert quality >= metrics.psnr(np.where(ok, clear, 0), np.where(ok, dec_clear, 0)) - 0.1
+    assert len(enc) - len(bitstream.unpack(enc)[0].saturated) < 1.02 * len(enc_clear)  # the mask, little else
+
+
+@pytest.mark.parametrize("max_error", [0, 4])
+def test_bounds_hold_with_saturated_pixels(spiked, max_error):
+    codec = TEC(max_error=max_error)
+    assert_bound(spiked, codec.decode(codec.encode(spiked)), max_error)
+
+
+def test_saturated_as_nodata_stays_nodata(spiked):
+    enc = TEC(nodata=SATURATED).encode(spiked)
+    assert bitstream.unpack(enc)[0].saturated is None
+    assert (TEC(nodata=SATURATED).decode(enc)[spiked == SATURATED] == SATURATED).all()
+
+
+def test_other_dtypes_have_no_saturated_mask(clear):
+    as_int16 = np.where(clear > 32767, 32767, clear).astype(np.int16)
+    assert bitstream.unpack(TEC().encode(as_int16))[0].saturated is None
+    assert bitstream.unpack(TEC().encode(clear))[0].saturated is None  # nothing saturated: the old layout
+
+
+def test_thinning_keeps_saturated_pixels(spiked):
+    thin = tec_zarr.thin(TEC(quality=4).encode(spiked), 0)
+    assert (tec_zarr.pipeline.decode_chunk(thin)[spiked == SATURATED] == SATURATED).all()
+
+
+def test_golden_saturated_chunks(spiked):
+    """Chunks with a saturated mask decode the same in every run (regenerated only with
+    TEC_ZARR_REGENERATE_GOLDEN=1)."""
+    small = np.ascontiguousarray(spiked[:, 50:114, 20:116])
+    check_golden(TEC(), [small], "saturated-tec-fp")
+    check_golden(TEC(model="tec-ctx"), [small], "saturated-tec-ctx")
+    check_golden(TEC(max_error=0), [small], "saturated-tec-fp-e0", max_abs_error=0)
+
+
+def replaced_extension(buf: bytes, value: bytes, tag: int = bitstream.EXTENSION_SATURATED) -> bytes:
+    """``buf`` (a chunk whose only extension is its saturated mask) with that extension's tag and value replaced."""
+    h = bitstream.unpack(buf)[0]
+    old = bytes([1, bitstream.EXTENSION_SATURATED]) + struct.pack("<I", len(h.saturated)) + h.saturated
+    body = buf[:-4]
+    assert body.count(old) == 1
+    body = body.replace(old, bytes([1, tag]) + struct.pack("<I", len(value)) + value)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+@pytest.mark.parametrize("name", ["empty", "not zlib", "too few bits", "unknown tag"])
+def test_hostile_saturated_masks_are_refused(spiked, name):
+    buf = TEC().encode(np.ascontiguousarray(spiked[:, :32, :32]))
+    value = {"empty": b"", "not zlib": b"\x78garbage", "too few bits": zlib.compress(b"\x00" * 10),
+             "unknown tag": b"\x00"}[name]
+    bad = replaced_extension(buf, value, tag=9 if name == "unknown tag" else bitstream.EXTENSION_SATURATED)
+    with pytest.raises(CorruptChunkError):
+        TEC().decode(bad)
+
+
+def test_a_saturated_mask_in_a_float_chunk_is_refused(clear):
+    from dataclasses import replace
+
+    buf = TEC().encode(clear.astype(np.float32) / np.float32(1e4))
+    h, m, p = bitstream.unpack(buf)
+    mask = bitstream.pack_mask(np.zeros((1, *clear.shape), bool))
+    with pytest.raises(CorruptChunkError, match="uint16"):
+        TEC().decode(bitstream.pack(replace(h, saturated=mask), m, p))
