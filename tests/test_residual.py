@@ -333,10 +333,10 @@ def _residual_of(path):
                                  skip=golden_skip(path.read_bytes()),
                                  **channel_argument(model.coder, header.coded_channels))
     c, h, w = header.shape[-3:]
-    if mask_bytes is None:
-        valid = np.ones((header.batch, c, h, w), bool)
-    else:
-        valid = ~chunk.unpack_mask(mask_bytes, (header.batch, c, h, w))
+    valid = np.ones((header.batch, c, h, w), bool)
+    for packed in (mask_bytes, header.saturated):  # nodata and saturated elements are not in the residual
+        if packed is not None:
+            valid &= ~chunk.unpack_mask(packed, (header.batch, c, h, w))
     res = header.residual
     _, coded = bound.coded_layout(header, symbols, model, valid)
     valid, anchor, step = coded.valid, coded.anchor, coded.step
