@@ -281,7 +281,7 @@ def test_extension_flag_without_its_field_is_refused(nearest):
     data = bytearray(TEC().encode(nearest)[:-4])
     data[5] |= 128  # bit 7 became the extensions field's flag: the payload length then reads as a bad extension
     body = bytes(data)
-    with pytest.raises(CorruptChunkError, match="extension"):
+    with pytest.raises(CorruptChunkError, match="extension|within its bytes"):
         TEC().decode(body + struct.pack("<I", zlib.crc32(body)))
 
 

@@ -292,7 +292,7 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
             blocks = tuple(tuple(raw[i : i + 3]) for i in range(0, len(raw), 3))
         thinned_from = tuple(r.take(r.unpack("<B")[0])) if flags & FLAG_THINNED else None
         channels = bytes(r.take(-(-m // 8))) if flags & FLAG_CHANNELS else None
-        extensions = _read_extensions(r) if flags & FLAG_EXTENSIONS else {}
+        extensions = _read_extensions(r) if flags & FLAG_EXTENSIONS else None
         payload = bytes(r.take(r.unpack("<I")[0]))
         residual = None
         if flags & FLAG_RESIDUAL:
@@ -313,6 +313,7 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
     if r.pos != len(r.buf):
         raise CorruptChunkError(f"Expected the TEC chunk to end after {r.pos} bytes. Got {len(r.buf)} instead.")
     _check_header(dtype_code, shape, (m, lh, lw), flags, nodata, float_scale, residual, version)
+    extensions = _check_extensions(extensions)
     _check_blocks(blocks)
     if thinned_from is not None:
         _check_thinned(thinned_from, quality, residual)
@@ -336,9 +337,9 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         dn_offset=_dn_offset(extensions.get(EXTENSION_DN_OFFSET)),
         saturated=extensions.get(EXTENSION_SATURATED),
     )
-    if header.saturated is not None and (header.dtype != np.dtype("uint16") or not header.saturated):
+    if header.saturated is not None and header.dtype != np.dtype("uint16"):
         raise CorruptChunkError(f"Expected a saturated mask in uint16 chunks only. Got one in a {header.dtype} chunk "
-                                "instead." if header.saturated else "Expected a saturated mask. Got 0 bytes instead.")
+                                "instead.")
     if header.skips_missing and mask is None and nan_mask is None and header.saturated is None:
         raise CorruptChunkError("Expected a nodata or NaN mask in a chunk that skips missing latents. Got none instead.")
     return ChunkSections(header, mask, nan_mask, payload)
@@ -407,22 +408,30 @@ def _pack_extensions(header: ChunkHeader) -> bytes:
     return bytes([len(values)]) + b"".join(struct.pack("<BI", tag, len(v)) + v for tag, v in sorted(values.items()))
 
 
-def _read_extensions(r: _Reader) -> dict[int, bytes]:
-    """Tag -> value bytes of the extensions field: each tag known, once, in ascending order."""
+def _read_extensions(r: _Reader) -> list[tuple[int, bytes]]:
+    """The extensions field's (tag, value) pairs as stored (checked by _check_extensions once the CRC is)."""
     (count,) = r.unpack("<B")
-    if count == 0:
-        raise CorruptChunkError("Expected at least one extension where flag bit 7 is set. Got none instead.")
-    values: dict[int, bytes] = {}
+    pairs = []
     for _ in range(count):
         tag, length = r.unpack("<BI")
-        if tag not in EXTENSION_TAGS:
-            raise CorruptChunkError(f"Expected extension tags {list(EXTENSION_TAGS)}. Got tag {tag} instead "
-                                    "(written by a newer tec_zarr, or corrupt).")
-        if values and tag <= max(values):
-            raise CorruptChunkError(f"Expected extension tags once each in ascending order. Got tag {tag} after "
-                                    f"tags {sorted(values)} instead.")
-        values[tag] = bytes(r.take(length))
-    return values
+        pairs.append((tag, bytes(r.take(length))))
+    return pairs
+
+
+def _check_extensions(pairs: list[tuple[int, bytes]] | None) -> dict[int, bytes]:
+    """Tag -> value of the extensions field: at least one, each tag known, once, in ascending order."""
+    if pairs is None:
+        return {}
+    tags = [tag for tag, _ in pairs]
+    if not tags:
+        raise CorruptChunkError("Expected at least one extension where flag bit 7 is set. Got none instead.")
+    unknown = [tag for tag in tags if tag not in EXTENSION_TAGS]
+    if unknown:
+        raise CorruptChunkError(f"Expected extension tags {list(EXTENSION_TAGS)}. Got tag {unknown[0]} instead "
+                                "(written by a newer tec_zarr).")
+    if tags != sorted(set(tags)):
+        raise CorruptChunkError(f"Expected extension tags once each in ascending order. Got {tags} instead.")
+    return dict(pairs)
 
 
 def _dn_offset(value: bytes | None) -> int:
