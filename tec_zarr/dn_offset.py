@@ -16,6 +16,8 @@ import warnings
 
 import numpy as np
 
+from .errors import DnOffsetWarning
+
 # Sentinel-2's BOA_ADD_OFFSET / RADIO_ADD_OFFSET, negated: the DN of reflectance 0 from baseline 04.00 on.
 SENTINEL2_DN_OFFSET = 1000
 OFFSET_BASELINE = 4.0
@@ -24,10 +26,6 @@ BASELINE_COORDS = ("s2:processing_baseline", "processing:version", "sentinel:pro
 APPLIED_COORDS = ("earthsearch:boa_offset_applied", "sentinel:boa_offset_applied")
 # CF packing a variable read as stored may carry: value = DN x scale_factor + add_offset, reflectance units.
 REFLECTANCE_PER_DN = 1e-4
-
-
-class DnOffsetWarning(UserWarning):
-    """A variable's metadata gives its dates different DN offsets (Sentinel-2 baselines before and after 04.00)."""
 
 
 def stated_dn_offset(var, float_scale: float = 10000.0) -> int | None:

@@ -68,6 +68,11 @@ class PsnrTargetWarning(UserWarning):
     """No quality level reaches a chunk's ``psnr=`` target: the chunk was written at its best level instead."""
 
 
+class DnOffsetWarning(UserWarning):
+    """A variable's metadata gives its dates different DN offsets (Sentinel-2 baselines before and after 04.00): it
+    is coded with the offset of most dates."""
+
+
 class CheckpointImportError(TecZarrError, ValueError):
     """A checkpoint ``tec models import`` cannot convert: not a state dict, an architecture it does not import
     (yet), weights that disagree with their config, or a model name already taken."""

@@ -15,7 +15,8 @@ import tec_zarr
 import tec_zarr.pipeline
 from tec_zarr import TEC, metrics
 from tec_zarr.bitstream import chunk as bitstream
-from tec_zarr.dn_offset import DnOffsetWarning, packed_dn_offset, stated_dn_offset
+from tec_zarr import DnOffsetWarning
+from tec_zarr.dn_offset import packed_dn_offset, stated_dn_offset
 from tec_zarr.errors import CorruptChunkError, InvalidInputError
 
 from common import assert_bound, check_config, check_golden, check_repr
