@@ -57,7 +57,9 @@ def stated_dn_offset(var, float_scale: float = 10000.0) -> int | None:
 
 def packed_dn_offset(scale, offset) -> int | None:
     """The DN of reflectance 0 of integer DN packed as ``value = DN x scale + offset`` in reflectance (CF attributes,
-    a GeoTIFF band's scale and offset): -offset / scale where scale is 1e-4; else None."""
+    a GeoTIFF band's scale and offset): -offset / scale where scale is 1e-4 (no offset: 0, as in CF); else None."""
+    if offset is None and scale is not None:
+        offset = 0.0
     try:
         scale, offset = float(np.squeeze(scale)), float(np.squeeze(offset))
     except (TypeError, ValueError):
@@ -68,14 +70,24 @@ def packed_dn_offset(scale, offset) -> int | None:
     return int(round(dn)) if abs(dn - round(dn)) < 1e-6 and 0 <= round(dn) <= 32767 else None
 
 
+def bands_dn_offset(scales, offsets, dtype) -> int | None:
+    """:func:`packed_dn_offset` of a raster whose bands state ``scales`` and ``offsets`` (GDAL's), where every band
+    states the same packing of integer data; else None."""
+    pairs = set(zip(scales, offsets))
+    if np.dtype(dtype).kind not in "iu" or len(pairs) != 1:
+        return None
+    return packed_dn_offset(*pairs.pop())
+
+
 def _baseline_offsets(var) -> np.ndarray | None:
-    """Per element of the baseline coordinate: 1000 from baseline 04.00 on, unless flagged as already removed."""
+    """Per date of the baseline coordinate: 1000 from baseline 04.00 on, unless flagged as already removed (stackstac
+    keeps a property equal on every date as a scalar coordinate: flags and baselines broadcast against each other;
+    a date without the flag keeps its baseline's offset)."""
     name = next((c for c in BASELINE_COORDS if c in var.coords), None)
     if name is None:
         return None
-    baselines = np.atleast_1d(np.asarray(var.coords[name].values))
     try:
-        numbers = np.array([float(b) for b in baselines.ravel()])
+        numbers = np.vectorize(float, otypes=[float])(np.atleast_1d(np.asarray(var.coords[name].values)))
     except (TypeError, ValueError):
         return None
     if not np.isfinite(numbers).all():
@@ -83,9 +95,11 @@ def _baseline_offsets(var) -> np.ndarray | None:
     offsets = np.where(numbers >= OFFSET_BASELINE, SENTINEL2_DN_OFFSET, 0)
     applied = next((c for c in APPLIED_COORDS if c in var.coords), None)
     if applied is not None:
-        flags = np.atleast_1d(np.asarray(var.coords[applied].values))
-        if flags.dtype == object and all(isinstance(f, (bool, np.bool_)) for f in flags.ravel()):
-            flags = flags.astype(bool)
-        if flags.shape == baselines.shape and flags.dtype == bool:
-            offsets = np.where(flags.ravel(), 0, offsets)
-    return offsets
+        raw = np.atleast_1d(np.asarray(var.coords[applied].values, dtype=object))
+        removed = np.vectorize(lambda f: isinstance(f, (bool, np.bool_)) and bool(f), otypes=[bool])(raw)
+        try:
+            offsets, removed = np.broadcast_arrays(offsets, removed)
+        except ValueError:  # flags along another axis than the baselines: they say nothing per date
+            return offsets.ravel()
+        offsets = np.where(removed, 0, offsets)
+    return offsets.ravel()

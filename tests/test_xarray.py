@@ -202,7 +202,7 @@ def test_encoding_helper_chunks_in_memory_data_itself(dataset, tmp_path, zarr_fo
     assert back.encoding["chunks"] == enc["reflectance"]["chunks"] and back.shape == dataset["reflectance"].shape
     wide = xr.Dataset({"r": (("time", "band", "y", "x"), np.zeros((2, 12, 1500, 700), np.uint16))})
     assert zarr_encoding(wide, zarr_format=zarr_format)["r"]["chunks"] == (1, 12, 512, 700)
-    assert zarr_encoding(wide, zarr_format=zarr_format, chunks={"time": 2})["r"]["chunks"] == (2, 12, 512, 700)
+    assert zarr_encoding(wide, zarr_format=3, chunks={"y": 256})["r"]["chunks"] == (2, 12, 256, 700)  # as before
 
 
 def test_format2_chunks_its_readers_would_refuse_are_refused_before_writing(dataset, tmp_path, monkeypatch):
@@ -210,13 +210,13 @@ def test_format2_chunks_its_readers_would_refuse_are_refused_before_writing(data
     chunk is refused when written (helper and codec), where format 3 stores it and reads it back."""
     monkeypatch.setenv("TEC_ZARR_MAX_CHUNK_ELEMENTS", str(12 * 64 * 64))
     with pytest.raises(InvalidInputError, match="zarr_format=3"):
-        zarr_encoding(dataset, zarr_format=2, chunks={"y": 128, "x": 128})
-    enc = zarr_encoding(dataset, zarr_format=2, chunks={"y": 64, "x": 64})
+        zarr_encoding(dataset, zarr_format=2, chunks={"time": 1, "y": 128, "x": 128})
+    enc = zarr_encoding(dataset, zarr_format=2, chunks={"time": 1, "y": 64, "x": 64})
     dataset.to_zarr(tmp_path / "ok.zarr", zarr_format=2, encoding=enc)
     assert xr.open_zarr(tmp_path / "ok.zarr")["reflectance"].shape == dataset["reflectance"].shape
     with pytest.raises(InvalidInputError, match="format 2"):
         TEC().encode(np.ascontiguousarray(dataset["reflectance"].values[0, :, :128, :128]))
-    enc3 = zarr_encoding(dataset, zarr_format=3, chunks={"y": 128, "x": 128})
+    enc3 = zarr_encoding(dataset, zarr_format=3, chunks={"time": 1, "y": 128, "x": 128})
     dataset.to_zarr(tmp_path / "v3.zarr", zarr_format=3, encoding=enc3)
     back = xr.open_zarr(tmp_path / "v3.zarr")["reflectance"].values
     assert metrics.mean_psnr(dataset["reflectance"].values, back) > 40

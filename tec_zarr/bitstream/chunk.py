@@ -157,7 +157,7 @@ class ChunkHeader:
     # back after decoding. 0 (no extensions field) in every chunk written before it existed.
     dn_offset: int = 0
     # uint16: the packed mask (pack_mask) of the elements holding SATURATED_VALUE; None where none does.
-    saturated: bytes | None = None
+    saturated: bytes | None = field(default=None, repr=False)
 
     @property
     def batch(self) -> int:

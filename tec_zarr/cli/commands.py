@@ -160,6 +160,16 @@ def _compress_tec(args) -> tuple[int, float]:
     return meta.tile_count, progress.seconds
 
 
+def _geotiff_dn_offset(path) -> int:
+    """The DN offset a GeoTIFF's bands state by their scale and offset (0 where they state none)."""
+    import rasterio
+
+    from ..dn_offset import bands_dn_offset
+
+    with rasterio.open(path) as src:
+        return bands_dn_offset(src.scales, src.offsets, src.dtypes[0]) or 0
+
+
 def _gdal_cache(path, rows: int):
     """GDAL's block cache sized to a few strips of ``rows`` rows of the GeoTIFF (GDAL's default, 5 % of the RAM,
     would keep every block read, up to the whole raster), unless GDAL_CACHEMAX is set."""
@@ -181,6 +191,8 @@ def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
     ds, var = open_dataset(args.input, in_kind, args.var, chunk)
     ds = ds[[var]]  # keeps the variable's coordinates, its grid mapping among them
     kwargs = {"quality": args.quality, "model": args.model, **_bound_args(args)}
+    if in_kind == GEOTIFF and "dn_offset" not in kwargs:  # the file's band scale and offset (a Zarr or NetCDF
+        kwargs["dn_offset"] = _geotiff_dn_offset(args.input)  # input's metadata: zarr_encoding reads it)
     nodata = _nodata_arg(args.nodata)
     attrs = dict(ds[var].attrs)
     # The input is opened without CF masking: its _FillValue (or missing_value) is a stored value, its nodata.

@@ -233,9 +233,6 @@ def read_geotiff(path: Path, name: str, chunk: int):
         y = t.f + t.e * (np.arange(src.height) + 0.5)
         wkt = src.crs.to_wkt() if src.crs else ""
         nodata = src.nodata
-        # GDAL's band scale and offset are CF's packing (value = DN x scale + offset): kept where every band states
-        # the same one, so readers unpack the store as rioxarray does the file, and the codec takes its dn_offset.
-        packing = {(src.scales[i - 1], src.offsets[i - 1]) for i in indexes}
         try:
             import dask.array as da
         except ImportError:
@@ -247,9 +244,6 @@ def read_geotiff(path: Path, name: str, chunk: int):
     var_attrs = {"grid_mapping": GRID_MAPPING}
     if nodata is not None:
         var_attrs["nodata"] = int(nodata) if float(nodata).is_integer() else float(nodata)
-    if len(packing) == 1 and packing != {(1.0, 0.0)}:
-        (scale, offset), = packing
-        var_attrs.update(scale_factor=float(scale), add_offset=float(offset))
     # An identity transform is GDAL's "no georeferencing" (as geotiff_to_tec, none is stored then).
     geotransform = None if t.is_identity else list(t.to_gdal())
     spatial_ref = xr.DataArray(np.int64(0), attrs=grid_mapping_attrs(wkt or None, geotransform))

@@ -22,9 +22,9 @@ def zarr_encoding(
     (with ``compressors=None``) for format 3. Note that xarray 2026.9 rejects the old singular ``"compressor"``.
     ``chunks`` (dim -> size) sets the Zarr chunk shape; the band axis is always one chunk. A dask-backed variable
     keeps its dask chunks along the dims ``chunks`` does not name (xarray writes dask chunks whole), and a ``chunks``
-    entry that would split them is refused with the ``ds.chunk`` call that fixes it. Other dims ``chunks`` does not
-    name: one entry along the leading axes (a date), whole rows and columns up to :data:`WHOLE_AXIS_MAX`, else
-    :data:`DEFAULT_TILE` (zarr's own guess would split the bands). Format 2 chunks are at most
+    entry that would split them is refused with the ``ds.chunk`` call that fixes it. An in-memory variable's dims
+    that ``chunks`` does not name are whole; without ``chunks``: one entry along the leading axes (a date), whole rows
+    and columns up to :data:`WHOLE_AXIS_MAX`, else :data:`DEFAULT_TILE` (zarr's own guess would split the bands). Format 2 chunks are at most
     :func:`~tec_zarr.pipeline.decode.max_chunk_elements` elements: its readers decode a chunk without its shape, and
     refuse larger ones.
 
@@ -81,7 +81,7 @@ def zarr_encoding(
         dask_chunks = dict(zip(var.dims, var.chunks)) if var.chunks is not None else None
         enc["chunks"] = tuple(
             nbands if i == var.ndim - 3 else _chunk(name, dim, size, (chunks or {}).get(dim), dask_chunks,
-                                                    spatial=i >= var.ndim - 2)
+                                                    spatial=i >= var.ndim - 2, whole=chunks is not None)
             for i, (dim, size) in enumerate(zip(var.dims, var.shape))
         )
         if dask_chunks and len(dask_chunks[band_dim]) > 1:
@@ -182,12 +182,16 @@ WHOLE_AXIS_MAX = 1024
 DEFAULT_TILE = 512
 
 
-def _chunk(name: str, dim: str, size: int, asked: int | None, dask_chunks: dict | None, *, spatial: bool) -> int:
-    """The Zarr chunk along ``dim``: as asked, else the dask chunk, else the default (one entry along a leading
-    axis, the whole axis or DEFAULT_TILE along y and x); checked against dask."""
+def _chunk(name: str, dim: str, size: int, asked: int | None, dask_chunks: dict | None, *, spatial: bool,
+           whole: bool) -> int:
+    """The Zarr chunk along ``dim``: as asked, else the dask chunk, else the whole axis where ``chunks`` names
+    other dims (``whole``), else the default (one entry along a leading axis, the whole axis up to WHOLE_AXIS_MAX
+    or DEFAULT_TILE along y and x); checked against dask."""
     if dask_chunks is None:
         if asked:
             return min(asked, size)
+        if whole:
+            return size
         return (size if size <= WHOLE_AXIS_MAX else DEFAULT_TILE) if spatial else 1
     blocks = dask_chunks[dim]
     chunk = min(asked, size) if asked else blocks[0]

@@ -121,4 +121,4 @@ def check_format2_chunk(shape, what: str) -> None:
         raise InvalidInputError(
             f"Expected Zarr format 2 chunks of at most {limit} elements ({MAX_CHUNK_ELEMENTS_VARIABLE}), as its readers "
             f"decode chunks without being told their shape. Got {tuple(shape)} ({elements}) for {what} instead: "
-            "smaller chunks (e.g. chunks={'y': 1024, 'x': 1024}), or zarr_format=3, whose readers are told.")
+            "smaller chunks (e.g. one date of 1024 x 1024 pixels), or zarr_format=3, whose readers are told.")

@@ -19,7 +19,7 @@ from ..bands import S2_L2A_BANDS, band_order
 from ..bitstream import chunk as bitstream
 from ..bitstream import tecfile as layout
 from ..codec.config import CODEC_NAME, FILL_VALUE
-from ..dn_offset import packed_dn_offset
+from ..dn_offset import bands_dn_offset
 from ..errors import InvalidInputError, TecFileError
 from ..parsing import nodata_allowed, parse_nodata
 from . import raster
@@ -49,7 +49,8 @@ def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=()
         if nodata is None:
             nodata = ds.nodata if ds.nodata is not None else 0
         if dn_offset is None:
-            dn_offset = packed_dn_offset(ds.scales[indexes[0] - 1], ds.offsets[indexes[0] - 1]) or 0
+            dn_offset = bands_dn_offset([ds.scales[i - 1] for i in indexes], [ds.offsets[i - 1] for i in indexes],
+                                        ds.dtypes[indexes[0] - 1]) or 0
 
         def read_rows(y0: int, y1: int) -> np.ndarray:
             return ds.read(indexes, window=Window(0, y0, ds.width, y1 - y0))
