@@ -70,7 +70,7 @@ def valid_part(a: np.ndarray, valid) -> np.ndarray:
 def encode_as_values(codec, a: np.ndarray) -> bytes:
     """The chunk as it was coded before saturated elements were a mask: as values."""
     found = prepare.saturated_elements
-    prepare.saturated_elements = lambda images, nodata: None
+    prepare.saturated_elements = lambda images, nodata, scale=1.0: None
     try:
         return codec.encode(a)
     finally:

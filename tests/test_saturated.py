@@ -66,10 +66,30 @@ def test_saturated_as_nodata_stays_nodata(spiked):
     assert (TEC(nodata=SATURATED).decode(enc)[spiked == SATURATED] == SATURATED).all()
 
 
-def test_other_dtypes_have_no_saturated_mask(clear):
+def test_int16_has_no_saturated_mask(clear):
     as_int16 = np.where(clear > 32767, 32767, clear).astype(np.int16)
     assert bitstream.unpack(TEC().encode(as_int16))[0].saturated is None
     assert bitstream.unpack(TEC().encode(clear))[0].saturated is None  # nothing saturated: the old layout
+
+
+@pytest.mark.parametrize("max_error", [None, 0])
+def test_float32_dn_saturate_at_65535(clear, spiked, max_error):
+    """DN loaded as float (stackstac rescale=False, float_scale=1) hold 65535.0; reflectance (float_scale 1e4)
+    float32(6.5535). Both read back exactly, with NaN beside them."""
+    for scale in (1.0, 1e4):
+        values = (spiked.astype(np.float64) / scale).astype(np.float32)
+        values[:, :5, :] = np.nan
+        codec = TEC(float_scale=scale, nodata=None, max_error=max_error)
+        enc = codec.encode(values)
+        assert bitstream.unpack(enc)[0].saturated is not None
+        dec = codec.decode(enc)
+        hit = values == np.float32(SATURATED / scale)
+        assert np.array_equal(dec[hit], values[hit]) and np.isnan(dec[:, :5]).all()
+        ok = ~hit & ~np.isnan(values)
+        if max_error == 0:
+            assert np.array_equal(dec[ok], values[ok])
+        else:
+            assert metrics.psnr(values[ok], dec[ok], scale=10000 / scale) > 40
 
 
 def test_thinning_keeps_saturated_pixels(spiked):
@@ -84,6 +104,7 @@ def test_golden_saturated_chunks(spiked):
     check_golden(TEC(), [small], "saturated-tec-fp")
     check_golden(TEC(model="tec-ctx"), [small], "saturated-tec-ctx")
     check_golden(TEC(max_error=0), [small], "saturated-tec-fp-e0", max_abs_error=0)
+    check_golden(TEC(float_scale=1, nodata=None), [small.astype(np.float32)], "saturated-tec-fp-float32-dn")
 
 
 def replaced_extension(buf: bytes, value: bytes, tag: int = bitstream.EXTENSION_SATURATED) -> bytes:
@@ -106,11 +127,11 @@ def test_hostile_saturated_masks_are_refused(spiked, name):
         TEC().decode(bad)
 
 
-def test_a_saturated_mask_in_a_float_chunk_is_refused(clear):
+def test_a_saturated_mask_in_an_int16_chunk_is_refused(clear):
     from dataclasses import replace
 
-    buf = TEC().encode(clear.astype(np.float32) / np.float32(1e4))
+    buf = TEC().encode(np.minimum(clear, 32767).astype(np.int16))
     h, m, p = bitstream.unpack(buf)
     mask = bitstream.pack_mask(np.zeros((1, *clear.shape), bool))
-    with pytest.raises(CorruptChunkError, match="uint16"):
+    with pytest.raises(CorruptChunkError, match="uint16 and float32"):
         TEC().decode(bitstream.pack(replace(h, saturated=mask), m, p))

@@ -37,8 +37,8 @@ Layout (all integers little-endian)::
                           tag it does not know (every tag may change how the chunk decodes). Tag 1, dn_offset (i32):
                           the DN of reflectance 0 (Sentinel-2 from processing baseline 04.00 on: 1000), taken off before
                           the model's normalization and added back to the decoded values (and to a residual's base).
-                          Tag 2, saturated (uint16 only): a mask as the nodata mask's of the elements that hold 65535,
-                          Sentinel-2's SATURATED value, stored exactly and coded as missing data
+                          Tag 2, saturated (uint16, float32): a mask as the nodata mask's of the elements that hold
+                          Sentinel-2's SATURATED DN 65535 (saturated_value), stored exactly and coded as missing data
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
@@ -105,7 +105,7 @@ KNOWN_FLAGS = (FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN | FLAG_BLOCKS 
 EXTENSION_DN_OFFSET = 1  # value: i32
 EXTENSION_SATURATED = 2  # value: a packed mask (pack_mask)
 EXTENSION_TAGS = (EXTENSION_DN_OFFSET, EXTENSION_SATURATED)
-# Sentinel-2's SATURATED special value (NODATA is 0): uint16 elements holding it are stored exactly, as a mask.
+# Sentinel-2's SATURATED special value in DN (NODATA is 0): elements holding it are stored exactly, as a mask.
 SATURATED_VALUE = 65535
 # The DN offsets a chunk may declare: whatever shifts 16-bit DN into the models' range.
 DN_OFFSET_RANGE = (-32768, 65535)
@@ -156,7 +156,7 @@ class ChunkHeader:
     # The DN of reflectance 0 (data DN = reflectance x 10000 + dn_offset): taken off before the normalization, added
     # back after decoding. 0 (no extensions field) in every chunk written before it existed.
     dn_offset: int = 0
-    # uint16: the packed mask (pack_mask) of the elements holding SATURATED_VALUE; None where none does.
+    # The packed mask (pack_mask) of the elements holding saturated_value(dtype, float_scale); None where none does.
     saturated: bytes | None = field(default=None, repr=False)
 
     @property
@@ -337,9 +337,9 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         dn_offset=_dn_offset(extensions.get(EXTENSION_DN_OFFSET)),
         saturated=extensions.get(EXTENSION_SATURATED),
     )
-    if header.saturated is not None and header.dtype != np.dtype("uint16"):
-        raise CorruptChunkError(f"Expected a saturated mask in uint16 chunks only. Got one in a {header.dtype} chunk "
-                                "instead.")
+    if header.saturated is not None and saturated_value(header.dtype, header.float_scale) is None:
+        raise CorruptChunkError(f"Expected a saturated mask in uint16 and float32 chunks only. Got one in a "
+                                f"{header.dtype} chunk instead.")
     if header.skips_missing and mask is None and nan_mask is None and header.saturated is None:
         raise CorruptChunkError("Expected a nodata or NaN mask in a chunk that skips missing latents. Got none instead.")
     return ChunkSections(header, mask, nan_mask, payload)
@@ -392,6 +392,17 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
         or (version == RESIDUAL_V1_FORMAT_VERSION and residual.coder != 1)
     ):
         raise CorruptChunkError(f"Expected a valid residual section. Got {residual} instead.")
+
+
+def saturated_value(dtype, float_scale: float):
+    """Sentinel-2's SATURATED DN in a chunk's units: 65535 in uint16, float32(65535 / float_scale) in float32 (DN
+    loaded as float, ``float_scale`` 1, hold 65535.0); None for int16, whose range does not reach it."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint16:
+        return np.uint16(SATURATED_VALUE)
+    if dtype == np.float32:
+        return np.float32(SATURATED_VALUE / float_scale)
+    return None
 
 
 def _pack_extensions(header: ChunkHeader) -> bytes:

@@ -14,9 +14,9 @@ import numpy as np
 from .. import requantize
 from ..bitstream.chunk import (
     HASH_PREFIX_BYTES,
-    SATURATED_VALUE,
     ChunkHeader,
     element_count,
+    saturated_value,
     unpack,
     unpack_mask,
     unpack_sections,
@@ -71,7 +71,7 @@ class ParsedChunk:
     symbols: np.ndarray
     # Thinned chunks: twice the top-level value each symbol decodes to (the coder's decode_thinned), float64.
     thinned_values: np.ndarray | None = None
-    saturated: np.ndarray | None = None  # uint16 elements that read back as SATURATED_VALUE
+    saturated: np.ndarray | None = None  # elements that read back as the saturated DN (saturated_value)
 
     @property
     def valid(self) -> np.ndarray:
@@ -209,7 +209,7 @@ def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
     if parsed.nan is not None:
         result[parsed.nan] = np.nan
     if parsed.saturated is not None:
-        result[parsed.saturated] = SATURATED_VALUE
+        result[parsed.saturated] = saturated_value(header.dtype, header.float_scale)
     return result.reshape(header.shape)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bitstream.chunk import DTYPE_CODES, SATURATED_VALUE
+from ..bitstream.chunk import DTYPE_CODES, saturated_value
 from ..errors import InvalidInputError, UnsupportedDtypeError
 from ..models import Model
 from ..parsing import parse_dn_offset, parse_float_scale
@@ -182,7 +182,7 @@ class PreparedChunk:
     skip: np.ndarray | None = None  # (B, h, w): latents not coded (see latent_skip)
     blocks: tuple[Blocks, ...] | None = None  # per band, where some band is made of k x k blocks (replication)
     offset: int = 0
-    saturated: np.ndarray | None = None  # uint16 elements holding SATURATED_VALUE (None: none does)
+    saturated: np.ndarray | None = None  # elements holding the saturated DN 65535 (None: none does)
 
     @property
     def missing(self) -> np.ndarray | None:
@@ -221,7 +221,7 @@ def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_e
         mask &= ~nan
     if mask is not None and not mask.any():
         mask = None
-    saturated = saturated_elements(images, nodata)
+    saturated = saturated_elements(images, nodata, scale)
     missing = union(mask, nan, saturated)
     if dtype.kind == "f" and max_error is None:
         check_lossy_range(images, None if missing is None else ~missing, scale)
@@ -232,11 +232,12 @@ def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_e
                          offset=offset, saturated=saturated)
 
 
-def saturated_elements(images: np.ndarray, nodata) -> np.ndarray | None:
-    """uint16 elements holding Sentinel-2's SATURATED value 65535 (unless it is the nodata value): stored exactly as
-    a mask and coded as missing, since one such spike among reflectances costs its whole neighbourhood (measured on
-    a real patch: 0.01 % of the pixels saturated, tec-fp's other pixels 8 dB worse)."""
-    if images.dtype != np.uint16 or nodata == SATURATED_VALUE:
+def saturated_elements(images: np.ndarray, nodata, scale: float = 1.0) -> np.ndarray | None:
+    """Elements holding Sentinel-2's SATURATED DN 65535 (uint16 65535, float32 65535 / ``scale``), unless it is
+    the nodata value: stored exactly as a mask and coded as missing, since one such spike among reflectances costs
+    its whole neighbourhood (the missing benchmark's saturated rows)."""
+    value = saturated_value(images.dtype, scale)
+    if value is None or (nodata is not None and np.asarray(nodata).astype(images.dtype) == value):
         return None
-    saturated = images == SATURATED_VALUE
+    saturated = images == value
     return saturated if saturated.any() else None
