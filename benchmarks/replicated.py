@@ -245,6 +245,14 @@ def _ratio(a, b) -> str:
     return "n/r" if a is None or b is None else f"{a / b:.2f}"
 
 
+def _subtable(lines: list[str], results: dict, needs: str, header: str, cells) -> None:
+    """One more table, a row per (set, model) with ``cells(bpp_at)``, where every row has the curve ``needs``."""
+    if not all(needs in r["bpp_at"] for r in results["rows"]):
+        return
+    lines += ["", f"| set | model | {header} |", "|---|---|" + "---:|" * (header.count("|") + 1)]
+    lines += [f"| {r['set']} | {r['model']} | {cells(r['bpp_at'])} |" for r in results["rows"]]
+
+
 def table(results: dict) -> str:
     lines = ["| set (images) | model | bpp at 45 dB: nearest with blocks / blind / bilinear | blocks / bilinear "
              "| KLT + JPEG 2000 at 45 dB (blocks / it) | lossless bpp: blocks / blind / JPEG XL |",
@@ -258,32 +266,20 @@ def table(results: dict) -> str:
             f"{_fmt(b['nearest, blind']['45'])} / {_fmt(smooth)} | {_ratio(aware, smooth)} | "
             f"{_fmt(klt)} ({_ratio(aware, klt)}) | {ll['nearest, blocks']:.2f} / {ll['nearest, blind']:.2f}"
             f" / {ll['JPEG XL lossless, nearest']:.2f} |")
-    lines.append("")
-    lines.append("| set | model | bits against KLT + JPEG 2000 on the nearest version, at 40 / 45 / 50 dB |")
-    lines.append("|---|---|---:|")
-    for r in results["rows"]:
-        b = r["bpp_at"]
-        ratios = [_ratio(b["nearest, blocks"].get(t), b["KLT + JPEG 2000, nearest"].get(t)) for t in ("40", "45", "50")]
-        lines.append(f"| {r['set']} | {r['model']} | {' / '.join(ratios)} |")
-    if all("nearest, blocks, read as bilinear" in r["bpp_at"] for r in results["rows"]):  # earlier results lack it
-        lines.append("")
-        lines.append("| set | model | bilinear version at 45 dB, bpp: coded as itself / the nearest version's code, "
-                     "read as bilinear | nearest version at 45 dB |")
-        lines.append("|---|---|---:|---:|")
-        for r in results["rows"]:
-            b = r["bpp_at"]
-            lines.append(f"| {r['set']} | {r['model']} | {_fmt(b['bilinear']['45'])} / "
-                         f"{_fmt(b['nearest, blocks, read as bilinear']['45'])} | {_fmt(b['nearest, blocks']['45'])} |")
-    if all("KLT + JPEG 2000, bilinear" in r["bpp_at"] for r in results["rows"]):  # results from before lack it
-        lines.append("")
-        lines.append("| set | model | bilinear version: bits against KLT + JPEG 2000 at 40 / 45 / 50 dB | against "
-                     "JPEG 2000 per band at 45 dB |")
-        lines.append("|---|---|---:|---:|")
-        for r in results["rows"]:
-            b = r["bpp_at"]
-            ratios = [_ratio(b["bilinear"].get(t), b["KLT + JPEG 2000, bilinear"].get(t)) for t in ("40", "45", "50")]
-            per_band = _ratio(b["bilinear"].get("45"), b["JPEG 2000 per band, bilinear"].get("45"))
-            lines.append(f"| {r['set']} | {r['model']} | {' / '.join(ratios)} | {per_band} |")
+    _subtable(lines, results, "KLT + JPEG 2000, nearest",
+              "bits against KLT + JPEG 2000 on the nearest version, at 40 / 45 / 50 dB",
+              lambda b: " / ".join(_ratio(b["nearest, blocks"].get(t), b["KLT + JPEG 2000, nearest"].get(t))
+                                   for t in ("40", "45", "50")))
+    _subtable(lines, results, "nearest, blocks, read as bilinear",  # earlier results lack it
+              "bilinear version at 45 dB, bpp: coded as itself / the nearest version's code, read as bilinear | "
+              "nearest version at 45 dB",
+              lambda b: f"{_fmt(b['bilinear']['45'])} / {_fmt(b['nearest, blocks, read as bilinear']['45'])} | "
+                        f"{_fmt(b['nearest, blocks']['45'])}")
+    _subtable(lines, results, "KLT + JPEG 2000, bilinear",  # earlier results lack it
+              "bilinear version: bits against KLT + JPEG 2000 at 40 / 45 / 50 dB | against JPEG 2000 per band at 45 dB",
+              lambda b: " / ".join(_ratio(b["bilinear"].get(t), b["KLT + JPEG 2000, bilinear"].get(t))
+                                   for t in ("40", "45", "50"))
+              + f" | {_ratio(b['bilinear'].get('45'), b['JPEG 2000 per band, bilinear'].get('45'))}")
     lines.append("")
     lines.append(f"Measured by `benchmarks/replicated.py` on {results['machine']}, {results['utc'][:10]}. n/r: the "
                  "quality levels (or JPEG 2000 levels) do not reach the PSNR. Each version's PSNR is against itself; lossless at quality "
