@@ -36,7 +36,7 @@ import numpy as np
 from .errors import InvalidInputError, UnknownModelError
 from .models import Model, load_model
 from .parsing import parse_dn_offset, parse_float_scale
-from .pipeline.prepare import DN_PER_REFLECTANCE, SUPPORTED_DTYPES, fill_missing, pad
+from .pipeline.prepare import DN_PER_REFLECTANCE, SUPPORTED_DTYPES, fill_missing, pad, saturated_elements, union
 
 METHODS = ("hybrid", "latent", "pixel")
 DEFAULT_MODEL = "tec-ctx"
@@ -118,11 +118,16 @@ class _Filler:
         self.std = model.std[:, None, None]
 
     def normalized(self, image: np.ndarray, missing: np.ndarray | None) -> np.ndarray:
+        """The image as the transforms take it, its ``missing`` pixels and saturated elements (DN 65535, no
+        reflectance) filled from their surroundings."""
         x = image.astype(np.float32) * np.float32(self.scale / DN_PER_REFLECTANCE)
         x = np.where(np.isfinite(x), x, np.float32(0))
         x = (x - self.mean) / self.std
-        if missing is not None and missing.any():
-            fill_missing(x[None], np.broadcast_to(missing, x.shape)[None].copy())
+        unusable = saturated_elements(image[None], None, self.scale)
+        if missing is not None:
+            unusable = union(unusable, np.broadcast_to(missing, x.shape)[None])
+        if unusable is not None and unusable.any():
+            fill_missing(x[None], unusable.copy())
         return x.astype(np.float32)
 
     def units(self, x: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -135,3 +135,20 @@ def test_a_saturated_mask_in_an_int16_chunk_is_refused(clear):
     mask = bitstream.pack_mask(np.zeros((1, *clear.shape), bool))
     with pytest.raises(CorruptChunkError, match="uint16 and float32"):
         TEC().decode(bitstream.pack(replace(h, saturated=mask), m, p))
+
+
+def test_inpainting_reads_saturated_pixels_as_unusable(cube):
+    """Saturated elements of a date (a bright roof, a cloud top) do not steer the prediction of its masked pixels
+    or of the next date's, and stay 65535 where they are not masked."""
+    dates = np.ascontiguousarray(cube[:2, :, :64, :64])
+    mask = np.zeros((2, 64, 64), bool)
+    mask[1, 20:40, 20:40] = True
+    plain = tec_zarr.inpaint(dates, mask)
+    spiked = dates.copy()
+    spiked[0, :, 24:30, 24:30] = SATURATED  # the reference date, under the target's cloud
+    spiked[1, 3, 10, 10] = SATURATED  # a clear pixel of the target, one band
+    filled = tec_zarr.inpaint(spiked, mask)
+    assert filled[1, 3, 10, 10] == SATURATED and (filled[0, :, 24:30, 24:30] == SATURATED).all()
+    hole = (slice(None), slice(20, 40), slice(20, 40))
+    truth = dates[1][hole].astype(np.float64)
+    assert metrics.psnr(truth, filled[1][hole]) > metrics.psnr(truth, plain[1][hole]) - 1.0
