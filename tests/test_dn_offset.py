@@ -230,6 +230,9 @@ def test_tec_files_take_a_geotiffs_band_offset(tmp_path, shifted):
         f.offsets = [-0.1] * 12
     meta = geotiff_to_tec(src, tmp_path / "s.tec", tile=64)
     assert meta.codec["dn_offset"] == OFFSET
+    from tec_zarr.gdal.convert import describe
+
+    assert "dn_offset 1000" in describe(tmp_path / "s.tec")  # tec info
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         back = TecFile(tmp_path / "s.tec").read()

@@ -413,7 +413,8 @@ def describe(path) -> str:
         f"  {m.shape} {m.dtype}, bands {' '.join(m.band_names)}, nodata {m.nodata}",
         f"  tiles {m.tile}x{m.tile}, levels {list(m.levels)} ({m.tile_count} tiles, {absent} absent); "
         f"{stored:,} bytes ({raw / max(stored, 1):.1f}x of {raw:,} raw)",
-        f"  TEC model {c['model']} sha256 {c['model_sha256'][:12]}... quality {c['quality']}",
+        f"  TEC model {c['model']} sha256 {c['model_sha256'][:12]}... quality {c['quality']}"
+        + (f" dn_offset {c['dn_offset']}" if c.get("dn_offset") else ""),
         f"  geotransform {json.dumps(list(m.geotransform)) if m.geotransform else 'none'}",
         f"  crs {crs[:100]}{'...' if len(crs) > 100 else ''}",
     ]
