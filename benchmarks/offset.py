@@ -42,7 +42,8 @@ def image_sets(root: Path, quick: bool) -> dict[str, np.ndarray]:
     dn = lambda refl: np.rint(np.asarray(refl, np.float64) * 1e4).astype(np.uint16)  # noqa: E731
     images = data.load_images(root)
     sets = {"validation places (held out)": dn(data.validation_crops(data.split(images)[1]))}
-    sets["L1C (trained on)"] = np.stack([dn(im.reflectance[:, :256, :256]) for im in images if "_13band_10m" in im.name])
+    l1c = [im for im in images if "_13band_10m" in im.name]
+    sets["L1C (trained on)"] = np.stack([dn(im.reflectance[:, :256, :256]) for im in l1c])
     desert = dn(data.out_of_source_crops(root))
     if len(desert):
         sets["desert 100 m (trained on)"] = desert[[0, 5, 10, 15]]

@@ -15,4 +15,5 @@ from .models import list_models
 from .pipeline.thin import thin_chunk as thin
 
 __version__ = "0.1.0"
-__all__ = ["TEC", "DnOffsetWarning", "PsnrTargetWarning", "TecZarrError", "inpaint", "list_models", "thin", "zarr_encoding", "__version__"]
+__all__ = ["TEC", "DnOffsetWarning", "PsnrTargetWarning", "TecZarrError", "inpaint", "list_models", "thin",
+           "zarr_encoding", "__version__"]

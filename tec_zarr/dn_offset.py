@@ -3,8 +3,9 @@
 stackstac with ``rescale=False``, rioxarray without ``mask_and_scale``) hand that over unchanged.
 
 The models were trained on DN without the offset; coded as they are, such DN cost tec-fp up to 20 % more bits at
-equal PSNR, the hyperprior and context models up to 2.5 times the bits (README, offset table). The codec's ``dn_offset`` takes the offset off before the models see the
-data and adds it back to the decoded values, so it never changes what is read back, only what it costs. Catalog
+equal PSNR, the hyperprior and context models up to 2.5 times the bits (README, offset table). The codec's
+``dn_offset`` takes the offset off before the models see the data and adds it back to the decoded values, so it
+never changes what is read back, only what it costs. Catalog
 flags are known to be wrong at times (Element84/earth-search#66, #71): an offset stated here is a default the user
 can override, never a reason to refuse data.
 """
@@ -64,7 +65,9 @@ def packed_dn_offset(scale, offset) -> int | None:
         scale, offset = float(np.squeeze(scale)), float(np.squeeze(offset))
     except (TypeError, ValueError):
         return None
-    if not (math.isfinite(scale) and math.isfinite(offset)) or not math.isclose(scale, REFLECTANCE_PER_DN, rel_tol=1e-6):
+    if not (math.isfinite(scale) and math.isfinite(offset)):
+        return None
+    if not math.isclose(scale, REFLECTANCE_PER_DN, rel_tol=1e-6):
         return None
     dn = -offset / scale
     return int(round(dn)) if abs(dn - round(dn)) < 1e-6 and 0 <= round(dn) <= 32767 else None

@@ -64,7 +64,8 @@ def parse_dn_offset(offset) -> int:
     if isinstance(offset, bool) or not is_real(offset) or not float(offset).is_integer() or not (
             DN_OFFSET_RANGE[0] <= offset <= DN_OFFSET_RANGE[1]):
         raise InvalidInputError(f"Expected an integer dn_offset in {DN_OFFSET_RANGE[0]}..{DN_OFFSET_RANGE[1]} (the DN "
-                                f"of reflectance 0; Sentinel-2 baseline 04.00 and later: 1000). Got {offset!r} instead.")
+                                f"of reflectance 0; Sentinel-2 baseline 04.00 and later: 1000). Got {offset!r} "
+                                "instead.")
     return int(offset)
 
 

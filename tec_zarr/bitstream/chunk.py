@@ -374,7 +374,8 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
     if flags & FLAG_NODATA and not math.isfinite(nodata):
         raise CorruptChunkError(f"Expected a finite nodata value. Got {nodata} instead.")
     if flags & ~KNOWN_FLAGS:
-        raise CorruptChunkError(f"Expected flag bits 0 to 7. Got flags {flags:#04x} instead (written by a newer tec_zarr).")
+        raise CorruptChunkError(f"Expected flag bits 0 to 7. Got flags {flags:#04x} instead (written by a newer "
+                                "tec_zarr).")
     if flags & FLAG_NAN and CODE_DTYPES[dtype_code].kind != "f":
         raise CorruptChunkError("Expected a NaN mask in float32 chunks only. Got one in an integer chunk instead.")
     if residual is None:

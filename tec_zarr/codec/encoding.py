@@ -24,9 +24,9 @@ def zarr_encoding(
     keeps its dask chunks along the dims ``chunks`` does not name (xarray writes dask chunks whole), and a ``chunks``
     entry that would split them is refused with the ``ds.chunk`` call that fixes it. An in-memory variable's dims
     that ``chunks`` does not name are whole; without ``chunks``: one entry along the leading axes (a date), whole rows
-    and columns up to :data:`WHOLE_AXIS_MAX`, else :data:`DEFAULT_TILE` (zarr's own guess would split the bands). Format 2 chunks are at most
-    :func:`~tec_zarr.pipeline.decode.max_chunk_elements` elements: its readers decode a chunk without its shape, and
-    refuse larger ones.
+    and columns up to :data:`WHOLE_AXIS_MAX`, else :data:`DEFAULT_TILE` (zarr's own guess would split the bands).
+    Format 2 chunks are at most :func:`~tec_zarr.pipeline.decode.max_chunk_elements` elements: its readers decode a
+    chunk without its shape, and refuse larger ones.
 
     Without a ``dn_offset`` argument, each variable gets the offset its metadata states
     (:func:`tec_zarr.dn_offset.stated_dn_offset`: Sentinel-2 baseline 04.00 and later, 1000), else 0.

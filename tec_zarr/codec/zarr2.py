@@ -52,7 +52,8 @@ class TEC(Codec):
         The DN of reflectance 0: data DN = reflectance x 10000 + ``dn_offset``. Sentinel-2 products of processing
         baseline 04.00 and later (from 25 January 2022) add 1000, and odc-stac (and stackstac with
         ``rescale=False``) load them so: pass 1000 there, or the models see every value 0.1 too bright and need
-        up to 20 % (tec-fp) or 2.5 times (tec-hp, tec-ctx, tec-tt) the bits. Decoded values are in the data's own units either way. Default 0.
+        up to 20 % (tec-fp) or 2.5 times (tec-hp, tec-ctx, tec-tt) the bits. Decoded values are in the data's own
+        units either way. Default 0.
     model_sha256 : str, optional
         Filled in from the installed model; a config naming other weights is refused.
     """
@@ -119,6 +120,6 @@ def check_format2_chunk(shape, what: str) -> None:
     elements, limit = math.prod(int(n) for n in shape), max_chunk_elements()
     if elements > limit:
         raise InvalidInputError(
-            f"Expected Zarr format 2 chunks of at most {limit} elements ({MAX_CHUNK_ELEMENTS_VARIABLE}), as its readers "
-            f"decode chunks without being told their shape. Got {tuple(shape)} ({elements}) for {what} instead: "
+            f"Expected Zarr format 2 chunks of at most {limit} elements ({MAX_CHUNK_ELEMENTS_VARIABLE}), as its "
+            f"readers decode chunks without being told their shape. Got {tuple(shape)} ({elements}) for {what} instead: "
             "smaller chunks (e.g. one date of 1024 x 1024 pixels), or zarr_format=3, whose readers are told.")
