@@ -164,10 +164,10 @@ def _geotiff_dn_offset(path) -> int:
     """The DN offset a GeoTIFF's bands state by their scale and offset (0 where they state none)."""
     import rasterio
 
-    from ..dn_offset import bands_dn_offset
+    from ..gdal.convert import stated_dn_offset
 
     with rasterio.open(path) as src:
-        return bands_dn_offset(src.scales, src.offsets, src.dtypes[0]) or 0
+        return stated_dn_offset(src, range(1, src.count + 1))
 
 
 def _gdal_cache(path, rows: int):

@@ -49,8 +49,7 @@ def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=()
         if nodata is None:
             nodata = ds.nodata if ds.nodata is not None else 0
         if dn_offset is None:
-            dn_offset = bands_dn_offset([ds.scales[i - 1] for i in indexes], [ds.offsets[i - 1] for i in indexes],
-                                        ds.dtypes[indexes[0] - 1]) or 0
+            dn_offset = stated_dn_offset(ds, indexes)
 
         def read_rows(y0: int, y1: int) -> np.ndarray:
             return ds.read(indexes, window=Window(0, y0, ds.width, y1 - y0))
@@ -60,6 +59,13 @@ def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=()
                                  band_names=names, nodata=nodata, tile=tile, quality=quality, model=model,
                                  overviews=overviews, max_error=max_error, psnr=psnr, progress=progress,
                                  float_scale=float_scale, dn_offset=dn_offset)
+
+
+def stated_dn_offset(src, indexes) -> int:
+    """The DN offset the bands ``indexes`` (1-based) of an open rasterio dataset state by their scale and offset
+    (:func:`~tec_zarr.dn_offset.bands_dn_offset`); 0 where they state none."""
+    return bands_dn_offset([src.scales[i - 1] for i in indexes], [src.offsets[i - 1] for i in indexes],
+                           src.dtypes[indexes[0] - 1]) or 0
 
 
 # The nodata a decoded GeoTIFF declares by default: the one its input declares.
