@@ -44,10 +44,12 @@ def ratios(gain: np.ndarray, top: int, quality: int) -> np.ndarray:
 @dataclass(frozen=True, eq=False)
 class Thinning:
     """How a thinned chunk's symbols came about: ``levels``, the qualities from the one it was coded at to its own,
-    and ``chain``, the ratios of each step (:func:`ratios`)."""
+    and ``chain``, the ratios of each step (:func:`ratios`); ``summed``: its payload codes them under the first
+    level's model summed over their runs (the chunk header's runs-summed extension)."""
 
     levels: tuple[int, ...]
     chain: tuple[np.ndarray, ...]
+    summed: bool = False
 
     @property
     def dropped(self) -> np.ndarray:
@@ -55,9 +57,9 @@ class Thinning:
         return np.any([ratio <= 0 for ratio in self.chain], axis=0)
 
     @classmethod
-    def of(cls, gain: np.ndarray, levels: tuple[int, ...]) -> Thinning:
+    def of(cls, gain: np.ndarray, levels: tuple[int, ...], summed: bool = False) -> Thinning:
         """The thinning through ``levels`` (first the quality coded at) of a model with gains ``gain`` (Q, M)."""
-        return cls(tuple(levels), tuple(ratios(gain, a, b) for a, b in zip(levels, levels[1:])))
+        return cls(tuple(levels), tuple(ratios(gain, a, b) for a, b in zip(levels, levels[1:])), summed)
 
 
 def forward(symbols: np.ndarray, chain) -> np.ndarray:
@@ -69,7 +71,12 @@ def forward(symbols: np.ndarray, chain) -> np.ndarray:
 
 def requantize(symbols: np.ndarray, ratio: np.ndarray) -> np.ndarray:
     """int32 symbols of the lower level from ``symbols`` (B, M, h, w) of the higher one."""
-    magnitude = (np.abs(symbols.astype(np.int64)) * ratio[None, :, None, None] + DEADZONE) >> RATIO_BITS
+    return requantize_each(symbols, ratio[None, :, None, None])
+
+
+def requantize_each(symbols: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """:func:`requantize` with each symbol's own ratio (``ratio`` broadcasts against ``symbols``)."""
+    magnitude = (np.abs(symbols.astype(np.int64)) * ratio + DEADZONE) >> RATIO_BITS
     return (np.sign(symbols) * magnitude).astype(np.int32)
 
 

@@ -443,7 +443,7 @@ def test_latent_encoder_goldens(path):
     skip = golden_skip(path.read_bytes())  # version 4: latents under missing data are not coded
     thinning = None  # thinned chunks: their levels (and a factorized payload's table byte)
     if header.thinned_from is not None:
-        thinning = Thinning.of(model.gain, (*header.thinned_from, header.quality))
+        thinning = Thinning.of(model.gain, (*header.thinned_from, header.quality), header.runs_summed)
     channels = header.coded_channels  # flag bit 6: the channels the payload codes
     symbols = model.coder.decode(payload, header.quality, shape, skip=skip, thinning=thinning,
                                  **channel_argument(model.coder, channels))
@@ -453,6 +453,10 @@ def test_latent_encoder_goldens(path):
         again = payload[:1] + factorized.encode(symbols, header.quality if own else 0, tables, skip, channels)
     elif isinstance(model.coder, factorized.FactorizedCoder):
         again = factorized.encode(symbols, header.quality, model.coder.tables, skip, channels)
+    elif header.runs_summed:  # z at the first level, each symbol under the first level's model of its run
+        z, _ = hyperprior.read_z(model.coder.hyperprior, payload, thinning.levels[0], shape, skip)
+        z_bytes = sections.split_z_section(payload)[0]
+        again = model.coder.encode_summed(z_bytes, z, symbols, thinning, skip)
     else:
         z, _ = hyperprior.read_z(model.coder.hyperprior, payload, header.quality, shape, skip)
         again = model.coder.encode(None, symbols, header.quality, z=z, skip=skip)

@@ -118,6 +118,10 @@ def chunk_layout(buf: bytes) -> Layout:
         section("thinned", field("thinned_n", "B"))
     if flags & 64:  # FORMAT.md: the coded channels, one bit each
         section("channels", -(-values["latent_m"] // 8))
+    if flags & 128:  # FORMAT.md: a count, then (tag, length, value) each
+        for i in range(field("extensions_n", "B")):
+            field(f"extension[{i}].tag", "B")
+            section(f"extension[{i}]", field(f"extension[{i}].len", "I"))
     payload_len = field("payload_len", "I")
     if payload_len >= 4:
         fields["payload.z_len"] = (pos, "I")  # hyperprior / context framing (section 3); words for factorized
@@ -297,7 +301,10 @@ TEMPORAL = ("tec-tt",)
 # tec-fp-lite shares every file of tec-fp but its decoder graph: its lossy chunks are the ones reaching that graph.
 LIGHT = "tec-fp-lite"
 CHUNK_MODELS = (*MODELS, LIGHT)
-CHUNK_CASES = [(m, mode) for m in MODELS for mode in (*MODES, "float32", "nodata")] + [(LIGHT, "lossy")]
+# Thinned chunks of the hyperprior models whose payload codes runs summed (extension tag 3): quality 4 cut to 1.
+THINNED = ("tec-hp", "tec-ctx")
+CHUNK_CASES = ([(m, mode) for m in MODELS for mode in (*MODES, "float32", "nodata")] + [(LIGHT, "lossy")]
+               + [(m, "thinned") for m in THINNED])
 
 
 @functools.lru_cache(maxsize=None)
@@ -314,6 +321,8 @@ def dates_crop() -> np.ndarray:
 
 def case_input(model: str, mode: str) -> tuple[np.ndarray, dict]:
     a = dates_crop() if model in TEMPORAL else crop()
+    if mode == "thinned":
+        return a, {"quality": 4}
     if mode in MODES:
         dtype, params = MODES[mode]
         return a.astype(dtype), params
@@ -330,6 +339,9 @@ def case_input(model: str, mode: str) -> tuple[np.ndarray, dict]:
 def encoded(model: str, mode: str) -> bytes:
     a, params = case_input(model, mode)
     buf = tec_zarr.TEC(model=model, **params).encode(a)
+    if mode == "thinned":
+        buf = tec_zarr.thin(buf, 1)
+        assert chunkfmt.unpack_sections(buf).header.runs_summed
     flags = buf[5]
     assert (flags & 4) == (4 if "max_error" in params else 0) and (mode != "nodata" or flags & 2)
     return bytes(buf)

@@ -230,13 +230,16 @@ def test_thin_tec_file(tmp_path, scene, original):
     assert 30 < metrics.psnr(original, after) < metrics.psnr(original, levels[0])
 
 
-@pytest.mark.parametrize("model, levels, tag", [("tec-fp", (2, 0), ""), ("tec-fp", (2, 0), "channels-"),
-                                               ("tec-hp", (1,), ""), ("tec-tt", (1,), "")])
-def test_golden_thinned_chunks_decode(cube, model, levels, tag):
+@pytest.mark.parametrize("model, levels, tag, summed", [
+    ("tec-fp", (2, 0), "", False), ("tec-fp", (2, 0), "channels-", False), ("tec-hp", (1,), "", False),
+    ("tec-tt", (1,), "", False), ("tec-hp", (0,), "", True), ("tec-ctx", (1,), "", True)])
+def test_golden_thinned_chunks_decode(cube, model, levels, tag, summed):
     """Stored thinned chunks decode to their stored pixels in every run (regenerated only with
     TEC_ZARR_REGENERATE_GOLDEN=1); the top chunk they came from thins to the same bytes where thinning is integer
     arithmetic alone (tec-fp: no network chooses side information). ``thinned-tec-fp-2-0`` was written before
-    chunks marked their coded channels (flag bit 6): thinning now writes the same symbols, its channels marked."""
+    chunks marked their coded channels (flag bit 6): thinning now writes the same symbols, its channels marked.
+    ``thinned-tec-hp-1`` was written before runs-summed payloads (extension tag 3) and codes the level's tables;
+    ``thinned-tec-hp-0`` and ``thinned-tec-ctx-1`` are runs summed."""
     from common import FIXTURES, REGENERATE
 
     d = FIXTURES / "tec_zarr.tec" / f"thinned-{tag}{model}-{'-'.join(map(str, levels))}"
@@ -255,6 +258,7 @@ def test_golden_thinned_chunks_decode(cube, model, levels, tag):
     stored = (d / "encoded.00.dat").read_bytes()
     header = read_header(stored)
     assert header.thinned_from == (4, *levels[:-1]) and header.quality == levels[-1]
+    assert header.runs_summed == summed
     got = decode_chunk(stored, expected_shape=array.shape)
     assert metrics.max_error(got, np.load(d / "decoded.00.npy")) <= 1
     if model == "tec-fp":
@@ -414,7 +418,8 @@ def test_symbols_in_dropped_channels_are_refused(top_chunks):
 
 @pytest.mark.parametrize("name", ["tec-hp", "tec-ctx"])
 def test_thinned_decode_runs_the_hyper_synthesis_once(name, top_chunks, monkeypatch):
-    """The level's tables and the top level's centroids come from one run of the integer hyper-synthesis."""
+    """The tables and the top level's centroids come from one run of the integer hyper-synthesis: at the top level
+    for a runs-summed chunk, at its own level otherwise."""
     from tec_zarr.entropy.hyperprior import Hyperprior
 
     thinned = tec_zarr.thin(top_chunks[name], 1)
@@ -428,7 +433,7 @@ def test_thinned_decode_runs_the_hyper_synthesis_once(name, top_chunks, monkeypa
 
     monkeypatch.setattr(Hyperprior, "synthesize_channels_last", counted)
     np.testing.assert_array_equal(decode_chunk(thinned), expected)
-    assert calls == [1]
+    assert calls == [4 if read_header(thinned).runs_summed else 1]
 
 
 @pytest.mark.parametrize("name", ["tec-hp", "tec-ctx"])
@@ -464,3 +469,188 @@ def test_runs_from_the_table_equal_the_runs_computed():
         for got, expected in zip(runs(symbols, ratio), _runs(symbols, ratio)):
             assert got.dtype == np.int64
             np.testing.assert_array_equal(got, expected)
+
+
+def test_run_summed_tables_count_each_run_of_first_level_symbols():
+    """Each table of runsum.run_tables gives a thinned symbol the first level's counts summed over its run, shifted by
+    the element's mean, the escape's count kept: 2**16 in all, every symbol of the range at least 1."""
+    from tec_zarr.entropy.runsum import run_tables
+    from tec_zarr.models import load_model
+    from tec_zarr.requantize import Thinning, forward
+
+    model = load_model("tec-hp")
+    scales = model.coder.hyperprior.scales
+    for levels in ((4, 3), (4, 2, 0)):
+        thinning = Thinning.of(model.gain, levels)
+        channel = np.array([0, 5, 5, 191, 0, 100])
+        index = np.array([3, 40, 40, 80, 3, 103])
+        mean = np.array([0, -7, 12, 3, 0, 250])
+        tables, keys = run_tables(scales, thinning.chain, channel, index, mean)
+        assert tables.count == 5 and keys[0] == keys[4]
+        assert keys[[0, 1, 2, 5, 3]].tolist() == [0, 1, 2, 3, 4]  # numbered by ascending (channel, index, mean)
+        for c, i, m, k in zip(channel, index, mean, keys):
+            n = int(scales.lengths[i])
+            s = scales.offsets[i] + m + np.arange(n - 1)
+            grid = np.zeros((1, 192, 1, n - 1), np.int64)
+            grid[0, c, 0] = s
+            t = forward(grid, thinning.chain)[0, c, 0].astype(np.int64)
+            row = tables.rows(np.array([k]), int(tables.lengths[k]) + 3)[0].astype(np.int64)
+            assert (row[-3:] == 0).all()  # padded with 0 to the width asked
+            row = row[:-3]
+            assert tables.offsets[k] == t[0] and tables.lengths[k] == t[-1] - t[0] + 2
+            expected = np.bincount(t - t[0], weights=scales.pmf[i, : n - 1]).astype(np.int64)
+            np.testing.assert_array_equal(row[:-1], expected)
+            assert row[-1] == scales.pmf[i, n - 1] and row.sum() == 1 << 16 and (row > 0).all()
+
+
+# A level each model's thinned chunk of this tile codes runs summed at (the encoder keeps the shortest payload: on
+# small chunks of data like the training data, tec-hp's own tables can win from its top level's larger z section).
+SUMMED_LEVEL = {"tec-hp": 1, "tec-ctx": 3}
+
+
+@pytest.fixture(scope="module")
+def own_tables_thinned(tile, top_chunks):
+    """Thinned chunks as this version wrote them before runs-summed payloads: the level's own tables."""
+    from tec_zarr.entropy.hyperprior import HyperpriorCoder
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(HyperpriorCoder, "sums_runs", False)
+    try:
+        return {name: tec_zarr.thin(top_chunks[name], q) for name, q in SUMMED_LEVEL.items()}
+    finally:
+        patch.undo()
+
+
+@pytest.mark.parametrize("name", ["tec-hp", "tec-ctx"])
+def test_hyperprior_thinning_sums_runs_where_shorter(name, tile, top_chunks, own_tables_thinned):
+    """Thinning codes the symbols under the top level's model, its z kept byte for byte: fewer bits than the
+    level's own tables on this tile, the same symbols, and pixels at least as good."""
+    from tec_zarr.bitstream.payload import split_z_section
+
+    own = own_tables_thinned[name]
+    summed = tec_zarr.thin(top_chunks[name], SUMMED_LEVEL[name])
+    assert read_header(summed).runs_summed and not read_header(own).runs_summed
+    assert len(summed) < len(own)
+    np.testing.assert_array_equal(parse(summed).symbols, parse(own).symbols)
+    assert metrics.psnr(tile, decode_chunk(summed)) > metrics.psnr(tile, decode_chunk(own)) - 0.05
+    top_z = split_z_section(unpack_sections(top_chunks[name]).payload)[0]
+    assert split_z_section(unpack_sections(summed).payload)[0] == top_z
+
+
+@pytest.mark.parametrize("name", ["tec-hp", "tec-ctx"])
+def test_thinning_again_keeps_or_chooses_the_first_level_z(name, tile, top_chunks, own_tables_thinned):
+    """A runs-summed chunk thinned again keeps the top level's z; a chunk thinned with the level's tables (an older
+    store) thinned again chooses a top-level z from the estimate. Both decode to the same symbols as one step."""
+    from tec_zarr.bitstream.payload import split_z_section
+
+    first = SUMMED_LEVEL[name]
+    once = tec_zarr.thin(top_chunks[name], first)
+    assert read_header(once).runs_summed
+    results = []
+    for source in (once, own_tables_thinned[name]):
+        twice = tec_zarr.thin(source, first - 1)
+        header = read_header(twice)
+        assert header.thinned_from == (4, first) and header.runs_summed
+        results.append(twice)
+        assert metrics.psnr(tile, decode_chunk(twice)) > 30
+    np.testing.assert_array_equal(parse(results[0]).symbols, parse(results[1]).symbols)
+    top_z = split_z_section(unpack_sections(top_chunks[name]).payload)[0]
+    assert split_z_section(unpack_sections(results[0]).payload)[0] == top_z
+    assert split_z_section(unpack_sections(results[1]).payload)[0] != top_z  # chosen again from the estimate
+
+
+def _with_crc(buf: bytes) -> bytes:
+    import zlib
+
+    body = buf[:-4]
+    return body + zlib.crc32(body).to_bytes(4, "little")
+
+
+def test_runs_summed_marks_are_checked(tile, top_chunks, cube):
+    from tec_zarr.bitstream.chunk import _runs_summed
+
+    summed = tec_zarr.thin(top_chunks["tec-ctx"], 2)
+    sections = unpack_sections(summed)
+    assert sections.header.runs_summed
+    field = bytes([3]) + (1).to_bytes(4, "little") + b"\x01"
+    assert summed.count(field) == 1
+    with pytest.raises(CorruptChunkError, match="runs-summed"):
+        decode_chunk(_with_crc(summed.replace(field, field[:-1] + b"\x02")))
+    with pytest.raises(CorruptChunkError, match="runs-summed"):
+        _runs_summed(b"\x01", None)  # on a chunk that is not thinned
+    with pytest.raises(ValueError):
+        pack(replace(read_header(top_chunks["tec-hp"]), runs_summed=True), None, b"")
+    # The mark on coders that never write it: a factorized chunk names its tables in its payload, tec-tt mixes.
+    fp = unpack_sections(tec_zarr.thin(top_chunks["tec-fp"], 2))
+    with pytest.raises(CorruptChunkError, match="runs summed"):
+        decode_chunk(pack(replace(fp.header, runs_summed=True), fp.mask, fp.payload))
+    tt = unpack_sections(tec_zarr.thin(encode_chunk(np.ascontiguousarray(cube[:2, :, :32, :32]), model="tec-tt",
+                                                    quality=3, nodata=0), 1))
+    assert not tt.header.runs_summed
+    with pytest.raises(CorruptChunkError, match="runs summed"):
+        decode_chunk(pack(replace(tt.header, runs_summed=True), tt.mask, tt.payload))
+    # The mark taken off a runs-summed chunk: its z is the top level's, read at the wrong level or refused.
+    plain = pack(replace(sections.header, runs_summed=False), sections.mask, sections.payload)
+    try:
+        got = decode_chunk(plain)
+    except CorruptChunkError:
+        pass
+    else:
+        assert metrics.psnr(tile, got) < metrics.psnr(tile, decode_chunk(summed))
+
+
+def test_too_many_run_tables_fall_back_and_are_refused(top_chunks, monkeypatch):
+    """A chunk needing more tables than a decoder builds is thinned with the level's own tables; a runs-summed
+    chunk needing them (hostile side information) is refused, not built."""
+    from tec_zarr.entropy import runsum
+
+    summed = tec_zarr.thin(top_chunks["tec-ctx"], 2)
+    assert read_header(summed).runs_summed
+    symbols = parse(summed).symbols
+    monkeypatch.setattr(runsum, "MAX_KEYS", 8)
+    own = tec_zarr.thin(top_chunks["tec-ctx"], 2)
+    assert not read_header(own).runs_summed
+    np.testing.assert_array_equal(parse(own).symbols, symbols)
+    with pytest.raises(CorruptChunkError, match="runs-summed"):
+        decode_chunk(summed)
+    monkeypatch.setattr(runsum, "MAX_KEYS", 1 << 17)
+    monkeypatch.setattr(runsum, "MAX_ENTRIES", 64)
+    with pytest.raises(CorruptChunkError, match="entries"):
+        decode_chunk(summed)
+
+
+def test_run_summed_symbols_round_trip_through_width_classes():
+    """runsum.write / read: symbols of tables of every width class, escapes on both sides of a table among them, in
+    one stream with other data after them; a symbol decoded into a table's zero padding is refused."""
+    import constriction
+
+    from tec_zarr.entropy import runsum
+    from tec_zarr.entropy.rangecoder import PayloadBudget, range_decoder
+
+    rng = np.random.default_rng(5)
+    lengths = np.array([2, 3, 5, 9, 17, 40, 300, 1000])
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    counts = np.concatenate([np.full(n, 1 << 16) // n + np.eye(1, n, 0, np.int64)[0] * ((1 << 16) % n)
+                             for n in lengths])
+    tables = runsum.RunTables(rng.integers(-50, 50, lengths.size), lengths, starts, counts)
+    keys = rng.integers(0, lengths.size, (3, 50))
+    values = tables.offsets[keys] + (rng.random(keys.shape) * (lengths[keys] - 1)).astype(np.int64)
+    values[0, :4] = tables.offsets[keys[0, :4]] - np.array([1, 7, 100, 5000])  # escapes below
+    values[1, :3] = tables.offsets[keys[1, :3]] + lengths[keys[1, :3]] + np.array([0, 3, 70000])  # and above
+    assert [w for w, _ in runsum.width_classes(keys.ravel(), tables)] == sorted({max(4, 1 << int(np.ceil(np.log2(n))))
+                                                                               for n in lengths[np.unique(keys)]})
+    encoder = constriction.stream.queue.RangeEncoder()
+    runsum.write(encoder, values, keys, tables)
+    encoder.encode(np.array([3], np.int32), constriction.stream.model.Uniform(10))
+    data = encoder.get_compressed().tobytes()
+    decoder = range_decoder(data, "test")
+    np.testing.assert_array_equal(runsum.read(decoder, keys, tables, PayloadBudget(len(data), "test")), values)
+    assert decoder.decode(constriction.stream.model.Uniform(10), 1)[0] == 3
+    # A table of 2 symbols and its escape in a class of width 4: a stream of the padded symbol is refused.
+    one = np.zeros((1, 1), np.int64)
+    encoder = constriction.stream.queue.RangeEncoder()
+    encoder.encode(np.array([3], np.int32), constriction.stream.model.Categorical(perfect=False),
+                   tables.rows(one.ravel(), 4))
+    data = encoder.get_compressed().tobytes()
+    with pytest.raises(CorruptChunkError, match="padding|past"):
+        runsum.read(range_decoder(data, "test"), one, tables, PayloadBudget(len(data), "test"))

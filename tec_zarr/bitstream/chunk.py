@@ -38,7 +38,10 @@ Layout (all integers little-endian)::
                           the DN of reflectance 0 (Sentinel-2 from processing baseline 04.00 on: 1000), taken off before
                           the model's normalization and added back to the decoded values (and to a residual's base).
                           Tag 2, saturated (uint16, float32): a mask as the nodata mask's of the elements that hold
-                          Sentinel-2's SATURATED DN 65535 (saturated_value), stored exactly and coded as missing data
+                          Sentinel-2's SATURATED DN 65535 (saturated_value), stored exactly and coded as missing data.
+                          Tag 3, runs summed (u8 1; thinned chunks of hyperprior-family models only): the payload's z
+                          is the first level's, and each thinned symbol is coded with the probability the first
+                          level's model gives its run of first-level symbols (tec_zarr.entropy.runsum)
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
@@ -104,7 +107,8 @@ KNOWN_FLAGS = (FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN | FLAG_BLOCKS 
 # Extension tags (flag bit 7).
 EXTENSION_DN_OFFSET = 1  # value: i32
 EXTENSION_SATURATED = 2  # value: a packed mask (pack_mask)
-EXTENSION_TAGS = (EXTENSION_DN_OFFSET, EXTENSION_SATURATED)
+EXTENSION_RUNS_SUMMED = 3  # value: u8 1
+EXTENSION_TAGS = (EXTENSION_DN_OFFSET, EXTENSION_SATURATED, EXTENSION_RUNS_SUMMED)
 # Sentinel-2's SATURATED special value in DN (NODATA is 0): elements holding it are stored exactly, as a mask.
 SATURATED_VALUE = 65535
 # The DN offsets a chunk may declare: whatever shifts 16-bit DN into the models' range.
@@ -158,6 +162,9 @@ class ChunkHeader:
     dn_offset: int = 0
     # The packed mask (pack_mask) of the elements holding saturated_value(dtype, float_scale); None where none does.
     saturated: bytes | None = field(default=None, repr=False)
+    # Thinned chunks only: the payload codes the thinned symbols under the first level's model, summed over each
+    # symbol's run (z at the first level); False: under the chunk's own level's model.
+    runs_summed: bool = False
 
     @property
     def batch(self) -> int:
@@ -336,6 +343,7 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         channels=channels,
         dn_offset=_dn_offset(extensions.get(EXTENSION_DN_OFFSET)),
         saturated=extensions.get(EXTENSION_SATURATED),
+        runs_summed=_runs_summed(extensions.get(EXTENSION_RUNS_SUMMED), thinned_from),
     )
     if header.saturated is not None and saturated_value(header.dtype, header.float_scale) is None:
         raise CorruptChunkError(f"Expected a saturated mask in uint16 and float32 chunks only. Got one in a "
@@ -415,6 +423,10 @@ def _pack_extensions(header: ChunkHeader) -> bytes:
         values[EXTENSION_DN_OFFSET] = struct.pack("<i", int(header.dn_offset))
     if header.saturated is not None:
         values[EXTENSION_SATURATED] = bytes(header.saturated)
+    if header.runs_summed:
+        if header.thinned_from is None:
+            raise ValueError("Expected runs summed in thinned chunks only. Got a chunk coded at its own quality.")
+        values[EXTENSION_RUNS_SUMMED] = b"\x01"
     if not values:
         return b""
     return bytes([len(values)]) + b"".join(struct.pack("<BI", tag, len(v)) + v for tag, v in sorted(values.items()))
@@ -453,6 +465,16 @@ def _dn_offset(value: bytes | None) -> int:
     if offset == 0 or not DN_OFFSET_RANGE[0] <= offset <= DN_OFFSET_RANGE[1]:
         raise CorruptChunkError(f"Expected a nonzero 4-byte dn_offset in {DN_OFFSET_RANGE}. Got {value.hex()} instead.")
     return offset
+
+
+def _runs_summed(value: bytes | None, thinned_from) -> bool:
+    if value is None:
+        return False
+    if value != b"\x01" or thinned_from is None:
+        raise CorruptChunkError(f"Expected the runs-summed extension as the byte 01 of a thinned chunk. Got "
+                                f"{value.hex() or 'nothing'} in a chunk {'not ' if thinned_from is None else ''}thinned "
+                                "instead.")
+    return True
 
 
 def _check_blocks(blocks) -> None:

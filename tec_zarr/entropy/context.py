@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import WeightsIntegrityError
 from ..integer.layers import CLIP_BITS, EXACT_LIMIT, PATCH_BYTES, activation, conv3, live_channels
+from ..requantize import Thinning, run_ends
 from .hyperprior import (
     INPUT_EXTRA_BITS,
     LOG_BITS,
@@ -40,9 +41,13 @@ from .hyperprior import (
     HyperpriorCoder,
     Synthesized,
     read_kept,
+    read_summed,
+    summed_or_corrupt,
     write_kept,
+    write_summed,
 )
 from .rangecoder import PayloadBudget
+from .runsum import run_tables
 from .tables import EntropyTables
 
 FILENAME = "context.npz"
@@ -311,3 +316,52 @@ class ContextCoder(HyperpriorCoder):
                              None if kept is None else gather(kept[..., a:e], classes))
 
         return run_steps(hp, self.context, z, quality, shape, code_step, synthesized=synthesized)
+
+    def write_summed_y(self, encoder, symbols: np.ndarray, z: np.ndarray, thinning: Thinning,
+                       keep: np.ndarray | None) -> None:
+        """The ten steps at the first level, each thinned symbol coded with the first level's probability of its
+        run (:mod:`.runsum`); the networks see each run's middle where the first level's symbols would be."""
+        known = np.moveaxis(symbols[:, self.context.order], 1, -1)
+        kept = None if keep is None else np.moveaxis(keep[:, self.context.order], 1, -1)
+
+        def code(tables, keys, values, step_kept):
+            write_summed(encoder, values, keys, tables, step_kept)
+            return values
+
+        self.summed_steps(z, thinning, symbols.shape, known, kept, code, run_tables)
+
+    def read_summed_y(self, decoder, budget: PayloadBudget, z: np.ndarray, thinning: Thinning, shape,
+                      keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        kept = None if keep is None else np.moveaxis(keep[:, self.context.order], 1, -1)
+
+        def code(tables, keys, values, step_kept):
+            return read_summed(decoder, keys, tables, budget, step_kept)
+
+        return self.summed_steps(z, thinning, shape, None, kept, code, summed_or_corrupt)
+
+    def summed_steps(self, z, thinning: Thinning, shape, known, kept, code, build
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Walk the steps at the first level: ``code(tables, keys, values, kept)`` codes a step's thinned symbols
+        (``values``: the encoder's, None for the decoder) and returns them. Returns the thinned symbols and their
+        first-level table indices and means, int64 (B, M, h, w) in the model's channel order."""
+        order, hp = self.context.order, self.hyperprior
+        grids = [np.zeros((shape[0], shape[2], shape[3], shape[1]), np.int64) for _ in range(3)]  # coded order
+
+        def code_step(index, mean, a, e, classes):
+            channels = order[a:e]
+            tables, keys = build(hp.scales, thinning.chain, channels, index, mean)
+            values = code(tables, keys, None if known is None else gather(known[..., a:e], classes),
+                          None if kept is None else gather(kept[..., a:e], classes))
+            for grid, part in zip(grids, (values, index, mean)):
+                scatter(grid[..., a:e], classes, part)
+            # (B, P, c) as (B, c, P, 1): the run ends take each channel's ratios along axis 1
+            lo, hi = run_ends(np.moveaxis(values, -1, 1)[..., None], tuple(r[channels] for r in thinning.chain))
+            return np.moveaxis(((lo + hi) >> 1)[..., 0], 1, -1)
+
+        run_steps(hp, self.context, z, thinning.levels[0], shape, code_step)
+        out = []
+        for grid in grids:
+            full = np.empty(shape, np.int64)
+            full[:, order] = np.moveaxis(grid, -1, 1)
+            out.append(full)
+        return tuple(out)

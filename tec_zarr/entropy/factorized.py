@@ -161,6 +161,9 @@ class FactorizedCoder(LatentCoder):
                channels: np.ndarray | None = None) -> np.ndarray:
         if thinning is None:
             return decode(payload, quality, shape, self.tables, skip, channels)
+        if thinning.summed:
+            raise CorruptChunkError("Expected a thinned factorized chunk naming its tables in its payload. Got one "
+                                    "whose header marks it runs summed instead.")
         if not payload or payload[0] not in (OWN_TABLES, RUN_TABLES):
             raise CorruptChunkError(f"Expected a thinned payload starting with its tables, {OWN_TABLES} or "
                                     f"{RUN_TABLES}. Got {payload[:1]!r} instead.")
@@ -169,7 +172,9 @@ class FactorizedCoder(LatentCoder):
         return decode(payload[1:], 0, shape, self.tables_of(thinning), skip, channels)
 
     def recode(self, payload: bytes, y: np.ndarray, symbols: np.ndarray, source: int, thinning: Thinning, *,
-               skip: np.ndarray | None = None, channels: np.ndarray | None = None) -> bytes:
+               skip: np.ndarray | None = None, channels: np.ndarray | None = None,
+               source_summed: bool = False) -> tuple[bytes, bool]:
+        """The shorter payload; its first byte names its tables (the header never marks it runs summed)."""
         own = bytes([OWN_TABLES]) + encode(symbols, thinning.levels[-1], self.tables, skip, channels)
         summed = bytes([RUN_TABLES]) + encode(symbols, 0, self.tables_of(thinning), skip, channels)
-        return min(own, summed, key=len)
+        return min(own, summed, key=len), False

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -35,6 +36,8 @@ from ..runtime import Graph
 from . import factorized
 from .base import LatentCoder
 from .rangecoder import PayloadBudget, checked_symbols, range_decoder, read_grouped, write_grouped
+from . import runsum
+from .runsum import TooManyTables, run_tables
 from .tables import EntropyTables, IndexedTables
 
 FILENAME = "hyperprior.npz"
@@ -255,41 +258,107 @@ class HyperpriorCoder(LatentCoder):
         require_z_grid(symbols.shape)
         if z is None:
             z = self.side_information(y, quality)
-        zs = z_skip(skip)
-        if zs is not None:  # not coded, read as 0: the hyper-synthesis must see 0 there on both sides
-            z = z * ~zs[:, None]
-        z_bytes = factorized.encode(z, quality, self.hyperprior.z_tables, zs)
+        z, z_bytes = self.coded_z(z, quality, skip)
         encoder = constriction.stream.queue.RangeEncoder()
         keep = None if skip is None else np.broadcast_to(~skip[:, None], symbols.shape)
         self.write_y(encoder, np.asarray(symbols, np.int64), z, quality, keep)
         return sections.join_z_section(z_bytes, encoder.get_compressed().tobytes())
 
+    # Whether thinned chunks may code their symbols under the first level's model summed over runs
+    # (:mod:`.runsum`): the hyperprior and context coders; the temporal coder's mixtures have no such form.
+    sums_runs: ClassVar[bool] = True
+
     def recode(self, payload: bytes, y: np.ndarray, symbols: np.ndarray, source: int, thinning: Thinning, *,
-               skip: np.ndarray | None = None) -> bytes:
-        """The shorter of two payloads, whose z (side information only: it changes no symbol) comes from the source's
-        z rounded at the new gain, or from h_a of the estimate ``y`` kept inside the bin the source's z stored for
-        h_a(y). Measured on tec-hp: h_a of the estimate alone costs up to +50 % bits, each of the two up to +12 %."""
-        quality = thinning.levels[-1]
-        source_z = read_z(self.hyperprior, payload, source, symbols.shape, skip)[0].astype(np.float64)
+               skip: np.ndarray | None = None, source_summed: bool = False) -> tuple[bytes, bool]:
+        """The shortest of up to three payloads, and whether it is the runs-summed one. Two code the symbols with
+        the level's own tables, their z (side information only: it changes no symbol) from the source's z rounded
+        at the new gain, or from h_a of the estimate ``y`` kept inside the bin the source's z stored for h_a(y)
+        (measured on tec-hp: h_a of the estimate alone costs up to +50 % bits, each of the two up to +12 %). The
+        third (:attr:`sums_runs`) keeps the first level's z (the source's own bytes where the source has it) and
+        codes each symbol with the first level's probability of its run (:mod:`.runsum`)."""
+        quality, top = thinning.levels[-1], thinning.levels[0]
+        z_quality = top if source_summed else source  # the level the source's z was coded at
+        source_z = read_z(self.hyperprior, payload, z_quality, symbols.shape, skip)[0].astype(np.float64)
         z_gain = self.hyperprior.z_gain.astype(np.float64)[:, None, :, None, None]
         with np.errstate(divide="ignore", invalid="ignore"):  # a dead z channel (gain 0) bounds nothing
-            ends = (source_z - 0.5) / z_gain[source], (source_z + 0.5) / z_gain[source]
-            rounded = np.nan_to_num(source_z / z_gain[source], nan=0.0, posinf=0.0, neginf=0.0)
+            ends = (source_z - 0.5) / z_gain[z_quality], (source_z + 0.5) / z_gain[z_quality]
+            rounded = np.nan_to_num(source_z / z_gain[z_quality], nan=0.0, posinf=0.0, neginf=0.0)
         low, high = np.nan_to_num(np.minimum(*ends), nan=-np.inf), np.nan_to_num(np.maximum(*ends), nan=np.inf)
         estimated = np.clip(self.analysis.run(np.ascontiguousarray(y, np.float32)).astype(np.float64), low, high)
         payloads = []
         for h in (rounded, estimated):
             z = np.clip(np.rint(h * z_gain[quality]), -Z_LIMIT, Z_LIMIT).astype(np.int32)
-            payloads.append(self.encode(y, symbols, quality, z, skip=skip))
-        return min(payloads, key=len)
+            payloads.append((self.encode(y, symbols, quality, z, skip=skip), False))
+        if self.sums_runs:
+            if z_quality == top:
+                z_top, z_bytes = source_z.astype(np.int32), sections.split_z_section(payload)[0]
+            else:  # thinned before with the level's own tables: the first level's z chosen again
+                z_top = np.clip(np.rint(estimated * z_gain[top]), -Z_LIMIT, Z_LIMIT).astype(np.int32)
+                z_top, z_bytes = self.coded_z(z_top, top, skip)
+            try:
+                payloads.append((self.encode_summed(z_bytes, z_top, symbols, thinning, skip), True))
+            except TooManyTables:
+                pass  # only the level's own tables
+        return min(payloads, key=lambda p: len(p[0]))
+
+    def coded_z(self, z: np.ndarray, quality: int, skip: np.ndarray | None) -> tuple[np.ndarray, bytes]:
+        """``z`` as the decoder will read it (0 where every latent below is skipped) and its z section."""
+        zs = z_skip(skip)
+        if zs is not None:  # not coded, read as 0: the hyper-synthesis must see 0 there on both sides
+            z = z * ~zs[:, None]
+        return z, factorized.encode(z, quality, self.hyperprior.z_tables, zs)
+
+    def encode_summed(self, z_bytes: bytes, z: np.ndarray, symbols: np.ndarray, thinning: Thinning,
+                      skip: np.ndarray | None) -> bytes:
+        """A runs-summed payload: the first level's z section ``z_bytes`` (of ``z``), then the thinned ``symbols``
+        each with the first level's probability of its run. Raises :class:`~.runsum.TooManyTables`."""
+        import constriction
+
+        encoder = constriction.stream.queue.RangeEncoder()
+        keep = None if skip is None else np.broadcast_to(~skip[:, None], symbols.shape)
+        self.write_summed_y(encoder, np.asarray(symbols, np.int64), z, thinning, keep)
+        return sections.join_z_section(z_bytes, encoder.get_compressed().tobytes())
+
+    def write_summed_y(self, encoder, symbols: np.ndarray, z: np.ndarray, thinning: Thinning,
+                       keep: np.ndarray | None) -> None:
+        index, mean = self.hyperprior.parameters(z, thinning.levels[0])
+        tables, keys = run_tables(self.hyperprior.scales, thinning.chain, channel_grid(symbols.shape), index, mean)
+        write_summed(encoder, symbols, keys, tables, keep)
+
+    def read_summed_y(self, decoder, budget: PayloadBudget, z: np.ndarray, thinning: Thinning, shape,
+                      keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Inverse of :meth:`write_summed_y`: the thinned symbols and each one's first-level table index and mean
+        (for :func:`run_centroids`), int64 (B, M, h, w)."""
+        index, mean = self.hyperprior.parameters(z, thinning.levels[0])
+        tables, keys = summed_or_corrupt(self.hyperprior.scales, thinning.chain, channel_grid(shape), index, mean)
+        return read_summed(decoder, keys, tables, budget, keep), index, mean
+
+    def decode_summed(self, payload: bytes, shape: tuple[int, int, int, int], skip: np.ndarray | None,
+                      thinning: Thinning) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A runs-summed payload's symbols, first-level table indices and means."""
+        if not self.sums_runs:
+            raise CorruptChunkError(f"Expected a thinned {self.name} chunk coded with its level's tables. Got one "
+                                    "marked runs summed instead.")
+        z, rest = read_z(self.hyperprior, payload, thinning.levels[0], shape, skip)
+        decoder = range_decoder(rest, "y section")
+        keep = None if skip is None else np.broadcast_to(~skip[:, None], shape)
+        symbols, index, mean = self.read_summed_y(decoder, PayloadBudget(len(rest), "y section"), z, thinning, shape,
+                                                  keep)
+        if not decoder.maybe_exhausted():
+            raise CorruptChunkError("Expected the y section to end with its last symbol. Got trailing data instead.")
+        return checked_symbols(symbols), index, mean
 
     def decode_thinned(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
                        skip: np.ndarray | None, thinning: Thinning) -> tuple[np.ndarray, np.ndarray]:
         """Runs of at least CENTROID_MIN_RUN top symbols decode to their centroid under the top level's
-        distribution that z gives (:func:`run_centroids`), shorter ones to their middle. tec-ctx and tec-tt use z's
-        distribution too, without their context networks' refinement (which decoding at the thinned level never
-        computes for the top level): measured on tec-ctx thinning 4 -> 0, -24 % bits at equal PSNR on the desert
-        tile, +3 % on the held-out places. The hyper-synthesis runs once for both."""
+        distribution (:func:`run_centroids`), shorter ones to their middle. Runs-summed chunks have that
+        distribution at hand (the context models' refined one, for tec-ctx); the others take z's: tec-ctx and
+        tec-tt without their context networks' refinement (which decoding at the thinned level never computes for
+        the top level): measured on tec-ctx thinning 4 -> 0, -24 % bits at equal PSNR on the desert tile, +3 % on
+        the held-out places. The hyper-synthesis runs once for both."""
+        if thinning.summed:
+            symbols, index, mean = self.decode_summed(payload, shape, skip, thinning)
+            return symbols, run_centroids(symbols, thinning, self.hyperprior.scales, index, mean)
         z, rest = read_z(self.hyperprior, payload, quality, shape, skip)
         synthesized = self.hyperprior.synthesize_channels_last(z, quality)
         symbols = self.read_symbols(rest, z, quality, shape, skip, synthesized)
@@ -301,6 +370,8 @@ class HyperpriorCoder(LatentCoder):
 
     def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
                skip: np.ndarray | None = None, thinning: Thinning | None = None) -> np.ndarray:
+        if thinning is not None and thinning.summed:
+            return self.decode_summed(payload, shape, skip, thinning)[0]
         z, rest = read_z(self.hyperprior, payload, quality, shape, skip)
         return self.read_symbols(rest, z, quality, shape, skip)
 
@@ -357,6 +428,34 @@ def run_centroids(symbols: np.ndarray, thinning: Thinning, scales: IndexedTables
     centroid = 2.0 * mean + 2.0 * (below(moments, b) - below(moments, a - 1)) / np.maximum(mass, 1.0)
     doubled[wide] = np.where(mass > 0, centroid, doubled[wide])
     return doubled
+
+
+def channel_grid(shape) -> np.ndarray:
+    """int64 (1, M, 1, 1): each latent's channel, broadcasting against latents of ``shape`` (B, M, h, w)."""
+    return np.arange(shape[1], dtype=np.int64)[None, :, None, None]
+
+
+def summed_or_corrupt(scales: IndexedTables, chain, channel, index, mean):
+    """:func:`~.runsum.run_tables` for a decoder: more tables than an encoder builds are a corrupt chunk's."""
+    try:
+        return run_tables(scales, chain, channel, index, mean)
+    except TooManyTables as e:
+        raise CorruptChunkError(f"Expected side information an encoder writes for runs-summed symbols. Got {e} "
+                                "instead.") from None
+
+
+def write_summed(encoder, values: np.ndarray, keys: np.ndarray, tables, keep: np.ndarray | None) -> None:
+    """:func:`~.runsum.write` of the kept elements (row-major order; None: all)."""
+    runsum.write(encoder, values if keep is None else values[keep], keys if keep is None else keys[keep], tables)
+
+
+def read_summed(decoder, keys: np.ndarray, tables, budget: PayloadBudget, keep: np.ndarray | None) -> np.ndarray:
+    """Inverse of :func:`write_summed`: values where kept, 0 elsewhere."""
+    if keep is None:
+        return runsum.read(decoder, keys, tables, budget)
+    out = np.zeros(keys.shape, np.int64)
+    out[keep] = runsum.read(decoder, keys[keep], tables, budget)
+    return out
 
 
 def write_kept(encoder, values: np.ndarray, index: np.ndarray, tables, keep: np.ndarray | None) -> None:

@@ -166,6 +166,7 @@ class TemporalCoder(ContextCoder):
 
     name = ENTROPY_MODEL
     files = (*ContextCoder.files, FILENAME)
+    sums_runs = False  # its thinned chunks keep the level's fine tables and mixtures
 
     def __init__(self, hyperprior: Hyperprior, analysis, context: ContextModel, temporal: TemporalModel):
         super().__init__(hyperprior, analysis, context)

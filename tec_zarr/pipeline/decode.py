@@ -164,7 +164,7 @@ def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
     skip = skipped_latents(header, model.latent_stride, mask, nan, saturated)
     thinning = None
     if header.thinned_from is not None:
-        thinning = requantize.Thinning.of(model.gain, (*header.thinned_from, header.quality))
+        thinning = requantize.Thinning.of(model.gain, (*header.thinned_from, header.quality), header.runs_summed)
     channels = header.coded_channels
     if channels is not None and not model.coder.skips_channels:
         raise CorruptChunkError(f"Expected every latent channel coded for model {model.name}, whose {model.coder.name} "

@@ -62,8 +62,8 @@ def thin_chunk(buf, quality: int) -> bytes:
     if skip is not None:
         symbols *= ~skip[:, None]
     channels = coded_channels(model, symbols)  # the level may drop channels, and zero more of them
-    payload = model.coder.recode(sections.payload, y, symbols, header.quality, thinning, skip=skip,
-                                 **channel_argument(model.coder, channels))
-    thinned = replace(header, quality=quality, thinned_from=levels,
+    payload, summed = model.coder.recode(sections.payload, y, symbols, header.quality, thinning, skip=skip,
+                                         source_summed=header.runs_summed, **channel_argument(model.coder, channels))
+    thinned = replace(header, quality=quality, thinned_from=levels, runs_summed=summed,
                       channels=None if channels is None else channel_section(channels))
     return pack(thinned, sections.mask, payload, nan_mask=sections.nan_mask)
