@@ -60,6 +60,15 @@ def test_missing_and_repeated_bands_are_named(names, what):
         band_order(names)
 
 
+def test_a_cube_of_a_few_bands_is_told_to_use_a_classical_codec():
+    with pytest.raises(InvalidInputError, match="B01 B05 B06 B07 B8A B09 B11 B12 missing") as e:
+        band_order(["blue", "green", "red", "nir"])
+    assert "classical codec" in str(e.value)
+    with pytest.raises(InvalidInputError) as e:
+        band_order([*STAC_IN_MODEL_ORDER, "B12"])
+    assert "classical codec" not in str(e.value)
+
+
 def test_l1c_is_recognised_under_stac_names_too():
     with pytest.raises(InvalidInputError, match="L1C product. Drop B10"):
         band_order([*STAC_IN_MODEL_ORDER[:10], "cirrus", *STAC_IN_MODEL_ORDER[10:]])
