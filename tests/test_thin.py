@@ -654,3 +654,26 @@ def test_run_summed_symbols_round_trip_through_width_classes():
     data = encoder.get_compressed().tobytes()
     with pytest.raises(CorruptChunkError, match="padding|past"):
         runsum.read(range_decoder(data, "test"), one, tables, PayloadBudget(len(data), "test"))
+
+
+def test_run_tables_built_in_pieces_equal_one_build(top_chunks, monkeypatch):
+    """Building tables a few keys at a time (bounded memory) gives the same tables; width classes come from integer
+    bit lengths."""
+    from tec_zarr.entropy import runsum
+    from tec_zarr.entropy.hyperprior import read_z
+    from tec_zarr.requantize import Thinning
+
+    parsed = parse(top_chunks["tec-hp"])
+    hp = parsed.model.coder.hyperprior
+    z, _ = read_z(hp, unpack_sections(top_chunks["tec-hp"]).payload, 4, parsed.symbols.shape)
+    index, mean = hp.parameters(z, 4)
+    thinning = Thinning.of(parsed.model.gain, (4, 2, 0))
+    whole, keys = runsum.run_tables(hp.scales, thinning.chain, runsum.channel_grid(index.shape), index, mean)
+    monkeypatch.setattr(runsum, "PIECE_ENTRIES", 50)
+    pieces, again = runsum.run_tables(hp.scales, thinning.chain, runsum.channel_grid(index.shape), index, mean)
+    assert whole.count > 100
+    np.testing.assert_array_equal(keys, again)
+    for name in ("offsets", "lengths", "starts", "counts"):
+        np.testing.assert_array_equal(getattr(whole, name), getattr(pieces, name))
+    values = np.array([0, 1, 2, 3, 4, 7, 8, 9, 1023, 1024, 1025, 2**40])
+    assert runsum.bit_length(values).tolist() == [int(v).bit_length() for v in values]

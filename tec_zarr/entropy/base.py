@@ -47,9 +47,9 @@ class LatentCoder(ABC):
                skip: np.ndarray | None = None, channels: np.ndarray | None = None,
                source_summed: bool = False) -> tuple[bytes, bool]:
         """The payload for ``symbols`` at ``thinning.levels[-1]``, requantized from a chunk at quality ``source``
-        whose payload was ``payload`` (``source_summed``: its header marks it runs summed); ``y`` estimates the
-        encoder's latents (the chunk's only record of them), and whether the header must mark the new payload runs
-        summed. Coders with side information choose it from both (:meth:`HyperpriorCoder.recode`)."""
+        whose payload was ``payload`` (``source_summed``: its header marks it runs summed), and whether the header
+        must mark the new payload runs summed. ``y`` estimates the encoder's latents (the chunk's only record of
+        them); coders with side information choose it from both (:meth:`HyperpriorCoder.recode`)."""
         return self.encode(y, symbols, thinning.levels[-1], skip=skip, **channel_argument(self, channels)), False
 
     def decode_thinned(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,

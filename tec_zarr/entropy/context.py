@@ -41,13 +41,10 @@ from .hyperprior import (
     HyperpriorCoder,
     Synthesized,
     read_kept,
-    read_summed,
-    summed_or_corrupt,
     write_kept,
-    write_summed,
 )
+from . import runsum
 from .rangecoder import PayloadBudget
-from .runsum import run_tables
 from .tables import EntropyTables
 
 FILENAME = "context.npz"
@@ -325,19 +322,19 @@ class ContextCoder(HyperpriorCoder):
         kept = None if keep is None else np.moveaxis(keep[:, self.context.order], 1, -1)
 
         def code(tables, keys, values, step_kept):
-            write_summed(encoder, values, keys, tables, step_kept)
+            runsum.write_kept(encoder, values, keys, tables, step_kept)
             return values
 
-        self.summed_steps(z, thinning, symbols.shape, known, kept, code, run_tables)
+        self.summed_steps(z, thinning, symbols.shape, known, kept, code, runsum.run_tables)
 
     def read_summed_y(self, decoder, budget: PayloadBudget, z: np.ndarray, thinning: Thinning, shape,
                       keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         kept = None if keep is None else np.moveaxis(keep[:, self.context.order], 1, -1)
 
         def code(tables, keys, values, step_kept):
-            return read_summed(decoder, keys, tables, budget, step_kept)
+            return runsum.read_kept(decoder, keys, tables, budget, step_kept)
 
-        return self.summed_steps(z, thinning, shape, None, kept, code, summed_or_corrupt)
+        return self.summed_steps(z, thinning, shape, None, kept, code, runsum.tables_or_corrupt)
 
     def summed_steps(self, z, thinning: Thinning, shape, known, kept, code, build
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

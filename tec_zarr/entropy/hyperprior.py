@@ -16,7 +16,9 @@ The scale tables are integer counts of discretized zero-mean Gaussians, computed
 
 Payload (:mod:`tec_zarr.bitstream.payload`): ``u32 z_len | z section (the factorized coding of z_q) | y section``
 (both constriction range-coder words). Symbols are coded table by table in the stable order of the table index over
-the (B, M, h, w) elements; values outside a table are escaped (:mod:`.rangecoder`).
+the (B, M, h, w) elements; values outside a table are escaped (:mod:`.rangecoder`). A thinned chunk's payload may
+instead hold the first level's z and code each thinned symbol with the first level's probability of its run
+(the chunk header's runs-summed extension, :mod:`.runsum`).
 """
 
 from __future__ import annotations
@@ -35,9 +37,8 @@ from ..requantize import Thinning, run_ends
 from ..runtime import Graph
 from . import factorized
 from .base import LatentCoder
-from .rangecoder import PayloadBudget, checked_symbols, range_decoder, read_grouped, write_grouped
 from . import runsum
-from .runsum import TooManyTables, run_tables
+from .rangecoder import PayloadBudget, checked_symbols, range_decoder, read_grouped, write_grouped
 from .tables import EntropyTables, IndexedTables
 
 FILENAME = "hyperprior.npz"
@@ -235,6 +236,9 @@ class HyperpriorCoder(LatentCoder):
 
     name = "hyperprior"
     files = (FILENAME, ANALYSIS_FILENAME)
+    # Whether thinned chunks may code their symbols under the first level's model summed over runs
+    # (:mod:`.runsum`): the hyperprior and context coders; the temporal coder's mixtures have no such form.
+    sums_runs: ClassVar[bool] = True
 
     def __init__(self, hyperprior: Hyperprior, analysis: Graph):
         self.hyperprior = hyperprior
@@ -263,10 +267,6 @@ class HyperpriorCoder(LatentCoder):
         keep = None if skip is None else np.broadcast_to(~skip[:, None], symbols.shape)
         self.write_y(encoder, np.asarray(symbols, np.int64), z, quality, keep)
         return sections.join_z_section(z_bytes, encoder.get_compressed().tobytes())
-
-    # Whether thinned chunks may code their symbols under the first level's model summed over runs
-    # (:mod:`.runsum`): the hyperprior and context coders; the temporal coder's mixtures have no such form.
-    sums_runs: ClassVar[bool] = True
 
     def recode(self, payload: bytes, y: np.ndarray, symbols: np.ndarray, source: int, thinning: Thinning, *,
                skip: np.ndarray | None = None, source_summed: bool = False) -> tuple[bytes, bool]:
@@ -297,7 +297,7 @@ class HyperpriorCoder(LatentCoder):
                 z_top, z_bytes = self.coded_z(z_top, top, skip)
             try:
                 payloads.append((self.encode_summed(z_bytes, z_top, symbols, thinning, skip), True))
-            except TooManyTables:
+            except runsum.TooManyTables:
                 pass  # only the level's own tables
         return min(payloads, key=lambda p: len(p[0]))
 
@@ -322,16 +322,18 @@ class HyperpriorCoder(LatentCoder):
     def write_summed_y(self, encoder, symbols: np.ndarray, z: np.ndarray, thinning: Thinning,
                        keep: np.ndarray | None) -> None:
         index, mean = self.hyperprior.parameters(z, thinning.levels[0])
-        tables, keys = run_tables(self.hyperprior.scales, thinning.chain, channel_grid(symbols.shape), index, mean)
-        write_summed(encoder, symbols, keys, tables, keep)
+        tables, keys = runsum.run_tables(self.hyperprior.scales, thinning.chain, runsum.channel_grid(symbols.shape),
+                                         index, mean)
+        runsum.write_kept(encoder, symbols, keys, tables, keep)
 
     def read_summed_y(self, decoder, budget: PayloadBudget, z: np.ndarray, thinning: Thinning, shape,
                       keep: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Inverse of :meth:`write_summed_y`: the thinned symbols and each one's first-level table index and mean
         (for :func:`run_centroids`), int64 (B, M, h, w)."""
         index, mean = self.hyperprior.parameters(z, thinning.levels[0])
-        tables, keys = summed_or_corrupt(self.hyperprior.scales, thinning.chain, channel_grid(shape), index, mean)
-        return read_summed(decoder, keys, tables, budget, keep), index, mean
+        tables, keys = runsum.tables_or_corrupt(self.hyperprior.scales, thinning.chain, runsum.channel_grid(shape),
+                                                index, mean)
+        return runsum.read_kept(decoder, keys, tables, budget, keep), index, mean
 
     def decode_summed(self, payload: bytes, shape: tuple[int, int, int, int], skip: np.ndarray | None,
                       thinning: Thinning) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -428,34 +430,6 @@ def run_centroids(symbols: np.ndarray, thinning: Thinning, scales: IndexedTables
     centroid = 2.0 * mean + 2.0 * (below(moments, b) - below(moments, a - 1)) / np.maximum(mass, 1.0)
     doubled[wide] = np.where(mass > 0, centroid, doubled[wide])
     return doubled
-
-
-def channel_grid(shape) -> np.ndarray:
-    """int64 (1, M, 1, 1): each latent's channel, broadcasting against latents of ``shape`` (B, M, h, w)."""
-    return np.arange(shape[1], dtype=np.int64)[None, :, None, None]
-
-
-def summed_or_corrupt(scales: IndexedTables, chain, channel, index, mean):
-    """:func:`~.runsum.run_tables` for a decoder: more tables than an encoder builds are a corrupt chunk's."""
-    try:
-        return run_tables(scales, chain, channel, index, mean)
-    except TooManyTables as e:
-        raise CorruptChunkError(f"Expected side information an encoder writes for runs-summed symbols. Got {e} "
-                                "instead.") from None
-
-
-def write_summed(encoder, values: np.ndarray, keys: np.ndarray, tables, keep: np.ndarray | None) -> None:
-    """:func:`~.runsum.write` of the kept elements (row-major order; None: all)."""
-    runsum.write(encoder, values if keep is None else values[keep], keys if keep is None else keys[keep], tables)
-
-
-def read_summed(decoder, keys: np.ndarray, tables, budget: PayloadBudget, keep: np.ndarray | None) -> np.ndarray:
-    """Inverse of :func:`write_summed`: values where kept, 0 elsewhere."""
-    if keep is None:
-        return runsum.read(decoder, keys, tables, budget)
-    out = np.zeros(keys.shape, np.int64)
-    out[keep] = runsum.read(decoder, keys[keep], tables, budget)
-    return out
 
 
 def write_kept(encoder, values: np.ndarray, index: np.ndarray, tables, keep: np.ndarray | None) -> None:

@@ -28,8 +28,10 @@ _MEAN_SPAN = 1 << 26  # means are clipped to +-2**24 (hyperprior.MEAN_LIMIT): ro
 # Symbols are coded in classes of their table's width rounded up to a power of two (at least this), one categorical
 # model per symbol: a few range-coder calls per chunk instead of one per table.
 MIN_WIDTH = 4
-# Rows of at most this many entries go to the range coder at a time (a bound on memory; the bytes do not depend on it).
+# Rows of at most this many entries go to the range coder at a time, and tables are built from at most this many
+# first-level entries at a time (bounds on memory; the bytes do not depend on them).
 BATCH_ENTRIES = 1 << 21
+PIECE_ENTRIES = 1 << 20
 
 
 class TooManyTables(ValueError):
@@ -76,30 +78,58 @@ def run_tables(scales: IndexedTables, chain, channel: np.ndarray, index: np.ndar
     k_mean = unique % _MEAN_SPAN - _MEAN_SPAN // 2
     k_index = (unique // _MEAN_SPAN) % tables
     k_channel = unique // _MEAN_SPAN // tables
-    length = np.asarray(scales.lengths, np.int64)[k_index] - 1  # a table's symbols, its escape left out
+    length = np.asarray(scales.lengths, np.int64)[k_index] - 1  # a first-level table's symbols, its escape left out
     total = int(length.sum())
     if total > MAX_ENTRIES:
         raise TooManyTables(f"{total} entries")
+    firsts, widths, rows = [], [], []
+    ends = np.cumsum(length)
+    start = 0
+    while start < unique.size:  # in pieces, so the per-entry work arrays stay small
+        stop = max(start + 1, int(np.searchsorted(ends, (ends[start - 1] if start else 0) + PIECE_ENTRIES, "right")))
+        piece = slice(start, stop)
+        first, width, counts = _summed(scales, chain, k_channel[piece], k_index[piece], k_mean[piece], length[piece])
+        firsts.append(first)
+        widths.append(width)
+        rows.append(counts)
+        start = stop
+    lengths = np.concatenate(widths) + 1
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64)
+    return RunTables(np.concatenate(firsts), lengths, starts, np.concatenate(rows)), keys.reshape(shape)
+
+
+def _summed(scales: IndexedTables, chain, channel, index, mean, length):
+    """(first thinned symbol, width, counts with the escape after each table's) of the tables of these keys."""
     starts = np.concatenate(([0], np.cumsum(length)[:-1])).astype(np.int64)
-    owner = np.repeat(np.arange(unique.size), length)
-    position = np.arange(total, dtype=np.int64) - starts[owner]
-    t = np.asarray(scales.offsets, np.int64)[k_index][owner] + k_mean[owner] + position  # first-level symbols
+    owner = np.repeat(np.arange(length.size), length)
+    position = np.arange(int(length.sum()), dtype=np.int64) - starts[owner]
+    t = np.asarray(scales.offsets, np.int64)[index][owner] + mean[owner] + position  # first-level symbols
     for ratio in chain:
-        t = requantize_each(t, np.asarray(ratio, np.int64)[k_channel][owner]).astype(np.int64)
+        t = requantize_each(t, np.asarray(ratio, np.int64)[channel][owner]).astype(np.int64)
     first, last = t[starts], t[starts + length - 1]
     width = last - first + 1
     out_starts = np.concatenate(([0], np.cumsum(width + 1)[:-1])).astype(np.int64)
-    counts = np.bincount(out_starts[owner] + t - first[owner], weights=scales.pmf[k_index[owner], position],
+    counts = np.bincount(out_starts[owner] + t - first[owner], weights=scales.pmf[index[owner], position],
                          minlength=int((width + 1).sum()))
-    counts[out_starts + width] = scales.pmf[k_index, length]  # the escapes
-    return RunTables(first, width + 1, out_starts, np.rint(counts).astype(np.int64)), keys.reshape(shape)
+    counts[out_starts + width] = scales.pmf[index, length]  # the escapes
+    return first, width, np.rint(counts).astype(np.int64)
+
+
+def bit_length(values: np.ndarray) -> np.ndarray:
+    """int64 ``int.bit_length`` of each of the non-negative ``values`` (integers only: it decides bytes)."""
+    out = np.zeros(values.shape, np.int64)
+    rest = values.astype(np.int64)
+    while (rest > 0).any():
+        out += rest > 0
+        rest = rest >> 1
+    return out
 
 
 def width_classes(keys: np.ndarray, tables: RunTables) -> list[tuple[int, np.ndarray]]:
     """(width, the symbols of that class in coding order): symbols of ``keys`` (flat) by the power of two at or above
     their table's length (at least MIN_WIDTH), narrowest first, in their own order within a class."""
-    lengths = tables.lengths[keys]
-    exponent = np.maximum(np.ceil(np.log2(np.maximum(lengths, 1))).astype(np.int64), MIN_WIDTH.bit_length() - 1)
+    # the power of two at or above L is 2**bit_length(L - 1)
+    exponent = np.maximum(bit_length(tables.lengths[keys] - 1), MIN_WIDTH.bit_length() - 1)
     order = np.argsort(exponent.astype(np.uint8), kind="stable")
     ordered = exponent[order]
     bounds = np.flatnonzero(np.diff(ordered)) + 1
@@ -144,16 +174,48 @@ def read(decoder, keys: np.ndarray, tables: RunTables, budget: PayloadBudget) ->
     budget.spend(tables.fewest_bits(flat))
     offsets, escapes = tables.offsets[flat], tables.lengths[flat] - 1
     symbols = np.empty(flat.size, np.int64)
-    try:
-        for width, members in width_classes(flat, tables):
+    for width, members in width_classes(flat, tables):
+        try:
             for batch in _batches(members, width):
                 symbols[batch] = decoder.decode(family, tables.rows(flat[batch], width))
-            if (symbols[members] > escapes[members]).any():  # the zero padding: never written
-                raise CorruptChunkError("Expected thinned symbols within their tables. Got one past a table's escape "
-                                        "instead.")
-            for i in members[symbols[members] == escapes[members]]:
+        except DECODER_ERRORS as e:
+            raise CorruptChunkError(f"Expected a decodable y section. Got {type(e).__name__}: {e} instead.") from None
+        if (symbols[members] > escapes[members]).any():  # the zero padding: never written
+            raise CorruptChunkError("Expected thinned symbols within their tables. Got one past a table's escape "
+                                    "instead.")
+        for i in members[symbols[members] == escapes[members]]:
+            try:
                 z = decode_escape(decoder, uniform_bits, uniform_chunk)
-                symbols[i] = escaped_values([z], int(offsets[i]), int(escapes[i]))[0] - offsets[i]
-    except DECODER_ERRORS as e:
-        raise CorruptChunkError(f"Expected a decodable y section. Got {type(e).__name__}: {e} instead.") from None
+            except DECODER_ERRORS as e:
+                raise CorruptChunkError(f"Expected a decodable escape. Got {type(e).__name__}: {e} instead.") from None
+            symbols[i] = escaped_values([z], int(offsets[i]), int(escapes[i]))[0] - offsets[i]
     return (symbols + offsets).reshape(keys.shape)
+
+
+def channel_grid(shape) -> np.ndarray:
+    """int64 (1, M, 1, 1): each latent's channel, broadcasting against latents of ``shape`` (B, M, h, w)."""
+    return np.arange(shape[1], dtype=np.int64)[None, :, None, None]
+
+
+def tables_or_corrupt(scales: IndexedTables, chain, channel, index, mean) -> tuple[RunTables, np.ndarray]:
+    """:func:`run_tables` for a decoder: more tables than an encoder builds are a corrupt chunk's."""
+    try:
+        return run_tables(scales, chain, channel, index, mean)
+    except TooManyTables as e:
+        raise CorruptChunkError(f"Expected side information an encoder writes for runs-summed symbols. Got {e} "
+                                "instead.") from None
+
+
+def write_kept(encoder, values: np.ndarray, keys: np.ndarray, tables: RunTables, keep: np.ndarray | None) -> None:
+    """:func:`write` of the kept elements (row-major order; None: all)."""
+    write(encoder, values if keep is None else values[keep], keys if keep is None else keys[keep], tables)
+
+
+def read_kept(decoder, keys: np.ndarray, tables: RunTables, budget: PayloadBudget, keep: np.ndarray | None
+              ) -> np.ndarray:
+    """Inverse of :func:`write_kept`: values where kept, 0 elsewhere."""
+    if keep is None:
+        return read(decoder, keys, tables, budget)
+    out = np.zeros(keys.shape, np.int64)
+    out[keep] = read(decoder, keys[keep], tables, budget)
+    return out
