@@ -36,6 +36,7 @@ bench: $(VENV)/.test-installed
 bench-throughput: $(VENV)/.test-installed
 	$(BIN)/python benchmarks/throughput.py
 	$(BIN)/python benchmarks/precision.py
+	$(BIN)/python benchmarks/memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

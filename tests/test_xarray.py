@@ -13,6 +13,7 @@ import xarray as xr
 
 from common import assert_bound
 from tec_zarr import TEC, metrics, sample, zarr_encoding
+from tec_zarr.codec.encoding import DEFAULT_TILE, default_tile
 from tec_zarr.errors import InvalidInputError
 
 READER = textwrap.dedent(
@@ -194,15 +195,25 @@ def test_a_lazily_opened_float_variable_is_checked_on_a_sample(dataset, tmp_path
 @pytest.mark.parametrize("zarr_format", [2, 3])
 def test_encoding_helper_chunks_in_memory_data_itself(dataset, tmp_path, zarr_format):
     """Without chunks= or dask, zarr's own guess would split the band axis (and the write fail): one date, whole
-    rows and columns up to 1024, tiles of 512 beyond."""
+    rows and columns up to 512, equal tiles of at most 512 (a multiple of 16) beyond: a chunk is coded whole, and a
+    1024 x 1024 one would need about 2 GB to encode."""
     enc = zarr_encoding(dataset, zarr_format=zarr_format)
     assert enc["reflectance"]["chunks"] == (1, 12, *dataset["reflectance"].shape[-2:])
     dataset.to_zarr(tmp_path / "s.zarr", zarr_format=zarr_format, encoding=enc)
     back = xr.open_zarr(tmp_path / "s.zarr")["reflectance"]
     assert back.encoding["chunks"] == enc["reflectance"]["chunks"] and back.shape == dataset["reflectance"].shape
     wide = xr.Dataset({"r": (("time", "band", "y", "x"), np.zeros((2, 12, 1500, 700), np.uint16))})
-    assert zarr_encoding(wide, zarr_format=zarr_format)["r"]["chunks"] == (1, 12, 512, 700)
+    assert zarr_encoding(wide, zarr_format=zarr_format)["r"]["chunks"] == (1, 12, 512, 352)
     assert zarr_encoding(wide, zarr_format=3, chunks={"y": 256})["r"]["chunks"] == (2, 12, 256, 700)  # as before
+
+
+@pytest.mark.parametrize("size, tile", [(1, 1), (264, 264), (512, 512), (513, 272), (700, 352), (1024, 512),
+                                        (1098, 368), (1500, 512), (10980, 512)])
+def test_default_tile_is_whole_up_to_512_then_equal_tiles(size, tile):
+    assert default_tile(size) == tile
+    assert tile <= DEFAULT_TILE and (tile == size or tile % 16 == 0)
+    tiles = -(-size // tile)
+    assert tiles == -(-size // DEFAULT_TILE)  # no more chunks than tiles of 512 would make
 
 
 def test_format2_chunks_its_readers_would_refuse_are_refused_before_writing(dataset, tmp_path, monkeypatch):

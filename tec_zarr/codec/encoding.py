@@ -23,8 +23,9 @@ def zarr_encoding(
     ``chunks`` (dim -> size) sets the Zarr chunk shape; the band axis is always one chunk. A dask-backed variable
     keeps its dask chunks along the dims ``chunks`` does not name (xarray writes dask chunks whole), and a ``chunks``
     entry that would split them is refused with the ``ds.chunk`` call that fixes it. An in-memory variable's dims
-    that ``chunks`` does not name are whole; without ``chunks``: one entry along the leading axes (a date), whole rows
-    and columns up to :data:`WHOLE_AXIS_MAX`, else :data:`DEFAULT_TILE` (zarr's own guess would split the bands).
+    that ``chunks`` does not name are whole; without ``chunks``: one entry along the leading axes (a date), rows and
+    columns whole up to :data:`DEFAULT_TILE`, else in equal tiles of at most that (:func:`default_tile`; zarr's own
+    guess would split the bands).
     Format 2 chunks are at most :func:`~tec_zarr.pipeline.decode.max_chunk_elements` elements: its readers decode a
     chunk without its shape, and refuse larger ones.
 
@@ -176,23 +177,35 @@ def stored_band_names(var) -> tuple[list | None, bool]:
     return None, False
 
 
-# Zarr chunks along y and x where neither ``chunks`` nor dask set them: the whole axis up to WHOLE_AXIS_MAX pixels
-# (every chunk then holds one image), else tiles of DEFAULT_TILE (a 12-band tile of 3 MB of uint16).
-WHOLE_AXIS_MAX = 1024
+# Zarr chunks along y and x where neither ``chunks`` nor dask set them: the whole axis up to DEFAULT_TILE pixels,
+# else the axis cut into equal tiles of at most DEFAULT_TILE, each rounded up to a multiple of TILE_MULTIPLE (the
+# models' padding multiple). A chunk is coded whole, and the context models need about 85 times its bytes to encode
+# it (benchmarks/memory.py): 0.5 GB for a 12-band 512 x 512 uint16 chunk, 2 GB at 1024 x 1024, per thread. Tiles of
+# 512 instead of one of 1024 cost 0.03-0.3 % more bits.
 DEFAULT_TILE = 512
+TILE_MULTIPLE = 16
+
+
+def default_tile(size: int) -> int:
+    """The default Zarr chunk along a spatial axis of ``size`` pixels."""
+    if size <= DEFAULT_TILE:
+        return size
+    tiles = -(-size // DEFAULT_TILE)
+    even = -(-size // tiles)
+    return min(DEFAULT_TILE, -(-even // TILE_MULTIPLE) * TILE_MULTIPLE)
 
 
 def _chunk(name: str, dim: str, size: int, asked: int | None, dask_chunks: dict | None, *, spatial: bool,
            whole: bool) -> int:
     """The Zarr chunk along ``dim``: as asked, else the dask chunk, else the whole axis where ``chunks`` names
-    other dims (``whole``), else the default (one entry along a leading axis, the whole axis up to WHOLE_AXIS_MAX
-    or DEFAULT_TILE along y and x); checked against dask."""
+    other dims (``whole``), else the default (one entry along a leading axis, :func:`default_tile` along y and x);
+    checked against dask."""
     if dask_chunks is None:
         if asked:
             return min(asked, size)
         if whole:
             return size
-        return (size if size <= WHOLE_AXIS_MAX else DEFAULT_TILE) if spatial else 1
+        return default_tile(size) if spatial else 1
     blocks = dask_chunks[dim]
     chunk = min(asked, size) if asked else blocks[0]
     if any(b % chunk for b in blocks[:-1]):  # xarray writes each dask chunk whole: it must hold whole zarr chunks
