@@ -90,17 +90,39 @@ def test_sharded_array_codes_each_inner_chunk_with_tec(cube, tmp_path):
 
 
 def test_xarray_writes_shards_of_tec_chunks(cube, tmp_path):
-    """The helper's encoding plus xarray's ``shards`` key: the shards hold TEC inner chunks and read back."""
+    """zarr_encoding(shards=...): the shards hold TEC inner chunks and read back."""
     import xarray as xr
 
     from tec_zarr import zarr_encoding
 
     data = np.ascontiguousarray(cube[:2, :, :128, :256])
     ds = xr.Dataset({"r": (("time", "band", "y", "x"), data)})
-    enc = zarr_encoding(ds, zarr_format=3, chunks={"time": 1, "y": 64, "x": 128})
-    enc["r"]["shards"] = (2, 12, 128, 256)
+    enc = zarr_encoding(ds, zarr_format=3, chunks={"time": 1, "y": 64, "x": 128}, shards={"time": 2, "y": 128, "x": 256})
+    assert enc["r"]["shards"] == (2, 12, 128, 256)
     ds.to_zarr(tmp_path / "s.zarr", zarr_format=3, encoding=enc, consolidated=False)
     (sharding,) = zarr.open_array(str(tmp_path / "s.zarr" / "r")).metadata.codecs
     assert isinstance(sharding.codecs[0], TEC) and sharding.chunk_shape == (1, 12, 64, 128)
     back = xr.open_zarr(tmp_path / "s.zarr", consolidated=False)["r"].values
     assert metrics.mean_psnr(data, back) > 41.7  # measured 42.2 dB (quality 2)
+
+
+def test_shards_that_zarr_or_xarray_would_refuse_are_refused_by_the_helper(cube):
+    """Shards not a multiple of the chunk, along the band axis, in format 2, or split by dask chunks: refused with
+    the package's error, naming what would work."""
+    import xarray as xr
+
+    from tec_zarr import zarr_encoding
+
+    ds = xr.Dataset({"r": (("time", "band", "y", "x"), np.ascontiguousarray(cube[:2, :, :200, :264]))})
+    chunks = {"time": 1, "y": 64, "x": 128}
+    assert zarr_encoding(ds, chunks=chunks, shards={"x": 1024})["r"]["shards"] == (1, 12, 64, 384)  # the whole axis
+    with pytest.raises(InvalidInputError, match="multiple of its chunk 64. Got 100 instead: 64 or 128"):
+        zarr_encoding(ds, chunks=chunks, shards={"y": 100})
+    with pytest.raises(InvalidInputError, match="band dim"):
+        zarr_encoding(ds, chunks=chunks, shards={"band": 12})
+    with pytest.raises(InvalidInputError, match="integer"):
+        zarr_encoding(ds, chunks=chunks, shards={"y": 128.0})
+    with pytest.raises(InvalidInputError, match="format 2 has no sharding"):
+        zarr_encoding(ds, zarr_format=2, chunks=chunks, shards={"y": 128})
+    with pytest.raises(InvalidInputError, match=r"ds.chunk\(\{'y': 128\}\)"):
+        zarr_encoding(ds.chunk({"time": 1, "y": 64, "x": 128}), shards={"y": 128})

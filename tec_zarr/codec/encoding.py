@@ -13,7 +13,8 @@ from .config import CodecConfig, parse_model
 
 
 def zarr_encoding(
-    ds, *, zarr_format: int = 3, variables: list[str] | None = None, chunks: dict[str, int] | None = None, **codec_kwargs: Any
+    ds, *, zarr_format: int = 3, variables: list[str] | None = None, chunks: dict[str, int] | None = None,
+    shards: dict[str, int] | None = None, **codec_kwargs: Any
 ) -> dict[str, dict]:
     """``encoding`` for ``ds.to_zarr(..., zarr_format=zarr_format, encoding=...)``.
 
@@ -29,6 +30,10 @@ def zarr_encoding(
     Format 2 chunks are at most :func:`~tec_zarr.pipeline.decode.max_chunk_elements` elements: its readers decode a
     chunk without its shape, and refuse larger ones.
 
+    ``shards`` (dim -> size, format 3 only) stores that many chunks in one object (zarr's sharding, with TEC coding
+    each inner chunk): each named dim's shard a multiple of its chunk, the others one chunk; a dask-backed variable's
+    chunks must then hold whole shards (xarray writes each dask chunk alone).
+
     Without a ``dn_offset`` argument, each variable gets the offset its metadata states
     (:func:`tec_zarr.dn_offset.stated_dn_offset`: Sentinel-2 baseline 04.00 and later, 1000), else 0.
     """
@@ -36,6 +41,9 @@ def zarr_encoding(
     nbands = len(card.bands)
     if zarr_format not in (2, 3):
         raise InvalidInputError(f"Expected zarr_format 2 or 3. Got {zarr_format!r} instead.")
+    if shards and zarr_format != 3:
+        raise InvalidInputError(f"Expected zarr_format=3 with shards (format 2 has no sharding). Got zarr_format "
+                                f"{zarr_format} instead.")
     params = CodecConfig.create(**codec_kwargs, allow_fill_value=zarr_format == 3).chunk_params()
     names = list(variables) if variables is not None else [
         name for name, var in ds.data_vars.items() if var.ndim >= 3 and var.shape[-3] == nbands
@@ -94,8 +102,43 @@ def zarr_encoding(
             from .zarr2 import check_format2_chunk
 
             check_format2_chunk(enc["chunks"], f"variable {name!r}")
+        if shards:
+            enc["shards"] = shard_shape(name, var, enc["chunks"], shards, dask_chunks)
         encoding[name] = enc
     return encoding
+
+
+def shard_shape(name: str, var, chunk: tuple[int, ...], shards: dict[str, int], dask_chunks: dict | None
+                ) -> tuple[int, ...]:
+    """The shard of ``var`` from ``shards`` (dim -> size): a multiple of the chunk along each named dim (the band
+    axis cannot be named: it is one chunk), one chunk along the others; refused where it is not, or where a dask
+    chunk would write part of a shard."""
+    unknown = sorted(set(shards) - set(var.dims))
+    if unknown:
+        raise InvalidInputError(f"Expected shards along dims of {name!r} {var.dims}. Got {unknown} instead.")
+    shape = []
+    for i, (dim, size, c) in enumerate(zip(var.dims, var.shape, chunk)):
+        asked = shards.get(dim)
+        if asked is None:
+            shape.append(c)
+            continue
+        if isinstance(asked, bool) or not isinstance(asked, (int, np.integer)):
+            raise InvalidInputError(f"Expected an integer shards[{dim!r}]. Got {asked!r} instead.")
+        if i == var.ndim - 3:
+            raise InvalidInputError(f"Expected no shard along the band dim {dim!r} of {name!r} (its chunk holds every "
+                                    f"band). Got shards[{dim!r}] = {asked} instead.")
+        shard = min(int(asked), -(-size // c) * c)
+        if shard < c or shard % c:
+            raise InvalidInputError(
+                f"Expected shards[{dim!r}] of {name!r} to be a multiple of its chunk {c}. Got {asked} instead: "
+                f"{' or '.join(map(str, sorted({max(c, shard // c * c), (shard // c + 1) * c})))}.")
+        shape.append(shard)
+        blocks = dask_chunks[dim] if dask_chunks else ()
+        if any(b % shard for b in blocks[:-1]):
+            raise InvalidInputError(
+                f"Expected the dask chunks of {name!r} along {dim!r} to hold whole shards of {shard}. Got "
+                f"{blocks[:3]}... instead: ds = ds.chunk({{{dim!r}: {shard}}}).")
+    return tuple(shape)
 
 
 def check_band_axis(name: str, var) -> None:
