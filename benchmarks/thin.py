@@ -34,8 +34,8 @@ from tec_zarr import metrics, pipeline  # noqa: E402
 from tec_zarr.entropy.hyperprior import HyperpriorCoder  # noqa: E402
 from tec_zarr.train import data  # noqa: E402
 
-MODELS = ("tec-fp", "tec-hp", "tec-ctx")
-OWN_TABLES = ("tec-hp", "tec-ctx")  # measured again with the level's own tables only
+MODELS = ("tec-fp", "tec-hp", "tec-ctx", "tec-tt")
+OWN_TABLES = ("tec-hp", "tec-ctx", "tec-tt")  # measured again with the level's own tables only
 OWN_SUFFIX = " (own tables)"
 TOP = 4
 CHAIN = (2, 0)

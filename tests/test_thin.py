@@ -142,6 +142,34 @@ def test_temporal_chunks_thin(cube):
     assert metrics.psnr(dates, got) > metrics.psnr(dates, decode_chunk(direct)) - 2.0
 
 
+def own_tables_lose(monkeypatch) -> None:
+    """Make thinning keep the runs-summed payload: the level's own-table payloads made longer than any."""
+    from tec_zarr.entropy.temporal import TemporalCoder
+
+    monkeypatch.setattr(TemporalCoder, "encode", lambda self, *args, **kwargs: bytes(1 << 20))
+
+
+def test_temporal_chunks_thin_runs_summed_where_shorter(cube, monkeypatch):
+    """tec-tt thinning also tries the runs-summed payload (tec-ctx's, every date at the top level's model): where
+    it is shorter (data unlike the training data; forced here) the chunk carries the mark, holds the top chunk's
+    z, decodes to the symbols the level's own tables give, and thins again."""
+    from tec_zarr.bitstream.payload import split_z_section
+
+    dates = np.ascontiguousarray(cube[:2, :, :48, :40])
+    top = encode_chunk(dates, model="tec-tt", quality=4, nodata=0)
+    own = tec_zarr.thin(top, 2)
+    own_tables_lose(monkeypatch)
+    summed = tec_zarr.thin(top, 2)
+    assert read_header(summed).runs_summed and not read_header(own).runs_summed
+    np.testing.assert_array_equal(parse(summed).symbols, parse(own).symbols)
+    assert split_z_section(unpack_sections(summed).payload)[0] == split_z_section(unpack_sections(top).payload)[0]
+    got = decode_chunk(summed, expected_shape=dates.shape)
+    assert metrics.psnr(dates, got) > metrics.psnr(dates, decode_chunk(own)) - 0.3
+    again = tec_zarr.thin(summed, 0)
+    assert read_header(again).runs_summed and read_header(again).thinned_from == (4, 2)
+    assert metrics.psnr(dates, decode_chunk(again)) < metrics.psnr(dates, got)
+
+
 def test_hostile_thinned_headers_are_refused(top_chunks, monkeypatch):
     from tec_zarr.bitstream import chunk
 
@@ -232,14 +260,16 @@ def test_thin_tec_file(tmp_path, scene, original):
 
 @pytest.mark.parametrize("model, levels, tag, summed", [
     ("tec-fp", (2, 0), "", False), ("tec-fp", (2, 0), "channels-", False), ("tec-hp", (1,), "", False),
-    ("tec-tt", (1,), "", False), ("tec-hp", (0,), "", True), ("tec-ctx", (1,), "", True)])
-def test_golden_thinned_chunks_decode(cube, model, levels, tag, summed):
+    ("tec-tt", (1,), "", False), ("tec-hp", (0,), "", True), ("tec-ctx", (1,), "", True),
+    ("tec-tt", (2,), "summed-", True)])
+def test_golden_thinned_chunks_decode(cube, model, levels, tag, summed, monkeypatch):
     """Stored thinned chunks decode to their stored pixels in every run (regenerated only with
     TEC_ZARR_REGENERATE_GOLDEN=1); the top chunk they came from thins to the same bytes where thinning is integer
     arithmetic alone (tec-fp: no network chooses side information). ``thinned-tec-fp-2-0`` was written before
     chunks marked their coded channels (flag bit 6): thinning now writes the same symbols, its channels marked.
     ``thinned-tec-hp-1`` was written before runs-summed payloads (extension tag 3) and codes the level's tables;
-    ``thinned-tec-hp-0`` and ``thinned-tec-ctx-1`` are runs summed."""
+    ``thinned-tec-hp-0`` and ``thinned-tec-ctx-1`` are runs summed; ``thinned-summed-tec-tt-2`` too (written with
+    the own-table payloads made to lose: on this small held-out tile tec-tt's own tables are shorter)."""
     from common import FIXTURES, REGENERATE
 
     d = FIXTURES / "tec_zarr.tec" / f"thinned-{tag}{model}-{'-'.join(map(str, levels))}"
@@ -247,6 +277,8 @@ def test_golden_thinned_chunks_decode(cube, model, levels, tag, summed):
     if REGENERATE:
         d.mkdir(parents=True, exist_ok=True)
         top = encode_chunk(array, model=model, quality=4, nodata=0)
+        if tag == "summed-":
+            own_tables_lose(monkeypatch)
         thinned = top
         for q in levels:
             thinned = tec_zarr.thin(thinned, q)
@@ -580,15 +612,10 @@ def test_runs_summed_marks_are_checked(tile, top_chunks, cube):
         _runs_summed(b"\x01", None)  # on a chunk that is not thinned
     with pytest.raises(ValueError):
         pack(replace(read_header(top_chunks["tec-hp"]), runs_summed=True), None, b"")
-    # The mark on coders that never write it: a factorized chunk names its tables in its payload, tec-tt mixes.
+    # The mark on a coder that never writes it: a factorized chunk names its tables in its payload.
     fp = unpack_sections(tec_zarr.thin(top_chunks["tec-fp"], 2))
     with pytest.raises(CorruptChunkError, match="runs summed"):
         decode_chunk(pack(replace(fp.header, runs_summed=True), fp.mask, fp.payload))
-    tt = unpack_sections(tec_zarr.thin(encode_chunk(np.ascontiguousarray(cube[:2, :, :32, :32]), model="tec-tt",
-                                                    quality=3, nodata=0), 1))
-    assert not tt.header.runs_summed
-    with pytest.raises(CorruptChunkError, match="runs summed"):
-        decode_chunk(pack(replace(tt.header, runs_summed=True), tt.mask, tt.payload))
     # The mark taken off a runs-summed chunk: its z is the top level's, read at the wrong level or refused.
     plain = pack(replace(sections.header, runs_summed=False), sections.mask, sections.payload)
     try:
