@@ -55,7 +55,9 @@ def measure(model: str, side: int, mode: str, path: Path) -> dict:
     """Peak RSS over the base (MB) of one encode (which writes the chunk to ``path``) or decode (of ``path``), each
     in a fresh process."""
     out = subprocess.run([sys.executable, "-c", CASE, model, str(side), mode, str(QUALITY), str(path)],
-                         capture_output=True, text=True, check=True)
+                         capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{model} {side} {mode} failed:\n{out.stderr}")
     got = json.loads(out.stdout.strip().splitlines()[-1])
     return {"base_mb": got["base"], "peak_mb": got["peak"], "over_base_mb": got["peak"] - got["base"]}
 

@@ -97,7 +97,8 @@ def test_xarray_writes_shards_of_tec_chunks(cube, tmp_path):
 
     data = np.ascontiguousarray(cube[:2, :, :128, :256])
     ds = xr.Dataset({"r": (("time", "band", "y", "x"), data)})
-    enc = zarr_encoding(ds, zarr_format=3, chunks={"time": 1, "y": 64, "x": 128}, shards={"time": 2, "y": 128, "x": 256})
+    enc = zarr_encoding(ds, zarr_format=3, chunks={"time": 1, "y": 64, "x": 128},
+                        shards={"time": 2, "y": 128, "x": 256})
     assert enc["r"]["shards"] == (2, 12, 128, 256)
     ds.to_zarr(tmp_path / "s.zarr", zarr_format=3, encoding=enc, consolidated=False)
     (sharding,) = zarr.open_array(str(tmp_path / "s.zarr" / "r")).metadata.codecs
@@ -107,22 +108,50 @@ def test_xarray_writes_shards_of_tec_chunks(cube, tmp_path):
 
 
 def test_shards_that_zarr_or_xarray_would_refuse_are_refused_by_the_helper(cube):
-    """Shards not a multiple of the chunk, along the band axis, in format 2, or split by dask chunks: refused with
-    the package's error, naming what would work."""
+    """Shards not a multiple of the chunk, along the band axis, in format 2, not positive, or split by dask chunks:
+    refused with the package's error, naming what would work. A size reaching the axis means the whole axis."""
     import xarray as xr
 
     from tec_zarr import zarr_encoding
 
-    ds = xr.Dataset({"r": (("time", "band", "y", "x"), np.ascontiguousarray(cube[:2, :, :200, :264]))})
+    ds = xr.Dataset({"r": (("time", "band", "y", "x"), np.ascontiguousarray(cube[:2, :, :200, :264])),
+                     "s": (("band", "y", "x"), np.ascontiguousarray(cube[0, :, :200, :264]))})
     chunks = {"time": 1, "y": 64, "x": 128}
-    assert zarr_encoding(ds, chunks=chunks, shards={"x": 1024})["r"]["shards"] == (1, 12, 64, 384)  # the whole axis
+    enc = zarr_encoding(ds, chunks=chunks, shards={"time": 2, "x": 300})
+    assert enc["r"]["shards"] == (2, 12, 64, 384) and enc["s"]["shards"] == (12, 64, 384)  # "s" has no time
     with pytest.raises(InvalidInputError, match="multiple of its chunk 64. Got 100 instead: 64 or 128"):
         zarr_encoding(ds, chunks=chunks, shards={"y": 100})
     with pytest.raises(InvalidInputError, match="band dim"):
         zarr_encoding(ds, chunks=chunks, shards={"band": 12})
-    with pytest.raises(InvalidInputError, match="integer"):
-        zarr_encoding(ds, chunks=chunks, shards={"y": 128.0})
+    for bad in (128.0, -128, 0, True):
+        with pytest.raises(InvalidInputError, match="positive integer"):
+            zarr_encoding(ds, chunks=chunks, shards={"y": bad})
+    with pytest.raises(InvalidInputError, match="dict dim -> size"):
+        zarr_encoding(ds, chunks=chunks, shards=(2, 12, 128, 256))
+    with pytest.raises(InvalidInputError, match="dims of the dataset"):
+        zarr_encoding(ds, chunks=chunks, shards={"z": 2})
     with pytest.raises(InvalidInputError, match="format 2 has no sharding"):
         zarr_encoding(ds, zarr_format=2, chunks=chunks, shards={"y": 128})
-    with pytest.raises(InvalidInputError, match=r"ds.chunk\(\{'y': 128\}\)"):
-        zarr_encoding(ds.chunk({"time": 1, "y": 64, "x": 128}), shards={"y": 128})
+    lazy = ds.chunk({"time": 1, "y": 64, "x": 128})
+    # the fix keeps the Zarr chunk, which would otherwise follow the new dask chunk and leave one chunk per shard
+    with pytest.raises(InvalidInputError, match=r"ds.chunk\(\{'y': 128\}\), and zarr_encoding\(\.\.\., "
+                                                r"chunks=\{'y': 64\}\)"):
+        zarr_encoding(lazy, shards={"y": 128})
+    with pytest.raises(InvalidInputError,
+                       match=r"Got \(64, 64, 64, \.\.\.\) instead: ds = ds.chunk\(\{'y': 128\}\)\.$"):
+        zarr_encoding(lazy, chunks={"y": 64}, shards={"y": 128})
+
+
+def test_dask_backed_sharded_write(cube, tmp_path):
+    """Dask chunks holding whole shards (and one dask chunk along x) write sharded stores that read back."""
+    import xarray as xr
+
+    from tec_zarr import zarr_encoding
+
+    data = np.ascontiguousarray(cube[:2, :, :200, :264])
+    ds = xr.Dataset({"r": (("time", "band", "y", "x"), data)}).chunk({"time": 2, "y": 128, "x": -1})
+    enc = zarr_encoding(ds, chunks={"time": 1, "y": 64, "x": 128}, shards={"time": 2, "y": 128, "x": 264})
+    assert enc["r"]["chunks"] == (1, 12, 64, 128) and enc["r"]["shards"] == (2, 12, 128, 384)
+    ds.to_zarr(tmp_path / "d.zarr", zarr_format=3, encoding=enc, consolidated=False)
+    back = xr.open_zarr(tmp_path / "d.zarr", consolidated=False)["r"].values
+    assert back.shape == data.shape and metrics.mean_psnr(data, back) > 41.0

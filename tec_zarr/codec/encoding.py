@@ -25,14 +25,15 @@ def zarr_encoding(
     keeps its dask chunks along the dims ``chunks`` does not name (xarray writes dask chunks whole), and a ``chunks``
     entry that would split them is refused with the ``ds.chunk`` call that fixes it. An in-memory variable's dims
     that ``chunks`` does not name are whole; without ``chunks``: one entry along the leading axes (a date), rows and
-    columns whole up to :data:`DEFAULT_TILE`, else in equal tiles of at most that (:func:`default_tile`; zarr's own
-    guess would split the bands).
+    columns whole up to :data:`DEFAULT_TILE`, else in about equal tiles of at most that (:func:`default_tile`;
+    zarr's own guess would split the bands).
     Format 2 chunks are at most :func:`~tec_zarr.pipeline.decode.max_chunk_elements` elements: its readers decode a
     chunk without its shape, and refuse larger ones.
 
-    ``shards`` (dim -> size, format 3 only) stores that many chunks in one object (zarr's sharding, with TEC coding
-    each inner chunk): each named dim's shard a multiple of its chunk, the others one chunk; a dask-backed variable's
-    chunks must then hold whole shards (xarray writes each dask chunk alone).
+    ``shards`` (dim -> size, format 3 only) stores many chunks in one object (zarr's sharding, with TEC coding each
+    inner chunk): each named dim's shard a multiple of its chunk (a size reaching the axis: the whole axis), the
+    others one chunk; a dask-backed variable's chunks must then hold whole shards (xarray writes each dask chunk
+    alone).
 
     Without a ``dn_offset`` argument, each variable gets the offset its metadata states
     (:func:`tec_zarr.dn_offset.stated_dn_offset`: Sentinel-2 baseline 04.00 and later, 1000), else 0.
@@ -41,6 +42,7 @@ def zarr_encoding(
     nbands = len(card.bands)
     if zarr_format not in (2, 3):
         raise InvalidInputError(f"Expected zarr_format 2 or 3. Got {zarr_format!r} instead.")
+    shards = parse_shards(shards, ds)
     if shards and zarr_format != 3:
         raise InvalidInputError(f"Expected zarr_format=3 with shards (format 2 has no sharding). Got zarr_format "
                                 f"{zarr_format} instead.")
@@ -103,42 +105,59 @@ def zarr_encoding(
 
             check_format2_chunk(enc["chunks"], f"variable {name!r}")
         if shards:
-            enc["shards"] = shard_shape(name, var, enc["chunks"], shards, dask_chunks)
+            enc["shards"] = shard_shape(name, var, enc["chunks"], shards, dask_chunks, chunks)
         encoding[name] = enc
     return encoding
 
 
-def shard_shape(name: str, var, chunk: tuple[int, ...], shards: dict[str, int], dask_chunks: dict | None
-                ) -> tuple[int, ...]:
-    """The shard of ``var`` from ``shards`` (dim -> size): a multiple of the chunk along each named dim (the band
-    axis cannot be named: it is one chunk), one chunk along the others; refused where it is not, or where a dask
-    chunk would write part of a shard."""
-    unknown = sorted(set(shards) - set(var.dims))
+def parse_shards(shards, ds) -> dict[str, int]:
+    """``shards`` (dim -> positive int), its dims among the dataset's; {} for None."""
+    if shards is None:
+        return {}
+    if not isinstance(shards, dict):
+        raise InvalidInputError(f"Expected shards as a dict dim -> size. Got {shards!r} instead.")
+    for dim, size in shards.items():
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise InvalidInputError(f"Expected a positive integer shards[{dim!r}]. Got {size!r} instead.")
+    unknown = sorted(set(shards) - set(ds.dims), key=str)
     if unknown:
-        raise InvalidInputError(f"Expected shards along dims of {name!r} {var.dims}. Got {unknown} instead.")
+        raise InvalidInputError(f"Expected shards along dims of the dataset {tuple(ds.dims)}. Got {unknown} instead.")
+    return {dim: int(size) for dim, size in shards.items()}
+
+
+def shard_shape(name: str, var, chunk: tuple[int, ...], shards: dict[str, int], dask_chunks: dict | None,
+                chunks_asked: dict | None) -> tuple[int, ...]:
+    """The shard of ``var`` from ``shards`` (dim -> size, dims it lacks ignored): along each named dim the whole
+    axis where the size reaches it (rounded up to whole chunks), else a multiple of the chunk; one chunk along the
+    others. Refused: a shard along the band dim (its chunk holds every band), one not a multiple of the chunk, and
+    dask chunks that would write part of a shard."""
     shape = []
     for i, (dim, size, c) in enumerate(zip(var.dims, var.shape, chunk)):
         asked = shards.get(dim)
         if asked is None:
             shape.append(c)
             continue
-        if isinstance(asked, bool) or not isinstance(asked, (int, np.integer)):
-            raise InvalidInputError(f"Expected an integer shards[{dim!r}]. Got {asked!r} instead.")
         if i == var.ndim - 3:
             raise InvalidInputError(f"Expected no shard along the band dim {dim!r} of {name!r} (its chunk holds every "
                                     f"band). Got shards[{dim!r}] = {asked} instead.")
-        shard = min(int(asked), -(-size // c) * c)
-        if shard < c or shard % c:
-            raise InvalidInputError(
-                f"Expected shards[{dim!r}] of {name!r} to be a multiple of its chunk {c}. Got {asked} instead: "
-                f"{' or '.join(map(str, sorted({max(c, shard // c * c), (shard // c + 1) * c})))}.")
+        shard = -(-size // c) * c if asked >= size else asked
+        if shard % c:
+            fits = sorted({max(c, shard // c * c), (shard // c + 1) * c})
+            raise InvalidInputError(f"Expected shards[{dim!r}] of {name!r} to be a multiple of its chunk {c}. Got "
+                                    f"{asked} instead: {' or '.join(map(str, fits))}.")
         shape.append(shard)
         blocks = dask_chunks[dim] if dask_chunks else ()
         if any(b % shard for b in blocks[:-1]):
+            keep = "" if (chunks_asked or {}).get(dim) else f", and zarr_encoding(..., chunks={{{dim!r}: {c}}})"
             raise InvalidInputError(
                 f"Expected the dask chunks of {name!r} along {dim!r} to hold whole shards of {shard}. Got "
-                f"{blocks[:3]}... instead: ds = ds.chunk({{{dim!r}: {shard}}}).")
+                f"{_some(blocks)} instead: ds = ds.chunk({{{dim!r}: {shard}}}){keep}.")
     return tuple(shape)
+
+
+def _some(blocks: tuple[int, ...]) -> str:
+    """Dask block sizes for a message: the first three."""
+    return str(tuple(blocks[:3]))[:-1] + (", ...)" if len(blocks) > 3 else ")")
 
 
 def check_band_axis(name: str, var) -> None:
@@ -221,10 +240,11 @@ def stored_band_names(var) -> tuple[list | None, bool]:
 
 
 # Zarr chunks along y and x where neither ``chunks`` nor dask set them: the whole axis up to DEFAULT_TILE pixels,
-# else the axis cut into equal tiles of at most DEFAULT_TILE, each rounded up to a multiple of TILE_MULTIPLE (the
-# models' padding multiple). A chunk is coded whole, and the context models need about 85 times its bytes to encode
-# it (benchmarks/memory.py): 0.5 GB for a 12-band 512 x 512 uint16 chunk, 2 GB at 1024 x 1024, per thread. Tiles of
-# 512 instead of one of 1024 cost 0.03-0.3 % more bits.
+# else the axis cut into about equal tiles of at most DEFAULT_TILE, each rounded up to a multiple of TILE_MULTIPLE
+# (the largest padding multiple of the shipped models). A chunk is coded whole, and the context models need about 85
+# times its bytes to encode it (benchmarks/memory.py): 0.5 GB for a 12-band 512 x 512 uint16 chunk, 2 GB at
+# 1024 x 1024, per thread. Four tiles of 512 instead of one of 1024 cost 0.02 % (tec-fp) to 0.26 % (tec-ctx) more
+# bits (measured at quality 2 on a 1024 x 1024 crop of the desert tile).
 DEFAULT_TILE = 512
 TILE_MULTIPLE = 16
 
@@ -245,15 +265,15 @@ def _chunk(name: str, dim: str, size: int, asked: int | None, dask_chunks: dict 
     checked against dask."""
     if dask_chunks is None:
         if asked:
-            return min(asked, size)
+            return int(min(asked, size))
         if whole:
             return size
         return default_tile(size) if spatial else 1
     blocks = dask_chunks[dim]
-    chunk = min(asked, size) if asked else blocks[0]
+    chunk = int(min(asked, size)) if asked else int(blocks[0])
     if any(b % chunk for b in blocks[:-1]):  # xarray writes each dask chunk whole: it must hold whole zarr chunks
         raise InvalidInputError(
             f"Expected the dask chunks of {name!r} along {dim!r} to be multiples of the Zarr chunk {chunk}. Got "
-            f"{blocks[:3]}... instead: ds = ds.chunk({{{dim!r}: {chunk}}}) before writing."
+            f"{_some(blocks)} instead: ds = ds.chunk({{{dim!r}: {chunk}}}) before writing."
         )
     return chunk
