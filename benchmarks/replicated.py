@@ -24,6 +24,8 @@ README's ``replicated`` table.
     python benchmarks/replicated.py [--data ../shared/data] [--models tec-fp tec-hp tec-ctx tec-tt] [--quick]
     python benchmarks/replicated.py --models tec-fp tec-fp-half tec-fp-lite \
         --out benchmarks/results/replicated-lite.json --readme-block replicated-lite   # the light models' table
+    python benchmarks/replicated.py --size 120 --models tec-fp tec-ctx tec-tt \
+        --out benchmarks/results/replicated-120.json --readme-block replicated-120   # patches as small as BigEarthNet's
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from tec_zarr.train import data  # noqa: E402
 
 NATIVE_SIZE = {"B01": 6, "B09": 6, "B05": 2, "B06": 2, "B07": 2, "B8A": 2, "B11": 2, "B12": 2}
 TARGETS_DB = (40.0, 45.0, 50.0)
+CROP = 256  # the side of every set's images
 LOSSLESS_QUALITY = 0  # the lowest-rate base: the residual carries the rest (benchmarks/bounded.py's choice too)
 J2K_LEVELS = list(range(46, 78, 2))  # about 30 to 57 dB in the project's PSNR
 SHIFT = (3, 5)
@@ -200,6 +203,9 @@ def main(argv=None) -> int:
     p.add_argument("--table-from", type=Path, help="only regenerate the table from a results JSON this script wrote")
     p.add_argument("--readme-block", default="replicated",
                    help="the README block the table goes to (replicated-lite: the light models beside tec-fp)")
+    p.add_argument("--size", type=int, default=CROP,
+                   help=f"patch side below {CROP}: each {CROP} x {CROP} image cut to its top-left and central "
+                        "size x size patches (BigEarthNet's patches are 120 x 120)")
     args = p.parse_args(argv)
     if args.table_from is not None:
         results = json.loads(args.table_from.read_text())
@@ -208,8 +214,10 @@ def main(argv=None) -> int:
         return 0
     rows = []
     jxl = JpegXLLossless()
+    if not 16 <= args.size <= CROP:
+        raise SystemExit(f"--size must lie in 16..{CROP}")
     for set_name, s in image_sets(args.data, args.quick).items():
-        nearest, smooth = s["versions"]["nearest"], s["versions"]["bilinear"]
+        nearest, smooth = (patches(s["versions"][v], args.size) for v in ("nearest", "bilinear"))
         klt = reference_curve(KltJpeg2k(), nearest, J2K_LEVELS)
         klt_smooth = reference_curve(KltJpeg2k(), smooth, J2K_LEVELS)
         j2k_smooth = reference_curve(Jpeg2kPerBand(), smooth, J2K_LEVELS)
@@ -232,9 +240,19 @@ def main(argv=None) -> int:
             rows.append(row)
             print(set_name, model, row["bpp_at"], row["lossless_bpp"], flush=True)
     results = {"machine": machine(), "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-               "quick": args.quick, "rows": rows}
+               "quick": args.quick, "size": args.size, "rows": rows}
     publish(args.readme_block, results, args.out, table(results), readme=not args.no_readme and not args.quick)
     return 0
+
+
+def patches(images: np.ndarray, size: int) -> np.ndarray:
+    """The (N, 12, CROP, CROP) images themselves, or each cut to its top-left and central ``size`` squares (the
+    central one starts at CROP // 2: the 60 m blocks then start mid-block at its edge, as in a user's cube)."""
+    if size == images.shape[-1]:
+        return images
+    mid = images.shape[-1] // 2
+    corners = [images[..., :size, :size], images[..., mid : mid + size, mid : mid + size]]
+    return np.ascontiguousarray(np.stack(corners, axis=1).reshape(-1, *images.shape[1:2], size, size))
 
 
 def _fmt(v) -> str:
@@ -281,7 +299,11 @@ def table(results: dict) -> str:
                                    for t in ("40", "45", "50"))
               + f" | {_ratio(b['bilinear'].get('45'), b['JPEG 2000 per band, bilinear'].get('45'))}")
     lines.append("")
-    lines.append(f"Measured by `benchmarks/replicated.py` on {results['machine']}, {results['utc'][:10]}. n/r: the "
+    size = results.get("size", CROP)
+    lines.append(f"Measured by `benchmarks/replicated.py` on {results['machine']}, {results['utc'][:10]}, on "
+                 f"{size} x {size} patches"
+                 + (f" (the top-left and central ones of each {CROP} x {CROP} image)" if size != CROP else "")
+                 + ". n/r: the "
                  "quality levels (or JPEG 2000 levels) do not reach the PSNR. Each version's PSNR is against itself; lossless at quality "
                  f"{LOSSLESS_QUALITY}, every round trip checked bit-exact.")
     return "\n".join(lines)
