@@ -94,7 +94,11 @@ class _ZarrArray:
         if self.zarr_format == 2:
             compressor = self.metadata.get("compressor")
             return compressor if isinstance(compressor, dict) and compressor.get("id") == CODEC_ID else None
-        for codec in self.metadata.get("codecs") or []:
+        codecs = list(self.metadata.get("codecs") or [])
+        for codec in codecs:
+            if isinstance(codec, dict) and codec.get("name") == "sharding_indexed":  # TEC inside the shards
+                codecs += (codec.get("configuration") or {}).get("codecs") or []
+        for codec in codecs:
             if isinstance(codec, dict) and codec.get("name") == CODEC_ID:
                 return codec.setdefault("configuration", {})
         return None
@@ -107,7 +111,9 @@ class _ZarrArray:
             return f"error-bounded (max_error={codec['max_error']}): thinning would break the bound"
         codecs = self.metadata.get("codecs") or []
         if self.zarr_format == 3 and any(isinstance(c, dict) and c.get("name") == "sharding_indexed" for c in codecs):
-            return "sharded: thin its shards' inner chunks by rewriting the array"
+            return ("sharded (each stored object holds many TEC chunks and their index): rewrite the array to thin "
+                    "it, e.g. xr.open_zarr(store).to_zarr(new, encoding=tec_zarr.zarr_encoding(ds, quality=q, "
+                    "chunks=..., shards=...))")
         names = [c.get("name") if isinstance(c, dict) else None for c in codecs]
         if self.zarr_format == 3 and names.index(CODEC_ID) != len(names) - 1:
             return (f"its TEC chunks pass through {names[names.index(CODEC_ID) + 1:]} after the codec, so the stored "

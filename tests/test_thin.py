@@ -238,6 +238,23 @@ def test_thin_store_leaves_bounded_arrays_and_refuses_unknown_ones(tmp_path, ima
         thin_store(tmp_path / "missing.zarr", 0)
 
 
+def test_sharded_arrays_are_left_as_they_are_with_the_way_to_thin_them(tmp_path, cube):
+    """A shard holds many TEC chunks and their index, so thinning one as a chunk would corrupt it: the array is left
+    byte for byte, the report says how to thin it, and ``tec info`` shows the TEC codec inside the shards."""
+    from tec_zarr.cli.commands import info_text
+
+    data = np.ascontiguousarray(cube[:2, :, :64, :128])
+    arr = zarr.create_array(str(tmp_path / "s.zarr"), shape=data.shape, chunks=(1, 12, 64, 64), shards=(2, 12, 64, 128),
+                            dtype="uint16", fill_value=0, serializer=TEC3(quality=3), compressors=None)
+    arr[:] = data
+    before = {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()}
+    report = thin_store(tmp_path / "s.zarr", 1)
+    assert report.thinned == [] and "sharded" in report.left[""] and "shards=" in report.left[""]
+    assert {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()} == before
+    info = info_text(str(tmp_path / "s.zarr"))
+    assert "in shards (2, 12, 64, 128)" in info and "TEC model tec-fp" in info and "quality 3" in info
+
+
 def test_thin_tec_file(tmp_path, scene, original):
     import shutil
 

@@ -253,8 +253,8 @@ def info_text(store: str) -> str:
     import zarr
 
     try:
-        group = zarr.open_group(store, mode="r")
-        arrays = sorted(group.arrays())
+        group = zarr.open(store, mode="r")  # a group, or an array at the store's root
+        arrays = sorted(group.arrays()) if isinstance(group, zarr.Group) else [("(root)", group)]
     except TecZarrError:  # the package's own errors already name the cause
         raise
     except Exception as e:  # zarr's own errors: a codec config it cannot build, damaged JSON, ...
@@ -265,7 +265,9 @@ def info_text(store: str) -> str:
         tec = [c for c in codecs if c.get("name", c.get("id")) == "tec_zarr.tec"]
         stored = arr.nbytes_stored()
         raw = arr.nbytes
-        line = f"  {name}: {arr.shape} {arr.dtype} chunks {arr.chunks}, {stored:,} bytes stored"
+        shards = getattr(arr, "shards", None)
+        line = (f"  {name}: {arr.shape} {arr.dtype} chunks {arr.chunks}" + (f" in shards {shards}" if shards else "")
+                + f", {stored:,} bytes stored")
         if tec:
             cfg = tec[0].get("configuration", tec[0])
             line += (f" ({raw / max(stored, 1):.1f}x of {raw:,} raw); TEC model {cfg.get('model')} "
@@ -304,10 +306,14 @@ def _zarr_failure(store, e: Exception) -> CommandError:
 
 
 def _codecs(arr):
+    """The array's codecs, those inside its shards included (format 3 sharding)."""
     md = arr.metadata
     if md.zarr_format == 2:
         return [c for c in (md.compressor, *(md.filters or ())) if c is not None]
-    return list(md.codecs)
+    codecs = list(md.codecs)
+    for c in md.codecs:
+        codecs += list(getattr(c, "codecs", ()))  # a ShardingCodec's inner codecs
+    return codecs
 
 
 def cmd_info(args) -> int:
