@@ -8,7 +8,8 @@ the new quality (for chunks written later; its ``psnr`` target is dropped, since
 ``.tec``: the file is written anew beside itself and renamed over it, with a new uuid (readers notice the change).
 
 Only local directory stores and files are thinned. Arrays whose chunks carry a residual section (``max_error``) are
-left as they are and reported: their bound would not hold.
+left as they are and reported: their bound would not hold. A sharded array's shards are rebuilt, each replaced
+atomically like a chunk, from their inner chunks thinned (:mod:`.shards`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from . import shards
 from .bitstream import tecfile
 from .bitstream.chunk import CODEC_ID
 from .errors import InvalidInputError, TecZarrError
 from .pipeline.decode import read_header
 from .pipeline.thin import parse_level, thin_chunk
+from .shards import ShardLayout
 
 
 @dataclass
@@ -110,15 +113,29 @@ class _ZarrArray:
         if codec.get("max_error") is not None:
             return f"error-bounded (max_error={codec['max_error']}): thinning would break the bound"
         codecs = self.metadata.get("codecs") or []
-        if self.zarr_format == 3 and any(isinstance(c, dict) and c.get("name") == "sharding_indexed" for c in codecs):
-            return ("sharded (each stored object holds many TEC chunks and their index): rewrite the array to thin "
-                    "it, e.g. xr.open_zarr(store).to_zarr(new, encoding=tec_zarr.zarr_encoding(ds, quality=q, "
-                    "chunks=..., shards=...))")
+        if self.sharded:
+            layout = self.shard_layout
+            inner = [c.get("name") if isinstance(c, dict) else None
+                     for c in (codecs[0].get("configuration") or {}).get("codecs") or []]
+            if isinstance(layout, str) or inner != [CODEC_ID]:
+                why = layout if isinstance(layout, str) else f"inner codecs {inner} (TEC alone is thinned)"
+                return (f"sharded, with {why}: rewrite the array to thin it, e.g. xr.open_zarr(store).to_zarr(new, "
+                        "encoding=tec_zarr.zarr_encoding(ds, quality=q, chunks=..., shards=...))")
+            return None
         names = [c.get("name") if isinstance(c, dict) else None for c in codecs]
         if self.zarr_format == 3 and names.index(CODEC_ID) != len(names) - 1:
             return (f"its TEC chunks pass through {names[names.index(CODEC_ID) + 1:]} after the codec, so the stored "
                     "bytes are not TEC chunks")
         return None
+
+    @property
+    def sharded(self) -> bool:
+        return self.zarr_format == 3 and any(isinstance(c, dict) and c.get("name") == "sharding_indexed"
+                                             for c in self.metadata.get("codecs") or [])
+
+    @property
+    def shard_layout(self) -> ShardLayout | str:
+        return ShardLayout.of(self.metadata)
 
     def chunk_paths(self) -> list[Path]:
         """The array's stored chunk files, found on disk (a sparse array's missing chunks cost nothing), in key
@@ -156,10 +173,22 @@ def _zarr_arrays(root: Path) -> dict[str, _ZarrArray]:
 
 
 def _thin_array(array: _ZarrArray, quality: int, report: ThinReport, progress) -> None:
+    """Every stored chunk of ``array`` thinned in place; a sharded array's stored objects are shards, each
+    rebuilt from its inner chunks thinned (in index order, with a new index)."""
     paths = array.chunk_paths()
+    layout = array.shard_layout if array.sharded else None
     for done, chunk_path in enumerate(paths, 1):
         data = chunk_path.read_bytes()
-        thinned = _thin_counted(data, quality, report, f"chunk {chunk_path}")
+        if layout is None:
+            thinned = _thin_counted(data, quality, report, f"chunk {chunk_path}")
+        else:
+            try:
+                inner = shards.split(data, layout)
+            except TecZarrError as e:
+                e.add_note(f"(shard {chunk_path})")
+                raise
+            thinned = shards.join([None if c is None else _thin_counted(c, quality, report, f"shard {chunk_path}")
+                                   for c in inner], layout)
         if thinned != data:
             _replace_file(chunk_path, thinned)
         if progress is not None:

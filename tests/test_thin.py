@@ -238,21 +238,59 @@ def test_thin_store_leaves_bounded_arrays_and_refuses_unknown_ones(tmp_path, ima
         thin_store(tmp_path / "missing.zarr", 0)
 
 
-def test_sharded_arrays_are_left_as_they_are_with_the_way_to_thin_them(tmp_path, cube):
-    """A shard holds many TEC chunks and their index, so thinning one as a chunk would corrupt it: the array is left
-    byte for byte, the report says how to thin it, and ``tec info`` shows the TEC codec inside the shards."""
+def _sharded(path, data, index_location="end", index_codecs=None):
+    from zarr.codecs import ShardingCodec
+
+    kwargs = {} if index_codecs is None else {"index_codecs": index_codecs}
+    arr = zarr.create_array(str(path), shape=data.shape, chunks=(2, 12, 64, 128), dtype="uint16", fill_value=0,
+                            compressors=None, serializer=ShardingCodec(chunk_shape=(1, 12, 64, 64), codecs=[TEC3(quality=3)],
+                                                                       index_location=index_location, **kwargs))
+    arr[:] = data
+    return arr
+
+
+@pytest.mark.parametrize("index_location", ["end", "start"])
+def test_sharded_arrays_thin_shard_by_shard(tmp_path, cube, index_location):
+    """Each shard is rebuilt from its inner chunks thinned, with a new index: zarr reads the same pixels as from an
+    unsharded array of the same chunks thinned, edge shards and an empty inner chunk included; the inner codec config
+    says the new quality, and ``tec info`` shows the codec inside the shards."""
     from tec_zarr.cli.commands import info_text
 
-    data = np.ascontiguousarray(cube[:2, :, :64, :128])
-    arr = zarr.create_array(str(tmp_path / "s.zarr"), shape=data.shape, chunks=(1, 12, 64, 64), shards=(2, 12, 64, 128),
-                            dtype="uint16", fill_value=0, serializer=TEC3(quality=3), compressors=None)
-    arr[:] = data
-    before = {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()}
+    data = np.ascontiguousarray(cube[:3, :, :100, :150])
+    data[2, :, :, 64:128] = 0  # two inner chunks all fill value: zarr leaves them empty in their shards
+    _sharded(tmp_path / "s.zarr", data, index_location)
+    plain = zarr.create_array(str(tmp_path / "p.zarr"), shape=data.shape, chunks=(1, 12, 64, 64), dtype="uint16",
+                              fill_value=0, serializer=TEC3(quality=3), compressors=None)
+    plain[:] = data
+    assert "in shards (2, 12, 64, 128)" in info_text(str(tmp_path / "s.zarr"))
     report = thin_store(tmp_path / "s.zarr", 1)
-    assert report.thinned == [] and "sharded" in report.left[""] and "shards=" in report.left[""]
-    assert {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()} == before
-    info = info_text(str(tmp_path / "s.zarr"))
-    assert "in shards (2, 12, 64, 128)" in info and "TEC model tec-fp" in info and "quality 3" in info
+    assert report.thinned == [""] and report.chunks == 3 * 2 * 3 - 2 and report.bytes_after < report.bytes_before / 2
+    thin_store(tmp_path / "p.zarr", 1)
+    back = zarr.open_array(str(tmp_path / "s.zarr"))
+    np.testing.assert_array_equal(back[:], zarr.open_array(str(tmp_path / "p.zarr"))[:])
+    assert 36 < metrics.mean_psnr(data, back[:]) < 40
+    assert back.metadata.codecs[0].codecs[0].quality == 1
+    assert "quality 1" in info_text(str(tmp_path / "s.zarr"))
+
+
+def test_damaged_or_unreadable_shards(tmp_path, cube):
+    """A shard whose index fails its CRC32C is refused naming the shard, and left as it was; shards whose index is
+    coded otherwise than zarr's default are left with the way to thin them."""
+    data = np.ascontiguousarray(cube[:2, :, :64, :128])
+    _sharded(tmp_path / "s.zarr", data)
+    (shard,) = [p for p in (tmp_path / "s.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    damaged = bytearray(shard.read_bytes())
+    damaged[-10] ^= 1
+    shard.write_bytes(bytes(damaged))
+    with pytest.raises(CorruptChunkError, match="CRC32C") as caught:
+        thin_store(tmp_path / "s.zarr", 1)
+    assert str(shard) in " ".join(caught.value.__notes__)
+    assert shard.read_bytes() == bytes(damaged)
+    from zarr.codecs import BytesCodec
+
+    _sharded(tmp_path / "other.zarr", data, index_codecs=[BytesCodec()])
+    report = thin_store(tmp_path / "other.zarr", 1)
+    assert report.thinned == [] and "sharded, with a shard index coded with" in report.left[""]
 
 
 def test_thin_tec_file(tmp_path, scene, original):
@@ -721,3 +759,24 @@ def test_run_tables_built_in_pieces_equal_one_build(top_chunks, monkeypatch):
         np.testing.assert_array_equal(getattr(whole, name), getattr(pieces, name))
     values = np.array([0, 1, 2, 3, 4, 7, 8, 9, 1023, 1024, 1025, 2**40])
     assert runsum.bit_length(values).tolist() == [int(v).bit_length() for v in values]
+
+
+def test_shard_index_round_trip_and_hostile_offsets():
+    """join then split gives the chunks back (empty ones as None), for both index locations; an index whose CRC
+    holds but whose offsets leave the shard's chunk bytes is refused."""
+    import struct
+
+    from tec_zarr import shards
+
+    chunks = [b"abc", None, b"", b"defgh"]
+    for at_start in (False, True):
+        layout = shards.ShardLayout(4, at_start)
+        data = shards.join(chunks, layout)
+        assert shards.split(data, layout) == chunks and len(data) == 8 + 16 * 4 + 4
+    layout = shards.ShardLayout(1, False)
+    for offset, nbytes in ((0, 9), (5, 1), (2**63, 2**63)):
+        body = struct.pack("<2Q", offset, nbytes)
+        with pytest.raises(CorruptChunkError, match="within the shard"):
+            shards.split(b"abcd" + body + shards._crc32c(body), layout)
+    with pytest.raises(CorruptChunkError, match="at least its"):
+        shards.split(b"abc", layout)
