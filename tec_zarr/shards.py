@@ -51,8 +51,17 @@ class ShardLayout:
         return cls(math.prod(o // n for n, o in zip(inner, outer)), location == "start")
 
 
-def split(data: bytes, layout: ShardLayout) -> list[bytes | None]:
-    """A stored shard's inner chunks in index order, None for empty ones."""
+@dataclass(frozen=True)
+class Shard:
+    """A stored shard's inner chunks in index order (None: empty), and the order they lie in its bytes (zarr
+    writes them in Morton order, which a rebuilt shard keeps)."""
+
+    chunks: list[bytes | None]
+    stored_order: list[int]
+
+
+def split(data: bytes, layout: ShardLayout) -> Shard:
+    """A stored shard's inner chunks (zero-length entries are empty, as zarr reads them)."""
     size = layout.index_size
     if len(data) < size:
         raise CorruptChunkError(f"Expected a shard of at least its {size}-byte index. Got {len(data)} bytes instead.")
@@ -62,32 +71,36 @@ def split(data: bytes, layout: ShardLayout) -> list[bytes | None]:
     pairs = np.frombuffer(index[:-4], "<u8").reshape(-1, 2)
     lo, hi = (size, len(data)) if layout.index_at_start else (0, len(data) - size)
     chunks: list[bytes | None] = []
+    offsets = []
     for offset, nbytes in pairs.tolist():
-        if offset == EMPTY and nbytes == EMPTY:
+        if (offset == EMPTY and nbytes == EMPTY) or nbytes == 0:
             chunks.append(None)
         elif lo <= offset and offset + nbytes <= hi:
             chunks.append(data[offset : offset + nbytes])
+            offsets.append((offset, len(chunks) - 1))
         else:
             raise CorruptChunkError(f"Expected inner chunks within the shard's {lo}..{hi} bytes. Got {nbytes} bytes "
                                     f"at {offset} instead.")
-    return chunks
+    return Shard(chunks, [i for _, i in sorted(offsets)])
 
 
-def join(chunks: list[bytes | None], layout: ShardLayout) -> bytes:
-    """A shard holding ``chunks`` (index order, None for empty ones), in that order, with its index."""
+def join(chunks: list[bytes | None], layout: ShardLayout, stored_order: list[int] | None = None) -> bytes:
+    """A shard holding ``chunks`` (index order, None for empty ones) laid out in ``stored_order`` (indices of the
+    non-empty ones; default index order), with its index."""
     if len(chunks) != layout.chunks:
         raise ValueError(f"Expected {layout.chunks} inner chunks. Got {len(chunks)} instead.")
+    present = [i for i, c in enumerate(chunks) if c is not None]
+    order = present if stored_order is None else list(stored_order)
+    if sorted(order) != present:
+        raise ValueError("Expected a stored order of exactly the non-empty chunks.")
+    pairs = [(EMPTY, EMPTY)] * len(chunks)
     offset = layout.index_size if layout.index_at_start else 0
-    pairs = []
-    for chunk in chunks:
-        if chunk is None:
-            pairs.append((EMPTY, EMPTY))
-        else:
-            pairs.append((offset, len(chunk)))
-            offset += len(chunk)
+    for i in order:
+        pairs[i] = (offset, len(chunks[i]))
+        offset += len(chunks[i])
     body = struct.pack(f"<{2 * len(pairs)}Q", *(v for pair in pairs for v in pair))
     index = body + _crc32c(body)
-    payload = b"".join(c for c in chunks if c is not None)
+    payload = b"".join(chunks[i] for i in order)
     return index + payload if layout.index_at_start else payload + index
 
 

@@ -9,7 +9,9 @@ the new quality (for chunks written later; its ``psnr`` target is dropped, since
 
 Only local directory stores and files are thinned. Arrays whose chunks carry a residual section (``max_error``) are
 left as they are and reported: their bound would not hold. A sharded array's shards are rebuilt, each replaced
-atomically like a chunk, from their inner chunks thinned (:mod:`.shards`).
+atomically like a chunk, from their inner chunks thinned (:mod:`.shards`). Unlike a chunk, a shard is not safe to
+read meanwhile: zarr reads part of a shard as its index first and then byte ranges, which a shard replaced in
+between no longer holds (it then reads fill values). Thin a sharded array while nobody reads it.
 """
 
 from __future__ import annotations
@@ -181,14 +183,18 @@ def _thin_array(array: _ZarrArray, quality: int, report: ThinReport, progress) -
         data = chunk_path.read_bytes()
         if layout is None:
             thinned = _thin_counted(data, quality, report, f"chunk {chunk_path}")
+        elif not data:
+            thinned = data  # zarr reads an empty shard as fill value: nothing to thin
         else:
             try:
-                inner = shards.split(data, layout)
+                shard = shards.split(data, layout)
             except TecZarrError as e:
                 e.add_note(f"(shard {chunk_path})")
                 raise
-            thinned = shards.join([None if c is None else _thin_counted(c, quality, report, f"shard {chunk_path}")
-                                   for c in inner], layout)
+            inner = [None if c is None else _thin_counted(c, quality, report, f"shard {chunk_path}")
+                     for c in shard.chunks]
+            # a shard none of whose chunks changed stays as it is (a rerun after an interruption rewrites nothing)
+            thinned = data if inner == shard.chunks else shards.join(inner, layout, shard.stored_order)
         if thinned != data:
             _replace_file(chunk_path, thinned)
         if progress is not None:

@@ -271,6 +271,9 @@ def test_sharded_arrays_thin_shard_by_shard(tmp_path, cube, index_location):
     assert 36 < metrics.mean_psnr(data, back[:]) < 40
     assert back.metadata.codecs[0].codecs[0].quality == 1
     assert "quality 1" in info_text(str(tmp_path / "s.zarr"))
+    stored = {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"}
+    again = thin_store(tmp_path / "s.zarr", 1)  # a rerun (after an interruption) rewrites no shard
+    assert again.chunks == 0 and {p: p.read_bytes() for p in stored} == stored
 
 
 def test_damaged_or_unreadable_shards(tmp_path, cube):
@@ -288,6 +291,8 @@ def test_damaged_or_unreadable_shards(tmp_path, cube):
     assert shard.read_bytes() == bytes(damaged)
     from zarr.codecs import BytesCodec
 
+    shard.write_bytes(b"")  # zarr reads an empty shard as fill value: left, and the rest thinned
+    assert thin_store(tmp_path / "s.zarr", 1).thinned == [""] and shard.read_bytes() == b""
     _sharded(tmp_path / "other.zarr", data, index_codecs=[BytesCodec()])
     report = thin_store(tmp_path / "other.zarr", 1)
     assert report.thinned == [] and "sharded, with a shard index coded with" in report.left[""]
@@ -768,11 +773,15 @@ def test_shard_index_round_trip_and_hostile_offsets():
 
     from tec_zarr import shards
 
-    chunks = [b"abc", None, b"", b"defgh"]
+    chunks = [b"abc", None, b"xy", b"defgh"]
     for at_start in (False, True):
         layout = shards.ShardLayout(4, at_start)
-        data = shards.join(chunks, layout)
-        assert shards.split(data, layout) == chunks and len(data) == 8 + 16 * 4 + 4
+        data = shards.join(chunks, layout, [3, 0, 2])  # zarr lays chunks out in Morton order, not index order
+        shard = shards.split(data, layout)
+        assert shard.chunks == chunks and shard.stored_order == [3, 0, 2] and len(data) == 10 + 16 * 4 + 4
+        assert shards.join(shard.chunks, layout, shard.stored_order) == data
+        assert (data.index(b"defgh") < data.index(b"abc")) and shards.split(
+            shards.join([b"", None, b"xy", None], layout), layout).chunks == [None, None, b"xy", None]  # as zarr
     layout = shards.ShardLayout(1, False)
     for offset, nbytes in ((0, 9), (5, 1), (2**63, 2**63)):
         body = struct.pack("<2Q", offset, nbytes)

@@ -311,7 +311,7 @@ def _codecs(arr):
     if md.zarr_format == 2:
         return [c for c in (md.compressor, *(md.filters or ())) if c is not None]
     codecs = list(md.codecs)
-    for c in md.codecs:
+    for c in codecs:  # grows as it goes: shards inside shards too
         codecs += list(getattr(c, "codecs", ()))  # a ShardingCodec's inner codecs
     return codecs
 
@@ -769,7 +769,9 @@ examples:
         description=_para("Rewrite every TEC chunk of a Zarr store (formats 2 and 3) or tile of a .tec file at a "
                           "lower quality of its model, without decoding the image: smaller, and readable as before "
                           "by xarray, zarr and GDAL. Each chunk is replaced atomically, so readers never see a "
-                          "half-written one, and an interrupted run leaves a valid store (run it again to finish). "
+                          "half-written one, and an interrupted run leaves a valid store (run it again to finish); "
+                          "sharded arrays are rewritten shard by shard, and must not be read meanwhile (zarr reads "
+                          "a shard's index and its chunks apart). "
                           "Thinning costs a few per cent more bits than coding at that quality directly; thinning "
                           "the same data again costs more, so thin from the quality the data was written at. "
                           "Error-bounded arrays (max_error) are left as they are."),
