@@ -1,8 +1,9 @@
 """Thinning: chunks written at the top quality and cut to lower ones (``tec_zarr.thin``) against chunks coded at those
 qualities directly.
 
-Data: crops of the held-out places (``tec_zarr.train.data.validation_crops``; no model was trained on them) and
-crops of the 100 m Western Sahara tile (another source and region, nearest-replicated bands as stored). Per model,
+Data: crops of the held-out places (``tec_zarr.train.data.validation_crops``; no model was trained on them),
+crops of the 100 m Western Sahara tile (another source and region, nearest-replicated bands as stored), and for
+tec-tt also the held-out places' four seasonal dates, one 4-date chunk per place (PSNR over the whole chunk). Per model,
 image and level: the thinned chunk's PSNR (the project's PSNR) and its bits against the bits a directly coded chunk
 needs for that PSNR on the same image (log-bits interpolated between the direct levels, extrapolated below the
 lowest from its two lowest). Thinned in one step from the top level, and in two steps (top -> 2 -> 0, an archive
@@ -40,6 +41,9 @@ OWN_SUFFIX = " (own tables)"
 TOP = 4
 CHAIN = (2, 0)
 LIMIT = 1.10  # the issue's bound: thinned chunks at most 10 % more bits than direct ones at the same PSNR
+# The held-out places' four seasonal dates as one chunk each: how tec-tt is stored (its PSNR over the whole chunk)
+TEMPORAL_SET = "held-out places, 4-date chunks"
+TEMPORAL_MODELS = ("tec-tt",)
 
 
 def image_sets(root: Path, quick: bool) -> dict[str, np.ndarray]:
@@ -50,6 +54,10 @@ def image_sets(root: Path, quick: bool) -> dict[str, np.ndarray]:
     sets = {"held-out places": held[: 1 if quick else 4]}
     if len(desert):
         sets["desert 100 m (other source)"] = desert[[0] if quick else [0, 7, 15]]
+    from tec_zarr.train.temporal import read_sequences
+
+    sequences = [v for k, v in read_sequences(root).items() if k in data.VALIDATION_PLACES]
+    sets[TEMPORAL_SET] = np.stack([np.ascontiguousarray(v[..., :256, :256]) for v in sequences[: 1 if quick else 2]])
     if quick:
         sets = {k: np.ascontiguousarray(v[..., :64, :64]) for k, v in sets.items()}
     return sets
@@ -122,8 +130,9 @@ def main(argv=None) -> int:
     results = {"machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "top": TOP, "chain": list(CHAIN), "sets": {}, "timing": {}}
     for set_name, images in sets.items():
-        results["sets"][set_name] = {m: [measure(m, im) for im in images] for m in MODELS}
-        for m in OWN_TABLES:
+        models = TEMPORAL_MODELS if set_name == TEMPORAL_SET else MODELS
+        results["sets"][set_name] = {m: [measure(m, im) for im in images] for m in models}
+        for m in (m for m in OWN_TABLES if m in models):
             results["sets"][set_name][m + OWN_SUFFIX] = own_tables_only(lambda: [measure(m, im) for im in images])
         print(f"measured {set_name}", flush=True)
     first = next(iter(sets.values()))[0]

@@ -38,7 +38,7 @@ class ShardLayout:
         sharding = [c for c in metadata.get("codecs") or [] if isinstance(c, dict)
                     and c.get("name") == "sharding_indexed"]
         if len(sharding) != 1 or len(metadata["codecs"]) != 1:
-            return "shards inside other codecs"
+            return "other codecs beside the sharding codec"
         config = sharding[0].get("configuration") or {}
         if config.get("index_codecs", DEFAULT_INDEX_CODECS[0]) not in DEFAULT_INDEX_CODECS:
             return f"a shard index coded with {config.get('index_codecs')} (only zarr's default is read)"

@@ -176,7 +176,7 @@ def _zarr_arrays(root: Path) -> dict[str, _ZarrArray]:
 
 def _thin_array(array: _ZarrArray, quality: int, report: ThinReport, progress) -> None:
     """Every stored chunk of ``array`` thinned in place; a sharded array's stored objects are shards, each
-    rebuilt from its inner chunks thinned (in index order, with a new index)."""
+    rebuilt from its inner chunks thinned (in the order they were stored, with a new index)."""
     paths = array.chunk_paths()
     layout = array.shard_layout if array.sharded else None
     for done, chunk_path in enumerate(paths, 1):
