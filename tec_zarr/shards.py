@@ -17,8 +17,16 @@ import numpy as np
 from .errors import CorruptChunkError
 
 EMPTY = 2**64 - 1
-DEFAULT_INDEX_CODECS = ([{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}],
-                        [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c", "configuration": {}}])
+_LITTLE_ENDIAN = {"name": "bytes", "configuration": {"endian": "little"}}
+DEFAULT_INDEX_CODECS = ([_LITTLE_ENDIAN, {"name": "crc32c"}], [_LITTLE_ENDIAN, {"name": "crc32c", "configuration": {}}])
+
+
+SHARDING = "sharding_indexed"
+
+
+def sharding_codecs(metadata: dict) -> list[dict]:
+    """The ``sharding_indexed`` codecs among a format 3 array's top-level codecs."""
+    return [c for c in metadata.get("codecs") or [] if isinstance(c, dict) and c.get("name") == SHARDING]
 
 
 @dataclass(frozen=True)
@@ -35,8 +43,7 @@ class ShardLayout:
     @classmethod
     def of(cls, metadata: dict) -> ShardLayout | str:
         """The layout of a format 3 array's metadata, or why its shards cannot be read here."""
-        sharding = [c for c in metadata.get("codecs") or [] if isinstance(c, dict)
-                    and c.get("name") == "sharding_indexed"]
+        sharding = sharding_codecs(metadata)
         if len(sharding) != 1 or len(metadata["codecs"]) != 1:
             return "other codecs beside the sharding codec"
         config = sharding[0].get("configuration") or {}

@@ -100,8 +100,8 @@ class _ZarrArray:
             compressor = self.metadata.get("compressor")
             return compressor if isinstance(compressor, dict) and compressor.get("id") == CODEC_ID else None
         codecs = list(self.metadata.get("codecs") or [])
-        for codec in codecs:
-            if isinstance(codec, dict) and codec.get("name") == "sharding_indexed":  # TEC inside the shards
+        for codec in codecs:  # grows as it goes: TEC inside the shards (and shards inside shards)
+            if isinstance(codec, dict) and codec.get("name") == shards.SHARDING:
                 codecs += (codec.get("configuration") or {}).get("codecs") or []
         for codec in codecs:
             if isinstance(codec, dict) and codec.get("name") == CODEC_ID:
@@ -117,8 +117,8 @@ class _ZarrArray:
         codecs = self.metadata.get("codecs") or []
         if self.sharded:
             layout = self.shard_layout
-            inner = [c.get("name") if isinstance(c, dict) else None
-                     for c in (codecs[0].get("configuration") or {}).get("codecs") or []]
+            config = shards.sharding_codecs(self.metadata)[0].get("configuration") or {}
+            inner = [c.get("name") if isinstance(c, dict) else None for c in config.get("codecs") or []]
             if isinstance(layout, str) or inner != [CODEC_ID]:
                 why = layout if isinstance(layout, str) else f"inner codecs {inner} (TEC alone is thinned)"
                 return (f"sharded, with {why}: rewrite the array to thin it, e.g. xr.open_zarr(store).to_zarr(new, "
@@ -132,8 +132,7 @@ class _ZarrArray:
 
     @property
     def sharded(self) -> bool:
-        return self.zarr_format == 3 and any(isinstance(c, dict) and c.get("name") == "sharding_indexed"
-                                             for c in self.metadata.get("codecs") or [])
+        return self.zarr_format == 3 and bool(shards.sharding_codecs(self.metadata))
 
     @property
     def shard_layout(self) -> ShardLayout | str:
