@@ -49,8 +49,10 @@ def test_pack_round_trip_is_lossless(packed):
     blob, refs, gains = pack.encode_dn(dn)
     np.testing.assert_array_equal(pack.decode_dn(blob, dn.shape, refs, gains), dn)
     smooth = np.cumsum(rng.integers(0, 40, size=(12, 31, 29)), axis=2).astype(np.uint16)
-    blob, refs, gains = pack.encode_dn(smooth, step=2)
-    assert np.abs(pack.decode_dn(blob, smooth.shape, refs, gains, step=2).astype(int) - smooth).max() <= 1
+    for step in (2, 4):  # the pack script's fallbacks where a lossless pack would not travel to a GPU machine
+        blob, refs, gains = pack.encode_dn(smooth, step=step)
+        error = np.abs(pack.decode_dn(blob, smooth.shape, refs, gains, step=step).astype(int) - smooth)
+        assert error.max() <= step // 2
 
     train, val = data.split(data.load_images(packed))
     assert len(train) == 2 and len(val) == 2 and all(im.reflectance.dtype == np.float32 for im in train)
