@@ -5,9 +5,10 @@ Each case runs in a fresh process: the models are loaded and one small chunk is 
 sessions and the package are counted in the base), then the peak resident set size is read before and after
 encoding (or decoding) one 12-band uint16 chunk of the bundled sample, tiled to the side. The table gives the peak
 over the base, and that over the chunk's own size. Writes benchmarks/results/memory.json and the README's
-``memory`` table.
+``memory`` table. Chunks larger than 1024 a side are coded in parts of at most 1024 x 1024
+(``tec_zarr.pipeline.encode.PART_SIDE``), one part at a time: the 2048 rows show what that bounds.
 
-    python benchmarks/memory.py [--sides 256 512 1024]
+    python benchmarks/memory.py [--sides 256 512 1024 2048]
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ sys.path.insert(0, str(HERE))
 from common import argument_parser, machine, publish  # noqa: E402
 
 MODELS = ("tec-fp", "tec-hp", "tec-ctx", "tec-tt")
-SIDES = (256, 512, 1024)
+SIDES = (256, 512, 1024, 2048)
 QUALITY = 2
 
 # One case, in the child process: prints {"base": MB, "peak": MB} of ru_maxrss around one encode or decode.
@@ -46,7 +47,7 @@ base = rss()
 if mode == "encode":
     open(path, "wb").write(pipeline.encode_chunk(image, model=model, quality=quality, nodata=None))
 else:
-    pipeline.decode_chunk(chunk)
+    pipeline.decode_chunk(chunk, expected_shape=image.shape)  # as zarr format 3 decodes: told the shape
 print(json.dumps({"base": base, "peak": rss()}))
 """
 
@@ -92,7 +93,8 @@ def table(results: dict) -> str:
         cells = [f"{case[m]['over_base_mb']:.0f} ({case[m]['over_base_mb'] / chunk_mb:.0f}x)" for m in ("encode", "decode")]
         lines.append(f"| {model} | {side} x {side} | {chunk_mb:.1f} | " + " | ".join(cells) + " |")
     base = max(c["encode"]["base_mb"] for c in results["cases"].values())
-    lines += ["", f"Quality {results['quality']}. The base (the interpreter, the package and one model's onnxruntime "
+    lines += ["", f"Quality {results['quality']}. Chunks above 1024 a side are coded in parts of at most 1024 x 1024, one "
+              "at a time (chunk format version 5). The base (the interpreter, the package and one model's onnxruntime "
               f"sessions) is at most {base:.0f} MB. Measured {results['date']} on {results['machine']}."]
     return "\n".join(lines)
 

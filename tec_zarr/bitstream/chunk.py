@@ -118,6 +118,7 @@ DN_OFFSET_RANGE = (-32768, 65535)
 RESIDUAL_MODES = (0, 1, 2)
 # Refuse headers describing absurd sizes instead of allocating them.
 MAX_ELEMENTS = 2**31
+MAX_NDIM = 64  # numpy's limit on axes: a header declaring more could not be read back as an array
 
 DTYPE_CODES = {np.dtype("uint16"): 1, np.dtype("int16"): 2, np.dtype("float32"): 3}
 CODE_DTYPES = {code: dtype for dtype, code in DTYPE_CODES.items()}
@@ -373,8 +374,9 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
     """Every field a decoder sizes or scales anything by, checked before anything is allocated."""
     if dtype_code not in CODE_DTYPES:
         raise CorruptChunkError(f"Expected a dtype code in {sorted(CODE_DTYPES)}. Got {dtype_code} instead.")
-    if len(shape) < 3 or min(shape) < 1 or element_count(shape) > MAX_ELEMENTS:
-        raise CorruptChunkError(f"Expected a shape (..., bands, H, W) of positive sizes. Got {tuple(shape)} instead.")
+    if not 3 <= len(shape) <= MAX_NDIM or min(shape) < 1 or element_count(shape) > MAX_ELEMENTS:
+        raise CorruptChunkError(f"Expected a shape (..., bands, H, W) of 3 to {MAX_NDIM} positive sizes, at most "
+                                f"{MAX_ELEMENTS} elements. Got {tuple(shape)} instead.")
     if min(latent) < 1 or element_count(shape[:-3]) * element_count(latent) > MAX_ELEMENTS:
         raise CorruptChunkError(f"Expected positive latent sizes. Got {tuple(latent)} instead.")
     if not FLOAT_SCALE_RANGE[0] <= float_scale <= FLOAT_SCALE_RANGE[1]:  # NaN fails too

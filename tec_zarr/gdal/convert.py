@@ -17,6 +17,7 @@ import numpy as np
 
 from ..bands import S2_L2A_BANDS, band_order
 from ..bitstream import chunk as bitstream
+from ..bitstream import parts
 from ..bitstream import tecfile as layout
 from ..codec.config import CODEC_NAME, FILL_VALUE
 from ..dn_offset import bands_dn_offset
@@ -323,9 +324,9 @@ def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> lay
                         )
                     yield None
                     continue
-                header = bitstream.unpack(data)[0]  # verifies the chunk's own CRC32
-                if header.shape != (meta.bands, meta.tile, meta.tile) or header.dtype != np.dtype(meta.dtype):
-                    raise TecFileError(f"Expected chunk {(0, ty, tx)} of shape {chunks}. Got {header.shape} instead.")
+                shape, dtype = _declared(data)
+                if shape != (meta.bands, meta.tile, meta.tile) or dtype != np.dtype(meta.dtype):
+                    raise TecFileError(f"Expected chunk {(0, ty, tx)} of shape {chunks}. Got {shape} instead.")
                 yield data
         if meta.overviews:
             yield from raster.encode_tiles(np.ascontiguousarray(array[...]), meta, meta.overviews)
@@ -425,3 +426,12 @@ def describe(path) -> str:
         f"  crs {crs[:100]}{'...' if len(crs) > 100 else ''}",
     ]
     return "\n".join(lines)
+
+
+def _declared(data: bytes) -> tuple[tuple[int, ...], np.dtype]:
+    """A stored chunk's shape and dtype, its CRC32 verified (a chunk in parts: its framing's and every part's)."""
+    if parts.is_parts(data):
+        grid = parts.unpack_part_sections(data)[0]
+        return grid.shape, grid.dtype
+    header = bitstream.unpack(data)[0]
+    return header.shape, header.dtype

@@ -1,13 +1,15 @@
 """Decode chunks: TEC chunk bitstreams in, numpy out.
 
 Every chunk is parsed and checked against its model before any network runs; lossy chunks' latents from several
-chunks then go through the decoder graph in stacks, error-bounded chunks through the integer synthesis.
+chunks then go through the decoder graph in stacks, error-bounded chunks through the integer synthesis. A chunk
+coded in parts (:mod:`tec_zarr.bitstream.parts`) has its framing and every part's header checked first, and is
+decoded one part at a time into its result (each part parsed just before it is decoded).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,6 +23,7 @@ from ..bitstream.chunk import (
     unpack_mask,
     unpack_sections,
 )
+from ..bitstream.parts import PartsLayout, is_parts, unpack_part_sections
 from ..entropy.base import channel_argument
 from ..errors import ChunkShapeError, CorruptChunkError, ModelMismatchError, TecZarrError
 from ..models import Model, load_model
@@ -42,16 +45,17 @@ def max_chunk_elements() -> int:
     return env_limit(MAX_CHUNK_ELEMENTS_VARIABLE, DEFAULT_MAX_CHUNK_ELEMENTS)
 
 
-def check_size(header: ChunkHeader, expected_shape: Sequence[int] | None = None,
+def check_size(shape: Sequence[int], dtype, expected_shape: Sequence[int] | None = None,
                expected_nbytes: int | None = None) -> None:
-    """Refuse a chunk whose declared size the caller did not ask for, before anything is decoded."""
-    shape = tuple(header.shape)
+    """Refuse a chunk whose declared ``shape`` and ``dtype`` the caller did not ask for, before anything is
+    decoded."""
+    shape = tuple(shape)
     if expected_shape is not None and shape != tuple(int(n) for n in expected_shape):
         raise ChunkShapeError(f"Expected a chunk of shape {tuple(expected_shape)}. Got a header declaring {shape} instead.")
-    nbytes = element_count(shape) * np.dtype(header.dtype).itemsize
+    nbytes = element_count(shape) * np.dtype(dtype).itemsize
     if expected_nbytes is not None and nbytes != expected_nbytes:
         raise ChunkShapeError(f"Expected a chunk of {expected_nbytes} bytes. Got a header declaring {shape} "
-                                 f"{np.dtype(header.dtype)} ({nbytes} bytes) instead.")
+                                 f"{np.dtype(dtype)} ({nbytes} bytes) instead.")
     if expected_shape is None and expected_nbytes is None and element_count(shape) > max_chunk_elements():
         raise ChunkShapeError(
             f"Expected at most {max_chunk_elements()} elements in a chunk decoded without an expected shape. Got a "
@@ -91,7 +95,13 @@ class ParsedChunk:
 
 
 def read_header(buf) -> ChunkHeader:
-    return unpack(buf)[0]
+    """A chunk's header. For a chunk in parts: the whole chunk's shape and the highest quality of its parts (parts
+    coded with ``psnr`` may differ), the rest (model, dtype, nodata, scale; also latent, pad, masks, thinning) its
+    first part's."""
+    if not is_parts(buf):
+        return unpack(buf)[0]
+    layout, _, sections = unpack_part_sections(buf)
+    return replace(sections[0].header, shape=layout.shape, quality=max(s.header.quality for s in sections))
 
 
 def decode_chunk(buf, *, expected_shape: Sequence[int] | None = None, expected_nbytes: int | None = None) -> np.ndarray:
@@ -117,11 +127,46 @@ def decode_chunks(buffers: Iterable, expected_shapes: Sequence[Sequence[int] | N
 
 
 def _decode(buffers: list, expected: list[tuple]) -> list[np.ndarray]:
-    parsed = [_located(i, len(buffers), parse, buf, *expected[i]) for i, buf in enumerate(buffers)]
+    # Chunks in parts: framing, sizes and every part's header checked before any chunk is decoded.
+    in_parts = {i: _located(i, len(buffers), _checked_parts, buf, *expected[i])
+                for i, buf in enumerate(buffers) if is_parts(buf)}
+    whole = [i for i in range(len(buffers)) if i not in in_parts]
+    decoded = dict(zip(whole, _decode_whole([buffers[i] for i in whole], [expected[i] for i in whole], whole,
+                                            len(buffers)))) if whole else {}
+    decoded.update({i: _located(i, len(buffers), _decode_parts, *checked) for i, checked in in_parts.items()})
+    return [decoded[i] for i in range(len(buffers))]
+
+
+def _checked_parts(buf, expected_shape=None, expected_nbytes=None) -> tuple[PartsLayout, list]:
+    """A chunk in parts' layout and parts, its size checked like a whole chunk's and each part's header against its
+    place (shape, dtype), before any part is decoded."""
+    layout, parts, _ = unpack_part_sections(buf)
+    check_size(layout.shape, layout.dtype, expected_shape, expected_nbytes)
+    return layout, parts
+
+
+def _decode_parts(layout: PartsLayout, parts: list) -> np.ndarray:
+    """A checked chunk in parts, decoded part by part into its result: the memory of one part at a time."""
+    images = np.empty(layout.images, layout.dtype)
+    for i, (part, (sb, sy, sx), shape) in enumerate(zip(parts, layout.slices(), layout.part_shapes())):
+        try:
+            images[sb, :, sy, sx] = _decode_whole([part], [(shape, None)])[0]
+        except TecZarrError as e:
+            e.add_note(f"(part {i} of {layout.count} of a chunk in parts)")
+            raise
+    return images.reshape(layout.shape)
+
+
+def _decode_whole(buffers: list, expected: list[tuple], positions: list[int] | None = None,
+                  of: int | None = None) -> list[np.ndarray]:
+    """Whole chunks; errors name each chunk's place among ``of`` buffers (``positions``; default: as given)."""
+    positions = list(range(len(buffers))) if positions is None else positions
+    of = len(buffers) if of is None else of
+    parsed = [_located(n, of, parse, buf, *expected[i]) for i, (n, buf) in enumerate(zip(positions, buffers))]
     lossy = [i for i, p in enumerate(parsed) if p.header.residual is None]
     x_hats = run_stacked([(parsed[i].model.decoder, parsed[i].y_hat()) for i in lossy], exact=False)
     x_hat_of = dict(zip(lossy, x_hats))
-    return [_located(i, len(buffers), finish, p, x_hat_of.get(i)) for i, p in enumerate(parsed)]
+    return [_located(positions[i], of, finish, p, x_hat_of.get(i)) for i, p in enumerate(parsed)]
 
 
 def _located(i: int, n: int, func, *args):
@@ -138,7 +183,7 @@ def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
     symbols decoded."""
     sections = unpack_sections(buf)
     header, mask_bytes, payload = sections.header, sections.mask, sections.payload
-    check_size(header, expected_shape, expected_nbytes)
+    check_size(header.shape, header.dtype, expected_shape, expected_nbytes)
     model = load_model(header.model)
     if bytes.fromhex(model.sha256)[:HASH_PREFIX_BYTES] != header.model_hash:
         raise ModelMismatchError(

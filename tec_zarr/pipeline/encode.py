@@ -4,9 +4,14 @@ A chunk is a batch of (bands, H, W) images: any leading axes are flattened into 
 nodata value are stored as a lossless mask and come back exactly; no other pixel decodes to the nodata value.
 
 ``max_error=E`` adds a residual section (:mod:`tec_zarr.residual.bound`): every element then decodes within E of
-its value (E = 0: exactly). ``psnr=P`` picks, per chunk, the lowest quality whose decoded chunk reaches P dB
-(:func:`tec_zarr.metrics.psnr` over the whole chunk, in DN); where no level does, the level with the highest
-PSNR, with a :class:`~tec_zarr.errors.PsnrTargetWarning`.
+its value (E = 0: exactly). ``psnr=P`` picks, per chunk (per part of a chunk in parts), the lowest quality whose
+decoded chunk reaches P dB (:func:`tec_zarr.metrics.psnr` over the whole chunk, in DN; parts that all reach it
+make a chunk that does); where no level does, the level with the highest PSNR, with a
+:class:`~tec_zarr.errors.PsnrTargetWarning`.
+
+Chunks larger than :data:`PART_SIDE` along H or W, or than :data:`PART_ELEMENTS` in all, are coded in parts
+(:mod:`tec_zarr.bitstream.parts`), one part at a time: memory stays that of a chunk of one part, whatever the
+chunk's size.
 """
 
 from __future__ import annotations
@@ -18,14 +23,23 @@ from collections.abc import Iterable
 import numpy as np
 
 from .. import metrics
-from ..bitstream.chunk import ChunkHeader, ResidualSection, channel_section, pack, pack_mask
+from ..bitstream.chunk import (
+    MAX_ELEMENTS,
+    ChunkHeader,
+    ResidualSection,
+    channel_section,
+    element_count,
+    pack,
+    pack_mask,
+)
+from ..bitstream.parts import PartsLayout, pack_parts
 from ..entropy.base import channel_argument
-from ..errors import PsnrTargetWarning
+from ..errors import InvalidInputError, PsnrTargetWarning
 from ..models import Model, load_model
 from ..residual import bound
 from ..runtime.batching import run_stacked
 from .decode import decode_chunk
-from .prepare import PreparedChunk, prepare
+from .prepare import PreparedChunk, prepare, validate
 
 
 def encode_chunk(
@@ -65,6 +79,79 @@ def encode_chunks(
     04.00 on: 1000), taken off before the models see the data and added back when decoding.
     """
     model = load_model(model) if isinstance(model, str) else model
+    arrays = list(arrays)
+    layouts = [parts_layout(a) for a in arrays]
+    whole = iter(_encode_whole([a for a, layout in zip(arrays, layouts) if layout is None], model, quality, nodata,
+                               float_scale, max_error, psnr, dn_offset))
+    out = []
+    for a, layout in zip(arrays, layouts):  # a loop, not a comprehension: warnings' stack levels count frames
+        out.append(next(whole) if layout is None else _encode_in_parts(a, layout, model, quality, nodata, float_scale,
+                                                                       max_error, psnr, dn_offset))
+    return out
+
+
+# Chunks are coded whole up to this many rows and columns and elements, in parts of at most that above (memory:
+# tec-ctx needs about 2 GB to encode and 1.4 GB to decode a 12 x 1024 x 1024 uint16 chunk, benchmarks/memory.py).
+# Chunks within both, the sizes users store (zarr_encoding's default is at most 512 a side), are coded whole.
+PART_SIDE = 1024
+PART_ELEMENTS = 12 * 1024 * 1024
+PART_MULTIPLE = 16  # part sides are multiples of it (but the last): whole latents, whole hyperprior cells
+
+
+def parts_layout(array) -> PartsLayout | None:
+    """How a chunk is cut into parts: about equal sides of at most PART_SIDE, as many images per part as fit in
+    PART_ELEMENTS; None where it is coded whole (and for arrays the encoder refuses anyway)."""
+    shape = tuple(getattr(array, "shape", ()))
+    if len(shape) < 3 or min(shape) < 1 or getattr(array, "dtype", None) is None:
+        return None
+    bands, h, w = shape[-3:]
+    if h <= PART_SIDE and w <= PART_SIDE and element_count(shape) <= PART_ELEMENTS:
+        return None
+    ph, pw = _part_side(h), _part_side(w)
+    pb = max(1, PART_ELEMENTS // (bands * ph * pw))
+    return PartsLayout(shape, np.dtype(array.dtype), (min(pb, element_count(shape[:-3])), ph, pw))
+
+
+def _part_side(size: int) -> int:
+    """``size`` itself up to PART_SIDE, else the side of about equal parts, rounded up to PART_MULTIPLE."""
+    if size <= PART_SIDE:
+        return size
+    return _ceil_div(_ceil_div(size, _ceil_div(size, PART_SIDE)), PART_MULTIPLE) * PART_MULTIPLE
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _encode_in_parts(array, layout: PartsLayout, model: Model, quality: int, nodata, float_scale: float, max_error,
+                     psnr, dn_offset: int) -> bytes:
+    """A chunk in parts, coded one part at a time; a ``psnr`` target some parts miss is one warning, not one each."""
+    if element_count(layout.shape) > MAX_ELEMENTS:  # what decoders take (bitstream.chunk.MAX_ELEMENTS)
+        raise InvalidInputError(f"Expected at most {MAX_ELEMENTS} elements in a chunk. Got shape {layout.shape} "
+                                "instead: chunk it smaller (e.g. one date of 1024 x 1024 pixels).")
+    images = validate(array, model).reshape(layout.images)  # refused as the whole chunk, not as a part
+    parts, missed = [], []
+    for sb, sy, sx in layout.slices():
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", PsnrTargetWarning)
+            parts.append(_encode_whole([np.ascontiguousarray(images[sb, :, sy, sx])], model, quality, nodata,
+                                       float_scale, max_error, psnr, dn_offset)[0])
+        for w in caught:
+            if issubclass(w.category, PsnrTargetWarning):
+                missed.append(w)
+            else:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if missed:
+        warnings.warn(f"Expected a quality level reaching {psnr} dB on every part of this chunk in parts. Got "
+                      f"{len(missed)} of {layout.count} parts short of it instead, each written at its best level "
+                      "(use max_error= for a guaranteed bound).", PsnrTargetWarning,
+                      stacklevel=5)  # _encode_in_parts -> encode_chunks -> encode_chunk -> a codec's encode -> caller
+    return pack_parts(layout, parts)
+
+
+def _encode_whole(arrays: list, model: Model, quality: int, nodata, float_scale: float, max_error, psnr,
+                  dn_offset: int) -> list[bytes]:
+    """Chunks coded whole, with one encoder run per stack of same-sized images."""
     # Every mode stacks: a nodata mask only changes the encoder's input, and max_error / psnr act on the latent.
     chunks = [prepare(a, model, quality, nodata, float_scale, max_error, psnr, dn_offset) for a in arrays]
     latents = run_stacked([(model.encoder, c.normalized) for c in chunks], exact=True)
@@ -135,6 +222,6 @@ def _lowest_rate_reaching(at, chunk: PreparedChunk, target: float, qualities: in
         f"Expected a quality level reaching {target} dB on this chunk. Got at most {best[0]:.2f} dB instead: "
         "wrote the chunk at its best level (use max_error= for a guaranteed bound).",
         PsnrTargetWarning,
-        stacklevel=5,  # encode_chunks -> encode_chunk -> a codec's encode -> its caller
+        stacklevel=6,  # _encode_whole -> encode_chunks -> encode_chunk -> a codec's encode -> its caller
     )
     return best[1]

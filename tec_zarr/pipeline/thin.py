@@ -4,7 +4,7 @@ The chunk's symbols are entropy-decoded, mapped onto the lower level's grid in i
 (:mod:`tec_zarr.requantize`) and coded again; masks, blocks and the rest of the header are kept byte for byte. The result is an ordinary chunk of the same
 model at the lower quality whose header names the quality it came from (format flag bit 5), so it decodes through
 every reader of this version. Chunks with a residual section (``max_error``, lossless) are refused: their bound
-holds for their own base only.
+holds for their own base only. A chunk in parts (:mod:`tec_zarr.bitstream.parts`) is thinned part by part.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import requantize
 from ..bitstream.chunk import channel_section, pack, unpack_sections
+from ..bitstream.parts import is_parts, pack_parts, unpack_part_sections
 from ..entropy.base import channel_argument
 from ..errors import InvalidInputError
 from .decode import parse, skipped_latents
@@ -36,6 +37,8 @@ def thin_chunk(buf, quality: int) -> bytes:
     a quality above the chunk's or a chunk with a residual section.
     """
     quality = parse_level(quality)
+    if is_parts(buf):
+        return _thin_parts(buf, quality)
     sections = unpack_sections(buf)
     header = sections.header
     if quality == header.quality:
@@ -67,3 +70,17 @@ def thin_chunk(buf, quality: int) -> bytes:
     thinned = replace(header, quality=quality, thinned_from=levels, runs_summed=summed,
                       channels=None if channels is None else channel_section(channels))
     return pack(thinned, sections.mask, payload, nan_mask=sections.nan_mask)
+
+
+def _thin_parts(buf, quality: int) -> bytes:
+    """Each part at ``quality`` or its own level, whichever is lower (parts coded with ``psnr`` may differ); refused
+    where ``quality`` lies above every part's, as for a whole chunk."""
+    layout, parts, sections = unpack_part_sections(buf)
+    levels = [s.header.quality for s in sections]
+    if quality > max(levels):
+        raise InvalidInputError(f"Expected a quality at or below the chunk's {max(levels)}. Got {quality} instead: "
+                                "thinning removes information, it cannot add any.")
+    thinned = [thin_chunk(p, min(quality, level)) for p, level in zip(parts, levels)]
+    if all(t == bytes(p) for t, p in zip(thinned, parts)):
+        return bytes(buf)
+    return pack_parts(layout, thinned)
