@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -111,6 +112,19 @@ def test_burst_runs_on_the_clock_and_both_trainers_resume(packed, tmp_path):
         assert len(rows) == 5 and all(np.isfinite(r["bpp"]) and np.isfinite(r["psnr"]) for r in rows)
     first = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert first["step"] > 0 and first["augment"]["p_resample"] > 0
+
+    # the protocol report reads the run's log: every set against the starting weights at equal PSNR
+    spec = importlib.util.spec_from_file_location("protocol", Path(__file__).resolve().parents[1] / "benchmarks" /
+                                                  "protocol.py")
+    protocol = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(protocol)
+
+    report = protocol.summarize(out / "log.jsonl")
+    assert report["start_step"] == 0 and report["validations"][-1]["step"] == first["step"]
+    assert set(report["validations"][-1]["sets"]) == {"validation", "nearest", "bilinear", "desert"}
+    same = protocol.ratios(report["start"]["validation"], report["start"]["validation"])
+    assert same and np.allclose(same, 1.0)  # the starting curve against itself
+    assert "| step |" in protocol.table({**report, "utc": "now", "machine": "here"})
 
     # the plain trainer continues the burst's run directory on CPU ...
     argv = ["--data", str(packed), "--out", str(out), "--steps", str(first["step"] + 2), "--crop", "32", "--batch",
