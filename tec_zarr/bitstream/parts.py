@@ -153,9 +153,14 @@ def unpack_parts(buf) -> tuple[PartsLayout, list[memoryview]]:
 def unpack_part_sections(buf) -> tuple[PartsLayout, list[memoryview], list[ChunkSections]]:
     """:func:`unpack_parts` with every part also parsed and checked against its place: shape and dtype."""
     layout, parts = unpack_parts(buf)
+    return layout, parts, part_sections(layout, parts)
+
+
+def part_sections(layout: PartsLayout, parts: Sequence) -> list[ChunkSections]:
+    """Every part parsed (its CRC checked) and checked against its place in ``layout``: shape and dtype."""
     sections = [unpack_sections(p) for p in parts]
     for i, (s, shape) in enumerate(zip(sections, layout.part_shapes())):
         if tuple(s.header.shape) != shape or s.header.dtype != layout.dtype:
             raise ChunkShapeError(f"Expected part {i} of a chunk in parts to be {shape} {layout.dtype}. Got "
                                   f"{tuple(s.header.shape)} {s.header.dtype} instead.")
-    return layout, parts, sections
+    return sections

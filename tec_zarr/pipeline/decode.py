@@ -23,7 +23,7 @@ from ..bitstream.chunk import (
     unpack_mask,
     unpack_sections,
 )
-from ..bitstream.parts import PartsLayout, is_parts, unpack_part_sections
+from ..bitstream.parts import PartsLayout, is_parts, part_sections, unpack_part_sections, unpack_parts
 from ..entropy.base import channel_argument
 from ..errors import ChunkShapeError, CorruptChunkError, ModelMismatchError, TecZarrError
 from ..models import Model, load_model
@@ -140,8 +140,9 @@ def _decode(buffers: list, expected: list[tuple]) -> list[np.ndarray]:
 def _checked_parts(buf, expected_shape=None, expected_nbytes=None) -> tuple[PartsLayout, list]:
     """A chunk in parts' layout and parts, its size checked like a whole chunk's and each part's header against its
     place (shape, dtype), before any part is decoded."""
-    layout, parts, _ = unpack_part_sections(buf)
+    layout, parts = unpack_parts(buf)
     check_size(layout.shape, layout.dtype, expected_shape, expected_nbytes)
+    part_sections(layout, parts)
     return layout, parts
 
 
