@@ -70,6 +70,8 @@ def summarize(log: Path) -> dict:
 
 
 def table(results: dict) -> str:
+    if not results["validations"]:
+        return f"No validation after the starting weights' (step {results['start_step']}) yet."
     names = [n for n in SETS if any(n in r["sets"] for r in results["validations"])]
     lines = ["| step | " + " | ".join(SETS[n] for n in names) + " |", "|---:|" + "---:|" * len(names)]
     for row in results["validations"]:
