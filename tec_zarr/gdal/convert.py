@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from ..bands import S2_L2A_BANDS, band_order
-from ..bitstream import chunk as bitstream
-from ..bitstream import parts
 from ..bitstream import tecfile as layout
 from ..codec.config import CODEC_NAME, FILL_VALUE
 from ..dn_offset import bands_dn_offset
 from ..errors import InvalidInputError, TecFileError
 from ..parsing import nodata_allowed, parse_nodata
+from ..pipeline.decode import read_header
 from . import raster
 
 DIMS = ("band", "y", "x")
@@ -324,7 +323,8 @@ def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> lay
                         )
                     yield None
                     continue
-                shape, dtype = _declared(data)
+                declared = read_header(data)  # verifies the CRC32s (of a chunk in parts: framing and parts)
+                shape, dtype = tuple(declared.shape), declared.dtype
                 if shape != (meta.bands, meta.tile, meta.tile) or dtype != np.dtype(meta.dtype):
                     raise TecFileError(f"Expected chunk {(0, ty, tx)} of shape {chunks}. Got {shape} instead.")
                 yield data
@@ -427,11 +427,3 @@ def describe(path) -> str:
     ]
     return "\n".join(lines)
 
-
-def _declared(data: bytes) -> tuple[tuple[int, ...], np.dtype]:
-    """A stored chunk's shape and dtype, its CRC32 verified (a chunk in parts: its framing's and every part's)."""
-    if parts.is_parts(data):
-        grid = parts.unpack_part_sections(data)[0]
-        return grid.shape, grid.dtype
-    header = bitstream.unpack(data)[0]
-    return header.shape, header.dtype
