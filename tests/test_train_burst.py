@@ -125,6 +125,15 @@ def test_burst_runs_on_the_clock_and_both_trainers_resume(packed, tmp_path):
     same = protocol.ratios(report["start"]["validation"], report["start"]["validation"])
     assert same and np.allclose(same, 1.0)  # the starting curve against itself
     assert "| step |" in protocol.table({**report, "utc": "now", "machine": "here"})
+    # fresh weights saw no desert: nothing marked; a control run against itself changes nothing at any step
+    assert report["start_trained_on"] == [] and "desert 100 m *" not in protocol.table(
+        {**report, "utc": "now", "machine": "here"})
+    itself = protocol.summarize(out / "log.jsonl", control=out / "log.jsonl", start_trained_on=("desert",))
+    rows = itself["control"]["validations"]
+    assert rows and all(r["control_step"] == r["step"] for r in rows)
+    assert all(np.allclose(s["ratios"], 1.0) for r in rows for s in r["sets"].values() if s["ratios"])
+    marked = protocol.table({**itself, "utc": "now", "machine": "here"})
+    assert "desert 100 m *" in marked and "| step (control's step) |" in marked
 
     # the plain trainer continues the burst's run directory on CPU ...
     argv = ["--data", str(packed), "--out", str(out), "--steps", str(first["step"] + 2), "--crop", "32", "--batch",
@@ -135,6 +144,16 @@ def test_burst_runs_on_the_clock_and_both_trainers_resume(packed, tmp_path):
     # ... and so does the burst
     assert burst.main(["--data", str(packed), "--out", str(out), "--minutes", "0.001", *TINY[2:]]) == 0
     assert torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["step"] > second["step"]
+
+
+def test_out_of_source_sets_seen_by_the_starting_weights():
+    """tec-fp's checkpoint was trained on the desert tile: a burst from it must say so in its settings line."""
+    assert burst.out_of_source_seen(["ssl4eos12_val_0080717_0", "S2A_29RKH_20200219_0_L2A_12band_100m"]) == ["desert"]
+    assert burst.out_of_source_seen(["ssl4eos12_val_0080717_0", "s2cloudless_scene"]) == []
+    shipped = REPO / "checkpoints" / "tec-fp" / "checkpoint.pt"
+    if shipped.exists():
+        names = torch.load(shipped, map_location="cpu", weights_only=False)["train_images"]
+        assert burst.out_of_source_seen(names) == ["desert"]
 
 
 def test_burst_script_needs_no_codec_runtime(packed, tmp_path):

@@ -16,7 +16,8 @@ resumes the other's run directory) with:
   the seed and resumed from the checkpoint's sampler state;
 - out-of-source validation beside the usual one (``out_of_source`` in ``log.jsonl``): the validation crops with
   their 20 m and 60 m bands re-made by replication and by bilinear interpolation, and the 100 m desert tile,
-  which this trainer keeps out of training;
+  which this trainer keeps out of training (the settings line's ``start_trained_on`` names the sets the starting
+  weights were trained on all the same: tec-fp's checkpoint saw the desert tile);
 - ``--data`` a shared-data folder or a packed ``.npz`` (``scripts/pack_training_data.py``), which needs no
   rasterio; nothing here imports onnx, onnxruntime or rasterio;
 - on CUDA: batch 32 of 128x128 crops by default, cuDNN autotuning, and strict fp32 (TF32 only with ``--tf32``:
@@ -60,6 +61,8 @@ class BurstTrainer(Trainer):
         resuming = (Path(args.out) / "checkpoint.pt").exists()
         self._train_images: list[data.Image] = []
         super().__init__(args)
+        # The images the starting weights were trained on (resumed: with this run's, which never hold the desert).
+        self.start_trained_on = out_of_source_seen(self.train_names)
         if not resuming:
             # Started from another run's weights: record everything these weights have seen.
             names = self.train_names + [im.name for im in self._train_images]
@@ -111,6 +114,12 @@ class BurstTrainer(Trainer):
     def initial_validation(self) -> dict:
         """The starting weights' numbers, logged once before the first step of a new run directory."""
         return {"step": self.step, "initial": True, "validation": self.validate(), **self.validate_more()}
+
+
+def out_of_source_seen(train_names: list[str]) -> list[str]:
+    """The out-of-source sets cut from images these training names include: a set the starting weights were
+    trained on measures what a run forgets of it, not how it does on data nobody trained on."""
+    return ["desert"] if any(data.OUT_OF_SOURCE_PLACE in name for name in train_names) else []
 
 
 def on_cpu(obj):
@@ -175,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                   "lr": [args.lr, args.lr_entropy, args.lr_linear],
                   "train_images": len(trainer.sampler.images), "validation": len(trainer.val),
                   "out_of_source": {k: len(v) for k, v in trainer.out_of_source.items()},
+                  "start_trained_on": trainer.start_trained_on,
                   "setup_s": round(time.time() - start, 1)}}), flush=True)
     if args.initial_validation if args.initial_validation is not None else new_run:
         record = json.dumps(trainer.initial_validation())
