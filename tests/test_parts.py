@@ -176,6 +176,7 @@ def test_readers_before_parts_refuse_them(small_parts, big):
 
 
 def test_zarr_stores_in_both_formats_and_their_thinning(small_parts, cube, tmp_path):
+    from tec_zarr.cli.commands import info_text
     from tec_zarr.thinning import thin_store
 
     a = np.ascontiguousarray(cube[:2, :, :130, :90])
@@ -186,6 +187,8 @@ def test_zarr_stores_in_both_formats_and_their_thinning(small_parts, cube, tmp_p
             ds, zarr_format=fmt, chunks={"time": 1, "y": 130, "x": 90}))
         back = xr.open_zarr(path)["reflectance"].values
         assert back.shape == a.shape and tec_zarr.metrics.psnr(a, back) > 40
+        text = info_text(str(path))  # tec info says how the chunks were cut: 130 = 48 + 48 + 34 rows, 90 = 48 + 42
+        assert "each chunk coded in 6 parts of up to 1 x 48 x 48" in text, text
         report = thin_store(path, 1)
         assert report.chunks == 2 and report.bytes_after < report.bytes_before
         thinned = xr.open_zarr(path)["reflectance"].values

@@ -276,6 +276,7 @@ def info_text(store: str) -> str:
             dates = _dates_per_chunk(cfg.get("model"), arr.chunks)
             if dates:
                 line += f"; {dates} dates per chunk (leading axes), each coded against the date before"
+            line += _parts_note(arr.chunks, arr.dtype)
             bound = cfg.get("max_error")
             if bound is not None:
                 line += f" max_error {bound}"
@@ -294,6 +295,20 @@ def _dates_per_chunk(model, chunks) -> int | None:
     except TecZarrError:
         return None
     return math.prod(chunks[:-3]) if temporal else None
+
+
+def _parts_note(chunks, dtype) -> str:
+    """How the encoder cuts chunks of this shape (chunk format version 5), or nothing where it codes them whole."""
+    from types import SimpleNamespace
+
+    from ..pipeline.encode import parts_layout
+
+    layout = parts_layout(SimpleNamespace(shape=tuple(chunks), dtype=dtype))
+    if layout is None:
+        return ""
+    batch, h, w = layout.part
+    return (f"; each chunk coded in {layout.count} parts of up to {batch} x {h} x {w} (images x rows x columns), "
+            "one at a time (chunk format version 5)")
 
 
 def _zarr_failure(store, e: Exception) -> CommandError:

@@ -43,9 +43,7 @@ def thin_chunk(buf, quality: int) -> bytes:
     header = sections.header
     if quality == header.quality:
         return bytes(buf)
-    if quality > header.quality:
-        raise InvalidInputError(f"Expected a quality at or below the chunk's {header.quality}. Got {quality} instead: "
-                                "thinning removes information, it cannot add any.")
+    _refuse_above(quality, header.quality)
     if header.residual is not None:
         raise InvalidInputError(
             f"Expected a lossy chunk. Got one with a residual section (max_error={header.residual.max_error:g}) instead:"
@@ -77,10 +75,14 @@ def _thin_parts(buf, quality: int) -> bytes:
     where ``quality`` lies above every part's, as for a whole chunk."""
     layout, parts, sections = unpack_part_sections(buf)
     levels = [s.header.quality for s in sections]
-    if quality > max(levels):
-        raise InvalidInputError(f"Expected a quality at or below the chunk's {max(levels)}. Got {quality} instead: "
-                                "thinning removes information, it cannot add any.")
+    _refuse_above(quality, max(levels))
     thinned = [thin_chunk(p, min(quality, level)) for p, level in zip(parts, levels)]
     if all(t == bytes(p) for t, p in zip(thinned, parts)):
         return bytes(buf)
     return pack_parts(layout, thinned)
+
+
+def _refuse_above(quality: int, level: int) -> None:
+    if quality > level:
+        raise InvalidInputError(f"Expected a quality at or below the chunk's {level}. Got {quality} instead: "
+                                "thinning removes information, it cannot add any.")
