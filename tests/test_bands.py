@@ -143,3 +143,17 @@ def test_bands_on_another_axis_are_refused_even_when_that_axis_has_twelve_entrie
     with pytest.raises(InvalidInputError, match="axis 0"):
         zarr_encoding(first, variables=["reflectance"])
     assert list(zarr_encoding(first.transpose("time", "band", "y", "x"))) == ["reflectance"]
+
+
+@pytest.mark.parametrize("dims", [("time", "y", "x", "band"), ("y", "x", "band")])
+def test_bands_last_get_a_transpose_that_works(dims):
+    """Channels-last arrays (as many ML pipelines hold them): the message's own transpose puts bands at -3."""
+    shape = {"time": 1, "y": 16, "x": 16, "band": 12}
+    ds = xr.Dataset({"refl": (dims, np.full([shape[d] for d in dims], 1000, np.uint16))},
+                    coords={"band": STAC_IN_MODEL_ORDER})
+    with pytest.raises(InvalidInputError, match="on axis -3") as e:
+        zarr_encoding(ds)
+    scope = {"ds": ds}
+    exec(str(e.value).split("instead: ")[1].rstrip("."), scope)  # noqa: S102 - the message's own code
+    assert scope["ds"]["refl"].dims[-3:] == ("band", "y", "x")
+    assert list(zarr_encoding(scope["ds"])) == ["refl"]

@@ -112,6 +112,35 @@ def test_decompress_tec_to_geotiff(tmp_path, pixels):
     assert nodata1 is None and gt1 == (600000.0, 20.0, 0.0, 4130000.0, 0.0, -20.0)
 
 
+@pytest.mark.parametrize("flag", [[], ["--nodata", "nan"]])
+def test_float32_geotiff_with_nan_nodata_to_tec(tmp_path, pixels, flag):
+    """The usual float NoData, NaN (declared, or given as --nodata nan), needs no nodata value: NaN is stored as
+    missing in float32 whatever the nodata, so the pixels come back NaN exactly where they were."""
+    from tec_zarr import metrics, tecfile
+
+    a = (pixels / np.float32(10000)).astype(np.float32)
+    a[:, 30:, :9] = np.nan  # a swath edge
+    a[3, 2, 40] = np.nan
+    tec = tmp_path / "f.tec"
+    assert _run(["compress", _geotiff(tmp_path / "f.tif", a, nodata=float("nan")), tec, "--tile", "32", "--quiet",
+                 *flag]) == 0
+    with tecfile.open(tec) as f:
+        back, declared = f.read(), f.metadata.nodata
+    assert declared is None and back.dtype == np.float32
+    np.testing.assert_array_equal(np.isnan(back), np.isnan(a))
+    valid = ~np.isnan(a)
+    assert metrics.psnr(np.where(valid, a, 0) * 10000, np.where(valid, back, 0) * 10000) > 40
+    assert _run(["decompress", tec, tmp_path / "d.tif", "--quiet"]) == 0
+    np.testing.assert_array_equal(np.isnan(_read_tif(tmp_path / "d.tif")[0]), np.isnan(a))
+    # the same to a Zarr store; a NaN nodata for integer data is refused
+    assert _run(["compress", tmp_path / "f.tif", tmp_path / "f.zarr", "--quiet", *flag]) == 0
+    stored = xr.open_zarr(tmp_path / "f.zarr")
+    np.testing.assert_array_equal(np.isnan(stored[list(stored.data_vars)[0]].values), np.isnan(a))
+    if flag:
+        ints = _geotiff(tmp_path / "u.tif", pixels)
+        assert _run(["compress", ints, tmp_path / "u.zarr", "--quiet", *flag]) == 2
+
+
 def test_decompress_one_date_of_a_cube_and_float32(tmp_path, cube, capsys):
     raw = tmp_path / "raw.zarr"
     a = np.ascontiguousarray(cube[:3, :, :40, :48])

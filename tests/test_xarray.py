@@ -113,6 +113,18 @@ def test_encoding_helper_follows_dask_chunks(dataset, tmp_path):
         zarr_encoding(lazy.chunk({"band": 6}), zarr_format=3)
 
 
+def test_encoding_helper_checks_its_chunks(dataset):
+    """-1 (and None) is the whole axis, as in dask and xarray; anything else that is not a positive integer along a
+    dim of the dataset is refused before anything is written (zarr would fail late, or write chunks of 2.5 as 2)."""
+    whole = zarr_encoding(dataset, zarr_format=3, chunks={"time": 1, "y": -1, "x": None})["reflectance"]["chunks"]
+    assert whole == (1, 12, *dataset["reflectance"].shape[-2:])
+    for bad, text in [({"y": 0}, "positive integer chunks\\['y'\\]"), ({"y": -5}, "Got -5"),
+                      ({"y": "auto"}, "Got 'auto'"), ({"y": 2.5}, "Got 2.5"), ({"y": True}, "Got True"),
+                      ({"tiem": 1}, "dims of the dataset .*'tiem'"), ([("y", 64)], "as a dict")]:
+        with pytest.raises(InvalidInputError, match=text):
+            zarr_encoding(dataset, zarr_format=3, chunks=bad)
+
+
 def test_encoding_helper_checks_the_band_coordinate(dataset):
     from tec_zarr.bands import S2_L2A_BANDS
 

@@ -206,11 +206,12 @@ def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
         # A NaN NoData needs no nodata value: float32 NaN is stored as missing in every mode.
         kwargs["nodata"] = 0 if declared is None else None if declared != declared else declared
     else:  # the user declares it: the codec and the variable's attribute say so
-        kwargs["nodata"] = None if nodata == "none" else nodata
+        kwargs["nodata"] = None if nodata == "none" or nodata != nodata else nodata  # NaN: as a declared NaN
         attrs.pop("nodata", None)
         if nodata != "none":
             attrs["nodata"] = nodata
-    check_nodata(kwargs["nodata"], ds[var].dtype, "--nodata" if nodata is not None else "the input's nodata")
+    check_nodata(nodata if nodata is not None else kwargs["nodata"], ds[var].dtype,
+                 "--nodata" if nodata is not None else "the input's nodata")
     ds[var].attrs = attrs
     dims = ds[var].dims
     chunks = {d: chunk for d in dims[-2:]}

@@ -43,6 +43,7 @@ def zarr_encoding(
     if zarr_format not in (2, 3):
         raise InvalidInputError(f"Expected zarr_format 2 or 3. Got {zarr_format!r} instead.")
     shards = parse_shards(shards, ds)
+    chunks = parse_chunks(chunks, ds)
     if shards and zarr_format != 3:
         raise InvalidInputError(f"Expected zarr_format=3 with shards (format 2 has no sharding). Got zarr_format "
                                 f"{zarr_format} instead.")
@@ -110,6 +111,28 @@ def zarr_encoding(
     return encoding
 
 
+def parse_chunks(chunks, ds) -> dict[str, int] | None:
+    """``chunks`` (dim -> positive int, or -1 / None for the whole axis as in dask and xarray), its dims among
+    the dataset's; -1 and None become the dim's size."""
+    if chunks is None:
+        return None
+    if not isinstance(chunks, dict):
+        raise InvalidInputError(f"Expected chunks as a dict dim -> size. Got {chunks!r} instead.")
+    unknown = sorted(set(chunks) - set(ds.dims), key=str)
+    if unknown:
+        raise InvalidInputError(f"Expected chunks along dims of the dataset {tuple(ds.dims)}. Got {unknown} instead.")
+    out = {}
+    for dim, size in chunks.items():
+        if size is None or (isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size == -1):
+            out[dim] = int(ds.sizes[dim])
+        elif isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise InvalidInputError(f"Expected a positive integer chunks[{dim!r}], or -1 for the whole axis. Got "
+                                    f"{size!r} instead.")
+        else:
+            out[dim] = int(size)
+    return out
+
+
 def parse_shards(shards, ds) -> dict[str, int]:
     """``shards`` (dim -> positive int), its dims among the dataset's; {} for None."""
     if shards is None:
@@ -167,7 +190,8 @@ def check_band_axis(name: str, var) -> None:
         return
     for i, dim in enumerate(var.dims):
         if i != var.ndim - 3 and dim in var.coords and any(band_name(v) is not None for v in var[dim].values):
-            order = [d for d in var.dims if d not in (dim, *var.dims[-2:])] + [dim, *var.dims[-2:]]
+            others = [d for d in var.dims if d != dim]  # the bands go just before the last two of the others
+            order = [*others[:-2], dim, *others[-2:]]
             raise InvalidInputError(
                 f"Expected the bands of {name!r} on axis -3 (dims (..., band, y, x)). Got them on axis {i} of "
                 f"{var.dims} instead: ds = ds.transpose{tuple(order)}."

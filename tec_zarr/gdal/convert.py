@@ -48,6 +48,8 @@ def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=()
         names = list(S2_L2A_BANDS) if order is not None else None
         if nodata is None:
             nodata = ds.nodata if ds.nodata is not None else 0
+        if isinstance(nodata, float) and math.isnan(nodata) and np.dtype(ds.dtypes[0]).kind == "f":
+            nodata = None  # float NaN is stored as missing whatever the nodata: the usual float NoData needs none
         if dn_offset is None:
             dn_offset = stated_dn_offset(ds, indexes)
 
