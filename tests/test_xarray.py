@@ -113,6 +113,26 @@ def test_encoding_helper_follows_dask_chunks(dataset, tmp_path):
         zarr_encoding(lazy.chunk({"band": 6}), zarr_format=3)
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_big_endian_data_reads_back_right(dataset, tmp_path, zarr_format):
+    """netCDF 3 and FITS hand xarray big-endian arrays. zarr views a format 2 chunk's decoded bytes as the stored
+    dtype, so the helper stores native data there, and the codec refuses a big-endian chunk it would see swapped."""
+    import zarr
+
+    small = dataset.isel(time=0, x=slice(0, 48), y=slice(0, 40))
+    big = small.assign(reflectance=small["reflectance"].astype(">u2"))
+    store = tmp_path / f"be{zarr_format}.zarr"
+    big.to_zarr(store, zarr_format=zarr_format, encoding=zarr_encoding(big, zarr_format=zarr_format))
+    back = xr.open_zarr(store)["reflectance"].values
+    direct = TEC().decode(TEC().encode(np.ascontiguousarray(small["reflectance"].values)))
+    np.testing.assert_array_equal(back, np.asarray(direct).reshape(back.shape))
+    if zarr_format == 2:
+        arr = zarr.create_array(tmp_path / "raw.zarr", shape=(12, 40, 48), dtype=">u2", zarr_format=2,
+                                compressors=TEC(), filters=None)
+        with pytest.raises(InvalidInputError, match="byte order"):
+            arr[:] = big["reflectance"].values
+
+
 def test_encoding_helper_checks_its_chunks(dataset):
     """-1 (and None) is the whole axis, as in dask and xarray; anything else that is not a positive integer along a
     dim of the dataset is refused before anything is written (zarr would fail late, or write chunks of 2.5 as 2)."""

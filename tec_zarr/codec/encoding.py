@@ -86,6 +86,8 @@ def zarr_encoding(
             from .zarr2 import TEC
 
             enc: dict[str, Any] = {"compressors": TEC(**kwargs), "filters": None}
+            if not var.dtype.isnative:  # big-endian data (netCDF 3, FITS): format 2 chunks are native
+                enc["dtype"] = var.dtype.newbyteorder("=")
         else:
             from .zarr3 import TEC
 

@@ -88,6 +88,13 @@ class TEC(Codec):
         if not isinstance(array, np.ndarray):
             raise InvalidInputError(f"Expected a numpy array chunk. Got {type(buf).__name__} instead.")
         check_format2_chunk(array.shape, "this chunk")  # what decode(buf), as zarr calls it, would refuse
+        if not array.dtype.isnative:
+            # zarr views a format 2 chunk's decoded bytes as the array's dtype: a big-endian array would read back
+            # byte-swapped. The chunk header has no byte order, so the array must be native.
+            raise InvalidInputError(
+                f"Expected a chunk in the machine's byte order. Got dtype {array.dtype.str} instead: store the array "
+                f"as {array.dtype.newbyteorder('=').str} (tec_zarr.zarr_encoding does; or arr.astype("
+                f"{array.dtype.newbyteorder('=').str!r})).")
         return pipeline.encode_chunk(array, **self._config.chunk_params())
 
     def decode(self, buf, out=None):
