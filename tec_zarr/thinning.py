@@ -69,7 +69,7 @@ def thin_store(path, quality: int, *, variables=None, progress: Callable[[int, i
     for name, array in sorted(arrays.items()):
         if array.codec is None and variables is None:
             continue  # coordinates and other codecs' arrays: nothing of ours to thin
-        why = array.unthinnable()
+        why = array.unthinnable() or _above(array.codec.get("quality"), quality)
         if why:
             report.left[name] = why
             continue
@@ -296,6 +296,14 @@ def _replace_file(path: Path, data: bytes) -> None:
 # -- .tec ----------------------------------------------------------------------------------------------------------------
 
 
+def _above(stored, quality: int) -> str | None:
+    """Why a store coded at quality ``stored`` is not thinned to ``quality`` (None: it can be): thinning only
+    lowers quality. Stores coded to a ``psnr`` target have no single quality; their chunks are checked one by one."""
+    if isinstance(stored, int) and not isinstance(stored, bool) and quality > stored:
+        return f"stored at quality {stored}: thinning removes information, it cannot raise it to {quality}"
+    return None
+
+
 def _thin_tec(path: Path, quality: int, progress) -> ThinReport:
     report = ThinReport()
     with tecfile.TecTiles(path) as tiles:
@@ -303,6 +311,10 @@ def _thin_tec(path: Path, quality: int, progress) -> ThinReport:
         if meta.codec.get("max_error") is not None:
             report.left[path.name] = (f"error-bounded (max_error={meta.codec['max_error']}): thinning would break "
                                       "the bound")
+            return report
+        why = _above(meta.codec.get("quality"), quality)
+        if why:
+            report.left[path.name] = why
             return report
         positions = [(level, ty, tx) for level in meta.levels for ty in range(meta.grid(level)[0])
                      for tx in range(meta.grid(level)[1])]

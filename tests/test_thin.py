@@ -316,6 +316,9 @@ def test_thin_tec_file(tmp_path, scene, original):
         assert f.read(level=2).shape == levels[2].shape
     assert after.shape == levels[0].shape
     assert 30 < metrics.psnr(original, after) < metrics.psnr(original, levels[0])
+    stored = path.read_bytes()
+    report = thin_store(path, 2)  # above the file's quality now: left as it was, and said why
+    assert not report.thinned and "cannot raise it to 2" in report.left[path.name] and path.read_bytes() == stored
 
 
 @pytest.mark.parametrize("model, levels, tag, summed", [
@@ -375,6 +378,14 @@ def test_cli_thin(tmp_path, image, capsys):
     assert metrics.psnr(data, zarr.open_array(str(path))[:]) > 30
     assert main(["thin", str(tmp_path / "none.zarr"), "--quality", "0"]) == 2
     assert "tec: error: Expected a Zarr store" in capsys.readouterr().err
+    # a quality above the stored one (here beyond the model's levels too) is no success: nothing can be thinned
+    stored = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    for quality in ("1", "7"):
+        assert main(["thin", str(path), "--quality", quality]) == 2
+        captured = capsys.readouterr()
+        assert f"stored at quality 0: thinning removes information, it cannot raise it to {quality}" in captured.out
+        assert "none that can be thinned" in captured.err
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == stored
 
 
 def test_run_tables_give_each_thinned_symbol_its_run_of_top_counts():
