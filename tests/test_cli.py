@@ -57,6 +57,41 @@ def test_compress_zarr_input(tmp_path, cube):
     assert xr.open_zarr(out)["refl"].shape == (2, 12, 64, 64)
 
 
+def test_zarr_to_zarr_keeps_a_crs_stored_as_a_data_variable(tmp_path, cube, capsys):
+    """rioxarray's write_crs, then a plain to_zarr, stores the grid mapping as a data variable the variable's
+    grid_mapping attribute names: the compressed store (and a GeoTIFF decoded from it) keeps it."""
+    rioxarray = pytest.importorskip("rioxarray")  # noqa: F841 (registers .rio)
+    bands = ["B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12"]
+    da = xr.DataArray(cube[0, :, :48, :64], dims=("band", "y", "x"),
+                      coords={"band": bands, "y": 2800000 - 10.0 * np.arange(48) - 5, "x": 200000 + 10.0 * np.arange(64) + 5})
+    src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    da.rio.write_crs("EPSG:32629").to_dataset(name="refl").to_zarr(src, zarr_format=3)
+    assert "spatial_ref" in xr.open_zarr(src).data_vars  # as xarray stores it
+    assert cli.main(["compress", str(src), str(out), "--quiet"]) == 0
+    assert xr.open_zarr(out, decode_coords="all")["refl"].rio.crs.to_epsg() == 32629
+    assert cli.main(["decompress", str(out), str(tmp_path / "d.tif"), "--quiet"]) == 0
+    with rasterio.open(tmp_path / "d.tif") as f:
+        assert f.crs.to_epsg() == 32629
+
+
+def test_arrays_in_groups(tmp_path, cube, capsys):
+    """tec info lists TEC arrays in groups (a store per year, say); decompress names them when it needs one."""
+    import tec_zarr
+
+    ds = xr.Dataset({"refl": (("time", "band", "y", "x"), cube[:1, :, :32, :32])})
+    for year in ("2019", "2020"):
+        ds.to_zarr(tmp_path / "g.zarr", group=year, mode="a", encoding=tec_zarr.zarr_encoding(ds))
+    assert cli.main(["info", str(tmp_path / "g.zarr")]) == 0
+    text = capsys.readouterr().out
+    assert "2019/refl: (1, 12, 32, 32)" in text and "2020/refl" in text and text.count("TEC model") == 2
+    assert cli.main(["decompress", str(tmp_path / "g.zarr"), str(tmp_path / "a.tif"), "--quiet"]) == 2
+    assert "['2019/refl', '2020/refl'] instead: name one (variable=..., --var on the command line)" in capsys.readouterr().err
+    assert cli.main(["decompress", str(tmp_path / "g.zarr"), str(tmp_path / "a.tif"), "--var", "2020/refl",
+                     "--quiet"]) == 0
+    with rasterio.open(tmp_path / "a.tif") as f:
+        np.testing.assert_array_equal(f.read(), xr.open_zarr(tmp_path / "g.zarr", group="2020")["refl"].values[0])
+
+
 def test_models_lists_rd(capsys):
     assert cli.main(["models"]) == 0
     out = capsys.readouterr().out

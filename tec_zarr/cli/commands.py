@@ -189,6 +189,9 @@ def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
     chunk = DEFAULT_CHUNK if args.chunk is None else args.chunk
     zarr_format = args.zarr_format or 3
     ds, var = open_dataset(args.input, in_kind, args.var, chunk)
+    mapping = ds[var].attrs.get("grid_mapping")
+    if isinstance(mapping, str) and mapping in ds.data_vars:  # rioxarray's or xarray's own stores: a data variable
+        ds = ds.set_coords(mapping)
     ds = ds[[var]]  # keeps the variable's coordinates, its grid mapping among them
     kwargs = {"quality": args.quality, "model": args.model, **_bound_args(args)}
     if in_kind == GEOTIFF and "dn_offset" not in kwargs:  # the file's band scale and offset (a Zarr or NetCDF
@@ -255,7 +258,8 @@ def info_text(store: str) -> str:
 
     try:
         group = zarr.open(store, mode="r")  # a group, or an array at the store's root
-        arrays = sorted(group.arrays()) if isinstance(group, zarr.Group) else [("(root)", group)]
+        arrays = (sorted((path, a) for path, a in group.members(max_depth=None) if isinstance(a, zarr.Array))
+                  if isinstance(group, zarr.Group) else [("(root)", group)])  # arrays in groups too
     except TecZarrError:  # the package's own errors already name the cause
         raise
     except Exception as e:  # zarr's own errors: a codec config it cannot build, damaged JSON, ...

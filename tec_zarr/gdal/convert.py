@@ -229,22 +229,29 @@ def _dims(array) -> tuple[str, ...] | None:
 
 
 def _find_array(node, variable: str | None):
+    """(the group holding it, the array) of ``variable`` (a path inside the store), else of the one TEC array the
+    store holds, in any group."""
     import zarr
 
     if isinstance(node, zarr.Array):
         return None, node
-    if variable is not None:
-        try:
-            return node, node[variable]
-        except KeyError:
-            raise TecFileError(f"Expected an array {variable!r} in the Zarr store. Got {sorted(node.array_keys())} instead.") from None
-    candidates = [a for _, a in node.arrays() if tec_codec_config(a) is not None]
-    if len(candidates) != 1:
-        raise TecFileError(
-            f"Expected one array stored with the {CODEC_NAME} codec, or a variable name. Got "
-            f"{[a.basename for a in candidates]} instead."
-        )
-    return node, candidates[0]
+    if variable is None:
+        candidates = [path for path, a in node.members(max_depth=None)
+                      if isinstance(a, zarr.Array) and tec_codec_config(a) is not None]
+        if len(candidates) != 1:
+            raise TecFileError(
+                f"Expected one array stored with the {CODEC_NAME} codec, or a variable name. Got "
+                f"{sorted(candidates)} instead" + (": name one (variable=..., --var on the command line)." if candidates else "."))
+        variable = candidates[0]
+    try:
+        array = node[variable]
+    except KeyError:
+        arrays = sorted(path for path, a in node.members(max_depth=None) if isinstance(a, zarr.Array))
+        raise TecFileError(f"Expected an array {variable!r} in the Zarr store. Got {arrays} instead.") from None
+    if not isinstance(array, zarr.Array):
+        raise TecFileError(f"Expected an array at {variable!r} in the Zarr store. Got a group instead.")
+    parent = variable.strip("/").rpartition("/")[0]
+    return (node[parent] if parent else node), array
 
 
 def _crs_wkt(crs) -> str | None:
