@@ -12,6 +12,15 @@ from .bitstream.chunk import DN_OFFSET_RANGE, FLOAT_SCALE_RANGE
 from .errors import InvalidInputError
 
 
+def plain_number(value):
+    """A numpy integer, float or bool scalar as the Python number it holds; anything else as it is."""
+    import numpy as np
+
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    return value
+
+
 def is_real(value) -> bool:
     """An int or float (never a bool) that is finite as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -11,7 +11,7 @@ import pytest
 
 from common import check_config, check_encode_decode, check_golden, check_repr
 from tec_zarr.bitstream import chunk as bitstream
-from tec_zarr import TEC, metrics
+from tec_zarr import TEC, metrics, pipeline
 from tec_zarr.codec import CodecConfig, config
 from tec_zarr.errors import (
     InvalidInputError,
@@ -107,9 +107,13 @@ def test_int16_and_float32(image):
     check_encode_decode(TEC(float_scale=1.0), dn, min_psnr=expected_psnr(CARD.default_quality))
 
 
-def test_big_endian_input_is_accepted(image):
-    a = crop(image, 32, 32).astype(">u2")
-    assert TEC().decode(TEC().encode(a)).dtype == np.uint16
+def test_big_endian_chunks_are_refused_by_the_format_2_codec(image):
+    """zarr views a format 2 chunk's decoded (native) bytes as the array's dtype, so a big-endian array would read
+    back byte-swapped: the codec refuses such chunks (zarr_encoding stores native data); the pipeline takes them."""
+    a = crop(image, 32, 32)
+    with pytest.raises(InvalidInputError, match="byte order"):
+        TEC().encode(a.astype(">u2"))
+    assert pipeline.decode_chunk(pipeline.encode_chunk(a.astype(">u2"), model="tec-fp", quality=2)).dtype == np.uint16
 
 
 def test_config_and_repr():

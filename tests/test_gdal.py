@@ -217,6 +217,21 @@ def test_zarr_crs_code_becomes_wkt(tmp_path, original):
         assert f.crs.to_epsg() == 32610
 
 
+def test_sharded_store_is_found_and_read_but_not_copied_to_tec(tmp_path, original):
+    """A store whose TEC array sits in shards: decompress finds and reads it; convert says why it cannot copy it."""
+    from tec_zarr import zarr_encoding
+    from tec_zarr.errors import TecFileError
+
+    ds = xr.Dataset({"reflectance": (("band", "y", "x"), original[:, :64, :64])})
+    ds.to_zarr(tmp_path / "s.zarr", zarr_format=3, encoding=zarr_encoding(ds, chunks={"y": 32, "x": 32},
+                                                                          shards={"y": 64, "x": 64}))
+    convert.zarr_to_geotiff(tmp_path / "s.zarr", tmp_path / "s.tif")
+    with rasterio.open(tmp_path / "s.tif") as f:
+        np.testing.assert_array_equal(f.read(), xr.open_zarr(tmp_path / "s.zarr")["reflectance"].values)
+    with pytest.raises(TecFileError, match="sharded array"):
+        convert.zarr_to_tec(tmp_path / "s.zarr", tmp_path / "s.tec")
+
+
 # --- the tec command ------------------------------------------------------------------------------------------------
 
 

@@ -155,3 +155,42 @@ def test_dask_backed_sharded_write(cube, tmp_path):
     ds.to_zarr(tmp_path / "d.zarr", zarr_format=3, encoding=enc, consolidated=False)
     back = xr.open_zarr(tmp_path / "d.zarr", consolidated=False)["r"].values
     assert back.shape == data.shape and metrics.mean_psnr(data, back) > 41.0
+
+
+def test_a_chunk_of_another_dtype_is_refused(image, tmp_path):
+    """Chunks state their dtype and a format 3 serializer knows the array's: a chunk copied in from an int16 or
+    float32 array is refused, not read as garbage (format 2 readers view the decoded bytes themselves)."""
+    from tec_zarr.errors import ChunkShapeError
+
+    a = np.ascontiguousarray(image[:, :32, :32])
+    paths = {}
+    for name, data in (("u2", a), ("i2", a.astype(np.int16) - 3000), ("f4", a.astype(np.float32) / 10000)):
+        arr = zarr.create_array(tmp_path / f"{name}.zarr", shape=a.shape, chunks=a.shape, dtype=data.dtype,
+                                serializer=TEC(nodata=None), compressors=None)
+        arr[:] = data
+        paths[name] = tmp_path / f"{name}.zarr" / "c" / "0" / "0" / "0"
+    for other in ("i2", "f4"):
+        paths["u2"].write_bytes(paths[other].read_bytes())
+        with pytest.raises(ChunkShapeError, match="belongs to another array"):
+            zarr.open_array(tmp_path / "u2.zarr")[:]
+
+
+def test_unknown_config_keys_are_the_packages_error():
+    """A store written by a newer tec_zarr (or damaged) names a key this one does not know: said, not a TypeError."""
+    with pytest.raises(InvalidInputError, match=r"unknown \['new_key'\].*newer tec_zarr"):
+        TEC.from_dict({"name": "tec_zarr.tec", "configuration": {**TEC().to_dict()["configuration"], "new_key": 1}})
+
+
+def test_numpy_numbers_are_numbers():
+    """rioxarray's nodata is np.uint16(0), loops give np.int64 qualities: taken as the Python numbers, and the
+    stored config holds plain JSON numbers."""
+    import json
+
+    codec = TEC(quality=np.int64(1), nodata=np.uint16(0), max_error=np.float32(5), float_scale=np.float32(1),
+                dn_offset=np.int64(1000))
+    config = codec.to_dict()["configuration"]
+    assert (config["quality"], config["nodata"], config["max_error"], config["float_scale"]) == (1, 0, 5, 1.0)
+    assert json.loads(json.dumps(config)) == config
+    assert TECv2(psnr=np.float64(45), nodata=np.int16(-9999)).get_config()["nodata"] == -9999
+    with pytest.raises(InvalidInputError, match="quality"):
+        TEC(quality=np.bool_(True))

@@ -13,7 +13,7 @@ from typing import Any
 from ..bitstream.chunk import CODEC_ID, check_config_keys
 from ..errors import InvalidInputError, ModelMismatchError
 from ..models import DEFAULT_MODEL, ModelCard, get_card
-from ..parsing import is_real, parse_dn_offset, parse_float_scale, parse_nodata
+from ..parsing import is_real, parse_dn_offset, parse_float_scale, parse_nodata, plain_number
 
 CODEC_NAME = CODEC_ID  # one prefixed name for numcodecs (format 2) and zarr.codecs (format 3)
 # zarr 3 only: take the array's fill value as nodata when the array is created.
@@ -108,6 +108,9 @@ class CodecConfig:
                psnr=None, dn_offset=0, allow_fill_value: bool = False) -> CodecConfig:
         """Every parameter parsed; ``nodata="fill_value"`` only where ``allow_fill_value`` (zarr 3)."""
         card = parse_model(model)
+        # numpy numbers (rioxarray's nodata, a loop over np.arange) as the Python numbers the JSON config holds
+        quality, nodata, float_scale, max_error, psnr, dn_offset = (
+            plain_number(v) for v in (quality, nodata, float_scale, max_error, psnr, dn_offset))
         max_error = parse_max_error(max_error)
         return cls(
             model=card.name,

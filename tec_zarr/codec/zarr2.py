@@ -15,7 +15,7 @@ from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
 from .. import pipeline
 from ..pipeline.decode import MAX_CHUNK_ELEMENTS_VARIABLE, max_chunk_elements
-from ..errors import InvalidInputError
+from ..errors import ChunkShapeError, InvalidInputError
 from .config import CODEC_NAME, CONFIG_KEYS, CodecConfig
 
 
@@ -102,7 +102,12 @@ class TEC(Codec):
         if out is None:
             return pipeline.decode_chunk(data)
         # The chunk must fill out= exactly: a header declaring anything else is refused before it is decoded.
-        decoded = pipeline.decode_chunk(data, expected_nbytes=ensure_ndarray_like(out).nbytes)
+        target = ensure_ndarray_like(out)
+        decoded = pipeline.decode_chunk(data, expected_nbytes=target.nbytes)
+        # A typed out= (not a byte buffer) says the array's dtype: a chunk of another dtype would copy as garbage.
+        if target.dtype.itemsize > 1 and target.dtype.newbyteorder("=") != decoded.dtype:
+            raise ChunkShapeError(f"Expected a chunk of the array's dtype {target.dtype}. Got a {decoded.dtype} chunk "
+                                  "instead: it belongs to another array.")
         try:
             return ndarray_copy(decoded, out)
         except ValueError as e:

@@ -11,7 +11,8 @@ from zarr.abc.codec import ArrayBytesCodec
 from zarr.core.common import parse_named_configuration
 
 from .. import pipeline
-from ..errors import CorruptChunkError, InvalidInputError
+from ..bitstream.chunk import check_config_keys
+from ..errors import ChunkShapeError, CorruptChunkError, InvalidInputError
 from ..parsing import parse_nodata
 from .config import CODEC_NAME, CONFIG_KEYS, FILL_VALUE, NONZERO_KEYS, CodecConfig, parse_model
 
@@ -59,7 +60,12 @@ class TEC(ArrayBytesCodec):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
         _, configuration = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
-        return cls(**(configuration or {}))
+        configuration = configuration or {}
+        try:  # unknown keys: the package's error, as format 2 configs get, not a TypeError from __init__
+            check_config_keys(configuration, complete=False)
+        except ValueError as e:
+            raise InvalidInputError(str(e)) from None
+        return cls(**configuration)
 
     def to_dict(self) -> dict[str, Any]:
         configuration = {
@@ -113,6 +119,10 @@ class TEC(ArrayBytesCodec):
             spec = chunk_bytes_and_specs[i][1]
             if array.shape != tuple(spec.shape):
                 raise CorruptChunkError(f"Expected a chunk of shape {spec.shape}. Got {array.shape} instead.")
+            dtype = np.dtype(spec.dtype.to_native_dtype()).newbyteorder("=")
+            if array.dtype != dtype:  # the chunk states its dtype: one of another array would read as garbage
+                raise ChunkShapeError(f"Expected a chunk of the array's dtype {dtype}. Got a {array.dtype} chunk "
+                                      "instead: it belongs to another array.")
             out[i] = spec.prototype.nd_buffer.from_numpy_array(array)
         return out
 

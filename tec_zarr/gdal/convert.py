@@ -228,6 +228,16 @@ def _dims(array) -> tuple[str, ...] | None:
     return tuple(names) if names and all(names) else None
 
 
+def _uses_tec(array) -> bool:
+    """Whether TEC codes the array's chunks, alone or inside shards (then readable through zarr, not copyable)."""
+    if tec_codec_config(array) is not None:
+        return True
+    codecs = list(getattr(array.metadata, "codecs", ()))
+    for codec in codecs:  # grows as it goes: the codecs inside shards
+        codecs += list(getattr(codec, "codecs", ()))
+    return any(getattr(c, "to_dict", lambda: {})().get("name") == CODEC_NAME for c in codecs)
+
+
 def _find_array(node, variable: str | None):
     """(the group holding it, the array) of ``variable`` (a path inside the store), else of the one TEC array the
     store holds, in any group."""
@@ -237,7 +247,7 @@ def _find_array(node, variable: str | None):
         return None, node
     if variable is None:
         candidates = [path for path, a in node.members(max_depth=None)
-                      if isinstance(a, zarr.Array) and tec_codec_config(a) is not None]
+                      if isinstance(a, zarr.Array) and _uses_tec(a)]
         if len(candidates) != 1:
             raise TecFileError(
                 f"Expected one array stored with the {CODEC_NAME} codec, or a variable name. Got "
@@ -300,6 +310,10 @@ def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> lay
 
     group, array = _find_array(zarr.open(store, mode="r"), variable)
     config = tec_codec_config(array)
+    if config is None and _uses_tec(array):
+        raise TecFileError(
+            "Expected TEC chunks stored one per object to copy into a .tec file. Got a sharded array instead: tec "
+            "decompress and xarray read it; for a .tec, write the array again without shards= first.")
     if config is None:
         raise TecFileError(
             f"Expected an array stored by the {CODEC_NAME} codec alone (format 3 serializer without compressors, "
