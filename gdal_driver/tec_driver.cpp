@@ -374,16 +374,24 @@ class TECRasterBand final : public GDALPamRasterBand
         return m_hasNoData ? m_noData : 0.0;
     }
 
+    // The file's own levels; a file written without them gets GDAL's external ones (gdaladdo -ro: scene.tec.ovr).
     int GetOverviewCount() override
     {
         auto *ds = static_cast<TECDataset *>(poDS);
-        return m_level == 0 ? static_cast<int>(ds->m_overviews.size()) : 0;
+        if (m_level != 0)
+            return 0;
+        return ds->m_overviews.empty() ? GDALPamRasterBand::GetOverviewCount()
+                                       : static_cast<int>(ds->m_overviews.size());
     }
 
     GDALRasterBand *GetOverview(int i) override
     {
         auto *ds = static_cast<TECDataset *>(poDS);
-        if (m_level != 0 || i < 0 || i >= static_cast<int>(ds->m_overviews.size()))
+        if (m_level != 0)
+            return nullptr;
+        if (ds->m_overviews.empty())
+            return GDALPamRasterBand::GetOverview(i);
+        if (i < 0 || i >= static_cast<int>(ds->m_overviews.size()))
             return nullptr;
         return ds->m_overviews[i]->GetRasterBand(nBand);
     }
@@ -489,6 +497,8 @@ GDALDataset *TECDataset::Open(GDALOpenInfo *poOpenInfo)
         ds->GDALDataset::SetMetadataItem(item.GetName().c_str(), item.ToString().c_str());
     ds->SetDescription(poOpenInfo->pszFilename);
     ds->TryLoadXML(poOpenInfo->GetSiblingFiles());
+    if (ds->m_overviews.empty())  // external overviews (scene.tec.ovr) for files written without levels
+        ds->oOvManager.Initialize(ds.get(), poOpenInfo->pszFilename, poOpenInfo->GetSiblingFiles());
     return ds.release();
 }
 

@@ -155,6 +155,29 @@ def test_gdalinfo_stats_leave_the_file_untouched(plugin_env, scene, tmp_path):
     assert (tmp_path / "scene.tec.aux.xml").exists()
 
 
+def test_gdaladdo_adds_external_overviews_to_a_file_without_levels(plugin_env, image, tmp_path):
+    """A .tec written without --overviews (the default) gets pyramids as GDAL gives any read-only format:
+    gdaladdo -ro writes scene.tec.ovr beside it, the .tec untouched, and reads at those sizes use them."""
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import from_origin
+
+    tif = tmp_path / "in.tif"
+    with rasterio.open(tif, "w", driver="GTiff", width=96, height=80, count=12, dtype="uint16", crs="EPSG:32610",
+                       transform=from_origin(600000, 4130000, 10, 10)) as dst:
+        dst.write(np.ascontiguousarray(image[:, :80, :96]))
+    assert cli.main(["compress", str(tif), str(tmp_path / "s.tec"), "--tile", "32", "--quiet"]) == 0
+    before = sha256(tmp_path / "s.tec")
+    out = run("gdaladdo", "-q", "-ro", "-r", "average", "s.tec", "2", "4", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "s.tec.ovr").exists() and sha256(tmp_path / "s.tec") == before
+    info = run("gdalinfo", "s.tec", env=plugin_env, cwd=tmp_path)
+    assert "Overviews: 48x40, 24x20" in info.stdout, info.stdout
+    out = run("gdal_translate", "-q", "-outsize", "48", "40", "s.tec", "half.tif", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    with rasterio.open(tmp_path / "s.tec.ovr") as ovr:
+        np.testing.assert_array_equal(read_tif(tmp_path / "half.tif")[0], ovr.read())
+
+
 def test_corrupt_tile_fails_the_read(plugin_env, scene, tmp_path):
     bad = corrupt_tile(scene[0], tmp_path / "bad.tec", 0, 2, 1)
     out = run("gdal_translate", "-q", bad.name, "x.tif", env=plugin_env, cwd=tmp_path)
