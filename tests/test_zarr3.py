@@ -177,7 +177,7 @@ def test_a_chunk_of_another_dtype_is_refused(image, tmp_path):
 
 def test_unknown_config_keys_are_the_packages_error():
     """A store written by a newer tec_zarr (or damaged) names a key this one does not know: said, not a TypeError."""
-    with pytest.raises(InvalidInputError, match=r"unknown \['new_key'\].*newer tec_zarr"):
+    with pytest.raises(InvalidInputError, match=r"unknown \['new_key'\].*newer tec-zarr: pip install -U tec-zarr"):
         TEC.from_dict({"name": "tec_zarr.tec", "configuration": {**TEC().to_dict()["configuration"], "new_key": 1}})
 
 

@@ -86,7 +86,8 @@ def check_config_keys(config, *, complete: bool) -> None:
     missing = [k for k in REQUIRED_CONFIG_KEYS if k not in config] if complete else []
     if unknown or missing:
         raise ValueError(f"Expected the codec config keys {', '.join(REQUIRED_CONFIG_KEYS + OPTIONAL_CONFIG_KEYS)}. "
-                         f"Got unknown {unknown} and missing {missing} instead (written by a newer tec_zarr, or damaged).")
+                         f"Got unknown {unknown} and missing {missing} instead (written by a newer tec-zarr: pip install -U "
+                         "tec-zarr; or damaged).")
 MAGIC = b"TECZ"
 FORMAT_VERSION = 1
 RESIDUAL_V1_FORMAT_VERSION = 2  # residual section of coder 1, no coder byte (written before coder 2 existed)
