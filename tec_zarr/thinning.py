@@ -83,6 +83,14 @@ def thin_store(path, quality: int, *, variables=None, progress: Callable[[int, i
     return report
 
 
+def _above(stored, quality: int) -> str | None:
+    """Why a store coded at quality ``stored`` is not thinned to ``quality`` (None: it can be): thinning only
+    lowers quality. Stores coded to a ``psnr`` target have no single quality; their chunks are checked one by one."""
+    if isinstance(stored, int) and not isinstance(stored, bool) and quality > stored:
+        return f"stored at quality {stored}: thinning removes information, it cannot raise it to {quality}"
+    return None
+
+
 # -- Zarr --------------------------------------------------------------------------------------------------------------
 
 
@@ -294,14 +302,6 @@ def _replace_file(path: Path, data: bytes) -> None:
 
 
 # -- .tec ----------------------------------------------------------------------------------------------------------------
-
-
-def _above(stored, quality: int) -> str | None:
-    """Why a store coded at quality ``stored`` is not thinned to ``quality`` (None: it can be): thinning only
-    lowers quality. Stores coded to a ``psnr`` target have no single quality; their chunks are checked one by one."""
-    if isinstance(stored, int) and not isinstance(stored, bool) and quality > stored:
-        return f"stored at quality {stored}: thinning removes information, it cannot raise it to {quality}"
-    return None
 
 
 def _thin_tec(path: Path, quality: int, progress) -> ThinReport:

@@ -356,8 +356,7 @@ def read_header(f, size: int) -> tuple[TecMetadata, np.ndarray, int]:
         if int(offsets.min()) < header_len:
             raise TecFormatError("Expected every tile after the header. Got a tile offset inside it instead (corrupt).")
         # in float64: a uint64 sum could wrap near 2**64; real sizes are far below 2**53, where it is exact
-        end = float((offsets.astype(np.float64) + index["length"][present].astype(np.float64)).max())
-        end = int(end) if end < 2.0**63 else end
+        end = int((offsets.astype(np.float64) + index["length"][present].astype(np.float64)).max())
         if end > size:
             raise TruncatedTecFileError(f"Expected a .tec file of at least {end} bytes. Got {size} instead (truncated).")
     return meta, index, header_len

@@ -256,6 +256,8 @@ def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
 def info_text(store: str) -> str:
     import zarr
 
+    from ..gdal.convert import array_codecs, codec_dict
+
     try:
         group = zarr.open(store, mode="r")  # a group, or an array at the store's root
         arrays = (sorted((path, a) for path, a in group.members(max_depth=None) if isinstance(a, zarr.Array))
@@ -266,7 +268,7 @@ def info_text(store: str) -> str:
         raise _zarr_failure(store, e) from None
     lines = [f"{store}: Zarr format {group.metadata.zarr_format}"]
     for name, arr in arrays:
-        codecs = [c.to_dict() if hasattr(c, "to_dict") else c.get_config() for c in _codecs(arr)]
+        codecs = [codec_dict(c) for c in array_codecs(arr)]
         tec = [c for c in codecs if c.get("name", c.get("id")) == "tec_zarr.tec"]
         stored = arr.nbytes_stored()
         raw = arr.nbytes
@@ -323,17 +325,6 @@ def _zarr_failure(store, e: Exception) -> CommandError:
                             "was written by a newer tec-zarr (pip install -U tec-zarr) or its metadata is damaged.")
     return CommandError(f"Expected a readable Zarr store at {store}. Got {type(e).__name__}: {text} instead: check that "
                         "the store is complete and was written by zarr-python 3 or 2.")
-
-
-def _codecs(arr):
-    """The array's codecs, those inside its shards included (format 3 sharding)."""
-    md = arr.metadata
-    if md.zarr_format == 2:
-        return [c for c in (md.compressor, *(md.filters or ())) if c is not None]
-    codecs = list(md.codecs)
-    for c in codecs:  # grows as it goes: shards inside shards too
-        codecs += list(getattr(c, "codecs", ()))  # a ShardingCodec's inner codecs
-    return codecs
 
 
 def cmd_info(args) -> int:

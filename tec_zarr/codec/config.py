@@ -10,8 +10,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from ..bitstream.chunk import CODEC_ID, check_config_keys
-from ..errors import InvalidInputError, ModelMismatchError
+from ..errors import ChunkShapeError, InvalidInputError, ModelMismatchError
 from ..models import DEFAULT_MODEL, ModelCard, get_card
 from ..parsing import is_real, parse_dn_offset, parse_float_scale, parse_nodata, plain_number
 
@@ -47,6 +49,23 @@ def parse_model_sha256(value: str | None, card: ModelCard) -> str:
 # and still beats SZ3 and LERC at 100 (benchmarks/bounded.py). Configs store the level, so this never changes
 # how stored data decodes.
 BOUNDED_DEFAULT_QUALITY = 0
+
+
+def parse_config_keys(config: Any, *, complete: bool = False) -> None:
+    """:func:`~tec_zarr.bitstream.chunk.check_config_keys` as the package's error: a stored config with keys this
+    version does not know (written by a newer one, or damaged)."""
+    try:
+        check_config_keys(config, complete=complete)
+    except ValueError as e:
+        raise InvalidInputError(str(e)) from None
+
+
+def refuse_foreign_dtype(expected: np.dtype, got: np.dtype) -> None:
+    """A decoded chunk whose stated dtype is not its array's (native byte order) belongs to another array."""
+    expected = np.dtype(expected).newbyteorder("=")
+    if got != expected:
+        raise ChunkShapeError(f"Expected a chunk of the array's dtype {expected}. Got a {got} chunk instead: it "
+                              "belongs to another array.")
 
 
 def parse_quality(quality: int | None, card: ModelCard, max_error: float | int | None = None) -> int:
@@ -127,10 +146,7 @@ class CodecConfig:
     def from_json(cls, config: Any, *, complete: bool = False) -> CodecConfig:
         """A stored config (numcodecs style, with or without ``"id"``); unknown keys are refused, and with
         ``complete`` (configs this package wrote, as in .tec files) missing ones too."""
-        try:
-            check_config_keys(config, complete=complete)
-        except ValueError as e:
-            raise InvalidInputError(str(e)) from None
+        parse_config_keys(config, complete=complete)
         return cls.create(**{k: v for k, v in config.items() if k != "id"})
 
     def to_json(self) -> dict[str, Any]:

@@ -15,8 +15,8 @@ from numcodecs.compat import ensure_ndarray_like, ndarray_copy
 
 from .. import pipeline
 from ..pipeline.decode import MAX_CHUNK_ELEMENTS_VARIABLE, max_chunk_elements
-from ..errors import ChunkShapeError, InvalidInputError
-from .config import CODEC_NAME, CONFIG_KEYS, CodecConfig
+from ..errors import InvalidInputError
+from .config import CODEC_NAME, CONFIG_KEYS, CodecConfig, refuse_foreign_dtype
 
 
 class TEC(Codec):
@@ -104,10 +104,8 @@ class TEC(Codec):
         # The chunk must fill out= exactly: a header declaring anything else is refused before it is decoded.
         target = ensure_ndarray_like(out)
         decoded = pipeline.decode_chunk(data, expected_nbytes=target.nbytes)
-        # A typed out= (not a byte buffer) says the array's dtype: a chunk of another dtype would copy as garbage.
-        if target.dtype.itemsize > 1 and target.dtype.newbyteorder("=") != decoded.dtype:
-            raise ChunkShapeError(f"Expected a chunk of the array's dtype {target.dtype}. Got a {decoded.dtype} chunk "
-                                  "instead: it belongs to another array.")
+        if target.dtype.itemsize > 1:  # a typed out= (not a byte buffer) says the array's dtype
+            refuse_foreign_dtype(target.dtype, decoded.dtype)
         try:
             return ndarray_copy(decoded, out)
         except ValueError as e:

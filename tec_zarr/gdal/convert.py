@@ -228,14 +228,25 @@ def _dims(array) -> tuple[str, ...] | None:
     return tuple(names) if names and all(names) else None
 
 
+def array_codecs(array) -> list:
+    """The array's codecs, those inside its shards included (format 3 sharding)."""
+    md = array.metadata
+    if md.zarr_format == 2:
+        return [c for c in (md.compressor, *(md.filters or ())) if c is not None]
+    codecs = list(md.codecs)
+    for c in codecs:  # grows as it goes: shards inside shards too
+        codecs += list(getattr(c, "codecs", ()))  # a ShardingCodec's inner codecs
+    return codecs
+
+
+def codec_dict(codec) -> dict:
+    """A format 3 codec's ``{"name", "configuration"}``, a format 2 (numcodecs) one's ``{"id", ...}``."""
+    return codec.to_dict() if hasattr(codec, "to_dict") else codec.get_config()
+
+
 def _uses_tec(array) -> bool:
     """Whether TEC codes the array's chunks, alone or inside shards (then readable through zarr, not copyable)."""
-    if tec_codec_config(array) is not None:
-        return True
-    codecs = list(getattr(array.metadata, "codecs", ()))
-    for codec in codecs:  # grows as it goes: the codecs inside shards
-        codecs += list(getattr(codec, "codecs", ()))
-    return any(getattr(c, "to_dict", lambda: {})().get("name") == CODEC_NAME for c in codecs)
+    return any(d.get("name", d.get("id")) == CODEC_NAME for d in map(codec_dict, array_codecs(array)))
 
 
 def _find_array(node, variable: str | None):
