@@ -146,6 +146,25 @@ def test_burst_runs_on_the_clock_and_both_trainers_resume(packed, tmp_path):
     assert torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["step"] > second["step"]
 
 
+def test_resampling_recipe_changes_only_the_20m_and_60m_bands(packed, tmp_path):
+    """``--augment resampling``: the kernel of the 20 m and 60 m bands varies, nothing else does."""
+    train, _ = data.split(data.load_images(packed))
+    recipe = burst.AUGMENTS["resampling"]
+    assert recipe.p_resample > 0 and recipe.p_gain == recipe.p_haze == recipe.p_bright == recipe.p_nodata == 0
+    x = robust.DeviceSampler(train, 48, seed=7, device="cpu", augment=recipe).batch(16)
+    plain = robust.DeviceSampler(train, 48, seed=7, device="cpu").batch(16)
+    assert x.shape == plain.shape
+    ten_m = [1, 2, 3, 7]
+    # the same crops (the augmentation draws after the crop), 10 m bands untouched, others re-made on some crops
+    assert torch.equal(x[:, ten_m], plain[:, ten_m])
+    others = [b for b in range(12) if b not in ten_m]
+    assert not torch.equal(x[:, others], plain[:, others])
+    # a pack has no desert image to train on: refused, not silently ignored
+    with pytest.raises(SystemExit, match="desert tile among the training images"):
+        burst.main(["--data", str(packed), "--out", str(tmp_path / "d"), "--minutes", "0.001", "--with-desert",
+                    *TINY])
+
+
 def test_out_of_source_sets_seen_by_the_starting_weights():
     """tec-fp's checkpoint was trained on the desert tile: a burst from it must say so in its settings line."""
     assert burst.out_of_source_seen(["ssl4eos12_val_0080717_0", "S2A_29RKH_20200219_0_L2A_12band_100m"]) == ["desert"]

@@ -12,12 +12,13 @@ resumes the other's run directory) with:
 - gentler default rates when it starts from trained weights (``--init`` or a run directory to resume): 0.3 x the
   trainer's. At the full rates tec-fp loses several dB at q4 within 30 steps on CPU (fresh Adam moments make
   every step as large as the rate), and it had ended its own schedule at 0.1 x;
-- crops cut and augmented on the device (``robust.py``; ``--augment none`` for plain crops), deterministic from
-  the seed and resumed from the checkpoint's sampler state;
+- crops cut and augmented on the device (``robust.py``; ``--augment none`` for plain crops, ``resampling`` for
+  the 20 m and 60 m bands' kernel alone), deterministic from the seed and resumed from the checkpoint's sampler
+  state;
 - out-of-source validation beside the usual one (``out_of_source`` in ``log.jsonl``): the validation crops with
   their 20 m and 60 m bands re-made by replication and by bilinear interpolation, and the 100 m desert tile,
-  which this trainer keeps out of training (the settings line's ``start_trained_on`` names the sets the starting
-  weights were trained on all the same: tec-fp's checkpoint saw the desert tile);
+  which this trainer keeps out of training unless ``--with-desert`` (the settings line's ``start_trained_on``
+  names the sets the starting weights were trained on all the same: tec-fp's checkpoint saw the desert tile);
 - ``--data`` a shared-data folder or a packed ``.npz`` (``scripts/pack_training_data.py``), which needs no
   rasterio; nothing here imports onnx, onnxruntime or rasterio;
 - on CUDA: batch 32 of 128x128 crops by default, cuDNN autotuning, and strict fp32 (TF32 only with ``--tf32``:
@@ -61,7 +62,7 @@ class BurstTrainer(Trainer):
         resuming = (Path(args.out) / "checkpoint.pt").exists()
         self._train_images: list[data.Image] = []
         super().__init__(args)
-        # The images the starting weights were trained on (resumed: with this run's, which never hold the desert).
+        # The images the starting weights were trained on (resumed: with this run's own).
         self.start_trained_on = out_of_source_seen(self.train_names)
         if not resuming:
             # Started from another run's weights: record everything these weights have seen.
@@ -78,11 +79,18 @@ class BurstTrainer(Trainer):
 
     def load_data(self) -> tuple[list[data.Image], list[data.Image]]:
         train, val = data.split(data.load_images(Path(self.args.data)))
-        self._train_images = [im for im in train if im.place != data.OUT_OF_SOURCE_PLACE]
+        if not self.args.with_desert:
+            train = [im for im in train if im.place != data.OUT_OF_SOURCE_PLACE]
+        elif not any(im.place == data.OUT_OF_SOURCE_PLACE for im in train):
+            # A pack holds only the desert's validation crops: training on them would be recall, not a recipe.
+            raise SystemExit(f"Expected the desert tile among the training images for --with-desert. Got none in "
+                             f"{self.args.data} instead: use the shared data folder (a pack holds only its "
+                             "validation crops).")
+        self._train_images = train
         return self._train_images, val
 
     def make_sampler(self, train_images: list[data.Image]) -> robust.DeviceSampler:
-        augment = robust.AugmentConfig() if self.args.augment == "robust" else None
+        augment = AUGMENTS[self.args.augment]
         return robust.DeviceSampler(train_images, self.args.crop, self.args.seed, self.device, augment, self.mean)
 
     def lr_scale(self) -> float:
@@ -116,6 +124,15 @@ class BurstTrainer(Trainer):
         return {"step": self.step, "initial": True, "validation": self.validate(), **self.validate_more()}
 
 
+# Recipes of crop augmentation: all of robust.py's, none, or only the 20 m and 60 m bands' resampling kernel
+# (the one variation the protocol showed helping every set).
+AUGMENTS = {
+    "robust": robust.AugmentConfig(),
+    "none": None,
+    "resampling": robust.AugmentConfig(p_gain=0.0, p_haze=0.0, p_bright=0.0, p_nodata=0.0),
+}
+
+
 def out_of_source_seen(train_names: list[str]) -> list[str]:
     """The out-of-source sets cut from images these training names include: a set the starting weights were
     trained on measures what a run forgets of it, not how it does on data nobody trained on."""
@@ -137,7 +154,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget of the whole command")
     p.add_argument("--save-every-s", type=float, default=60.0, help="also save a checkpoint this often")
     p.add_argument("--val-every-s", type=float, default=60.0, help="validate (and save) this often")
-    p.add_argument("--augment", choices=("robust", "none"), default="robust")
+    p.add_argument("--augment", choices=tuple(AUGMENTS), default="robust",
+                   help="robust: every augmentation of robust.py; resampling: only the 20/60 m bands' kernel")
+    p.add_argument("--with-desert", action="store_true",
+                   help="train on the 100 m desert tile too (its validation then measures recall, not transfer)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (faster, less exact)")
     p.add_argument("--warmup", type=float, default=0.03, help="fraction of the training time the rates ramp up")
     p.add_argument("--initial-validation", action=argparse.BooleanOptionalAction, default=None,
@@ -180,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({
         "burst": {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
                   "step": trainer.step, "batch": args.batch, "crop": args.crop, "minutes": args.minutes,
-                  "augment": args.augment, "tf32": bool(cuda and args.tf32),
+                  "augment": args.augment, "with_desert": args.with_desert, "tf32": bool(cuda and args.tf32),
                   "lr": [args.lr, args.lr_entropy, args.lr_linear],
                   "train_images": len(trainer.sampler.images), "validation": len(trainer.val),
                   "out_of_source": {k: len(v) for k, v in trainer.out_of_source.items()},
