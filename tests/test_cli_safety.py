@@ -101,6 +101,28 @@ def test_an_interrupted_zarr_write_leaves_nothing_under_the_output_name(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
 
 
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_a_terminated_write_leaves_nothing_under_the_output_name(tmp_path, tiny, monkeypatch, signame):
+    """timeout, SLURM, docker stop and Kubernetes send SIGTERM, a closed terminal SIGHUP: both unwind like Ctrl-C
+    (temporaries removed, exit status 128 + the signal's number), and the handlers are restored afterwards."""
+    import signal
+
+    sig = getattr(signal, signame, None)
+    if sig is None:
+        pytest.skip(f"no {signame} on this platform")
+    tif = _geotiff(tmp_path / "scene.tif", tiny)
+    real = xr.Dataset.to_zarr
+
+    def partial(self, store, *args, **kwargs):
+        real(self.isel(x=slice(0, 1)), store, mode="w")
+        os.kill(os.getpid(), sig)
+    monkeypatch.setattr(xr.Dataset, "to_zarr", partial)
+    before = signal.getsignal(sig)
+    assert cli.main(["compress", str(tif), str(tmp_path / "out.zarr"), "--quiet"]) == 128 + sig
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+    assert signal.getsignal(sig) is before
+
+
 def test_a_failed_decompress_keeps_the_old_geotiff(tmp_path, tiny, monkeypatch):
     tif = _geotiff(tmp_path / "scene.tif", tiny)
     assert cli.main(["compress", str(tif), str(tmp_path / "scene.tec"), "--quiet"]) == 0

@@ -26,6 +26,7 @@ from .inpaint import add_parser as add_inpaint_parser
 from .inputs import (GEOTIFF, NETCDF, TEC, ZARR, check_nodata, chunk_count, open_dataset, output_kind, replacing,
                      require_input, require_output)
 from .progress import Progress, PsnrMisses, dask_progress
+from .termination import Terminated, unwinding_on_termination
 
 DEFAULT_CHUNK = 256
 DEFAULT_TILE = 256
@@ -810,7 +811,7 @@ examples:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        with warnings.catch_warnings():
+        with unwinding_on_termination(), warnings.catch_warnings():
             # rasterio's NotGeoreferencedWarning: a GeoTIFF without a CRS or transform is valid input and output.
             warnings.filterwarnings("ignore", message="Dataset has no geotransform")
             status = args.func(args)
@@ -825,6 +826,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tec: interrupted", file=sys.stderr)
         return 130
+    except Terminated as t:  # SIGTERM, SIGHUP: the temporaries are gone; exit as the shell reports such a death
+        print(f"tec: terminated by {t.name}", file=sys.stderr)
+        return 128 + t.signum
     except Exception as e:
         if failures.debug():
             raise
