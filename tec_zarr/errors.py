@@ -68,6 +68,11 @@ class PsnrTargetWarning(UserWarning):
     """No quality level reaches a chunk's ``psnr=`` target: the chunk was written at its best level instead."""
 
 
+class MaxErrorFallbackWarning(UserWarning):
+    """A chunk whose ``max_error`` bound could not be kept without decoding valid elements onto the nodata value
+    (data on both sides of it): the chunk was coded losslessly instead, at a higher cost."""
+
+
 class DnOffsetWarning(UserWarning):
     """A variable's metadata gives its dates different DN offsets (Sentinel-2 baselines before and after 04.00): it
     is coded with the offset of most dates."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 import zlib
 from unittest import mock
 
@@ -66,6 +67,33 @@ def test_bound_on_random_data(dtype, max_error, h, w, nodata, seed):
     assert_bound(a, dec, limit)
     if nodata is not None:
         np.testing.assert_array_equal(dec == nodata, a == nodata)
+
+
+@pytest.mark.parametrize("max_error, smaller", [(5, False), (20, True)])  # (on this crop: 0, then 19)
+def test_data_on_both_sides_of_nodata_keep_the_bound_or_warn(cube, max_error, smaller):
+    """int16 reflectance harmonised by taking the +1000 offset off crosses the default nodata 0: where the rule
+    that keeps valid elements off nodata would break the bound, a smaller bound is used, or the chunk is coded
+    exactly with a MaxErrorFallbackWarning; never silently, never past the bound, never onto nodata."""
+    from tec_zarr.errors import MaxErrorFallbackWarning
+
+    a = (cube[0, :, :128, :128].astype(np.int32) - 1000).astype(np.int16)
+    a[a == 0] = 1  # every element valid
+    assert (a < 0).any() and (a > 0).any()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data = pipeline.encode_chunk(a, model=MODEL, quality=2, max_error=max_error, nodata=0)
+    fell_back = [w for w in caught if issubclass(w.category, MaxErrorFallbackWarning)]
+    dec = pipeline.decode_chunk(data)
+    assert_bound(a, dec, max_error)
+    assert not (dec == 0).any()
+    stored = parse(data).header.residual.max_error
+    assert stored <= max_error and (stored == 0) == bool(fell_back) and (0 < stored < max_error) == smaller
+    if fell_back:
+        assert "nodata=0" in str(fell_back[0].message) and "nodata=None" in str(fell_back[0].message)
+    # the same data with nodata=None keep the full bound
+    free = pipeline.encode_chunk(a, model=MODEL, quality=2, max_error=max_error, nodata=None)
+    assert parse(free).header.residual.max_error == max_error
+    assert len(free) < len(data) or stored == max_error
 
 
 @FAST

@@ -130,7 +130,7 @@ def _encode_in_parts(array, layout: PartsLayout, model: Model, quality: int, nod
         raise InvalidInputError(f"Expected at most {MAX_ELEMENTS} elements in a chunk. Got shape {layout.shape} "
                                 "instead: chunk it smaller (e.g. one date of 1024 x 1024 pixels).")
     images = validate(array, model).reshape(layout.images)  # refused as the whole chunk, not as a part
-    parts, missed = [], []
+    parts, missed, seen = [], [], set()
     for sb, sy, sx in layout.slices():
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PsnrTargetWarning)
@@ -139,7 +139,8 @@ def _encode_in_parts(array, layout: PartsLayout, model: Model, quality: int, nod
         for w in caught:
             if issubclass(w.category, PsnrTargetWarning):
                 missed.append(w)
-            else:
+            elif (w.category, str(w.message)) not in seen:  # once a chunk, not once a part
+                seen.add((w.category, str(w.message)))
                 warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     if missed:
         warnings.warn(f"Expected a quality level reaching {psnr} dB on every part of this chunk in parts. Got "

@@ -16,20 +16,21 @@ tiles) where that is smaller, as it can be when nearly every residual rounds to 
 
 Nodata elements keep the package's lossless mask; other elements never decode to nodata. (For float32, -0.0
 equals a nodata of 0 and so reads back as 0.0; with ``nodata=None`` lossless float32 is bit-exact throughout.) Should that rule move
-an element past the bound (only possible with a nodata value inside the data's range), the chunk is coded
-exactly instead.
+an element past the bound (only possible with a nodata value inside the data's range), the chunk is coded with
+the largest smaller integer bound where it moves none, or exactly (with a :class:`~tec_zarr.errors.MaxErrorFallbackWarning`).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import numpy as np
 
 from ..bitstream.chunk import MAX_FLOAT_BOUND, MAX_INTEGER_BOUND, ChunkHeader, ResidualSection
 from ..bitstream.payload import tile_parameters
-from ..errors import CorruptChunkError, InvalidInputError
+from ..errors import CorruptChunkError, InvalidInputError, MaxErrorFallbackWarning
 from ..parsing import is_real
 from ..replication import Blocks, from_header, from_native, native_layout, native_valid, project, to_native
 from . import hierarchical, tiled
@@ -111,11 +112,19 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
     base = base_values(model, symbols, quality, images.shape[-2:], dtype, scale, blocks, offset)
     mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT if bound > 0 else MODE_FLOAT_EXACT
     q = quantize(images, base, mode, bound)
-    decoded = avoid_nodata(reconstruct(base, q, mode, bound, dtype), nodata)
+    raw = reconstruct(base, q, mode, bound, dtype)
+    decoded = avoid_nodata(raw, nodata)
     err = np.abs(decoded.astype(np.float64) - images.astype(np.float64))
     # float32 rounding or the nodata rule broke the bound (NaN fails it too): code exactly instead
     if not (err[valid] <= bound).all():
-        bound = 0.0
+        nodata_alone = mode == MODE_INTEGER and decoded is not raw and _within(raw, images, valid, bound)
+        bound = _bound_clear_of_nodata(images, valid, base, bound, nodata) if nodata_alone else 0.0
+        if nodata_alone and bound == 0:
+            warnings.warn(
+                f"Expected every element within max_error={max_error} of its value. Got data on both sides of "
+                f"nodata={nodata} instead, where every bound would put valid elements onto the nodata value: "
+                "coded this chunk losslessly (larger). Choose a nodata outside the data's values (e.g. the "
+                "dtype's minimum) or nodata=None.", MaxErrorFallbackWarning, stacklevel=2)
         mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT_EXACT
         q = quantize(images, base, mode, bound)
     q = np.where(valid, q, 0)
@@ -136,6 +145,23 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
     tiles = tiled.choose_parameters(q, valid)
     v1 = ResidualSection(bound, mode, tiled.TILE, tiles.tobytes(), tiled.encode(q, valid, tiles))
     return v2 if size <= len(v1.params) + len(v1.payload) else v1
+
+
+def _bound_clear_of_nodata(images, valid, base, bound: float, nodata) -> float:
+    """The largest integer bound below ``bound`` at which the nodata rule (one step away) moves no valid element
+    past it, 0.0 where none does. Only elements within ``bound`` of nodata can land on it, so only those are tried."""
+    near = valid & (np.abs(images.astype(np.float64) - float(nodata)) <= bound)
+    x, b = images[near], base[near]
+    for smaller in range(int(bound) - 1, 0, -1):
+        decoded = avoid_nodata(reconstruct(b, quantize(x, b, MODE_INTEGER, smaller), MODE_INTEGER, smaller,
+                                           images.dtype), nodata)
+        if _within(decoded, x, np.ones(x.shape, bool), smaller):
+            return float(smaller)
+    return 0.0
+
+
+def _within(decoded: np.ndarray, images: np.ndarray, valid: np.ndarray, bound: float) -> bool:
+    return bool((np.abs(decoded.astype(np.float64) - images.astype(np.float64))[valid] <= bound).all())
 
 
 def residual_anchor(base: np.ndarray, mode: int, bound: float) -> tuple[np.ndarray | None, int]:
