@@ -335,6 +335,8 @@ class TECRasterBand final : public GDALPamRasterBand
     int m_level;
     bool m_hasNoData;
     double m_noData;
+    double m_scale = 1.0;  // value = stored x scale + offset, as the file states (its source's radiometry)
+    double m_offset = 0.0;
 
   public:
     TECRasterBand(TECDataset *ds, int band, GDALDataType type, int tile, bool hasNoData, double noData)
@@ -372,6 +374,26 @@ class TECRasterBand final : public GDALPamRasterBand
         if (pbSuccess)
             *pbSuccess = m_hasNoData;
         return m_hasNoData ? m_noData : 0.0;
+    }
+
+    void SetRadiometry(double scale, double offset)  // not SetScale/SetOffset: those are PAM changes (.aux.xml)
+    {
+        m_scale = scale;
+        m_offset = offset;
+    }
+
+    double GetScale(int *pbSuccess) override
+    {
+        if (pbSuccess)
+            *pbSuccess = TRUE;
+        return m_scale;
+    }
+
+    double GetOffset(int *pbSuccess) override
+    {
+        if (pbSuccess)
+            *pbSuccess = TRUE;
+        return m_offset;
     }
 
     // The file's own levels; a file written without them gets GDAL's external ones (gdaladdo -ro: scene.tec.ovr).
@@ -441,6 +463,10 @@ GDALDataset *TECDataset::Open(GDALOpenInfo *poOpenInfo)
     const bool hasNoData = root["nodata"].GetType() == CPLJSONObject::Type::String;
     const double noData = hasNoData ? CPLAtof(noDataText.c_str()) : 0.0;
     const CPLJSONArray names = root.GetArray("band_names");
+    const CPLJSONArray scales = root.GetArray("scales");  // absent from an older tec_zarr: scale 1, offset 0
+    const CPLJSONArray offsets = root.GetArray("offsets");
+    const bool hasRadiometry =
+        scales.IsValid() && offsets.IsValid() && scales.Size() == bands && offsets.Size() == bands;
     const CPLJSONArray gt = root.GetArray("geotransform");
     const CPLJSONArray levels = root.GetArray("levels");
     const std::string wkt = root.GetString("crs_wkt");
@@ -489,6 +515,8 @@ GDALDataset *TECDataset::Open(GDALOpenInfo *poOpenInfo)
         {
             auto *band = new TECRasterBand(target, b, type, tile, hasNoData, noData);
             band->GDALRasterBand::SetDescription(names[b - 1].ToString().c_str());  // not a PAM change
+            if (hasRadiometry)
+                band->SetRadiometry(scales[b - 1].ToDouble(1.0), offsets[b - 1].ToDouble(0.0));
             target->SetBand(b, band);
         }
         target->GDALDataset::SetMetadataItem("INTERLEAVE", "PIXEL", "IMAGE_STRUCTURE");

@@ -285,8 +285,11 @@ def test_cli_takes_the_offset_a_geotiff_states(tmp_path, shifted):
         assert cli.main(["compress", str(src), str(tmp_path / out), "--quiet"]) == 0
     meta = json.loads((tmp_path / "s.zarr" / "reflectance" / "zarr.json").read_text())
     assert meta["codecs"][0]["configuration"]["dn_offset"] == OFFSET
-    back = xr.open_zarr(tmp_path / "s.zarr")["reflectance"].values  # the DN as stored, as before
+    back = xr.open_zarr(tmp_path / "s.zarr", mask_and_scale=False)["reflectance"].values  # the DN as stored
     assert back.dtype == np.uint16 and metrics.psnr(shifted, back, offset=OFFSET) > 40
+    # and the bands' scale and offset as CF attributes: xarray reads reflectance, as rioxarray reads the GeoTIFF
+    refl = xr.open_zarr(tmp_path / "s.zarr")["reflectance"].values
+    np.testing.assert_allclose(refl, np.where(back == 0, np.nan, back * 1e-4 - 0.1), rtol=0, atol=1e-12)
     from tec_zarr import tecfile
 
     with tecfile.open(tmp_path / "s.tec") as f:

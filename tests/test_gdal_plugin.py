@@ -125,6 +125,20 @@ def test_gdalinfo_names_the_tec_driver(plugin_env, scene):
     assert "Overviews: 75x100, 38x50" in text and "Files: scene.tec\n" in text  # no sidecar
 
 
+def test_gdalinfo_shows_the_band_scale_and_offset(plugin_env, original, scene, tmp_path):
+    """value = stored x scale + offset, as the source stated (Sentinel-2 from baseline 04.00: 0.0001, -0.1)."""
+    from tec_zarr.radiometry import parse_radiometry
+
+    tecfile.write(tmp_path / "s.tec", original[:, :64, :64], crs_wkt=None, geotransform=None, tile=64,
+                  radiometry=parse_radiometry([1e-4] * 12, [-0.1] * 12, 12))
+    out = run("gdalinfo", "s.tec", env=plugin_env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("Offset: -0.1,   Scale:0.0001") == 12, out.stdout
+    assert not (tmp_path / "s.tec.aux.xml").exists()  # reported, not a PAM change
+    plain = run("gdalinfo", scene[0].name, env=plugin_env, cwd=scene[0].parent)
+    assert plain.returncode == 0 and "Band 12 " in plain.stdout and "Scale:" not in plain.stdout
+
+
 def test_gdal_translate_equals_tec_decompress(plugin_env, scene, tmp_path):
     path, _ = scene
     for level in (0, 1):

@@ -23,7 +23,9 @@ Layout (all integers little-endian)::
 Metadata keys: "shape" [bands, H, W]; "dtype" "uint16" | "int16" | "float32"; "band_names" one string per band;
 "crs_wkt" WKT or null; "geotransform" 6 numbers in GDAL order or null; "nodata" a number or null; "tile" T;
 "codec" the JSON config of :class:`tec_zarr.TEC` (model, model_sha256, quality, nodata, float_scale: the decode
-contract); "overviews" the levels k >= 1, strictly increasing; "uuid" a uuid4 naming this file's content.
+contract); "overviews" the levels k >= 1, strictly increasing; "uuid" a uuid4 naming this file's content;
+optional "scales" and "offsets", one number per band (value = stored x scale + offset, GDAL's band scale and
+offset), written only where a band has other than 1 and 0 (readers that predate them ignore them).
 
 Overview level k is the image downsampled by 2**k, ceil(H / 2**k) x ceil(W / 2**k) pixels, each the mean of the
 valid (non-nodata) pixels of its 2**k x 2**k block (rounded for integer dtypes), or nodata where the block has
@@ -55,6 +57,7 @@ from ..errors import (
     TruncatedTecFileError,
 )
 from ..parsing import parse_nodata
+from ..radiometry import Radiometry, parse_radiometry
 from .chunk import CODEC_ID, check_config_keys
 
 MAGIC = b"TECF"
@@ -127,9 +130,11 @@ class TecMetadata:
     codec: dict
     overviews: tuple[int, ...]
     uuid: str
+    radiometry: Radiometry | None = None  # (scales, offsets) per band; None: stored values are the values
 
     @classmethod
-    def create(cls, *, shape, dtype, band_names, crs_wkt, geotransform, nodata, tile, codec, overviews, uuid=None):
+    def create(cls, *, shape, dtype, band_names, crs_wkt, geotransform, nodata, tile, codec, overviews, uuid=None,
+               scales=None, offsets=None):
         """Validated metadata; raises :class:`InvalidInputError`."""
         shape = parse_shape(shape)
         dtype = str(np.dtype(dtype).newbyteorder("=").name)
@@ -163,18 +168,30 @@ class TecMetadata:
             codec=dict(codec),
             overviews=parse_overviews(overviews),
             uuid=uuid,
+            radiometry=parse_radiometry(scales, offsets, shape[0]),
         )
         if meta.tile_count > MAX_TILES:
             raise InvalidInputError(f"Expected at most {MAX_TILES} tiles. Got {meta.tile_count} instead (use a larger tile).")
         return meta
 
     def to_json(self) -> bytes:
-        return json.dumps({
+        meta = {
             "shape": list(self.shape), "dtype": self.dtype, "band_names": list(self.band_names),
             "crs_wkt": self.crs_wkt, "geotransform": None if self.geotransform is None else list(self.geotransform),
             "nodata": self.nodata, "tile": self.tile, "codec": self.codec, "overviews": list(self.overviews),
             "uuid": self.uuid,
-        }, sort_keys=True).encode()
+        }
+        if self.radiometry is not None:  # absent otherwise: files without it keep the bytes they always had
+            meta["scales"], meta["offsets"] = (list(v) for v in self.radiometry)
+        return json.dumps(meta, sort_keys=True).encode()
+
+    @property
+    def scales(self) -> tuple[float, ...]:
+        return self.radiometry[0] if self.radiometry else (1.0,) * self.bands
+
+    @property
+    def offsets(self) -> tuple[float, ...]:
+        return self.radiometry[1] if self.radiometry else (0.0,) * self.bands
 
     @classmethod
     def from_json(cls, data: bytes) -> TecMetadata:
@@ -182,10 +199,11 @@ class TecMetadata:
             d = json.loads(data.decode())
             return cls.create(**{key: d[key] for key in (
                 "shape", "dtype", "band_names", "crs_wkt", "geotransform", "nodata", "tile", "codec", "overviews", "uuid"
-            )})
+            )}, scales=d.get("scales"), offsets=d.get("offsets"))
         except InvalidInputError as e:  # already says what it expected and got
             raise TecFormatError(f"Invalid .tec metadata: {e}") from None
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError,
+                RecursionError) as e:
             raise TecFormatError(f"Expected valid .tec metadata JSON. Got {type(e).__name__}: {e} instead.") from None
 
     @property

@@ -216,6 +216,8 @@ def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
             attrs["nodata"] = nodata
     check_nodata(nodata if nodata is not None else kwargs["nodata"], ds[var].dtype,
                  "--nodata" if nodata is not None else "the input's nodata")
+    if ("scale_factor" in attrs or "add_offset" in attrs) and attrs.get("nodata") is not None:
+        attrs["missing_value"] = attrs["nodata"]  # CF-packed: xarray reads nodata as NaN, not as a value
     ds[var].attrs = attrs
     dims = ds[var].dims
     chunks = {d: chunk for d in dims[-2:]}

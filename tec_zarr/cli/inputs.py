@@ -208,14 +208,16 @@ def in_model_order(ds, variable: str, path: str):
 def read_geotiff(path: Path, name: str, chunk: int):
     """A 12-band GeoTIFF as a Dataset with CF georeferencing, bands in the model's order; a dask array reading
     (12, chunk, chunk) windows where dask is installed, else the whole raster. The variable's ``nodata``
-    attribute is the file's NoData, absent where the file declares none."""
+    attribute is the file's NoData, absent where the file declares none; its bands' scale and offset are CF
+    ``scale_factor`` / ``add_offset`` (``band_scales`` / ``band_offsets`` where they differ between bands)."""
     import numpy as np
     import rasterio
     import xarray as xr
 
     from ..bands import S2_L2A_BANDS, band_order
     from ..errors import InvalidInputError
-    from ..gdal.convert import GRID_MAPPING, grid_mapping_attrs
+    from ..gdal.convert import GRID_MAPPING, band_radiometry, grid_mapping_attrs
+    from ..radiometry import to_attrs
 
     with rasterio.open(path) as src:
         t = src.transform
@@ -233,6 +235,7 @@ def read_geotiff(path: Path, name: str, chunk: int):
         y = t.f + t.e * (np.arange(src.height) + 0.5)
         wkt = src.crs.to_wkt() if src.crs else ""
         nodata = src.nodata
+        radiometry = band_radiometry(src, indexes)
         try:
             import dask.array as da
         except ImportError:
@@ -241,9 +244,12 @@ def read_geotiff(path: Path, name: str, chunk: int):
             data = da.from_array(_GeoTiffWindows(str(path), indexes, shape, dtype), chunks=(shape[0], chunk, chunk),
                                  lock=False, asarray=True, meta=np.empty((0, 0, 0), dtype), name=False)
     # CF georeferencing: a grid-mapping variable that rioxarray (.rio.crs) and odc-geo read.
+    # The bands' scale and offset (Sentinel-2 from baseline 04.00: 0.0001 and -0.1) as CF attributes: xarray and
+    # rioxarray then read reflectance from the store as they did from the GeoTIFF.
     var_attrs = {"grid_mapping": GRID_MAPPING}
     if nodata is not None:
         var_attrs["nodata"] = int(nodata) if float(nodata).is_integer() else float(nodata)
+    var_attrs.update(to_attrs(radiometry, var_attrs.get("nodata")))
     # An identity transform is GDAL's "no georeferencing" (as geotiff_to_tec, none is stored then).
     geotransform = None if t.is_identity else list(t.to_gdal())
     spatial_ref = xr.DataArray(np.int64(0), attrs=grid_mapping_attrs(wkt or None, geotransform))

@@ -21,6 +21,7 @@ from ..codec.config import CODEC_NAME, FILL_VALUE
 from ..dn_offset import bands_dn_offset
 from ..errors import InvalidInputError, TecFileError
 from ..parsing import nodata_allowed, parse_nodata
+from ..radiometry import Radiometry, from_attrs, parse_radiometry, to_attrs
 from ..pipeline.decode import read_header
 from . import raster
 
@@ -60,7 +61,14 @@ def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=()
                                  dtype=ds.dtypes[indexes[0] - 1], crs_wkt=crs, geotransform=geotransform,
                                  band_names=names, nodata=nodata, tile=tile, quality=quality, model=model,
                                  overviews=overviews, max_error=max_error, psnr=psnr, progress=progress,
-                                 float_scale=float_scale, dn_offset=dn_offset)
+                                 float_scale=float_scale, dn_offset=dn_offset,
+                                 radiometry=band_radiometry(ds, indexes))
+
+
+def band_radiometry(src, indexes) -> Radiometry | None:
+    """The scales and offsets the bands ``indexes`` (1-based) of an open rasterio dataset state, in that order."""
+    return parse_radiometry([src.scales[i - 1] for i in indexes], [src.offsets[i - 1] for i in indexes],
+                            len(indexes))
 
 
 def stated_dn_offset(src, indexes) -> int:
@@ -75,9 +83,10 @@ FROM_INPUT = "input"
 
 
 def write_geotiff(dst, read_rows, *, shape, dtype, rows: int, crs_wkt=None, transform=None, band_names=(),
-                  nodata=None, progress=None) -> None:
+                  nodata=None, progress=None, radiometry: Radiometry | None = None) -> None:
     """A tiled GeoTIFF written a strip of ``rows`` rows at a time (``read_rows(row0, row1)`` -> (bands, n, W)):
-    DEFLATE with the horizontal predictor (floating-point predictor for floats), NoData only when given."""
+    DEFLATE with the horizontal predictor (floating-point predictor for floats), NoData only when given, band
+    scales and offsets where ``radiometry`` states them."""
     import rasterio
 
     bands, height, width = shape
@@ -93,6 +102,8 @@ def write_geotiff(dst, read_rows, *, shape, dtype, rows: int, crs_wkt=None, tran
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(dst, "w", **profile) as out:
+            if radiometry is not None:
+                out.scales, out.offsets = radiometry
             _write_strips(out, read_rows, height, width, rows, band_names, progress)
 
 
@@ -147,7 +158,8 @@ def tec_to_geotiff(src, dst, *, level: int = 0, nodata=FROM_INPUT, progress=None
         write_geotiff(dst, lambda y0, y1: f.read(window=(slice(y0, y1), slice(0, width)), level=level),
                       shape=(m.bands, height, width), dtype=m.dtype, rows=_strip_rows(m.tile), crs_wkt=m.crs_wkt,
                       transform=transform, band_names=m.band_names,
-                      nodata=m.nodata if nodata == FROM_INPUT else nodata, progress=progress)
+                      nodata=m.nodata if nodata == FROM_INPUT else nodata, progress=progress,
+                      radiometry=m.radiometry)
 
 
 def zarr_to_geotiff(store, dst, *, variable: str | None = None, index: int | None = None, nodata=FROM_INPUT,
@@ -180,7 +192,8 @@ def zarr_to_geotiff(store, dst, *, variable: str | None = None, index: int | Non
     write_geotiff(dst, lambda y0, y1: array[(*lead, slice(None), slice(y0, y1))], shape=array.shape[-3:],
                   dtype=array.dtype, rows=_strip_rows(array.chunks[-2]), crs_wkt=crs,
                   transform=None if gt is None else Affine.from_gdal(*gt),
-                  band_names=_band_names(group, array) or (), nodata=nodata, progress=progress)
+                  band_names=_band_names(group, array) or (), nodata=nodata, progress=progress,
+                  radiometry=_radiometry(array))
 
 
 # --- Zarr: raw chunk bytes through the store API ---------------------------------------------------------------
@@ -307,6 +320,14 @@ def _georef(group, array) -> tuple[str | None, tuple[float, ...] | None]:
     return _crs_wkt(crs), None if gt is None else tuple(float(v) for v in gt)
 
 
+def _radiometry(array) -> Radiometry | None:
+    """The scales and offsets a Zarr array's attributes state for its bands (axis -3)."""
+    try:
+        return from_attrs(dict(array.attrs), array.shape[-3])
+    except InvalidInputError as e:
+        raise TecFileError(f"Unreadable scale and offset attributes of {array.basename}: {e}") from None
+
+
 def _band_names(group, array) -> list[str] | None:
     dims = _dims(array)
     if group is None or not dims or len(dims) < 3 or dims[-3] not in group:
@@ -337,9 +358,11 @@ def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> lay
             "(select one date of a time series first)."
         )
     crs, gt = _georef(group, array)
+    radiometry = _radiometry(array)
     meta = layout.TecMetadata.create(
         shape=shape, dtype=array.dtype, band_names=_band_names(group, array), crs_wkt=crs, geotransform=gt,
         nodata=config["nodata"], tile=chunks[1], codec=config, overviews=tuple(overviews),
+        scales=radiometry[0] if radiometry else None, offsets=radiometry[1] if radiometry else None,
     )
     fill = array.metadata.fill_value
     fill = 0 if fill is None else np.asarray(fill).item()
@@ -422,13 +445,14 @@ def tec_to_zarr(src, store, *, zarr_format: int = 3, variable: str = "reflectanc
             from ..codec.zarr3 import TEC
 
             array = group.create_array(**common, serializer=TEC(**codec), compressors=None, dimension_names=DIMS,
-                                       attributes={"nodata": m.nodata, **_grid_mapping_attr(m)})
+                                       attributes={"nodata": m.nodata, **_grid_mapping_attr(m),
+                                                   **to_attrs(m.radiometry, m.nodata)})
         else:
             from ..codec.zarr2 import TEC
 
             array = group.create_array(**common, compressors=TEC(**codec),
                                        attributes={"_ARRAY_DIMENSIONS": list(DIMS), "nodata": m.nodata,
-                                                   **_grid_mapping_attr(m)})
+                                                   **_grid_mapping_attr(m), **to_attrs(m.radiometry, m.nodata)})
         ny, nx = m.grid(0)
         for ty in range(ny):
             for tx in range(nx):
@@ -459,5 +483,14 @@ def describe(path) -> str:
         f"  geotransform {json.dumps(list(m.geotransform)) if m.geotransform else 'none'}",
         f"  crs {crs[:100]}{'...' if len(crs) > 100 else ''}",
     ]
+    if m.radiometry is not None:
+        lines.append(f"  value = stored x scale + offset: {_describe_radiometry(m.radiometry)}")
     return "\n".join(lines)
+
+
+def _describe_radiometry(radiometry: Radiometry) -> str:
+    pairs = list(zip(*radiometry))
+    if len(set(pairs)) == 1:
+        return f"scale {pairs[0][0]:g}, offset {pairs[0][1]:g} (every band)"
+    return ", ".join(f"{s:g} {o:+g}" for s, o in pairs)
 

@@ -18,6 +18,7 @@ from ..bitstream.tecfile import MAGIC, SUFFIX, TecMetadata, TecTiles, write_tile
 from ..codec.config import CodecConfig
 from ..errors import CorruptTileError, InvalidInputError
 from ..parsing import env_limit
+from ..radiometry import Radiometry
 from ..pipeline import MAX_BATCH_IMAGES, decode_chunk, encode_chunks, parse_dtype
 
 # One read allocates its whole window: a file declaring an absurd raster is refused instead (2**31 elements, 4 GiB of
@@ -97,11 +98,13 @@ def write(
     progress: Callable[[int, int], None] | None = None,
     float_scale: float = 10000.0,
     dn_offset: int = 0,
+    radiometry: Radiometry | None = None,
 ) -> TecMetadata:
     """Encode a (bands, H, W) image and its overviews into a ``.tec`` file; returns its metadata.
 
     ``max_error`` / ``psnr`` are :class:`tec_zarr.TEC`'s (error bound or per-tile PSNR target), for every level;
-    ``float_scale`` (float32 x float_scale = DN) and ``dn_offset`` (the DN of reflectance 0) too.
+    ``float_scale`` (float32 x float_scale = DN) and ``dn_offset`` (the DN of reflectance 0) too. ``radiometry``:
+    the bands' (scales, offsets) the file states for readers (value = stored x scale + offset), as the source did.
     ``progress(done, total)`` is called after each tile.
     """
     if not isinstance(array, np.ndarray) or array.ndim != 3:
@@ -109,7 +112,7 @@ def write(
     return write_rows(path, lambda y0, y1: array[:, y0:y1], shape=array.shape, dtype=array.dtype, crs_wkt=crs_wkt,
                       geotransform=geotransform, band_names=band_names, nodata=nodata, tile=tile, quality=quality,
                       model=model, overviews=overviews, max_error=max_error, psnr=psnr, progress=progress,
-                      float_scale=float_scale, dn_offset=dn_offset)
+                      float_scale=float_scale, dn_offset=dn_offset, radiometry=radiometry)
 
 
 def write_rows(
@@ -131,6 +134,7 @@ def write_rows(
     progress: Callable[[int, int], None] | None = None,
     float_scale: float = 10000.0,
     dn_offset: int = 0,
+    radiometry: Radiometry | None = None,
 ) -> TecMetadata:
     """:func:`write` for an image read a strip of whole rows at a time: ``read_rows(row0, row1)`` returns the
     (bands, row1 - row0, W) rows of a (bands, H, W) ``shape`` image. The same bytes as :func:`write`; memory holds
@@ -142,6 +146,7 @@ def write_rows(
     meta = TecMetadata.create(
         shape=tuple(shape), dtype=dtype, band_names=band_names, crs_wkt=crs_wkt, geotransform=geotransform,
         nodata=config.nodata, tile=tile, codec=config.to_json(), overviews=tuple(overviews),
+        scales=radiometry[0] if radiometry else None, offsets=radiometry[1] if radiometry else None,
     )
 
     def read(y0: int, y1: int) -> np.ndarray:

@@ -53,6 +53,9 @@ def _dataset(path: str, m: tecfile.TecMetadata, level: int, bands) -> ET.Element
         ET.SubElement(b, "Description").text = m.band_names[band - 1]
         if m.nodata is not None:
             ET.SubElement(b, "NoDataValue").text = repr(m.nodata)
+        if m.radiometry is not None:  # value = stored x scale + offset, as the source stated
+            ET.SubElement(b, "Offset").text = repr(m.offsets[band - 1])
+            ET.SubElement(b, "Scale").text = repr(m.scales[band - 1])
         ET.SubElement(b, "PixelFunctionLanguage").text = "Python"
         ET.SubElement(b, "PixelFunctionType").text = PIXEL_FUNCTION
         ET.SubElement(b, "PixelFunctionArguments", path=path, uuid=m.uuid, band=str(band), level=str(level))
