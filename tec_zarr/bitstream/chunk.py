@@ -41,7 +41,11 @@ Layout (all integers little-endian)::
                           Sentinel-2's SATURATED DN 65535 (saturated_value), stored exactly and coded as missing data.
                           Tag 3, runs summed (u8 1; thinned chunks of hyperprior-family models only): the payload's z
                           is the first level's, and each thinned symbol is coded with the probability the first
-                          level's model gives its run of first-level symbols (tec_zarr.entropy.runsum)
+                          level's model gives its run of first-level symbols (tec_zarr.entropy.runsum).
+                          Tag 4, lattice residual (u8 1; residual sections with max_error > 0 only): the residual's
+                          base is rounded to the lattice of multiples of the step before the steps are added, so
+                          the decoded values lie on that lattice whatever the base, and coding decoded values again
+                          (zarr's read-modify-write of a partial chunk) decodes to the same values
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
@@ -61,7 +65,7 @@ from __future__ import annotations
 import math
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -109,7 +113,8 @@ KNOWN_FLAGS = (FLAG_NODATA | FLAG_MASK | FLAG_RESIDUAL | FLAG_NAN | FLAG_BLOCKS 
 EXTENSION_DN_OFFSET = 1  # value: i32
 EXTENSION_SATURATED = 2  # value: a packed mask (pack_mask)
 EXTENSION_RUNS_SUMMED = 3  # value: u8 1
-EXTENSION_TAGS = (EXTENSION_DN_OFFSET, EXTENSION_SATURATED, EXTENSION_RUNS_SUMMED)
+EXTENSION_LATTICE = 4  # value: u8 1
+EXTENSION_TAGS = (EXTENSION_DN_OFFSET, EXTENSION_SATURATED, EXTENSION_RUNS_SUMMED, EXTENSION_LATTICE)
 # Sentinel-2's SATURATED special value in DN (NODATA is 0): elements holding it are stored exactly, as a mask.
 SATURATED_VALUE = 65535
 # The DN offsets a chunk may declare: whatever shifts 16-bit DN into the models' range.
@@ -133,6 +138,7 @@ class ResidualSection:
     params: bytes = field(repr=False)
     payload: bytes = field(repr=False)
     coder: int = 1
+    lattice: bool = False  # extension tag 4: decoded values on the lattice of multiples of the step
 
 
 @dataclass(frozen=True)
@@ -321,8 +327,10 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
     _check_crc(view)
     if r.pos != len(r.buf):
         raise CorruptChunkError(f"Expected the TEC chunk to end after {r.pos} bytes. Got {len(r.buf)} instead.")
-    _check_header(dtype_code, shape, (m, lh, lw), flags, nodata, float_scale, residual, version)
     extensions = _check_extensions(extensions)
+    if EXTENSION_LATTICE in extensions:
+        residual = _lattice(extensions[EXTENSION_LATTICE], residual)
+    _check_header(dtype_code, shape, (m, lh, lw), flags, nodata, float_scale, residual, version)
     _check_blocks(blocks)
     if thinned_from is not None:
         _check_thinned(thinned_from, quality, residual)
@@ -430,6 +438,10 @@ def _pack_extensions(header: ChunkHeader) -> bytes:
         if header.thinned_from is None:
             raise ValueError("Expected runs summed in thinned chunks only. Got a chunk coded at its own quality.")
         values[EXTENSION_RUNS_SUMMED] = b"\x01"
+    if header.residual is not None and header.residual.lattice:
+        if not header.residual.max_error > 0:
+            raise ValueError("Expected a lattice residual with max_error > 0 only. Got a lossless one.")
+        values[EXTENSION_LATTICE] = b"\x01"
     if not values:
         return b""
     return bytes([len(values)]) + b"".join(struct.pack("<BI", tag, len(v)) + v for tag, v in sorted(values.items()))
@@ -478,6 +490,13 @@ def _runs_summed(value: bytes | None, thinned_from) -> bool:
                                 f"{value.hex() or 'nothing'} in a chunk {'not ' if thinned_from is None else ''}thinned "
                                 "instead.")
     return True
+
+
+def _lattice(value: bytes, residual: ResidualSection | None) -> ResidualSection:
+    if value != b"\x01" or residual is None or not residual.max_error > 0:
+        raise CorruptChunkError(f"Expected the lattice extension as the byte 01 of a chunk with a residual bound above "
+                                f"0. Got {value.hex() or 'nothing'} with {residual} instead.")
+    return replace(residual, lattice=True)
 
 
 def _check_blocks(blocks) -> None:

@@ -16,8 +16,10 @@ tiles) where that is smaller, as it can be when nearly every residual rounds to 
 
 Nodata elements keep the package's lossless mask; other elements never decode to nodata. (For float32, -0.0
 equals a nodata of 0 and so reads back as 0.0; with ``nodata=None`` lossless float32 is bit-exact throughout.) Should that rule move
-an element past the bound (only possible with a nodata value inside the data's range), the chunk is coded with
-the largest smaller integer bound where it moves none, or exactly (with a :class:`~tec_zarr.errors.MaxErrorFallbackWarning`).
+an element past the bound, the chunk is coded exactly instead (with a
+:class:`~tec_zarr.errors.MaxErrorFallbackWarning`). Chunks with max_error > 0 written since chunk extension tag 4
+round the base to a lattice of multiples of the step, shifted to put nodata between two points
+(:func:`on_lattice`): decoded values then never land on nodata, and coding decoded values again gives them back.
 """
 
 from __future__ import annotations
@@ -82,6 +84,24 @@ def _unkey(k: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
+def on_lattice(base: np.ndarray, mode: int, bound: float, nodata: float | None) -> np.ndarray:
+    """The base rounded to the nearest point of the lattice of multiples of the residual step (chunk extension tag
+    4), so that decoded values, base + steps, lie on that lattice whatever the base: coding them again (zarr
+    re-encodes a partial chunk it appends to) finds the same lattice points, and the bound holds against the first
+    values, not only the last. The lattice is shifted to put nodata between two points, so that no valid
+    element decodes onto nodata. Lossless chunks (bound 0) keep their base."""
+    if not bound > 0:
+        return base
+    shifted = nodata is not None and math.isfinite(nodata)
+    if mode == MODE_INTEGER:
+        step, e = 2 * int(bound) + 1, int(bound)
+        c = (int(nodata) + e + 1) % step if shifted else 0
+        return (base - c + e) // step * step + c
+    step = 2.0 * bound * FLOAT_STEP_MARGIN  # float64 lattice points: decoded values round to float32 once
+    c = float(nodata) + step / 2 if shifted else 0.0
+    return np.floor((base.astype(np.float64) - c) / step + 0.5) * step + c
+
+
 def quantize(x: np.ndarray, base: np.ndarray, mode: int, bound: float) -> np.ndarray:
     if mode == MODE_INTEGER:
         r = x.astype(np.int64) - base
@@ -109,23 +129,24 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
     blocks (``blocks``, as detected over ``valid``) have their residual coded on the native grid."""
     dtype = images.dtype
     bound = parse_bound(max_error, dtype)
-    base = base_values(model, symbols, quality, images.shape[-2:], dtype, scale, blocks, offset)
+    unrounded = base_values(model, symbols, quality, images.shape[-2:], dtype, scale, blocks, offset)
     mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT if bound > 0 else MODE_FLOAT_EXACT
+    base = on_lattice(unrounded, mode, bound, nodata)
     q = quantize(images, base, mode, bound)
     raw = reconstruct(base, q, mode, bound, dtype)
     decoded = avoid_nodata(raw, nodata)
     err = np.abs(decoded.astype(np.float64) - images.astype(np.float64))
     # float32 rounding or the nodata rule broke the bound (NaN fails it too): code exactly instead
     if not (err[valid] <= bound).all():
-        nodata_alone = mode == MODE_INTEGER and decoded is not raw and _within(raw, images, valid, bound)
-        bound = _bound_clear_of_nodata(images, valid, base, bound, nodata) if nodata_alone else 0.0
-        if nodata_alone and bound == 0:
+        if bound > 0 and decoded is not raw and _within(raw, images, valid, bound):  # the nodata rule alone
+            # (the lattice keeps decoded values off nodata: a safety net, never silent)
             warnings.warn(
-                f"Expected every element within max_error={max_error} of its value. Got data on both sides of "
-                f"nodata={nodata} instead, where every bound would put valid elements onto the nodata value: "
-                "coded this chunk losslessly (larger). Choose a nodata outside the data's values (e.g. the "
-                "dtype's minimum) or nodata=None.", MaxErrorFallbackWarning, stacklevel=2)
+                f"Expected every element within max_error={max_error} of its value. Got valid elements the "
+                f"bound would put onto nodata={nodata} instead: coded this chunk losslessly (larger). Choose a "
+                "nodata outside the data's values or nodata=None.", MaxErrorFallbackWarning, stacklevel=2)
+        bound = 0.0
         mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT_EXACT
+        base = on_lattice(unrounded, mode, bound, nodata)
         q = quantize(images, base, mode, bound)
     q = np.where(valid, q, 0)
     anchor, step = residual_anchor(base, mode, bound)
@@ -135,29 +156,17 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
             raise RuntimeError("internal error: residual steps not constant over blocks; please report it")
         q, valid = coded, coded_valid
         anchor = None if anchor is None else native_layout(anchor, blocks)
+    lattice = bound > 0
     params, payload = hierarchical.encode(q, valid, anchor, step)
-    v2 = ResidualSection(bound, mode, hierarchical.STRIDE, params, payload, coder=hierarchical.CODER)
+    v2 = ResidualSection(bound, mode, hierarchical.STRIDE, params, payload, coder=hierarchical.CODER, lattice=lattice)
     # Coder 1's memoryless tiles can win where nearly every residual rounds to 0 (large bounds) or on small chunks:
     # tried there only (coder 2 below a quarter bit per element, or under 64 x 64 per band), keeping the smaller.
     size = len(v2.params) + len(v2.payload) + 1
     if 32 * size > max(int(valid.sum()), 1) and images.shape[-1] * images.shape[-2] >= CODER1_MIN_AREA:
         return v2
     tiles = tiled.choose_parameters(q, valid)
-    v1 = ResidualSection(bound, mode, tiled.TILE, tiles.tobytes(), tiled.encode(q, valid, tiles))
+    v1 = ResidualSection(bound, mode, tiled.TILE, tiles.tobytes(), tiled.encode(q, valid, tiles), lattice=lattice)
     return v2 if size <= len(v1.params) + len(v1.payload) else v1
-
-
-def _bound_clear_of_nodata(images, valid, base, bound: float, nodata) -> float:
-    """The largest integer bound below ``bound`` at which the nodata rule (one step away) moves no valid element
-    past it, 0.0 where none does. Only elements within ``bound`` of nodata can land on it, so only those are tried."""
-    near = valid & (np.abs(images.astype(np.float64) - float(nodata)) <= bound)
-    x, b = images[near], base[near]
-    for smaller in range(int(bound) - 1, 0, -1):
-        decoded = avoid_nodata(reconstruct(b, quantize(x, b, MODE_INTEGER, smaller), MODE_INTEGER, smaller,
-                                           images.dtype), nodata)
-        if _within(decoded, x, np.ones(x.shape, bool), smaller):
-            return float(smaller)
-    return 0.0
 
 
 def _within(decoded: np.ndarray, images: np.ndarray, valid: np.ndarray, bound: float) -> bool:
@@ -209,6 +218,8 @@ def coded_layout(header: ChunkHeader, symbols, model, valid) -> tuple[np.ndarray
     blocks = from_header(header.blocks)
     base = base_values(model, symbols, header.quality, header.shape[-2:], np.dtype(header.dtype),
                        header.float_scale, blocks, header.dn_offset)
+    if res.lattice:
+        base = on_lattice(base, res.mode, res.max_error, header.nodata)
     anchor, step = residual_anchor(base, res.mode, res.max_error)
     if blocks is not None:
         anchor = None if anchor is None else native_layout(anchor, blocks)
