@@ -21,6 +21,20 @@ def plain_number(value):
     return value
 
 
+def declared_nodata(attrs, encoding=None):
+    """The missing value a variable or array declares: its ``nodata`` attribute (rioxarray's and tec's), else CF's
+    ``_FillValue`` (attribute, or xarray's encoding of a variable it masked), else ``missing_value``; a Python
+    number (NaN included), None where it declares none."""
+    for source, key in ((attrs, "nodata"), (attrs, "_FillValue"), (encoding or {}, "_FillValue"),
+                        (attrs, "missing_value")):
+        value = plain_number(source.get(key))
+        if hasattr(value, "shape") and getattr(value, "size", 0) == 1:  # a one-element array, as netCDF gives it
+            value = plain_number(value.reshape(-1)[0])
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+    return None
+
+
 def is_real(value) -> bool:
     """An int or float (never a bool) that is finite as a float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -133,6 +133,39 @@ def test_big_endian_data_reads_back_right(dataset, tmp_path, zarr_format):
             arr[:] = big["reflectance"].values
 
 
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("where", ["attrs", "encoding", "nodata", "missing_value"])
+def test_a_declared_missing_value_is_the_nodata(dataset, tmp_path, zarr_format, where):
+    """int16 with _FillValue -9999 (as rioxarray declares a GeoTIFF's NoData, or xarray a masked variable's): the
+    missing elements are stored exactly and read back as the fill value, which xarray masks to NaN. Before, the
+    helper kept nodata 0 and coded them as data: lossy values near -9999 that no reader masked."""
+    small = dataset.isel(time=0, x=slice(0, 48), y=slice(0, 40))
+    x = small["reflectance"].values.astype(np.int16)
+    x[:, 10:20, 10:30] = -9999
+    var = xr.Variable(("band", "y", "x"), x)
+    key = {"attrs": "_FillValue", "encoding": "_FillValue", "nodata": "nodata", "missing_value": "missing_value"}
+    if where == "encoding":
+        var.encoding["_FillValue"] = np.int16(-9999)
+    else:
+        var.attrs[key[where]] = np.int16(-9999)
+    ds = xr.Dataset({"refl": var})
+    enc = zarr_encoding(ds, zarr_format=zarr_format)
+    codec = enc["refl"]["serializer" if zarr_format == 3 else "compressors"]
+    assert codec.nodata == -9999
+    store = tmp_path / f"fill{zarr_format}.zarr"
+    ds.to_zarr(store, zarr_format=zarr_format, encoding=enc)
+    raw = xr.open_zarr(store, mask_and_scale=False)["refl"].values
+    np.testing.assert_array_equal(raw == -9999, x == -9999)
+    if where != "nodata":  # CF readers mask it
+        np.testing.assert_array_equal(np.isnan(xr.open_zarr(store)["refl"].values), x == -9999)
+    # an explicit nodata= wins; a declared value the dtype cannot hold is refused, not coded as data
+    assert zarr_encoding(ds, zarr_format=zarr_format, nodata=0)["refl"][
+        "serializer" if zarr_format == 3 else "compressors"].nodata == 0
+    bad = xr.Dataset({"refl": xr.Variable(("band", "y", "x"), x, {"nodata": 1.5})})
+    with pytest.raises(InvalidInputError, match="missing value of variable 'refl'"):
+        zarr_encoding(bad, zarr_format=zarr_format)
+
+
 def test_encoding_helper_checks_its_chunks(dataset):
     """-1 (and None) is the whole axis, as in dask and xarray; anything else that is not a positive integer along a
     dim of the dataset is refused before anything is written (zarr would fail late, or write chunks of 2.5 as 2)."""

@@ -9,6 +9,7 @@ import numpy as np
 from ..bands import band_name, band_order
 from ..dn_offset import stated_dn_offset
 from ..errors import InvalidInputError, TecZarrError
+from ..parsing import declared_nodata, nodata_allowed
 from .config import CodecConfig, parse_model
 
 
@@ -36,7 +37,9 @@ def zarr_encoding(
     alone).
 
     Without a ``dn_offset`` argument, each variable gets the offset its metadata states
-    (:func:`tec_zarr.dn_offset.stated_dn_offset`: Sentinel-2 baseline 04.00 and later, 1000), else 0.
+    (:func:`tec_zarr.dn_offset.stated_dn_offset`: Sentinel-2 baseline 04.00 and later, 1000), else 0. Without a
+    ``nodata`` argument, each variable's declared missing value (``nodata``, ``_FillValue``, ``missing_value``) is
+    its nodata, stored exactly, else 0.
     """
     card = parse_model(codec_kwargs.get("model"))
     nbands = len(card.bands)
@@ -82,6 +85,8 @@ def zarr_encoding(
         kwargs = dict(codec_kwargs)
         if "dn_offset" not in kwargs:
             kwargs["dn_offset"] = stated_dn_offset(var, params["float_scale"]) or 0
+        if "nodata" not in kwargs:
+            kwargs["nodata"] = variable_nodata(name, var)
         if zarr_format == 2:
             from .zarr2 import TEC
 
@@ -92,6 +97,8 @@ def zarr_encoding(
             from .zarr3 import TEC
 
             enc = {"serializer": TEC(**kwargs), "compressors": None, "filters": None}
+        if var.encoding.get("_FillValue") is not None and "_FillValue" not in var.attrs:
+            enc["_FillValue"] = var.encoding["_FillValue"]  # this encoding replaces the variable's: keep its fill
         dask_chunks = dict(zip(var.dims, var.chunks)) if var.chunks is not None else None
         enc["chunks"] = tuple(
             nbands if i == var.ndim - 3 else _chunk(name, dim, size, (chunks or {}).get(dim), dask_chunks,
@@ -111,6 +118,22 @@ def zarr_encoding(
             enc["shards"] = shard_shape(name, var, enc["chunks"], shards, dask_chunks, chunks)
         encoding[name] = enc
     return encoding
+
+
+def variable_nodata(name: str, var):
+    """The codec's nodata for a variable: the missing value it declares (:func:`~tec_zarr.parsing.declared_nodata`),
+    stored exactly, else the codec's default 0. A declared NaN needs none (float NaN is stored as missing anyway)."""
+    declared = declared_nodata(var.attrs, var.encoding)
+    if declared is None:
+        return 0
+    if declared != declared:
+        return None
+    allowed = nodata_allowed(declared, var.dtype)
+    if allowed is not None:
+        raise InvalidInputError(f"Expected the missing value of variable {name!r} to be {allowed} for its dtype "
+                                f"{var.dtype}. Got {declared} instead: fix its _FillValue / nodata attribute, or "
+                                "pass nodata=.")
+    return int(declared) if var.dtype.kind in "iu" else declared
 
 
 def parse_chunks(chunks, ds) -> dict[str, int] | None:

@@ -20,7 +20,7 @@ from ..bitstream import tecfile as layout
 from ..codec.config import CODEC_NAME, FILL_VALUE
 from ..dn_offset import bands_dn_offset
 from ..errors import InvalidInputError, TecFileError
-from ..parsing import nodata_allowed, parse_nodata
+from ..parsing import declared_nodata, nodata_allowed, parse_nodata
 from ..radiometry import Radiometry, from_attrs, parse_radiometry, to_attrs
 from ..pipeline.decode import read_header
 from . import raster
@@ -130,15 +130,6 @@ def _write_strips(out, read_rows, height: int, width: int, rows: int, band_names
         out.set_band_description(i, name)
 
 
-def _declared_nodata(attrs: dict):
-    """A Zarr array's declared missing value: its ``nodata`` attribute, else a numeric CF ``_FillValue``."""
-    for key in ("nodata", "_FillValue"):
-        value = attrs.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return value
-    return None
-
-
 def _strip_rows(tile: int) -> int:
     """Rows per written strip: whole tiles (or chunks), and at least one 256-row GeoTIFF block row."""
     return tile * -(-256 // tile)
@@ -188,7 +179,7 @@ def zarr_to_geotiff(store, dst, *, variable: str | None = None, index: int | Non
     lead = () if array.ndim == 3 else (index,)
     crs, gt = _georef(group, array)
     if nodata == FROM_INPUT:
-        nodata = _declared_nodata(dict(array.attrs))
+        nodata = declared_nodata(dict(array.attrs))
     write_geotiff(dst, lambda y0, y1: array[(*lead, slice(None), slice(y0, y1))], shape=array.shape[-3:],
                   dtype=array.dtype, rows=_strip_rows(array.chunks[-2]), crs_wkt=crs,
                   transform=None if gt is None else Affine.from_gdal(*gt),
