@@ -57,6 +57,24 @@ def test_compress_zarr_input(tmp_path, cube):
     assert xr.open_zarr(out)["refl"].shape == (2, 12, 64, 64)
 
 
+def test_compress_keeps_the_other_variables(tmp_path, cube, capsys):
+    """A cube's SCL mask and per-date cloud fractions beside the reflectance are copied as they are (zarr's default
+    compression); before, tec compress wrote the reflectance alone and exited 0."""
+    a = cube[:2, :, :48, :64]
+    scl = (a[:, 3] % 12).astype(np.uint8)
+    src, out = tmp_path / "in.zarr", tmp_path / "out.zarr"
+    xr.Dataset({"refl": (("time", "band", "y", "x"), a), "scl": (("time", "y", "x"), scl, {"flag": "SCL"}),
+                "cloud_fraction": (("time",), np.array([0.02, 0.31]))}).to_zarr(src, zarr_format=3)
+    assert cli.main(["compress", str(src), str(out), "--quality", "1"]) == 0
+    back = xr.open_zarr(out)
+    np.testing.assert_array_equal(back["scl"].values, scl)
+    assert back["scl"].dtype == np.uint8 and back["scl"].attrs["flag"] == "SCL"
+    np.testing.assert_array_equal(back["cloud_fraction"].values, [0.02, 0.31])
+    assert metrics.psnr(a, back["refl"].values) > 38
+    text = capsys.readouterr().out
+    assert "scl: (2, 48, 64) uint8" in text and "TEC model" not in text.split("scl:")[1].split("\n")[0]
+
+
 def test_zarr_to_zarr_keeps_a_crs_stored_as_a_data_variable(tmp_path, cube, capsys):
     """rioxarray's write_crs, then a plain to_zarr, stores the grid mapping as a data variable the variable's
     grid_mapping attribute names: the compressed store (and a GeoTIFF decoded from it) keeps it."""

@@ -193,7 +193,8 @@ def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
     mapping = ds[var].attrs.get("grid_mapping")
     if isinstance(mapping, str) and mapping in ds.data_vars:  # rioxarray's or xarray's own stores: a data variable
         ds = ds.set_coords(mapping)
-    ds = ds[[var]]  # keeps the variable's coordinates, its grid mapping among them
+    # The other variables (a cube's SCL mask, cloud fractions, ...) are copied as they are, with zarr's default
+    # compression: a store that lost its masks would be unusable.
     kwargs = {"quality": args.quality, "model": args.model, **_bound_args(args)}
     if in_kind == GEOTIFF and "dn_offset" not in kwargs:  # the file's band scale and offset (a Zarr or NetCDF
         kwargs["dn_offset"] = _geotiff_dn_offset(args.input)  # input's metadata: zarr_encoding reads it)
