@@ -82,6 +82,26 @@ def test_rasterio_window_read_is_tecfile_read(scene):
         np.testing.assert_array_equal(ds.read(), levels[0])
 
 
+def test_datasets_opened_and_read_in_other_threads(scene):
+    """A tile server or a thread pool opens and reads in its worker threads, and may hand a dataset to another
+    thread: every read is the codec's (before, threads other than the first failed: rasterio.Env is per thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, levels = scene
+    windows = [Window(col_off=x, row_off=y, width=41, height=37) for y in range(0, 160, 53) for x in range(0, 110, 37)]
+
+    def read(window):
+        with gdal.open(path) as ds:
+            return ds.read(window=window)
+
+    with ThreadPoolExecutor(4) as pool:
+        for window, got in zip(windows, pool.map(read, windows)):
+            r, c = window.row_off, window.col_off
+            np.testing.assert_array_equal(got, levels[0][:, r : r + 37, c : c + 41])
+        with gdal.open(path) as ds:  # opened here, read there
+            np.testing.assert_array_equal(pool.submit(ds.read, 3).result(), levels[0][2])
+
+
 def test_rasterio_reads_overviews(scene):
     path, levels = scene
     with gdal.open(path) as ds:

@@ -53,34 +53,22 @@ def sidecar(path) -> Path:
     return write_sidecar(path)
 
 
-# One rasterio.Env entered while any dataset opened here is open: GDAL reads the options at every read, and a read
-# without them fails and leaves the band returning zeros afterwards.
-_env_lock = threading.Lock()
-_env_users = 0
-_env = None
+# The options are set process-wide, once: rasterio.Env sets them for its own thread only, so datasets opened or
+# read in other threads (a tile server, a thread pool reading windows) failed, and a read without them leaves the
+# band returning zeros afterwards. They enable Python only in the trusted module, beside any the user trusts.
+_options_lock = threading.Lock()
 
 
-def _hold_env() -> None:
-    global _env, _env_users
-    import rasterio
+def _enable_pixel_function() -> None:
+    from rasterio.env import get_gdal_config, set_gdal_config
 
-    with _env_lock:
-        if _env_users == 0:
-            _env = rasterio.Env(**config_options())
-            _env.__enter__()
-        _env_users += 1
-
-
-def _release_env() -> None:
-    global _env, _env_users
-    with _env_lock:
-        _env_users -= 1
-        if _env_users == 0:
-            env, _env = _env, None
-            try:
-                env.__exit__()
-            except Exception:  # rasterio envs are per thread: closed from another thread, the options just stay set
-                pass
+    with _options_lock:
+        enabled = get_gdal_config("GDAL_VRT_ENABLE_PYTHON")  # rasterio reads YES back as True
+        if not (enabled is True or str(enabled).upper() in ("YES", "ON", "TRUE")):  # those trust every module
+            set_gdal_config("GDAL_VRT_ENABLE_PYTHON", "TRUSTED_MODULES")
+        trusted = [m for m in str(get_gdal_config("GDAL_VRT_PYTHON_TRUSTED_MODULES") or "").split(",") if m]
+        if TRUSTED_MODULE not in trusted:
+            set_gdal_config("GDAL_VRT_PYTHON_TRUSTED_MODULES", ",".join([*trusted, TRUSTED_MODULE]))
 
 
 def _vrt_source(path) -> str:
@@ -100,14 +88,8 @@ def open(path):  # noqa: A001  (rasterio.open-style entry point)
     source = _vrt_source(path)
     import rasterio
 
-    _hold_env()
-    try:
-        dataset = rasterio.open(source)
-    except BaseException:
-        _release_env()
-        raise
-    dataset._env.callback(_release_env)  # rasterio closes this stack when the dataset closes
-    return dataset
+    _enable_pixel_function()
+    return rasterio.open(source)
 
 
 def open_osgeo(path):
