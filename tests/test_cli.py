@@ -57,6 +57,24 @@ def test_compress_zarr_input(tmp_path, cube):
     assert xr.open_zarr(out)["refl"].shape == (2, 12, 64, 64)
 
 
+def test_a_vrt_is_a_raster_input_and_a_sidecar_is_refused(tmp_path, geotiff, capsys):
+    """gdalbuildvrt -separate is how a SAFE's band files become one raster: tec compress reads a VRT like a
+    GeoTIFF; the VRT sidecar of a .tec file is refused, naming the .tec."""
+    import rasterio.shutil
+
+    path, expected = geotiff
+    vrt = tmp_path / "stack.vrt"
+    rasterio.shutil.copy(path, vrt, driver="VRT")
+    for out in ("s.zarr", "s.tec"):
+        assert cli.main(["compress", str(vrt), str(tmp_path / out), "--quiet"]) == 0
+    assert metrics.psnr(expected, xr.open_zarr(tmp_path / "s.zarr")["reflectance"].values) > 40
+    assert cli.main(["to-vrt", str(tmp_path / "s.tec")]) == 0
+    capsys.readouterr()
+    assert cli.main(["compress", str(tmp_path / "s.tec.vrt"), str(tmp_path / "again.zarr")]) == 2
+    err = capsys.readouterr().err
+    assert "VRT sidecar" in err and "s.tec)" in err and not (tmp_path / "again.zarr").exists()
+
+
 def test_compress_keeps_the_other_variables(tmp_path, cube, capsys):
     """A cube's SCL mask and per-date cloud fractions beside the reflectance are copied as they are (zarr's default
     compression); before, tec compress wrote the reflectance alone and exited 0."""

@@ -12,10 +12,12 @@ import shutil
 import warnings
 from pathlib import Path
 
+from ..gdal.vrt import TRUSTED_MODULE
 from ..parsing import nodata_allowed
 from .failures import CommandError
 
 GEOTIFF, ZARR, NETCDF, TEC = "GeoTIFF", "Zarr store", "NetCDF file", ".tec file"
+SIDECAR = ".tec file's VRT sidecar"
 SUFFIXES = {".tif": GEOTIFF, ".tiff": GEOTIFF, ".zarr": ZARR, ".nc": NETCDF, ".nc4": NETCDF, ".netcdf": NETCDF,
             ".tec": TEC}
 _MAGIC = ((b"TECF", TEC), (b"II*\0", GEOTIFF), (b"MM\0*", GEOTIFF), (b"II+\0", GEOTIFF), (b"MM\0+", GEOTIFF),
@@ -32,12 +34,16 @@ def kind(path) -> str | None:
     if p.is_file():
         try:
             with p.open("rb") as f:
-                head = f.read(4)
+                head = f.read(1 << 16)
         except OSError:
             head = b""
         for magic, found in _MAGIC:
             if head.startswith(magic):
                 return found
+        if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<VRTDataset"):
+            # A GDAL VRT (gdalbuildvrt -separate of a SAFE's band files) is read like a GeoTIFF, through rasterio;
+            # a .tec file's own sidecar is not a source to compress.
+            return SIDECAR if TRUSTED_MODULE.encode() in head else GEOTIFF
     return SUFFIXES.get(p.suffix.lower())
 
 
@@ -60,6 +66,9 @@ def require_input(path, accepted: tuple[str, ...], command: str, *, then_output:
     wanted = " or ".join(f"a {k}" for k in accepted)
     if found is None:
         what = "a directory without Zarr metadata (zarr.json, .zgroup)" if p.is_dir() else "a file of unknown type"
+    elif found == SIDECAR:
+        raise CommandError(f"Expected {wanted} for tec {command}. Got {path}, the VRT sidecar GDAL reads a .tec file "
+                           f"through, instead: give the .tec file itself ({p.with_suffix('')}).")
     else:
         what = f"a {found}"
     hint = {
