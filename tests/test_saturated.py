@@ -105,15 +105,26 @@ def test_golden_saturated_chunks(spiked):
     check_golden(TEC(model="tec-ctx"), [small], "saturated-tec-ctx")
     check_golden(TEC(max_error=0), [small], "saturated-tec-fp-e0", max_abs_error=0)
     check_golden(TEC(float_scale=1, nodata=None), [small.astype(np.float32)], "saturated-tec-fp-float32-dn")
+    # written with chunk extension tag 5 (saturation kept): the spiked chunk and a bright one with nothing saturated
+    bright = np.minimum(spiked[:, :64, :64].astype(np.int64) + 60000, 65534).astype(np.uint16)
+    bright[spiked[:, :64, :64] == SATURATED] = 65534
+    check_golden(TEC(), [small, bright], "saturation-kept-tec-fp")
 
 
 def replaced_extension(buf: bytes, value: bytes, tag: int = bitstream.EXTENSION_SATURATED) -> bytes:
-    """``buf`` (a chunk whose only extension is its saturated mask) with that extension's tag and value replaced."""
+    """``buf`` (a chunk whose extensions are its saturated mask and saturation kept) with the mask's tag and value
+    replaced."""
     h = bitstream.unpack(buf)[0]
-    old = bytes([1, bitstream.EXTENSION_SATURATED]) + struct.pack("<I", len(h.saturated)) + h.saturated
+    kept = (bitstream.EXTENSION_SATURATION_KEPT, b"\x01")
+    assert h.saturated is not None and h.saturation_kept and h.dn_offset == 0
+
+    def field(pairs):
+        return bytes([len(pairs)]) + b"".join(struct.pack("<BI", t, len(v)) + v for t, v in sorted(pairs))
+
+    old = field([(bitstream.EXTENSION_SATURATED, h.saturated), kept])
     body = buf[:-4]
     assert body.count(old) == 1
-    body = body.replace(old, bytes([1, tag]) + struct.pack("<I", len(value)) + value)
+    body = body.replace(old, field([(tag, value), kept]))
     return body + struct.pack("<I", zlib.crc32(body))
 
 
@@ -125,6 +136,34 @@ def test_hostile_saturated_masks_are_refused(spiked, name):
     bad = replaced_extension(buf, value, tag=9 if name == "unknown tag" else bitstream.EXTENSION_SATURATED)
     with pytest.raises(CorruptChunkError):
         TEC().decode(bad)
+
+
+def test_nothing_else_decodes_to_the_saturated_value(clear):
+    """Bright chunks (a saturated mask, or valid values from 20000 DN up) carry chunk extension tag 5: no element
+    outside the mask decodes to 65535, so a reader masking 65535 masks only what was saturated. Before, lossy
+    values near the top of the range decoded to 65535 (here hundreds of them)."""
+    from tec_zarr.pipeline.decode import parse
+
+    bright = np.minimum(clear.astype(np.int64) + 60000, 65534).astype(np.uint16)  # no pixel saturated
+    for max_error in (None, 3):
+        buf = TEC(max_error=max_error).encode(bright)
+        assert parse(buf).header.saturation_kept
+        back = TEC().decode(buf, out=np.empty_like(bright))
+        assert not (back == SATURATED).any()
+        if max_error:
+            assert_bound(bright, back, max_error)
+    assert not parse(TEC().encode(clear)).header.saturation_kept  # ordinary reflectance: the layout as before
+    # without the tag (chunks written before it) the decoder leaves such values as they are
+    h, m, p = bitstream.unpack(TEC().encode(bright))
+    from dataclasses import replace
+
+    old = TEC().decode(bitstream.pack(replace(h, saturation_kept=False), m, p), out=np.empty_like(bright))
+    assert (old == SATURATED).any()
+    bad = bitstream.pack(h, m, p)[:-4].replace(bytes([bitstream.EXTENSION_SATURATION_KEPT]) + struct.pack("<I", 1)
+                                               + b"\x01", bytes([bitstream.EXTENSION_SATURATION_KEPT])
+                                               + struct.pack("<I", 1) + b"\x02")
+    with pytest.raises(CorruptChunkError, match="saturation-kept"):
+        TEC().decode(bad + struct.pack("<I", zlib.crc32(bad)))
 
 
 def test_a_saturated_mask_in_an_int16_chunk_is_refused(clear):

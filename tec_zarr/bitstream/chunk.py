@@ -45,7 +45,11 @@ Layout (all integers little-endian)::
                           Tag 4, lattice residual (u8 1; residual sections with max_error > 0 only): the residual's
                           base is rounded to the lattice of multiples of the step before the steps are added, so
                           the decoded values lie on that lattice whatever the base, and coding decoded values again
-                          (zarr's read-modify-write of a partial chunk) decodes to the same values
+                          (zarr's read-modify-write of a partial chunk) decodes to the same values.
+                          Tag 5, saturation kept (u8 1; uint16 and float32 chunks): no element outside the
+                          saturated mask decodes to the saturated value (one step below it instead), so a reader
+                          masking 65535 masks only what was saturated (written on chunks with a saturated mask or
+                          valid values from 20000 DN up, where decoded values can reach it)
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
@@ -114,7 +118,9 @@ EXTENSION_DN_OFFSET = 1  # value: i32
 EXTENSION_SATURATED = 2  # value: a packed mask (pack_mask)
 EXTENSION_RUNS_SUMMED = 3  # value: u8 1
 EXTENSION_LATTICE = 4  # value: u8 1
-EXTENSION_TAGS = (EXTENSION_DN_OFFSET, EXTENSION_SATURATED, EXTENSION_RUNS_SUMMED, EXTENSION_LATTICE)
+EXTENSION_SATURATION_KEPT = 5  # value: u8 1
+EXTENSION_TAGS = (EXTENSION_DN_OFFSET, EXTENSION_SATURATED, EXTENSION_RUNS_SUMMED, EXTENSION_LATTICE,
+                  EXTENSION_SATURATION_KEPT)
 # Sentinel-2's SATURATED special value in DN (NODATA is 0): elements holding it are stored exactly, as a mask.
 SATURATED_VALUE = 65535
 # The DN offsets a chunk may declare: whatever shifts 16-bit DN into the models' range.
@@ -173,6 +179,9 @@ class ChunkHeader:
     # Thinned chunks only: the payload codes the thinned symbols under the first level's model, summed over each
     # symbol's run (z at the first level); False: under the chunk's own level's model.
     runs_summed: bool = False
+    # Elements outside the saturated mask never decode to the saturated value (extension tag 5; chunks written
+    # before it may, and decode as ever).
+    saturation_kept: bool = False
 
     @property
     def batch(self) -> int:
@@ -353,6 +362,8 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         channels=channels,
         dn_offset=_dn_offset(extensions.get(EXTENSION_DN_OFFSET)),
         saturated=extensions.get(EXTENSION_SATURATED),
+        saturation_kept=_saturation_kept(extensions.get(EXTENSION_SATURATION_KEPT),
+                                         saturated_value(CODE_DTYPES[dtype_code], float_scale)),
         runs_summed=_runs_summed(extensions.get(EXTENSION_RUNS_SUMMED), thinned_from),
     )
     if header.saturated is not None and saturated_value(header.dtype, header.float_scale) is None:
@@ -434,6 +445,10 @@ def _pack_extensions(header: ChunkHeader) -> bytes:
         values[EXTENSION_DN_OFFSET] = struct.pack("<i", int(header.dn_offset))
     if header.saturated is not None:
         values[EXTENSION_SATURATED] = bytes(header.saturated)
+    if header.saturation_kept:
+        if saturated_value(header.dtype, header.float_scale) is None:
+            raise ValueError(f"Expected saturation kept in uint16 and float32 chunks only. Got {header.dtype}.")
+        values[EXTENSION_SATURATION_KEPT] = b"\x01"
     if header.runs_summed:
         if header.thinned_from is None:
             raise ValueError("Expected runs summed in thinned chunks only. Got a chunk coded at its own quality.")
@@ -489,6 +504,16 @@ def _runs_summed(value: bytes | None, thinned_from) -> bool:
         raise CorruptChunkError(f"Expected the runs-summed extension as the byte 01 of a thinned chunk. Got "
                                 f"{value.hex() or 'nothing'} in a chunk {'not ' if thinned_from is None else ''}thinned "
                                 "instead.")
+    return True
+
+
+def _saturation_kept(value: bytes | None, saturated) -> bool:
+    if value is None:
+        return False
+    if value != b"\x01" or saturated is None:
+        raise CorruptChunkError(f"Expected the saturation-kept extension as the byte 01 of a uint16 or float32 chunk. "
+                                f"Got {value.hex() or 'nothing'} in a chunk {'without' if saturated is None else 'with'}"
+                                " a saturated value instead.")
     return True
 
 

@@ -189,6 +189,7 @@ def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, q
         channels=None if channels is None else channel_section(channels),
         dn_offset=chunk.offset,
         saturated=None if chunk.saturated is None else pack_mask(chunk.saturated),
+        saturation_kept=chunk.saturation_kept,
     )
     mask = pack_mask(chunk.mask) if chunk.mask is not None else None
     nan = pack_mask(chunk.nan) if chunk.nan is not None else None

@@ -183,6 +183,7 @@ class PreparedChunk:
     blocks: tuple[Blocks, ...] | None = None  # per band, where some band is made of k x k blocks (replication)
     offset: int = 0
     saturated: np.ndarray | None = None  # elements holding the saturated DN 65535 (None: none does)
+    saturation_kept: bool = False  # decoders keep other elements off the saturated value (chunk extension tag 5)
 
     @property
     def missing(self) -> np.ndarray | None:
@@ -229,7 +230,25 @@ def prepare(array, model: Model, quality: int, nodata, float_scale: float, max_e
     normalized, amount = normalize(images, model, missing, scale, blocks, offset)
     return PreparedChunk(array=array, images=images, mask=mask, nan=nan, scale=scale, pad=amount,
                          normalized=normalized, skip=latent_skip(missing, amount, model.latent_stride), blocks=blocks,
-                         offset=offset, saturated=saturated)
+                         offset=offset, saturated=saturated,
+                         saturation_kept=keeps_saturation(images, missing, nodata, scale, saturated))
+
+
+# DN from which a chunk's decoded values may reach 65535: chunks with saturated pixels or valid ones this bright
+# (clouds, snow; ordinary reflectance stays far below) are marked so that nothing else decodes to 65535. Other
+# chunks keep the layout older readers read.
+SATURATION_GUARD_DN = 20000
+
+
+def keeps_saturation(images: np.ndarray, missing: np.ndarray | None, nodata, scale: float,
+                     saturated: np.ndarray | None) -> bool:
+    value = saturated_value(images.dtype, scale)
+    if value is None or (nodata is not None and np.asarray(nodata).astype(images.dtype) == value):
+        return False  # int16 never reaches it; as nodata, no valid element decodes to it anyway
+    if saturated is not None:
+        return True
+    valid = images if missing is None else images[~missing]
+    return bool(valid.size) and float(valid.max()) * scale >= SATURATION_GUARD_DN
 
 
 def saturated_elements(images: np.ndarray, nodata, scale: float = 1.0) -> np.ndarray | None:
