@@ -670,7 +670,7 @@ def _with_crc(buf: bytes) -> bytes:
 
 
 def test_runs_summed_marks_are_checked(tile, top_chunks, cube):
-    from tec_zarr.bitstream.chunk import _runs_summed
+    from tec_zarr.bitstream.chunk import _flag
 
     summed = tec_zarr.thin(top_chunks["tec-ctx"], 2)
     sections = unpack_sections(summed)
@@ -680,7 +680,7 @@ def test_runs_summed_marks_are_checked(tile, top_chunks, cube):
     with pytest.raises(CorruptChunkError, match="runs-summed"):
         decode_chunk(_with_crc(summed.replace(field, field[:-1] + b"\x02")))
     with pytest.raises(CorruptChunkError, match="runs-summed"):
-        _runs_summed(b"\x01", None)  # on a chunk that is not thinned
+        _flag(b"\x01", "runs-summed", False, "a thinned chunk")  # on a chunk that is not thinned
     with pytest.raises(ValueError):
         pack(replace(read_header(top_chunks["tec-hp"]), runs_summed=True), None, b"")
     # The mark on a coder that never writes it: a factorized chunk names its tables in its payload.

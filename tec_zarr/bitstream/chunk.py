@@ -337,8 +337,9 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
     if r.pos != len(r.buf):
         raise CorruptChunkError(f"Expected the TEC chunk to end after {r.pos} bytes. Got {len(r.buf)} instead.")
     extensions = _check_extensions(extensions)
-    if EXTENSION_LATTICE in extensions:
-        residual = _lattice(extensions[EXTENSION_LATTICE], residual)
+    if _flag(extensions.get(EXTENSION_LATTICE), "lattice", residual is not None and residual.max_error > 0,
+             "a chunk with a residual bound above 0"):
+        residual = replace(residual, lattice=True)
     _check_header(dtype_code, shape, (m, lh, lw), flags, nodata, float_scale, residual, version)
     _check_blocks(blocks)
     if thinned_from is not None:
@@ -362,9 +363,11 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         channels=channels,
         dn_offset=_dn_offset(extensions.get(EXTENSION_DN_OFFSET)),
         saturated=extensions.get(EXTENSION_SATURATED),
-        saturation_kept=_saturation_kept(extensions.get(EXTENSION_SATURATION_KEPT),
-                                         saturated_value(CODE_DTYPES[dtype_code], float_scale)),
-        runs_summed=_runs_summed(extensions.get(EXTENSION_RUNS_SUMMED), thinned_from),
+        saturation_kept=_flag(extensions.get(EXTENSION_SATURATION_KEPT), "saturation-kept",
+                              saturated_value(CODE_DTYPES[dtype_code], float_scale) is not None,
+                              "a uint16 or float32 chunk"),
+        runs_summed=_flag(extensions.get(EXTENSION_RUNS_SUMMED), "runs-summed", thinned_from is not None,
+                          "a thinned chunk"),
     )
     if header.saturated is not None and saturated_value(header.dtype, header.float_scale) is None:
         raise CorruptChunkError(f"Expected a saturated mask in uint16 and float32 chunks only. Got one in a "
@@ -497,31 +500,14 @@ def _dn_offset(value: bytes | None) -> int:
     return offset
 
 
-def _runs_summed(value: bytes | None, thinned_from) -> bool:
+def _flag(value: bytes | None, name: str, allowed: bool, where: str) -> bool:
+    """A one-byte flag extension (the byte 01), which only chunks ``where`` names (``allowed``) may carry."""
     if value is None:
         return False
-    if value != b"\x01" or thinned_from is None:
-        raise CorruptChunkError(f"Expected the runs-summed extension as the byte 01 of a thinned chunk. Got "
-                                f"{value.hex() or 'nothing'} in a chunk {'not ' if thinned_from is None else ''}thinned "
-                                "instead.")
+    if value != b"\x01" or not allowed:
+        raise CorruptChunkError(f"Expected the {name} extension as the byte 01 of {where}. Got "
+                                f"{value.hex() or 'nothing'}{'' if allowed else ' in another chunk'} instead.")
     return True
-
-
-def _saturation_kept(value: bytes | None, saturated) -> bool:
-    if value is None:
-        return False
-    if value != b"\x01" or saturated is None:
-        raise CorruptChunkError(f"Expected the saturation-kept extension as the byte 01 of a uint16 or float32 chunk. "
-                                f"Got {value.hex() or 'nothing'} in a chunk {'without' if saturated is None else 'with'}"
-                                " a saturated value instead.")
-    return True
-
-
-def _lattice(value: bytes, residual: ResidualSection | None) -> ResidualSection:
-    if value != b"\x01" or residual is None or not residual.max_error > 0:
-        raise CorruptChunkError(f"Expected the lattice extension as the byte 01 of a chunk with a residual bound above "
-                                f"0. Got {value.hex() or 'nothing'} with {residual} instead.")
-    return replace(residual, lattice=True)
 
 
 def _check_blocks(blocks) -> None:
