@@ -69,7 +69,7 @@ def thin_store(path, quality: int, *, variables=None, progress: Callable[[int, i
     for name, array in sorted(arrays.items()):
         if array.codec is None and variables is None:
             continue  # coordinates and other codecs' arrays: nothing of ours to thin
-        why = array.unthinnable() or _above(array.codec.get("quality"), quality)
+        why = array.unthinnable() or _above(array.codec, quality)
         if why:
             report.left[name] = why
             continue
@@ -83,10 +83,12 @@ def thin_store(path, quality: int, *, variables=None, progress: Callable[[int, i
     return report
 
 
-def _above(stored, quality: int) -> str | None:
-    """Why a store coded at quality ``stored`` is not thinned to ``quality`` (None: it can be): thinning only
-    lowers quality. Stores coded to a ``psnr`` target have no single quality; their chunks are checked one by one."""
-    if isinstance(stored, int) and not isinstance(stored, bool) and quality > stored:
+def _above(codec: dict, quality: int) -> str | None:
+    """Why a store coded with ``codec`` is not thinned to ``quality`` (None: it can be): thinning only lowers
+    quality. Stores coded to a ``psnr`` target have no single quality (each chunk has the level that reached it, its
+    config the default level); their chunks are checked one by one."""
+    stored = codec.get("quality")
+    if codec.get("psnr") is None and isinstance(stored, int) and not isinstance(stored, bool) and quality > stored:
         return f"stored at quality {stored}: thinning removes information, it cannot raise it to {quality}"
     return None
 
@@ -215,9 +217,17 @@ def _set_quality(array: _ZarrArray, quality: int) -> None:
     codec = array.codec
     if codec is None:
         return
-    codec["quality"] = min(quality, int(codec.get("quality", quality)))
+    codec["quality"] = _new_quality(codec, quality)
     codec.pop("psnr", None)
     _replace_file(array.metadata_file, json.dumps(array.metadata, indent=4).encode())
+
+
+def _new_quality(codec: dict, quality: int) -> int:
+    """The quality a thinned array's config states: ``quality`` or its own, whichever is lower; a psnr store's
+    config quality bound none of its chunks, which are now at most ``quality``."""
+    if codec.get("psnr") is not None:
+        return quality
+    return min(quality, int(codec.get("quality", quality)))
 
 
 def _thin_counted(data: bytes, quality: int, report: ThinReport, where: str) -> bytes:
@@ -312,7 +322,7 @@ def _thin_tec(path: Path, quality: int, progress) -> ThinReport:
             report.left[path.name] = (f"error-bounded (max_error={meta.codec['max_error']}): thinning would break "
                                       "the bound")
             return report
-        why = _above(meta.codec.get("quality"), quality)
+        why = _above(meta.codec, quality)
         if why:
             report.left[path.name] = why
             return report
@@ -331,7 +341,7 @@ def _thin_tec(path: Path, quality: int, progress) -> ThinReport:
                     progress(done, len(positions))
                 yield data or None
 
-        codec = dict(meta.codec, quality=min(quality, int(meta.codec["quality"])))
+        codec = dict(meta.codec, quality=_new_quality(meta.codec, quality))
         codec.pop("psnr", None)
         tecfile.write_tiles(path, replace(meta, codec=codec, uuid=str(uuidlib.uuid4())), thinned_tiles())
     report.thinned.append(path.name)

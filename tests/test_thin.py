@@ -227,6 +227,25 @@ def test_thin_store_with_xarray_and_consolidated_metadata(tmp_path, cube):
     assert metrics.psnr(cube[:2, :, :64, :64], out.refl.values) > 30
 
 
+def test_a_store_coded_to_a_psnr_target_thins_chunk_by_chunk(tmp_path, cube):
+    """psnr= writes each chunk at the level that reaches the target, above the config's default level: thinning
+    to a level between checks each chunk, not the config (before: refused as "stored at quality 2")."""
+    xr = pytest.importorskip("xarray")
+    import tec_zarr
+
+    ds = xr.Dataset({"refl": (("time", "band", "y", "x"), cube[:2, :, :64, :64])})
+    path = tmp_path / "psnr.zarr"
+    ds.to_zarr(path, zarr_format=3, encoding=tec_zarr.zarr_encoding(ds, zarr_format=3, psnr=50, chunks={"time": 1}))
+    chunks = sorted(p for p in (path / "refl" / "c").rglob("*") if p.is_file())
+    levels = [read_header(p.read_bytes()).quality for p in chunks]
+    assert max(levels) > 3  # above the config's default level 2
+    report = thin_store(path, 3)
+    assert report.thinned == ["refl"] and report.chunks == sum(q > 3 for q in levels)
+    assert [read_header(p.read_bytes()).quality for p in chunks] == [min(q, 3) for q in levels]
+    codec = json.loads((path / "refl" / "zarr.json").read_text())["codecs"][0]["configuration"]
+    assert codec["quality"] == 3 and "psnr" not in codec  # later writes: at most the level the chunks now have
+
+
 def test_thin_store_leaves_bounded_arrays_and_refuses_unknown_ones(tmp_path, image):
     path, data = _store(tmp_path, image, 2, max_error=10)
     report = thin_store(path, 0)
