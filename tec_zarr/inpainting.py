@@ -131,12 +131,13 @@ class _Filler:
         return x.astype(np.float32)
 
     def units(self, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+        """Filled values in data units, from DN 1 up: Sentinel-2's lowest valid DN (0 is its NO_DATA, and the
+        codec's default nodata), never a negative reflectance."""
         values = (x * self.std + self.mean) * np.float32(DN_PER_REFLECTANCE / self.scale)
+        lowest = 1.0 / self.scale
         if dtype.kind == "f":
-            info = np.finfo(dtype)
-            return np.clip(values, info.min, info.max).astype(dtype)
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+            return np.clip(values, np.float32(lowest), np.finfo(dtype).max).astype(dtype)
+        return np.clip(np.rint(values), max(1, int(np.ceil(lowest))), np.iinfo(dtype).max).astype(dtype)
 
     def analysis(self, x: np.ndarray) -> np.ndarray:
         padded, _ = pad(x[None], self.model.multiple)

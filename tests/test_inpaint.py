@@ -65,6 +65,22 @@ def test_the_hybrid_uses_the_codec_route(crop, clouds):
     assert np.abs(hybrid - mean).max() <= 1.0  # rounding of each route to DN
 
 
+@pytest.mark.parametrize("dtype, scale", [("uint16", 1.0), ("int16", 1.0), ("float32", 1e4), ("float32", 1.0)])
+def test_filled_values_are_valid_reflectance(dtype, scale):
+    """A prediction below DN 1 (dark water and shadow next to clouds) is written as DN 1, the lowest valid value:
+    never 0, Sentinel-2's NO_DATA and the codec's default nodata (the pixel would read back as missing), nor a
+    negative DN. Before, uint16 fills held 0 and int16 fills negative values at such places."""
+    from tec_zarr.inpainting import _Filler
+    from tec_zarr.models import load_model
+
+    filler = _Filler(load_model("tec-fp"), "latent", scale)
+    x = np.full((12, 2, 2), -50.0, np.float32)  # far below every band's mean: negative reflectance
+    x[:, 1, 1] = 0.0  # the mean: a plain value, kept
+    out = filler.units(x, np.dtype(dtype)).astype(np.float64) * scale  # in DN
+    np.testing.assert_allclose(out[:, 0, 0], 1.0, rtol=1e-3)
+    assert (out[:, 1, 1] > 100).all()
+
+
 @pytest.mark.parametrize("dtype", ["int16", "float32", ">u2"])
 def test_dtypes(crop, clouds, dtype):
     data = crop.astype(np.float32) / 1e4 if dtype == "float32" else crop.astype(dtype)
