@@ -179,6 +179,7 @@ def _zarr_arrays(root: Path) -> dict[str, _ZarrArray]:
         if meta.name == "zarr.json" and data.get("node_type") != "array":
             continue
         name = meta.parent.relative_to(root).as_posix()
+        _check_readable(meta.parent)
         arrays["" if name == "." else name] = _ZarrArray(meta.parent, meta, data, 2 if meta.name == ".zarray" else 3)
     return arrays
 
@@ -266,10 +267,24 @@ def _update_consolidated(root: Path, name: str, array: _ZarrArray) -> None:
             _replace_file(root_json, json.dumps(data, indent=4).encode())
 
 
+def _check_readable(directory: Path) -> None:
+    """zarr's own reading of an array's metadata (and of our codec's config): what this module walks by hand is
+    then well formed; damaged metadata is the package's error, not a KeyError or AttributeError from here."""
+    import zarr
+
+    try:
+        zarr.open_array(str(directory), mode="r")
+    except TecZarrError:
+        raise
+    except Exception as e:  # zarr's errors on damaged metadata are of many kinds (ValueError, TypeError, ...)
+        raise InvalidInputError(f"Expected Zarr array metadata zarr can read in {directory}. Got {type(e).__name__}: "
+                                f"{e} instead: the metadata is damaged, or written by a newer zarr.") from None
+
+
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise InvalidInputError(f"Expected Zarr metadata JSON in {path}. Got {type(e).__name__}: {e} instead.") \
             from None
     if not isinstance(data, dict):

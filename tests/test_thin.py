@@ -227,6 +227,24 @@ def test_thin_store_with_xarray_and_consolidated_metadata(tmp_path, cube):
     assert metrics.psnr(cube[:2, :, :64, :64], out.refl.values) > 30
 
 
+@pytest.mark.parametrize("damage", ["nested", "no shape", "codecs a dict", "key encoding a string",
+                                    "configuration a list"])
+def test_damaged_metadata_is_the_packages_error(tmp_path, image, damage):
+    path, _ = _store(tmp_path, image, 3)
+    meta = json.loads((path / "zarr.json").read_text())
+    edit = {
+        "nested": lambda m: json.dumps(m).replace('"attributes": {', '"attributes": {"x": ' + "[" * 10**5 + "]" * 10**5
+                                                  + ", ", 1),
+        "no shape": lambda m: json.dumps({k: v for k, v in m.items() if k != "shape"}),
+        "codecs a dict": lambda m: json.dumps(dict(m, codecs={"name": "tec_zarr.tec"})),
+        "key encoding a string": lambda m: json.dumps(dict(m, chunk_key_encoding="default")),
+        "configuration a list": lambda m: json.dumps(dict(m, codecs=[{"name": "tec_zarr.tec", "configuration": [1]}])),
+    }[damage]
+    (path / "zarr.json").write_text(edit(meta))
+    with pytest.raises(InvalidInputError):
+        thin_store(path, 0)
+
+
 def test_a_store_coded_to_a_psnr_target_thins_chunk_by_chunk(tmp_path, cube):
     """psnr= writes each chunk at the level that reaches the target, above the config's default level: thinning
     to a level between checks each chunk, not the config (before: refused as "stored at quality 2")."""

@@ -61,6 +61,9 @@ class TEC(ArrayBytesCodec):
     def from_dict(cls, data: dict[str, Any]) -> Self:
         _, configuration = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
         configuration = configuration or {}
+        if not isinstance(configuration, dict):
+            raise InvalidInputError(f"Expected the {CODEC_NAME} configuration as a JSON object. Got "
+                                    f"{configuration!r} instead: the store's metadata is damaged.")
         parse_config_keys(configuration)  # unknown keys: the package's error, not a TypeError from __init__
         return cls(**configuration)
 
