@@ -179,6 +179,22 @@ def test_unknown_config_keys_are_the_packages_error():
     """A store written by a newer tec_zarr (or damaged) names a key this one does not know: said, not a TypeError."""
     with pytest.raises(InvalidInputError, match=r"unknown \['new_key'\].*newer tec-zarr: pip install -U tec-zarr"):
         TEC.from_dict({"name": "tec_zarr.tec", "configuration": {**TEC().to_dict()["configuration"], "new_key": 1}})
+    for damaged in ([1, 2], "tec-fp", 3):
+        with pytest.raises(InvalidInputError, match="configuration as a JSON object"):
+            TEC.from_dict({"name": "tec_zarr.tec", "configuration": damaged})
+
+
+def test_a_filter_flattening_the_chunk_is_named(tmp_path):
+    """Format 2 filters (Delta, FixedScaleOffset) hand the compressor a flat array: the error says so, instead of
+    advising the band-axis chunking the user already has."""
+    from numcodecs import Delta
+
+    from tec_zarr.codec.zarr2 import TEC as TEC2
+
+    z = zarr.create_array(tmp_path / "f.zarr", shape=(1, 12, 32, 32), chunks=(1, 12, 32, 32), dtype="uint16",
+                          zarr_format=2, filters=[Delta(dtype="u2")], compressors=TEC2())
+    with pytest.raises(InvalidInputError, match="a filter before TEC"):
+        z[:] = np.full((1, 12, 32, 32), 1000, "uint16")
 
 
 def test_numpy_numbers_are_numbers():

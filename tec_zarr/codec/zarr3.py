@@ -59,11 +59,12 @@ class TEC(ArrayBytesCodec):
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Self:
-        _, configuration = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
-        configuration = configuration or {}
-        if not isinstance(configuration, dict):
+        configuration = data.get("configuration") if isinstance(data, dict) else None
+        if configuration is not None and not isinstance(configuration, dict):  # zarr would raise a bare TypeError
             raise InvalidInputError(f"Expected the {CODEC_NAME} configuration as a JSON object. Got "
                                     f"{configuration!r} instead: the store's metadata is damaged.")
+        _, configuration = parse_named_configuration(data, CODEC_NAME, require_configuration=False)
+        configuration = configuration or {}
         parse_config_keys(configuration)  # unknown keys: the package's error, not a TypeError from __init__
         return cls(**configuration)
 

@@ -71,6 +71,12 @@ def validate(array: np.ndarray, model: Model) -> np.ndarray:
     dtype = parse_dtype(array.dtype)
     if not array.flags.c_contiguous:
         raise InvalidInputError("Expected a C-contiguous array. Got a non-C-order array instead (use np.ascontiguousarray).")
+    if array.ndim == 1:  # what numcodecs filters (Delta, FixedScaleOffset, ...) hand the compressor after them
+        raise InvalidInputError(
+            f"Expected a chunk of shape (..., {len(model.bands)}, H, W). Got a flat array of {array.size} elements "
+            "instead: a filter before TEC (Zarr format 2 filters= such as Delta) flattens the chunk; store it with "
+            "filters=None, TEC codes the chunk's bands and pixels as an image."
+        )
     if array.ndim < 3 or array.shape[-3] != len(model.bands):
         raise InvalidInputError(
             f"Expected a chunk of shape (..., {len(model.bands)}, H, W) with bands {' '.join(model.bands)} on axis -3. "
