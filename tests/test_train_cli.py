@@ -96,3 +96,26 @@ def test_train_refuses_bad_inputs(tmp_path, monkeypatch, capsys):
     assert "shipped" in capsys.readouterr().err
     assert tec_main(["train", "--data", str(tmp_path), "--name", "x", "--base", "tec-hp"]) == 2
     assert "--base" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("--steps", "-5", "--steps N in >= 1"), ("--batch", "0", "--batch N in 1..4096"),
+    ("--minutes", "-1", "--minutes above 0"), ("--crop", "7", "--crop N in 16..2048, a multiple of 16"),
+    ("--val-fraction", "1.5", "--val-fraction between 0 and 1"), ("--val-every", "0", "--val-every N"),
+])
+def test_train_refuses_nonsense_options_before_anything_runs(tmp_path, monkeypatch, capsys, option, value, match):
+    """Before: --steps -5, --batch 0, --minutes -1 installed a model; --crop 7 crashed as "a bug"."""
+    monkeypatch.setenv("TEC_ZARR_MODEL_PATH", str(tmp_path / "models"))
+    assert tec_main(["train", "--data", str(tmp_path), "--name", "x", option, value]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count("\n") == 1
+    assert not (tmp_path / "models").exists()
+
+
+def test_train_on_a_gpu_torch_cannot_use_is_refused(tmp_path, monkeypatch, capsys):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is there")
+    monkeypatch.setenv("TEC_ZARR_MODEL_PATH", str(tmp_path / "models"))
+    assert tec_main(["train", "--data", str(tmp_path), "--name", "x", "--device", "cuda"]) == 2
+    assert "--device auto or cpu" in capsys.readouterr().err

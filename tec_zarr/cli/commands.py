@@ -487,6 +487,16 @@ def cmd_models_import(args) -> int:
 
 
 def cmd_train(args) -> int:
+    _size_arg(args.steps, "--steps", low=1)
+    _size_arg(args.batch, "--batch", low=1, high=4096)
+    _size_arg(args.crop, "--crop", low=16, high=2048, multiple=16)  # whole latents and hyperprior cells
+    _size_arg(args.val_every, "--val-every", low=1)
+    _size_arg(args.threads, "--threads", low=0, high=1024)
+    if args.minutes is not None and not (math.isfinite(args.minutes) and args.minutes > 0):
+        raise CommandError(f"Expected --minutes above 0. Got {args.minutes} instead: leave it out to stop at --steps.")
+    if not (math.isfinite(args.val_fraction) and 0 < args.val_fraction < 1):
+        raise CommandError(f"Expected --val-fraction between 0 and 1 (the share of places held out). Got "
+                           f"{args.val_fraction} instead.")
     from ..train import user  # the train extra: torch and onnx
 
     start = time.time()
@@ -610,7 +620,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run folder's checkpoint")
     p.add_argument("--into", help="model folder to install into (default: first TEC_ZARR_MODEL_PATH folder, else "
                    "~/.local/share/tec-zarr/models)")
-    p.add_argument("--device", default="auto", help="auto (a GPU when torch sees one), cpu or cuda")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="auto (a GPU when torch sees one), cpu or cuda")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0, help="seed of crops and augmentation (default 0)")
 

@@ -206,6 +206,9 @@ def train(args: argparse.Namespace) -> Path:
                                 "continue it, or --out another folder.")
     if args.resume and not (out / "checkpoint.pt").exists():
         raise InvalidInputError(f"Expected a checkpoint to resume in {out}. Got none instead: drop --resume.")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError("Expected a GPU torch can use for --device cuda. Got torch.cuda.is_available() False "
+                                f"(torch {torch.__version__}: a CPU build, or no GPU) instead: use --device auto or cpu.")
     init = base_checkpoint(args.base, args.init)
     images = load_paths(args.data, args.var)
     seen = tuple(torch.load(init, map_location="cpu", weights_only=False).get("train_images", ())) if init else ()
