@@ -77,15 +77,23 @@ def _row(record: dict, reference: dict[str, list[tuple[float, float]]]) -> dict:
     return row
 
 
-def summarize(log: Path, control: Path | None = None, start_trained_on: tuple[str, ...] = ()) -> dict:
+def summarize(log: Path, control: Path | None = None, start_trained_on: tuple[str, ...] = (),
+              against: Path | None = None) -> dict:
+    """``against``: another run's log whose starting weights are the reference instead of this run's (the shipped
+    weights, where this run continued a run that started from them)."""
     validations, run = _validations(log)
-    start = curves(validations[0])
-    out = {"log": str(log), "run": run, "start_step": validations[0]["step"], "start": start,
+    reference = _validations(against)[0][0] if against is not None else validations[0]
+    start = curves(reference)
+    if set(start) != set(curves(validations[0])):
+        raise SystemExit(f"{against}: expected the sets of {log} ({sorted(curves(validations[0]))}). Got "
+                         f"{sorted(start)} instead.")
+    out = {"log": str(log), "run": run, "start_step": reference["step"], "start": start,
+           "against": None if against is None else str(against),
            "start_trained_on": sorted(set(run.get("start_trained_on", [])) | set(start_trained_on)),
            "validations": [_row(record, start) for record in validations[1:]]}
     if control is not None:
         theirs, control_run = _validations(control)
-        if theirs[0]["step"] != validations[0]["step"] or curves(theirs[0]) != start:
+        if theirs[0]["step"] != validations[0]["step"] or curves(theirs[0]) != curves(validations[0]):
             raise SystemExit(f"{control}: expected a control run from the same starting weights as {log}")
         rows = []
         for record in validations[1:]:
@@ -126,7 +134,9 @@ def table(results: dict) -> str:
         lines += ["", "| step (control's step) | " + " | ".join(heads) + " |", "|---:|" + "---:|" * len(names)]
         lines += [f"| {row['step']} ({row['control_step']}) | " + " | ".join(_cells(row, names)) + " |"
                   for row in control["validations"]]
-    lines += ["", f"Bits at equal PSNR against the starting weights (step {results['start_step']}), mean (range over "
+    whose = ("the starting weights" if not results.get("against")
+             else f"the starting weights of {results['against']}")
+    lines += ["", f"Bits at equal PSNR against {whose} (step {results['start_step']}), mean (range over "
               f"qualities); below 1: fewer. Run: {_describe(results['run'])}."]
     if control and not control["validations"]:
         lines[-1] += " The control run has no validation after the starting weights' yet."
@@ -150,11 +160,14 @@ def main(argv=None) -> int:
     p.add_argument("--control", type=Path, help="a control run's log.jsonl (same starting weights, other recipe)")
     p.add_argument("--start-trained-on", nargs="*", default=[], choices=[n for n in SETS if n != "validation"],
                    help="sets the starting weights were trained on, for logs whose settings line does not say")
+    p.add_argument("--against", type=Path, help="another run's log.jsonl whose starting weights are the reference "
+                   "(the shipped weights, where this run continued a run that started from them)")
     p.add_argument("--readme-block", help="the README block the table goes to (none: print only)")
     args = p.parse_args(argv)
     from datetime import datetime, timezone
 
-    results = {**summarize(args.log, args.control, tuple(args.start_trained_on)), "name": args.name, "machine": machine(),
+    results = {**summarize(args.log, args.control, tuple(args.start_trained_on), args.against), "name": args.name,
+               "machine": machine(),
                "utc": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     out = args.out.with_name(f"protocol-{args.name}.json")
     publish(args.readme_block or "", results, out, table(results),

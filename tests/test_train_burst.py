@@ -122,6 +122,13 @@ def test_burst_runs_on_the_clock_and_both_trainers_resume(packed, tmp_path):
     report = protocol.summarize(out / "log.jsonl")
     assert report["start_step"] == 0 and report["validations"][-1]["step"] == first["step"]
     assert set(report["validations"][-1]["sets"]) == {"validation", "nearest", "bilinear", "desert"}
+    # against another run's starting weights (here its own): the same rows; a log of other sets is refused
+    assert protocol.summarize(out / "log.jsonl", against=out / "log.jsonl")["validations"] == report["validations"]
+    other = tmp_path / "other.jsonl"
+    first = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    other.write_text(json.dumps({**first, "out_of_source": {}}) + "\n")
+    with pytest.raises(SystemExit, match="expected the sets"):
+        protocol.summarize(out / "log.jsonl", against=other)
     same = protocol.ratios(report["start"]["validation"], report["start"]["validation"])
     assert same and np.allclose(same, 1.0)  # the starting curve against itself
     assert "| step |" in protocol.table({**report, "utc": "now", "machine": "here"})
