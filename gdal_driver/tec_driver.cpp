@@ -335,7 +335,8 @@ class TECRasterBand final : public GDALPamRasterBand
     int m_level;
     bool m_hasNoData;
     double m_noData;
-    double m_scale = 1.0;  // value = stored x scale + offset, as the file states (its source's radiometry)
+    bool m_hasRadiometry = false;  // value = stored x scale + offset, as the file states (its source's radiometry)
+    double m_scale = 1.0;
     double m_offset = 0.0;
 
   public:
@@ -378,12 +379,16 @@ class TECRasterBand final : public GDALPamRasterBand
 
     void SetRadiometry(double scale, double offset)  // not SetScale/SetOffset: those are PAM changes (.aux.xml)
     {
+        m_hasRadiometry = true;
         m_scale = scale;
         m_offset = offset;
     }
 
+    // The file's own scale and offset where it states them, else whatever PAM (a user's .aux.xml) says.
     double GetScale(int *pbSuccess) override
     {
+        if (!m_hasRadiometry)
+            return GDALPamRasterBand::GetScale(pbSuccess);
         if (pbSuccess)
             *pbSuccess = TRUE;
         return m_scale;
@@ -391,6 +396,8 @@ class TECRasterBand final : public GDALPamRasterBand
 
     double GetOffset(int *pbSuccess) override
     {
+        if (!m_hasRadiometry)
+            return GDALPamRasterBand::GetOffset(pbSuccess);
         if (pbSuccess)
             *pbSuccess = TRUE;
         return m_offset;
@@ -463,7 +470,7 @@ GDALDataset *TECDataset::Open(GDALOpenInfo *poOpenInfo)
     const bool hasNoData = root["nodata"].GetType() == CPLJSONObject::Type::String;
     const double noData = hasNoData ? CPLAtof(noDataText.c_str()) : 0.0;
     const CPLJSONArray names = root.GetArray("band_names");
-    const CPLJSONArray scales = root.GetArray("scales");  // absent from an older tec_zarr: scale 1, offset 0
+    const CPLJSONArray scales = root.GetArray("scales");  // absent: the file states none
     const CPLJSONArray offsets = root.GetArray("offsets");
     const bool hasRadiometry =
         scales.IsValid() && offsets.IsValid() && scales.Size() == bands && offsets.Size() == bands;

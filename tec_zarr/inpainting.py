@@ -35,6 +35,7 @@ import numpy as np
 
 from .errors import InvalidInputError, UnknownModelError
 from .models import Model, load_model
+from .dn_offset import SENTINEL2_DN_OFFSET
 from .parsing import parse_dn_offset, parse_float_scale
 from .pipeline.prepare import DN_PER_REFLECTANCE, SUPPORTED_DTYPES, fill_missing, pad, saturated_elements, union
 
@@ -131,13 +132,17 @@ class _Filler:
         return x.astype(np.float32)
 
     def units(self, x: np.ndarray, dtype: np.dtype) -> np.ndarray:
-        """Filled values in data units, from DN 1 up: Sentinel-2's lowest valid DN (0 is its NO_DATA, and the
-        codec's default nodata), never a negative reflectance."""
+        """Filled values in data units, never 0 (Sentinel-2's NO_DATA and the codec's default nodata: the pixel would
+        read back as missing) nor below the lowest valid DN: 1 in uint16, 1 - 1000 in signed and float data (DN with
+        the +1000 offset taken off reach that far)."""
         values = (x * self.std + self.mean) * np.float32(DN_PER_REFLECTANCE / self.scale)
-        lowest = 1.0 / self.scale
+        lowest = (1 if dtype.kind == "u" else 1 - SENTINEL2_DN_OFFSET) / self.scale
         if dtype.kind == "f":
-            return np.clip(values, np.float32(lowest), np.finfo(dtype).max).astype(dtype)
-        return np.clip(np.rint(values), max(1, int(np.ceil(lowest))), np.iinfo(dtype).max).astype(dtype)
+            out = np.clip(values, np.float32(lowest), np.finfo(dtype).max).astype(dtype)
+        else:
+            out = np.clip(np.rint(values), int(lowest), np.iinfo(dtype).max).astype(dtype)
+        out[out == 0] = np.asarray(1 / self.scale).astype(dtype)  # one DN up, off NO_DATA
+        return out
 
     def analysis(self, x: np.ndarray) -> np.ndarray:
         padded, _ = pad(x[None], self.model.multiple)

@@ -69,6 +69,7 @@ def thin_store(path, quality: int, *, variables=None, progress: Callable[[int, i
     for name, array in sorted(arrays.items()):
         if array.codec is None and variables is None:
             continue  # coordinates and other codecs' arrays: nothing of ours to thin
+        _check_readable(array.directory)  # only the arrays thinned: others may use codecs not installed here
         why = array.unthinnable() or _above(array.codec, quality)
         if why:
             report.left[name] = why
@@ -112,7 +113,8 @@ class _ZarrArray:
         codecs = list(self.metadata.get("codecs") or [])
         for codec in codecs:  # grows as it goes: TEC inside the shards (and shards inside shards)
             if isinstance(codec, dict) and codec.get("name") == shards.SHARDING:
-                codecs += (codec.get("configuration") or {}).get("codecs") or []
+                config = codec.get("configuration")
+                codecs += (config.get("codecs") or []) if isinstance(config, dict) else []
         for codec in codecs:
             if isinstance(codec, dict) and codec.get("name") == CODEC_ID:
                 return codec.setdefault("configuration", {})
@@ -179,7 +181,6 @@ def _zarr_arrays(root: Path) -> dict[str, _ZarrArray]:
         if meta.name == "zarr.json" and data.get("node_type") != "array":
             continue
         name = meta.parent.relative_to(root).as_posix()
-        _check_readable(meta.parent)
         arrays["" if name == "." else name] = _ZarrArray(meta.parent, meta, data, 2 if meta.name == ".zarray" else 3)
     return arrays
 

@@ -68,6 +68,9 @@ def test_a_vrt_is_a_raster_input_and_a_sidecar_is_refused(tmp_path, geotiff, cap
     for out in ("s.zarr", "s.tec"):
         assert cli.main(["compress", str(vrt), str(tmp_path / out), "--quiet"]) == 0
     assert metrics.psnr(expected, xr.open_zarr(tmp_path / "s.zarr")["reflectance"].values) > 40
+    prolog = tmp_path / "prolog.vrt"  # as editors and other tools write them
+    prolog.write_text('<?xml version="1.0" encoding="UTF-8"?>\n<!-- stacked -->\n' + vrt.read_text())
+    assert cli.main(["compress", str(prolog), str(tmp_path / "p.zarr"), "--quiet"]) == 0
     assert cli.main(["to-vrt", str(tmp_path / "s.tec")]) == 0
     capsys.readouterr()
     assert cli.main(["compress", str(tmp_path / "s.tec.vrt"), str(tmp_path / "again.zarr")]) == 2

@@ -26,7 +26,7 @@ from common import (
 )
 from tec_zarr import cli, tecfile
 from tec_zarr.bands import S2_L2A_BANDS
-from tec_zarr.errors import CorruptTileError, SidecarMismatchError
+from tec_zarr.errors import CorruptTileError, SidecarMismatchError, TecZarrError
 
 rasterio = pytest.importorskip("rasterio")
 from rasterio.errors import RasterioError  # noqa: E402
@@ -100,6 +100,21 @@ def test_datasets_opened_and_read_in_other_threads(scene):
             np.testing.assert_array_equal(got, levels[0][:, r : r + 37, c : c + 41])
         with gdal.open(path) as ds:  # opened here, read there
             np.testing.assert_array_equal(pool.submit(ds.read, 3).result(), levels[0][2])
+
+
+def test_gdal_python_turned_off_by_the_user_is_said_not_overridden(scene):
+    """GDAL_VRT_ENABLE_PYTHON=NO is the user's choice: tec_zarr.gdal.open refuses, naming it and the way
+    without GDAL, instead of switching Python on for the whole process."""
+    from rasterio.env import get_gdal_config, set_gdal_config
+
+    before = get_gdal_config("GDAL_VRT_ENABLE_PYTHON")
+    set_gdal_config("GDAL_VRT_ENABLE_PYTHON", "NO")
+    try:
+        with pytest.raises(TecZarrError, match="GDAL_VRT_ENABLE_PYTHON=NO"):
+            gdal.open(scene[0])
+        assert get_gdal_config("GDAL_VRT_ENABLE_PYTHON") in (False, "NO")  # left as the user set it
+    finally:
+        set_gdal_config("GDAL_VRT_ENABLE_PYTHON", "TRUSTED_MODULES" if before is None else before)
 
 
 def test_rasterio_reads_overviews(scene):

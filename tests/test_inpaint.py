@@ -65,19 +65,24 @@ def test_the_hybrid_uses_the_codec_route(crop, clouds):
     assert np.abs(hybrid - mean).max() <= 1.0  # rounding of each route to DN
 
 
-@pytest.mark.parametrize("dtype, scale", [("uint16", 1.0), ("int16", 1.0), ("float32", 1e4), ("float32", 1.0)])
-def test_filled_values_are_valid_reflectance(dtype, scale):
-    """A prediction below DN 1 (dark water and shadow next to clouds) is written as DN 1, the lowest valid value:
-    never 0, Sentinel-2's NO_DATA and the codec's default nodata (the pixel would read back as missing), nor a
-    negative DN. Before, uint16 fills held 0 and int16 fills negative values at such places."""
+@pytest.mark.parametrize("dtype, scale, lowest", [("uint16", 1.0, 1), ("int16", 1.0, -999), ("float32", 1e4, -999),
+                                                  ("float32", 1.0, -999)])
+def test_filled_values_are_valid_reflectance(dtype, scale, lowest):
+    """Predictions far below any reflectance (dark water and shadow next to clouds) are written as the lowest valid
+    DN (1 in uint16; 1 - 1000 where data with the +1000 offset taken off go negative), and a prediction of 0 as 1:
+    never 0, Sentinel-2's NO_DATA and the codec's default nodata, which would read back as missing. Before, uint16
+    fills held 0 at such places."""
     from tec_zarr.inpainting import _Filler
     from tec_zarr.models import load_model
 
-    filler = _Filler(load_model("tec-fp"), "latent", scale)
-    x = np.full((12, 2, 2), -50.0, np.float32)  # far below every band's mean: negative reflectance
-    x[:, 1, 1] = 0.0  # the mean: a plain value, kept
+    model = load_model("tec-fp")
+    filler = _Filler(model, "latent", scale)
+    x = np.zeros((12, 2, 2), np.float32)  # the mean: a plain value, kept
+    x[:, 0, 0] = -500.0  # far below every band's mean
+    x[:, 1, 0] = -(filler.mean / filler.std)[:, 0, 0]  # reflectance 0
     out = filler.units(x, np.dtype(dtype)).astype(np.float64) * scale  # in DN
-    np.testing.assert_allclose(out[:, 0, 0], 1.0, rtol=1e-3)
+    np.testing.assert_allclose(out[:, 0, 0], lowest, rtol=1e-3)
+    assert (out[:, 1, 0] != 0).all() and (np.abs(out[:, 1, 0]) <= 1.5).all()
     assert (out[:, 1, 1] > 100).all()
 
 

@@ -166,6 +166,25 @@ def test_nothing_else_decodes_to_the_saturated_value(clear):
         TEC().decode(bad + struct.pack("<I", zlib.crc32(bad)))
 
 
+def test_saturation_kept_never_moves_values_onto_nodata(spiked):
+    """With nodata one step below the saturated value (65534) the move would make valid pixels nodata: such chunks
+    are not marked, and a chunk marked anyway (hostile) is refused, as is one whose nodata is 65535."""
+    from dataclasses import replace
+
+    from tec_zarr.pipeline.decode import parse
+
+    bright = np.minimum(spiked.astype(np.int64) + 60000, 65535).astype(np.uint16)
+    bright[:4, :4, :4] = 65534
+    buf = TEC(nodata=65534).encode(bright)
+    assert not parse(buf).header.saturation_kept
+    back = TEC(nodata=65534).decode(buf, out=np.empty_like(bright))
+    np.testing.assert_array_equal(back == 65534, bright == 65534)
+    h, m, p = bitstream.unpack(TEC().encode(bright))
+    for nodata in (65534.0, 65535.0):
+        with pytest.raises(CorruptChunkError, match="saturation-kept extension with nodata"):
+            TEC().decode(bitstream.pack(replace(h, nodata=nodata), m, p))
+
+
 def test_a_saturated_mask_in_an_int16_chunk_is_refused(clear):
     from dataclasses import replace
 

@@ -242,7 +242,20 @@ def test_damaged_metadata_is_the_packages_error(tmp_path, image, damage):
     }[damage]
     (path / "zarr.json").write_text(edit(meta))
     with pytest.raises(InvalidInputError):
-        thin_store(path, 0)
+        thin_store(path, 0, variables=[""])  # named: refused even where the damage hides the codec
+
+
+def test_arrays_not_thinned_may_use_codecs_not_installed(tmp_path, image):
+    """Only the arrays thinned are read through zarr: a neighbour stored with a codec this machine lacks is left
+    alone (the check of damaged metadata must not refuse the whole store)."""
+    path, _ = _store(tmp_path, image, 2)
+    other = path / "other"
+    other.mkdir()
+    (other / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [4], "chunks": [4], "dtype": "<u2", "compressor": {"id": "imagecodecs_nothere"},
+        "fill_value": 0, "filters": None, "order": "C"}))
+    report = thin_store(path, 1)
+    assert report.thinned == [""]
 
 
 def test_a_store_coded_to_a_psnr_target_thins_chunk_by_chunk(tmp_path, cube):

@@ -166,6 +166,22 @@ def test_a_declared_missing_value_is_the_nodata(dataset, tmp_path, zarr_format, 
         zarr_encoding(bad, zarr_format=zarr_format)
 
 
+def test_float_reflectance_with_a_declared_fill(dataset, tmp_path):
+    """float32 reflectance with _FillValue -9999: the fill is nodata, so the range check of lossy float data does
+    not refuse it as a value (before: "values from -9999 ... outside the DN range"); a NaN fill keeps nodata 0."""
+    small = dataset.isel(time=0, x=slice(0, 48), y=slice(0, 40))
+    x = (small["reflectance"].values / 1e4).astype(np.float32)
+    x[:, :5, :5] = -9999.0
+    ds = xr.Dataset({"refl": xr.Variable(("band", "y", "x"), x, {"_FillValue": np.float32(-9999.0)})})
+    enc = zarr_encoding(ds, zarr_format=3)
+    assert enc["refl"]["serializer"].nodata == -9999.0
+    ds.to_zarr(tmp_path / "f.zarr", zarr_format=3, encoding=enc)
+    raw = xr.open_zarr(tmp_path / "f.zarr", mask_and_scale=False)["refl"].values
+    np.testing.assert_array_equal(raw == -9999.0, x == -9999.0)
+    nan = xr.Dataset({"refl": xr.Variable(("band", "y", "x"), x.clip(0), {"_FillValue": np.float32("nan")})})
+    assert zarr_encoding(nan, zarr_format=3)["refl"]["serializer"].nodata == 0
+
+
 def test_encoding_helper_checks_its_chunks(dataset):
     """-1 (and None) is the whole axis, as in dask and xarray; anything else that is not a positive integer along a
     dim of the dataset is refused before anything is written (zarr would fail late, or write chunks of 2.5 as 2)."""

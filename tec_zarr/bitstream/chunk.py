@@ -46,10 +46,11 @@ Layout (all integers little-endian)::
                           base is rounded to the lattice of multiples of the step before the steps are added, so
                           the decoded values lie on that lattice whatever the base, and coding decoded values again
                           (zarr's read-modify-write of a partial chunk) decodes to the same values.
-                          Tag 5, saturation kept (u8 1; uint16 and float32 chunks): no element outside the
-                          saturated mask decodes to the saturated value (one step below it instead), so a reader
+                          Tag 5, saturation kept (u8 1; uint16 and float32 chunks whose nodata is neither the
+                          saturated value nor the one below it): after the nodata rule, elements equal to the
+                          saturated value move one step below it, then the saturated mask is applied, so a reader
                           masking 65535 masks only what was saturated (written on chunks with a saturated mask or
-                          valid values from 20000 DN up, where decoded values can reach it)
+                          valid values from 20000 DN up, float32 chunks only where every valid value is below it)
     payload_len  u32      then the entropy-coded latent symbols
     -- residual section (bit 2 only): error-bounded / lossless coding, see tec_zarr.residual.bound --
     max_error    f64      the bound |x - decoded| <= max_error in data units (0: lossless)
@@ -369,6 +370,10 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
         runs_summed=_flag(extensions.get(EXTENSION_RUNS_SUMMED), "runs-summed", thinned_from is not None,
                           "a thinned chunk"),
     )
+    if header.saturation_kept and header.nodata is not None and header.nodata in (
+            float(saturated_value(header.dtype, header.float_scale)), float(below_saturated(header.dtype, header.float_scale))):
+        raise CorruptChunkError(f"Expected no saturation-kept extension with nodata {header.nodata}: the move would "
+                                "change nodata elements or make valid ones nodata.")
     if header.saturated is not None and saturated_value(header.dtype, header.float_scale) is None:
         raise CorruptChunkError(f"Expected a saturated mask in uint16 and float32 chunks only. Got one in a "
                                 f"{header.dtype} chunk instead.")
@@ -437,6 +442,15 @@ def saturated_value(dtype, float_scale: float):
     if dtype == np.float32:
         return np.float32(SATURATED_VALUE / float_scale)
     return None
+
+
+def below_saturated(dtype, float_scale: float):
+    """Where a chunk with saturation kept (extension tag 5) moves a decoded value equal to the saturated value: one
+    step below it (uint16 65534, float32 the next float down)."""
+    value = saturated_value(dtype, float_scale)
+    if value is None:
+        return None
+    return value - 1 if np.dtype(dtype).kind == "u" else np.nextafter(value, -np.inf, dtype=value.dtype)
 
 
 def _pack_extensions(header: ChunkHeader) -> bytes:

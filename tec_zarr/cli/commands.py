@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import TecZarrError
+from ..parsing import declared_nodata
 from . import failures
 from .failures import CommandError
 from .inpaint import add_parser as add_inpaint_parser
@@ -201,10 +202,10 @@ def _compress_zarr(args, in_kind: str) -> tuple[int, float]:
     nodata = _nodata_arg(args.nodata)
     attrs = dict(ds[var].attrs)
     # The input is opened without CF masking: its _FillValue (or missing_value) is a stored value, its nodata.
-    fill = next((v for v in (attrs.pop("_FillValue", None), attrs.pop("missing_value", None),
-                             ds[var].encoding.get("_FillValue")) if v is not None), None)
-    fill = fill.item() if hasattr(fill, "item") and getattr(fill, "size", 1) == 1 else fill
-    if isinstance(fill, (int, float)) and not isinstance(fill, bool) and attrs.get("nodata") is None:
+    fill = declared_nodata(attrs, ds[var].encoding)
+    attrs.pop("_FillValue", None)
+    attrs.pop("missing_value", None)
+    if fill is not None and attrs.get("nodata") is None:
         attrs["nodata"] = fill
     if nodata is None:  # the input's declared nodata, else 0 (stored exactly; padding of edge chunks costs nothing)
         declared = attrs.get("nodata")
@@ -841,7 +842,8 @@ def main(argv: list[str] | None = None) -> int:
         print("tec: interrupted", file=sys.stderr)
         return 130
     except Terminated as t:  # SIGTERM, SIGHUP: the temporaries are gone; exit as the shell reports such a death
-        print(f"tec: terminated by {t.name}", file=sys.stderr)
+        with contextlib.suppress(OSError, ValueError):  # after SIGHUP the terminal may be gone
+            print(f"tec: terminated by {t.name}", file=sys.stderr)
         return 128 + t.signum
     except Exception as e:
         if failures.debug():

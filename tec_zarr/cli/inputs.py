@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import secrets
 import shutil
 import warnings
@@ -23,6 +24,8 @@ SUFFIXES = {".tif": GEOTIFF, ".tiff": GEOTIFF, ".zarr": ZARR, ".nc": NETCDF, ".n
 _MAGIC = ((b"TECF", TEC), (b"II*\0", GEOTIFF), (b"MM\0*", GEOTIFF), (b"II+\0", GEOTIFF), (b"MM\0+", GEOTIFF),
           (b"CDF", NETCDF), (b"\x89HDF", NETCDF))
 _ZARR_METADATA = ("zarr.json", ".zgroup", ".zarray")
+# A GDAL VRT: its root element, after an optional byte-order mark, XML declaration and comments.
+_VRT = re.compile(rb"(\xef\xbb\xbf)?\s*(<\?xml[^>]*\?>\s*)?(<!--.*?-->\s*)*<VRTDataset[\s>]", re.S)
 
 
 def kind(path) -> str | None:
@@ -40,7 +43,7 @@ def kind(path) -> str | None:
         for magic, found in _MAGIC:
             if head.startswith(magic):
                 return found
-        if head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<VRTDataset"):
+        if _VRT.match(head):
             # A GDAL VRT (gdalbuildvrt -separate of a SAFE's band files) is read like a GeoTIFF, through rasterio;
             # a .tec file's own sidecar is not a source to compress.
             return SIDECAR if TRUSTED_MODULE.encode() in head else GEOTIFF

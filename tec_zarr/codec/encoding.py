@@ -81,12 +81,12 @@ def zarr_encoding(
                 f"Expected the bands of {name!r} in the model's order {' '.join(card.bands)}. Got "
                 f"{' '.join(map(str, stored))} instead: {fix}."
             )
-        check_values(name, var, params)
         kwargs = dict(codec_kwargs)
         if "dn_offset" not in kwargs:
             kwargs["dn_offset"] = stated_dn_offset(var, params["float_scale"]) or 0
         if "nodata" not in kwargs:
             kwargs["nodata"] = variable_nodata(name, var)
+        check_values(name, var, {**params, "nodata": kwargs["nodata"]})  # the fill value it declares is nodata
         if zarr_format == 2:
             from .zarr2 import TEC
 
@@ -122,12 +122,11 @@ def zarr_encoding(
 
 def variable_nodata(name: str, var):
     """The codec's nodata for a variable: the missing value it declares (:func:`~tec_zarr.parsing.declared_nodata`),
-    stored exactly, else the codec's default 0. A declared NaN needs none (float NaN is stored as missing anyway)."""
+    stored exactly, else the codec's default 0 (also for a declared NaN, which float data store as missing anyway:
+    xarray declares it for every float variable it reads)."""
     declared = declared_nodata(var.attrs, var.encoding)
-    if declared is None:
+    if declared is None or declared != declared:  # NaN is stored as missing anyway: zeros stay nodata, as before
         return 0
-    if declared != declared:
-        return None
     allowed = nodata_allowed(declared, var.dtype)
     if allowed is not None:
         raise InvalidInputError(f"Expected the missing value of variable {name!r} to be {allowed} for its dtype "

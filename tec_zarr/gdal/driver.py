@@ -44,7 +44,8 @@ def open(path: str) -> bytes:  # noqa: A001  (what the plug-in calls)
         "data_type": GDAL_TYPES[m.dtype], "tile": m.tile, "crs_wkt": m.crs_wkt or "",
         "geotransform": list(m.geotransform) if m.geotransform else None,
         "nodata": None if m.nodata is None else repr(float(m.nodata)),  # a string: JSON has no NaN
-        "band_names": list(m.band_names), "levels": levels, "scales": list(m.scales), "offsets": list(m.offsets),
+        "band_names": list(m.band_names), "levels": levels,
+        **({"scales": list(m.scales), "offsets": list(m.offsets)} if m.radiometry else {}),  # absent: PAM's, if any
         "metadata": {"TEC_UUID": m.uuid, "TEC_MODEL": str(m.codec["model"]), "TEC_QUALITY": str(m.codec["quality"])},
     }).encode()
 

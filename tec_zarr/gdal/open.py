@@ -63,7 +63,12 @@ def _enable_pixel_function() -> None:
     from rasterio.env import get_gdal_config, set_gdal_config
 
     with _options_lock:
-        enabled = get_gdal_config("GDAL_VRT_ENABLE_PYTHON")  # rasterio reads YES back as True
+        enabled = get_gdal_config("GDAL_VRT_ENABLE_PYTHON")  # rasterio reads YES back as True, NO as False
+        if enabled is False or str(enabled).upper() in ("NO", "OFF", "FALSE"):
+            raise TecZarrError("Expected GDAL to run the trusted pixel function of .tec sidecars. Got "
+                               "GDAL_VRT_ENABLE_PYTHON=NO set for this process instead: unset it to read .tec files "
+                               "through GDAL (only gdal_driver.pixelfunction is trusted, process-wide), or read them "
+                               "without GDAL: tec_zarr.tecfile.open(path).read().")
         if not (enabled is True or str(enabled).upper() in ("YES", "ON", "TRUE")):  # those trust every module
             set_gdal_config("GDAL_VRT_ENABLE_PYTHON", "TRUSTED_MODULES")
         trusted = [m for m in str(get_gdal_config("GDAL_VRT_PYTHON_TRUSTED_MODULES") or "").split(",") if m]

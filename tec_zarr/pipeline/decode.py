@@ -18,6 +18,7 @@ from ..bitstream.chunk import (
     HASH_PREFIX_BYTES,
     ChunkHeader,
     element_count,
+    below_saturated,
     saturated_value,
     unpack,
     unpack_mask,
@@ -254,10 +255,9 @@ def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
     result = _apply_nodata(result, header.nodata, parsed.mask)
     if parsed.nan is not None:
         result[parsed.nan] = np.nan
-    if header.saturation_kept:  # one step below: towards every valid value, so bounds hold too
-        value = saturated_value(header.dtype, header.float_scale)
-        below = value - 1 if result.dtype.kind == "u" else np.nextafter(value, -np.inf, dtype=result.dtype)
-        result[result == value] = below
+    if header.saturation_kept:  # one step below: towards every valid value (all below it), so bounds hold too
+        result[result == saturated_value(header.dtype, header.float_scale)] = below_saturated(header.dtype,
+                                                                                              header.float_scale)
     if parsed.saturated is not None:
         result[parsed.saturated] = saturated_value(header.dtype, header.float_scale)
     return result.reshape(header.shape)

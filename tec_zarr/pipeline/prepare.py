@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..bitstream.chunk import DTYPE_CODES, saturated_value
+from ..bitstream.chunk import DTYPE_CODES, below_saturated, saturated_value
 from ..errors import InvalidInputError, UnsupportedDtypeError
 from ..models import Model
 from ..parsing import parse_dn_offset, parse_float_scale
@@ -249,12 +249,14 @@ SATURATION_GUARD_DN = 20000
 def keeps_saturation(images: np.ndarray, missing: np.ndarray | None, nodata, scale: float,
                      saturated: np.ndarray | None) -> bool:
     value = saturated_value(images.dtype, scale)
-    if value is None or (nodata is not None and np.asarray(nodata).astype(images.dtype) == value):
-        return False  # int16 never reaches it; as nodata, no valid element decodes to it anyway
-    if saturated is not None:
-        return True
+    if value is None:
+        return False  # int16 never reaches it
+    if nodata is not None and np.asarray(nodata).astype(images.dtype) in (value, below_saturated(images.dtype, scale)):
+        return False  # as nodata no valid element decodes to it; one below, the move would make valid ones nodata
     valid = images if missing is None else images[~missing]
-    return bool(valid.size) and float(valid.max()) * scale >= SATURATION_GUARD_DN
+    if not valid.size or (images.dtype.kind == "f" and valid.max() > value):
+        return False  # float32 values above it: the move would not go towards them, nor keep their bound
+    return saturated is not None or float(valid.max()) * scale >= SATURATION_GUARD_DN
 
 
 def saturated_elements(images: np.ndarray, nodata, scale: float = 1.0) -> np.ndarray | None:

@@ -98,7 +98,7 @@ def on_lattice(base: np.ndarray, mode: int, bound: float, nodata: float | None) 
         c = (int(nodata) + e + 1) % step if shifted else 0
         return (base - c + e) // step * step + c
     step = 2.0 * bound * FLOAT_STEP_MARGIN  # float64 lattice points: decoded values round to float32 once
-    c = float(nodata) + step / 2 if shifted else 0.0
+    c = math.fmod(float(nodata), step) + step / 2 if shifted else 0.0  # small whatever nodata (-3.4e38 is common)
     return np.floor((base.astype(np.float64) - c) / step + 0.5) * step + c
 
 
