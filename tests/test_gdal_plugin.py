@@ -205,7 +205,11 @@ def test_no_python_is_a_gdal_error(plugin_env, scene, tmp_path):
     env = {k: v for k, v in plugin_env.items() if k != "TEC_ZARR_PYTHONSO"}
     out = run("gdalinfo", str(scene[0]), env=env, cwd=tmp_path)
     assert out.returncode == 1 and "TEC_ZARR_PYTHONSO" in out.stderr and "tec gdal-plugin" in out.stderr
-    env = {**plugin_env, "PYTHONPATH": str(tmp_path)}  # libpython, but not the package
+    # libpython, but not the package: nor a virtualenv on PATH, where the embedded interpreter would find its
+    # site-packages (as it does, rightly, for a user whose environment is active)
+    path = os.pathsep.join(p for p in plugin_env.get("PATH", "").split(os.pathsep)
+                           if p and not os.path.exists(os.path.join(p, "..", "pyvenv.cfg")))
+    env = {**plugin_env, "PYTHONPATH": str(tmp_path), "PATH": path}
     out = run("gdalinfo", str(scene[0]), env=env, cwd=tmp_path)
     assert out.returncode == 1 and "No module named 'tec_zarr'" in out.stderr
 
