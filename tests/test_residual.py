@@ -374,9 +374,11 @@ def test_hostile_lattice_extensions_are_refused():
         with pytest.raises(CorruptChunkError, match="lattice extension"):
             chunk.unpack(with_field(data, new))
     lossless = (FIXTURES / "tec_zarr.tec" / "lossless-coder2" / "encoded.00.dat").read_bytes()
-    header = chunk.unpack(lossless)[0]
-    with pytest.raises(ValueError, match="lattice residual with max_error > 0"):
-        chunk.pack(dataclasses.replace(header, residual=dataclasses.replace(header.residual, lattice=True)), None, b"")
+    header, mask, payload = chunk.unpack(lossless)
+    marked = chunk.pack(dataclasses.replace(header, residual=dataclasses.replace(header.residual, lattice=True)),
+                        mask, payload)
+    with pytest.raises(CorruptChunkError, match="lattice extension"):
+        chunk.unpack(marked)
 
 
 @pytest.mark.parametrize("dtype, max_error, nodata", [("uint16", 5, 0), ("int16", 3, 0), ("uint16", 40, None),

@@ -462,17 +462,13 @@ def _pack_extensions(header: ChunkHeader) -> bytes:
         values[EXTENSION_DN_OFFSET] = struct.pack("<i", int(header.dn_offset))
     if header.saturated is not None:
         values[EXTENSION_SATURATED] = bytes(header.saturated)
-    if header.saturation_kept:
-        if saturated_value(header.dtype, header.float_scale) is None:
-            raise ValueError(f"Expected saturation kept in uint16 and float32 chunks only. Got {header.dtype}.")
+    if header.saturation_kept:  # as given: readers check it against the dtype and nodata
         values[EXTENSION_SATURATION_KEPT] = b"\x01"
     if header.runs_summed:
         if header.thinned_from is None:
             raise ValueError("Expected runs summed in thinned chunks only. Got a chunk coded at its own quality.")
         values[EXTENSION_RUNS_SUMMED] = b"\x01"
-    if header.residual is not None and header.residual.lattice:
-        if not header.residual.max_error > 0:
-            raise ValueError("Expected a lattice residual with max_error > 0 only. Got a lossless one.")
+    if header.residual is not None and header.residual.lattice:  # as given: readers check it against the bound
         values[EXTENSION_LATTICE] = b"\x01"
     if not values:
         return b""
