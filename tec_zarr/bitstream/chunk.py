@@ -42,7 +42,8 @@ Layout (all integers little-endian)::
                           Tag 3, runs summed (u8 1; thinned chunks of hyperprior-family models only): the payload's z
                           is the first level's, and each thinned symbol is coded with the probability the first
                           level's model gives its run of first-level symbols (tec_zarr.entropy.runsum).
-                          Tag 4, lattice residual (u8 1; residual sections with max_error > 0 only): the residual's
+                          Tag 4, lattice residual (u8 1; residual sections with max_error > 0 only; encoders
+                          write it up to 25 DN): the residual's
                           base is rounded to the lattice of multiples of the step before the steps are added, so
                           the decoded values lie on that lattice whatever the base, and coding decoded values again
                           (zarr's read-modify-write of a partial chunk) decodes to the same values.

@@ -17,9 +17,10 @@ tiles) where that is smaller, as it can be when nearly every residual rounds to 
 Nodata elements keep the package's lossless mask; other elements never decode to nodata. (For float32, -0.0
 equals a nodata of 0 and so reads back as 0.0; with ``nodata=None`` lossless float32 is bit-exact throughout.) Should that rule move
 an element past the bound, the chunk is coded exactly instead (with a
-:class:`~tec_zarr.errors.MaxErrorFallbackWarning`). Chunks with max_error > 0 written since chunk extension tag 4
-round the base to a lattice of multiples of the step, shifted to put nodata between two points
-(:func:`on_lattice`): decoded values then never land on nodata, and coding decoded values again gives them back.
+:class:`~tec_zarr.errors.MaxErrorFallbackWarning`). Chunks with 0 < max_error <= :data:`LATTICE_MAX_DN` DN written
+since chunk extension tag 4 round the base to a lattice of multiples of the step, shifted to put nodata between two
+points (:func:`on_lattice`): decoded values then never land on nodata, and coding decoded values again gives them
+back.
 """
 
 from __future__ import annotations
@@ -39,6 +40,11 @@ from . import hierarchical, tiled
 
 MODE_INTEGER, MODE_FLOAT, MODE_FLOAT_EXACT = 0, 1, 2
 FLOAT_STEP_MARGIN = 1.0 - 2.0**-12
+# Bounds up to this many DN round the base to the lattice (extension tag 4). Its price is the residuals of pixels
+# whose base and value fall in different lattice cells, which grows with the step: 0.1-0.4 % of the bits up to
+# E = 10 DN, 1-4 % at 25 (base quality 0 / 2), 2-11 % at 50 and 7-55 % at 100 (benchmarks/bounded.py), so
+# larger bounds keep the base-centred steps, whose partial-chunk rewrites can move a value by up to another E.
+LATTICE_MAX_DN = 25
 CODER1_MIN_AREA = 64 * 64  # pixels per band from which coder 1 is tried only where coder 2 is very small
 _KEY_MAX = 0x7F7FFFFF  # key of float32's largest finite value; -_KEY_MAX - 1 is that of the most negative one
 
@@ -131,7 +137,8 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
     bound = parse_bound(max_error, dtype)
     unrounded = base_values(model, symbols, quality, images.shape[-2:], dtype, scale, blocks, offset)
     mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT if bound > 0 else MODE_FLOAT_EXACT
-    base = on_lattice(unrounded, mode, bound, nodata)
+    lattice = 0 < bound * scale <= LATTICE_MAX_DN
+    base = on_lattice(unrounded, mode, bound, nodata) if lattice else unrounded
     q = quantize(images, base, mode, bound)
     raw = reconstruct(base, q, mode, bound, dtype)
     decoded = avoid_nodata(raw, nodata)
@@ -144,9 +151,8 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
                 f"Expected every element within max_error={max_error} of its value. Got valid elements the "
                 f"bound would put onto nodata={nodata} instead: coded this chunk losslessly (larger). Choose a "
                 "nodata outside the data's values or nodata=None.", MaxErrorFallbackWarning, stacklevel=2)
-        bound = 0.0
+        bound, lattice, base = 0.0, False, unrounded
         mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT_EXACT
-        base = on_lattice(unrounded, mode, bound, nodata)
         q = quantize(images, base, mode, bound)
     q = np.where(valid, q, 0)
     anchor, step = residual_anchor(base, mode, bound)
@@ -156,7 +162,6 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
             raise RuntimeError("internal error: residual steps not constant over blocks; please report it")
         q, valid = coded, coded_valid
         anchor = None if anchor is None else native_layout(anchor, blocks)
-    lattice = bound > 0
     params, payload = hierarchical.encode(q, valid, anchor, step)
     v2 = ResidualSection(bound, mode, hierarchical.STRIDE, params, payload, coder=hierarchical.CODER, lattice=lattice)
     # Coder 1's memoryless tiles can win where nearly every residual rounds to 0 (large bounds) or on small chunks:
