@@ -21,15 +21,22 @@ def plain_number(value):
     return value
 
 
+def single_number(value):
+    """A numpy scalar or one-element array (as zarr, xarray and netCDF hand attributes over) as the Python number it
+    holds; anything else as it is."""
+    value = plain_number(value)
+    if hasattr(value, "shape") and getattr(value, "size", 0) == 1:
+        value = plain_number(value.reshape(-1)[0])
+    return value
+
+
 def declared_nodata(attrs, encoding=None):
     """The missing value a variable or array declares: its ``nodata`` attribute (rioxarray's and tec's), else CF's
     ``_FillValue`` (attribute, or xarray's encoding of a variable it masked), else ``missing_value``; a Python
     number (NaN included), None where it declares none."""
     for source, key in ((attrs, "nodata"), (attrs, "_FillValue"), (encoding or {}, "_FillValue"),
                         (attrs, "missing_value")):
-        value = plain_number(source.get(key))
-        if hasattr(value, "shape") and getattr(value, "size", 0) == 1:  # a one-element array, as netCDF gives it
-            value = plain_number(value.reshape(-1)[0])
+        value = single_number(source.get(key))
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return value
     return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from .errors import InvalidInputError
+from .parsing import single_number
 
 Radiometry = tuple[tuple[float, ...], tuple[float, ...]]  # (scales, offsets), one of each per band
 
@@ -59,9 +60,7 @@ def to_attrs(radiometry: Radiometry | None, nodata=None) -> dict:
 def _number(value, name: str) -> float | None:
     if value is None:
         return None
-    if hasattr(value, "tolist"):  # numpy scalars and one-element arrays, as zarr and xarray hand them over
-        value = value.tolist()
-        value = value[0] if isinstance(value, list) and len(value) == 1 else value
+    value = single_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidInputError(f"Expected a number for the CF attribute {name}. Got {value!r} instead.")
     return float(value)

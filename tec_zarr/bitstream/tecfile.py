@@ -134,8 +134,9 @@ class TecMetadata:
 
     @classmethod
     def create(cls, *, shape, dtype, band_names, crs_wkt, geotransform, nodata, tile, codec, overviews, uuid=None,
-               scales=None, offsets=None):
-        """Validated metadata; raises :class:`InvalidInputError`."""
+               radiometry=None):
+        """Validated metadata; raises :class:`InvalidInputError`. ``radiometry``: (scales, offsets) per band, or
+        None."""
         shape = parse_shape(shape)
         dtype = str(np.dtype(dtype).newbyteorder("=").name)
         if dtype not in DTYPES:
@@ -168,7 +169,7 @@ class TecMetadata:
             codec=dict(codec),
             overviews=parse_overviews(overviews),
             uuid=uuid,
-            radiometry=parse_radiometry(scales, offsets, shape[0]),
+            radiometry=parse_radiometry(*(radiometry or (None, None)), shape[0]),
         )
         if meta.tile_count > MAX_TILES:
             raise InvalidInputError(f"Expected at most {MAX_TILES} tiles. Got {meta.tile_count} instead (use a larger tile).")
@@ -199,7 +200,7 @@ class TecMetadata:
             d = json.loads(data.decode())
             return cls.create(**{key: d[key] for key in (
                 "shape", "dtype", "band_names", "crs_wkt", "geotransform", "nodata", "tile", "codec", "overviews", "uuid"
-            )}, scales=d.get("scales"), offsets=d.get("offsets"))
+            )}, radiometry=(d.get("scales"), d.get("offsets")))
         except InvalidInputError as e:  # already says what it expected and got
             raise TecFormatError(f"Invalid .tec metadata: {e}") from None
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError,

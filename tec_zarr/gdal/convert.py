@@ -349,11 +349,10 @@ def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> lay
             "(select one date of a time series first)."
         )
     crs, gt = _georef(group, array)
-    radiometry = _radiometry(array)
     meta = layout.TecMetadata.create(
         shape=shape, dtype=array.dtype, band_names=_band_names(group, array), crs_wkt=crs, geotransform=gt,
         nodata=config["nodata"], tile=chunks[1], codec=config, overviews=tuple(overviews),
-        scales=radiometry[0] if radiometry else None, offsets=radiometry[1] if radiometry else None,
+        radiometry=_radiometry(array),
     )
     fill = array.metadata.fill_value
     fill = 0 if fill is None else np.asarray(fill).item()

@@ -146,7 +146,7 @@ def write_rows(
     meta = TecMetadata.create(
         shape=tuple(shape), dtype=dtype, band_names=band_names, crs_wkt=crs_wkt, geotransform=geotransform,
         nodata=config.nodata, tile=tile, codec=config.to_json(), overviews=tuple(overviews),
-        scales=radiometry[0] if radiometry else None, offsets=radiometry[1] if radiometry else None,
+        radiometry=radiometry,
     )
 
     def read(y0: int, y1: int) -> np.ndarray:

@@ -142,9 +142,8 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
     q = quantize(images, base, mode, bound)
     raw = reconstruct(base, q, mode, bound, dtype)
     decoded = avoid_nodata(raw, nodata)
-    err = np.abs(decoded.astype(np.float64) - images.astype(np.float64))
     # float32 rounding or the nodata rule broke the bound (NaN fails it too): code exactly instead
-    if not (err[valid] <= bound).all():
+    if not _within(decoded, images, valid, bound):
         if bound > 0 and decoded is not raw and _within(raw, images, valid, bound):  # the nodata rule alone
             # (the lattice keeps decoded values off nodata: a safety net, never silent)
             warnings.warn(
