@@ -87,6 +87,24 @@ def test_resume_continues(run_dir, data_root, tmp_path):
     assert not torch.equal(before["model"]["g_a.0.weight"], after["model"]["g_a.0.weight"])
 
 
+def test_slim_checkpoint_continues_with_a_new_optimizer(run_dir, data_root, tmp_path):
+    """What gets committed (loop.keep_checkpoint: weights, no optimizer or sampler) continues by --init or in place;
+    --resume-optimizer, which needs the optimizer state, refuses it by name."""
+    from tec_zarr.train import loop
+
+    loop.keep_checkpoint(run_dir / "checkpoint.pt", tmp_path / "kept")
+    slim = torch.load(tmp_path / "kept" / "checkpoint.pt", weights_only=False)
+    assert not set(slim) & set(loop.RUN_STATE_KEYS) and slim["step"] == 3
+    assert (tmp_path / "kept" / "log.jsonl").read_bytes() == (run_dir / "log.jsonl").read_bytes()
+    init = ["--data", str(data_root), "--init", str(tmp_path / "kept" / "checkpoint.pt"), "--steps", "4", *TINY]
+    assert train_main.main([*init, "--out", str(tmp_path / "a")]) == 0
+    assert torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["step"] == 4
+    with pytest.raises(SystemExit, match="slim"):
+        train_main.main([*init, "--out", str(tmp_path / "b"), "--resume-optimizer"])
+    assert train_main.main(["--data", str(data_root), "--out", str(tmp_path / "kept"), "--steps", "4", *TINY]) == 0
+    assert torch.load(tmp_path / "kept" / "checkpoint.pt", weights_only=False)["step"] == 4
+
+
 @pytest.fixture(scope="module")
 def exported(run_dir, data_root, tmp_path_factory):
     folder = tmp_path_factory.mktemp("models") / "tec-tiny"

@@ -46,6 +46,17 @@ def test_logs_hold_out_the_validation_places_and_resume(run, data_root):
     assert not torch.equal(before["model"]["to_pixels.weight"], after["model"]["to_pixels.weight"])
 
 
+def test_slim_checkpoint_continues(run, data_root, tmp_path):
+    """A committed (slim) light checkpoint continues in place with a new optimizer and sampler."""
+    from tec_zarr.train import loop
+
+    loop.keep_checkpoint(run / "checkpoint.pt", tmp_path / "kept")
+    step = torch.load(tmp_path / "kept" / "checkpoint.pt", weights_only=False)["step"]
+    assert light.main(["--data", str(data_root), "--out", str(tmp_path / "kept"), "--steps", str(step + 1), *ARGS]) == 0
+    after = torch.load(tmp_path / "kept" / "checkpoint.pt", weights_only=False)
+    assert after["step"] == step + 1 and "opt" in after
+
+
 def test_export_writes_the_base_models_symbols(run, tmp_path, monkeypatch, cube):
     folder = light_export.export(run / "checkpoint.pt", "tec-light-smoke", "0", "tec-fp",
                                  tmp_path / "models" / "tec-light-smoke", None)

@@ -61,7 +61,11 @@ class Trainer:
             self.model.init_linear_path(torch.from_numpy(basis))
         if ckpt is not None:
             self.model.load_state_dict(ckpt["model"])
-            if source == ckpt_path or args.resume_optimizer:
+            if args.resume_optimizer and "opt_transform" not in ckpt:
+                raise SystemExit(f"Expected a checkpoint with optimizer state for --resume-optimizer. Got {source}, a slim "
+                                 "(committed) one, instead: continue it without that option (a new optimizer starts "
+                                 "from its weights).")
+            if (source == ckpt_path or args.resume_optimizer) and "opt_transform" in ckpt:
                 self.opt_transform.load_state_dict(ckpt["opt_transform"])
                 self.opt_entropy.load_state_dict(ckpt["opt_entropy"])
                 self.sampler.restore(ckpt["sampler"])

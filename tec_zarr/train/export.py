@@ -27,10 +27,11 @@ from ..bands import S2_L2A_BANDS
 from ..entropy.tables import quantize_pmf
 from ..integer import synthesis
 from ..models import MODELS_DIR, model_digest
+from . import loop
+from .model import ModelConfig, TECFactorized
 
 # The shared Sentinel-2 data beside the repository (../shared/data).
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
-from .model import ModelConfig, TECFactorized
 
 TAIL_MASS = 1e-6  # probability left to the escape symbol
 GRID = 1 << 12  # tables are searched within +-GRID; the escape codes anything beyond
@@ -155,6 +156,7 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
             "batch": ckpt.get("batch"),
             "images": ckpt["train_images"],
             "validation_places": ckpt.get("validation_places"),
+            **({"augment": ckpt["augment"]} if "augment" in ckpt else {}),  # the burst trainer's recipe
             "data": "shared/data: SSL4EO-S12 v1.1 L2A (CC-BY-4.0), SSL4EO-S12 L1C examples, s2cloudless test scene "
                     "(CC-BY-SA-4.0), rio-tiler-pds 29RKH L2A 100 m; all modified Copernicus Sentinel data",
         },
@@ -272,11 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, help="model folder (default: inside the package)")
     p.add_argument("--data", type=Path, help="shared data folder: calibrate the integer synthesis on the checkpoint's "
                    "training images and measure RD on the validation places (default calibration data: ../shared/data)")
+    p.add_argument("--keep", type=Path, help="also write a slim checkpoint (no optimizer state) and the log here, e.g. "
+                   "checkpoints/tec-fp-2 (training continues from it with a new optimizer)")
     args = p.parse_args(argv)
     if args.synthesis_only:
         add_integer_synthesis(args.checkpoint, args.data)
         print(f"added {synthesis.FILENAME} to {args.checkpoint}")
         return 0
+    if args.keep:
+        loop.keep_checkpoint(args.checkpoint, args.keep)
     folder = export(args.checkpoint, args.name, args.version, args.out, args.data)
     print(f"exported {args.name} to {folder}")
     return 0

@@ -32,6 +32,7 @@ from ..integer.synthesis import scale_exponent
 from ..models import MODELS_DIR, get_card, model_digest
 from ..models.registry import file_path, share_files
 from .export import entropy_tables, export_onnx, machine_description, runtime_rd, sha256_file
+from . import loop
 from .hyper import HyperConfig, HyperPrior
 
 _erfc = np.vectorize(math.erfc, otypes=[np.float64])  # float64, once at export
@@ -270,16 +271,6 @@ def measure(folder: Path, data_root: Path, base_name: str) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def keep_checkpoint(checkpoint: Path, folder: Path) -> None:
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    folder.mkdir(parents=True, exist_ok=True)
-    slim = {k: v for k, v in ckpt.items() if k not in ("opt", "rng", "torch_rng")}
-    torch.save(slim, folder / "checkpoint.pt")
-    log = Path(checkpoint).parent / "log.jsonl"
-    if log.exists():
-        shutil.copyfile(log, folder / "log.jsonl")
-
-
 def main(argv: list[str] | None = None) -> int:
     return command_line(argv, "python -m tec_zarr.train.hyper_export", __doc__, "tec-hp", export)
 
@@ -297,7 +288,7 @@ def command_line(argv: list[str] | None, prog: str, doc: str, name: str, export)
                                              f"e.g. checkpoints/{name} (training resumes from it with a new optimizer)")
     args = p.parse_args(argv)
     if args.keep:
-        keep_checkpoint(args.checkpoint, args.keep)
+        loop.keep_checkpoint(args.checkpoint, args.keep)
     folder = export(args.checkpoint, args.name, args.version, args.out, args.run, args.data)
     print(f"exported {args.name} to {folder}")
     return 0

@@ -213,10 +213,11 @@ class Trainer:
         self.opt = torch.optim.Adam(self.model.parameters(), lr=args.lr)
         self.step = 0
         if ckpt:
-            self.opt.load_state_dict(ckpt["opt"])
             self.step = int(ckpt["step"])
-            self.bank.rng.bit_generator.state = ckpt["sampler"]
-            torch.set_rng_state(ckpt["torch_rng"])
+            if "opt" in ckpt:  # a slim (committed) checkpoint has none: a new optimizer and sampler start
+                self.opt.load_state_dict(ckpt["opt"])
+                self.bank.rng.bit_generator.state = ckpt["sampler"]
+                torch.set_rng_state(ckpt["torch_rng"])
         self.base_path = str(args.base)
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:

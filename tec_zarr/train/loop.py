@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -24,6 +25,22 @@ def wait_while_paused() -> None:
     pause = os.environ.get(PAUSE_FILE_VARIABLE)
     while pause and Path(pause).exists():
         time.sleep(2.0)
+
+
+# What only resuming the same run needs (optimizer moments, sampler and RNG states): a committed checkpoint leaves
+# these out, and training continues from its weights with a new optimizer.
+RUN_STATE_KEYS = ("opt", "opt_transform", "opt_entropy", "sampler", "rng", "torch_rng")
+
+
+def keep_checkpoint(checkpoint: Path, folder: Path) -> None:
+    """A slim copy of ``checkpoint`` (weights, config, step; no :data:`RUN_STATE_KEYS`) and its run's log in
+    ``folder``: what gets committed under ``checkpoints/``."""
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v for k, v in ckpt.items() if k not in RUN_STATE_KEYS}, folder / "checkpoint.pt")
+    log = Path(checkpoint).parent / "log.jsonl"
+    if log.exists():
+        shutil.copyfile(log, folder / "log.jsonl")
 
 
 def step_scale(step: int, steps: int, first_drop: float) -> float:
