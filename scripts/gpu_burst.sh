@@ -4,9 +4,10 @@
 #   bash scripts/gpu_burst.sh [MINUTES] [more burst options]
 #
 # Needs runs/burst-data.npz (git-ignored, made here by scripts/pack_training_data.py; carry it) and torch with
-# CUDA; nothing of the codec runtime. Trains tec-fp from checkpoints/tec-fp/checkpoint.pt for MINUTES (default 8)
-# and writes checkpoint.pt, log.jsonl and burst.log to $OUT (or runs/burst without $OUT). The whole command takes
-# MINUTES plus about half a minute (start-up, the last validation and save): give the call that much and more.
+# CUDA; nothing of the codec runtime. Continues tec-fp-2's weights (checkpoints/tec-fp-2/checkpoint.pt, the best
+# image transform; BURST_INIT picks another) for MINUTES (default 8) and writes checkpoint.pt, log.jsonl and
+# burst.log to $OUT (or runs/burst without $OUT). The whole command takes MINUTES plus about half a minute
+# (start-up, the last validation and save): give the call that much and more.
 # A run directory that already holds a checkpoint is resumed instead. Extra options go to the trainer, e.g.
 # --init '' --channels 96 for a fresh model, --augment none, --batch 64.
 set -euo pipefail
@@ -14,7 +15,7 @@ cd "$(dirname "$0")/.."
 MINUTES="${1:-8}"
 shift $(( $# > 0 ? 1 : 0 ))
 DATA="${BURST_DATA:-runs/burst-data.npz}"
-INIT="${BURST_INIT:-checkpoints/tec-fp/checkpoint.pt}"
+INIT="${BURST_INIT:-checkpoints/tec-fp-2/checkpoint.pt}"
 RUN="${OUT:-runs/burst}"
 PY="$(command -v python3 || command -v python)"
 mkdir -p "$RUN"

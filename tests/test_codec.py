@@ -20,10 +20,10 @@ from tec_zarr.errors import (
     UnknownModelError,
     UnsupportedDtypeError,
 )
-from tec_zarr.models import get_card
+from tec_zarr.models import DEFAULT_MODEL, get_card
 from tec_zarr.zarr3 import TEC as TEC3
 
-CARD = get_card("tec-fp")
+CARD = get_card(DEFAULT_MODEL)
 
 
 def crop(a: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -119,9 +119,9 @@ def test_big_endian_chunks_are_refused_by_the_format_2_codec(image):
 def test_config_and_repr():
     codec = TEC(quality=1, nodata=None)
     check_config(codec)
-    check_repr(codec, "TEC(quality=1, model='tec-fp', nodata=None, float_scale=10000.0)")
+    check_repr(codec, f"TEC(quality=1, model='{DEFAULT_MODEL}', nodata=None, float_scale=10000.0)")
     assert codec.get_config()["model_sha256"] == CARD.sha256
-    assert TEC() == TEC(quality=CARD.default_quality, model="tec-fp", nodata=0)
+    assert TEC() == TEC(quality=CARD.default_quality, model=DEFAULT_MODEL, nodata=0)
 
 
 def test_pickle_carries_config_not_sessions(image):
@@ -136,10 +136,10 @@ def test_codec_config_and_validation():
     for codec in (TEC(max_error=3), TEC(max_error=0.5), TEC(psnr=35.0), TEC(quality=1, max_error=0)):
         check_config(codec)
     # A bound without a quality takes base level 0 (config.BOUNDED_DEFAULT_QUALITY); a given quality is kept.
-    check_repr(TEC(max_error=0), "TEC(quality=0, model='tec-fp', nodata=0, float_scale=10000.0, max_error=0)")
+    check_repr(TEC(max_error=0), f"TEC(quality=0, model='{DEFAULT_MODEL}', nodata=0, float_scale=10000.0, max_error=0)")
     assert TEC(max_error=5).quality == TEC3(max_error=5).quality == 0
     assert TEC(quality=2, max_error=5).quality == TEC3(quality=2, max_error=5).quality == 2
-    check_repr(TEC(psnr=35), "TEC(quality=2, model='tec-fp', nodata=0, float_scale=10000.0, psnr=35.0)")
+    check_repr(TEC(psnr=35), f"TEC(quality=2, model='{DEFAULT_MODEL}', nodata=0, float_scale=10000.0, psnr=35.0)")
     assert TEC(max_error=2) != TEC(max_error=3) and TEC() != TEC(max_error=0)
     assert numcodecs.get_codec(TEC(max_error=4).get_config()) == TEC(max_error=4)
     for bad in ({"max_error": -1}, {"max_error": float("nan")}, {"max_error": True}, {"psnr": 0},
@@ -155,7 +155,7 @@ def test_codec_config_and_validation():
 def test_codec_config_is_frozen_and_round_trips_json():
     c = CodecConfig.create(quality=1, max_error=2.0)
     assert c.max_error == 2 and isinstance(c.max_error, int)  # integral bounds are stored as integers
-    assert c.model == "tec-fp" and c.model_sha256 == CARD.sha256 and c.psnr is None
+    assert c.model == DEFAULT_MODEL and c.model_sha256 == CARD.sha256 and c.psnr is None
     with pytest.raises(dataclasses.FrozenInstanceError):
         c.quality = 2
     stored = c.to_json()
@@ -163,7 +163,7 @@ def test_codec_config_is_frozen_and_round_trips_json():
     assert CodecConfig.from_json(stored) == c
     assert CodecConfig.from_json({k: v for k, v in stored.items() if k != "id"}) == c
     assert TEC(quality=1, max_error=2).get_config() == stored
-    assert c.chunk_params() == {"model": "tec-fp", "quality": 1, "nodata": 0, "float_scale": 10000.0,
+    assert c.chunk_params() == {"model": DEFAULT_MODEL, "quality": 1, "nodata": 0, "float_scale": 10000.0,
                                 "max_error": 2, "psnr": None, "dn_offset": 0}
     for bad in ([], {"id": "other"}, {**stored, "qualty": 1}):
         with pytest.raises(InvalidInputError, match="Expected"):
@@ -187,9 +187,9 @@ def test_golden_bitstreams(cube):
     a = np.ascontiguousarray(cube[1, :, 100:164, 30:102])
     a[:, :5, :7] = 0
     b = np.ascontiguousarray(cube[2:4, :, :40, :48]).astype(np.int16)
-    check_golden(TEC(), [a, b], "default")
+    check_golden(TEC(model="tec-fp"), [a, b], "default")  # written when tec-fp was the default
     refl = np.ascontiguousarray(cube[0, :, :24, :32] / 1e4).astype(np.float32)
-    check_golden(TEC(quality=0, nodata=None), [refl], "q0-float32")
+    check_golden(TEC(model="tec-fp", quality=0, nodata=None), [refl], "q0-float32")
 
 
 # Bad inputs: each ends in the package's own error, never a crash or wrong pixels.

@@ -18,6 +18,7 @@ from tec_zarr.bitstream import chunk as bitstream
 from tec_zarr import DnOffsetWarning
 from tec_zarr.dn_offset import packed_dn_offset, stated_dn_offset
 from tec_zarr.errors import CorruptChunkError, InvalidInputError
+from tec_zarr.models import DEFAULT_MODEL
 
 from common import assert_bound, check_config, check_golden, check_repr
 
@@ -96,7 +97,7 @@ def test_config_keeps_the_offset_only_where_set():
     codec = TEC(dn_offset=OFFSET)
     assert codec.get_config()["dn_offset"] == OFFSET and "dn_offset" not in TEC().get_config()
     check_config(codec)
-    check_repr(codec, "TEC(quality=2, model='tec-fp', nodata=0, float_scale=10000.0, dn_offset=1000)")
+    check_repr(codec, f"TEC(quality=2, model='{DEFAULT_MODEL}', nodata=0, float_scale=10000.0, dn_offset=1000)")
     from tec_zarr.codec.zarr3 import TEC as TEC3
 
     assert TEC3(dn_offset=OFFSET).to_dict()["configuration"]["dn_offset"] == OFFSET
@@ -148,7 +149,7 @@ def test_golden_offset_chunks(shifted):
     """Chunks with a dn_offset decode the same in every run (regenerated only with TEC_ZARR_REGENERATE_GOLDEN=1)."""
     small = np.ascontiguousarray(shifted[:, :64, :96])
     small[:, 50:, :] = 0
-    check_golden(TEC(dn_offset=OFFSET), [small], "dn-offset-tec-fp")
+    check_golden(TEC(model="tec-fp", dn_offset=OFFSET), [small], "dn-offset-tec-fp")
     check_golden(TEC(model="tec-hp", dn_offset=OFFSET, max_error=0), [small], "dn-offset-tec-hp-e0", max_abs_error=0)
 
 

@@ -49,17 +49,24 @@ def test_load_verifies_every_file():
 
 
 def test_shared_files_are_stored_once():
-    """Files several shipped models list live once in blobs/<sha256>, and verify like any other."""
-    cards = [models.get_card(n) for n in SHIPPED]
-    shared = set.intersection(*(set(c.files.items()) for c in cards))
-    assert {f for f, _ in shared} >= {"encoder.onnx", "tables.npz", "synthesis_int.npz"}
-    full = [c for c in cards if "synthesis" not in c.manifest]  # tec-fp-lite and tec-fp-half: a decoder of their own
-    assert len({c.files["decoder.onnx"] for c in full}) == 1
-    for filename, digest in shared:
-        for card in cards:
-            assert file_path(card, filename) == models.MODELS_DIR / "blobs" / digest
-            assert not (card.folder / filename).exists()
-    assert models.verified_bytes(cards[1], "tables.npz") == models.verified_bytes(cards[0], "tables.npz")
+    """Files several shipped models list live once in blobs/<sha256>, and verify like any other. A family is the
+    models that share an encoder (tec-fp's; tec-fp-2's): they share its tables and integer synthesis too."""
+    families: dict[str, list] = {}
+    for card in (models.get_card(n) for n in SHIPPED):
+        families.setdefault(card.files["encoder.onnx"], []).append(card)
+    assert [c.name for c in families[models.get_card("tec-fp").files["encoder.onnx"]]][:1] == ["tec-fp"]
+    for cards in families.values():
+        if len(cards) == 1:
+            continue
+        shared = set.intersection(*(set(c.files.items()) for c in cards))
+        assert {f for f, _ in shared} >= {"encoder.onnx", "tables.npz", "synthesis_int.npz"}
+        full = [c for c in cards if "synthesis" not in c.manifest]  # the light models: a decoder of their own
+        assert len({c.files["decoder.onnx"] for c in full}) == 1
+        for filename, digest in shared:
+            for card in cards:
+                assert file_path(card, filename) == models.MODELS_DIR / "blobs" / digest
+                assert not (card.folder / filename).exists()
+        assert models.verified_bytes(cards[1], "tables.npz") == models.verified_bytes(cards[0], "tables.npz")
 
 
 def test_share_files_moves_duplicates_into_blobs(tmp_path):

@@ -21,11 +21,11 @@ from tec_zarr import TEC as TECv2
 from tec_zarr import metrics, pipeline
 from tec_zarr.codec.zarr3 import TEC
 from tec_zarr.errors import CorruptChunkError, PsnrTargetWarning
-from tec_zarr.models import load_model
+from tec_zarr.models import DEFAULT_MODEL, load_model
 from tec_zarr.pipeline.decode import parse
 from tec_zarr.runtime import batching, onnx
 
-MODEL = "tec-fp"
+MODEL = DEFAULT_MODEL  # what TEC() writes
 C = np.ascontiguousarray
 
 

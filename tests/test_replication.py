@@ -245,7 +245,7 @@ def test_extreme_latents_with_blocks_decode_finite(nearest):
     symbols = np.zeros((h.batch, *h.latent), np.int64)
     symbols[:, :, ::2] = 2**31 - 1
     symbols[:, :, 1::2] = -(2**31)
-    payload = load_model("tec-fp").coder.encode(None, symbols, h.quality)
+    payload = load_model(h.model).coder.encode(None, symbols, h.quality)
     out = TEC(nodata=None).decode(bitstream.pack(dataclasses.replace(h, float_scale=1e-20, channels=None), m, payload))
     assert h.blocks is not None and np.isfinite(out).all()
 

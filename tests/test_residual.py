@@ -332,13 +332,13 @@ def test_golden_bounded_bitstreams(cube):
     a = np.ascontiguousarray(cube[0, :, 10:43, 20:61])
     a[:, :3, :4] = 0
     # Written at base quality 2 (the default before bounded chunks defaulted to 0): the configs name it.
-    check_golden(TEC(quality=2, max_error=0), [a], "lossless-coder2", max_abs_error=0)
-    check_golden(TEC(quality=1, max_error=7), [a, a.astype(np.int16)], "max-error-7-coder2", max_abs_error=0)
+    check_golden(TEC(model="tec-fp", quality=2, max_error=0), [a], "lossless-coder2", max_abs_error=0)
+    check_golden(TEC(model="tec-fp", quality=1, max_error=7), [a, a.astype(np.int16)], "max-error-7-coder2", max_abs_error=0)
     refl = (a / 1e4).astype(np.float32)
-    check_golden(TEC(quality=2, max_error=0, nodata=None), [refl], "float32-lossless-coder2", max_abs_error=0)
+    check_golden(TEC(model="tec-fp", quality=2, max_error=0, nodata=None), [refl], "float32-lossless-coder2", max_abs_error=0)
     # Written after the hyperbolic-secant tables and the second references were added: a chunk that uses both.
     b = np.ascontiguousarray(cube[2, :, 100:164, 60:124])
-    check_golden(TEC(quality=2, max_error=0), [b], "lossless-coder2-sech", max_abs_error=0)
+    check_golden(TEC(model="tec-fp", quality=2, max_error=0), [b], "lossless-coder2-sech", max_abs_error=0)
     sech = FIXTURES / "tec_zarr.tec" / "lossless-coder2-sech" / "encoded.00.dat"
     res = chunk.unpack(sech.read_bytes())[0].residual
     raw = np.frombuffer(zlib.decompress(res.params), np.uint8)
@@ -351,9 +351,9 @@ def test_golden_bounded_bitstreams(cube):
     crossing = (a.astype(np.int32) - 1000).astype(np.int16)
     crossing[crossing == 0] = 1
     crossing[:, :3, :4] = 0
-    check_golden(TEC(quality=1, max_error=7), [a, a.astype(np.int16), crossing], "max-error-7-lattice",
+    check_golden(TEC(model="tec-fp", quality=1, max_error=7), [a, a.astype(np.int16), crossing], "max-error-7-lattice",
                  max_abs_error=0)
-    check_golden(TEC(quality=1, max_error=7e-4, nodata=None), [refl], "float32-max-error-lattice", max_abs_error=0)
+    check_golden(TEC(model="tec-fp", quality=1, max_error=7e-4, nodata=None), [refl], "float32-max-error-lattice", max_abs_error=0)
     for f in (FIXTURES / "tec_zarr.tec").glob("*-lattice/encoded.*.dat"):
         res = chunk.unpack(f.read_bytes())[0].residual
         assert res.lattice and res.max_error > 0

@@ -101,14 +101,14 @@ def test_golden_saturated_chunks(spiked):
     """Chunks with a saturated mask decode the same in every run (regenerated only with
     TEC_ZARR_REGENERATE_GOLDEN=1)."""
     small = np.ascontiguousarray(spiked[:, 50:114, 20:116])
-    check_golden(TEC(), [small], "saturated-tec-fp")
+    check_golden(TEC(model="tec-fp"), [small], "saturated-tec-fp")
     check_golden(TEC(model="tec-ctx"), [small], "saturated-tec-ctx")
-    check_golden(TEC(max_error=0), [small], "saturated-tec-fp-e0", max_abs_error=0)
-    check_golden(TEC(float_scale=1, nodata=None), [small.astype(np.float32)], "saturated-tec-fp-float32-dn")
+    check_golden(TEC(model="tec-fp", max_error=0), [small], "saturated-tec-fp-e0", max_abs_error=0)
+    check_golden(TEC(model="tec-fp", float_scale=1, nodata=None), [small.astype(np.float32)], "saturated-tec-fp-float32-dn")
     # written with chunk extension tag 5 (saturation kept): the spiked chunk and a bright one with nothing saturated
     bright = np.minimum(spiked[:, :64, :64].astype(np.int64) + 60000, 65534).astype(np.uint16)
     bright[spiked[:, :64, :64] == SATURATED] = 65534
-    check_golden(TEC(), [small, bright], "saturation-kept-tec-fp")
+    check_golden(TEC(model="tec-fp"), [small, bright], "saturation-kept-tec-fp")
 
 
 def replaced_extension(buf: bytes, value: bytes, tag: int = bitstream.EXTENSION_SATURATED) -> bytes:

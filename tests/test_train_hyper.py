@@ -55,6 +55,11 @@ def test_context_train_resume_export_round_trip(data_root, tmp_path, monkeypatch
     assert context.main([*args, "--steps", "3"]) == 0
     ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
     assert ckpt["step"] == 3 and sorted(ckpt["order"].tolist()) == list(range(192))
+    # the last group's hidden ReLUs switched off, as fine-tuning tec-ctx on tec-fp-2's latents left them: its layer
+    # has no calibration peak, and the export must still give every layer a shift of at least 0
+    ckpt["model"]["contexts.4.hidden.weight"].zero_()
+    ckpt["model"]["contexts.4.hidden.bias"].fill_(-1.0)
+    torch.save(ckpt, run / "checkpoint.pt")
     out = tmp_path / "models" / "tec-ctx-smoke"
     context_export.export(run / "checkpoint.pt", "tec-ctx-smoke", "0", out, run, None)
     monkeypatch.setenv("TEC_ZARR_MODEL_PATH", str(tmp_path / "models"))
@@ -62,9 +67,29 @@ def test_context_train_resume_export_round_trip(data_root, tmp_path, monkeypatch
     try:
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["entropy_model"] == "context" and manifest["context"]["groups"] == [16, 16, 32, 64, 64]
+        dead = models.load_model("tec-ctx-smoke").coder.context.networks[4]
+        assert min(dead.shifts) >= 0 and dead.shifts[1] == 0
         image = np.ascontiguousarray(cube[1, :, :48, :64])  # a multiple of 16: tec-fp pads it no differently
         enc = pipeline.encode_chunk(image, model="tec-ctx-smoke", quality=3)
         reference = pipeline.decode_chunk(pipeline.encode_chunk(image, model="tec-fp", quality=3))
         np.testing.assert_array_equal(pipeline.decode_chunk(enc), reference)  # same symbols, same pixels
     finally:
         models.clear_cache()
+
+
+def test_init_from_another_base_keeps_the_bases_gains(data_root, tmp_path):
+    """--init with a checkpoint trained on tec-fp, --base tec-fp-2: the networks start from the checkpoint, the
+    latent gains stay tec-fp-2's (tec-fp's would code other symbols than tec-fp-2 writes), and the exporter refuses a
+    checkpoint whose gains are not its base's."""
+    first = tmp_path / "fp"
+    assert hyper.main(["--data", str(data_root), "--out", str(first), "--steps", "1", *ARGS]) == 0
+    second = tmp_path / "fp2"
+    assert hyper.main(["--data", str(data_root), "--out", str(second), "--base", "tec-fp-2", "--init",
+                       str(first / "checkpoint.pt"), "--steps", "2", *ARGS]) == 0
+    ckpt = torch.load(second / "checkpoint.pt", weights_only=False)
+    assert np.array_equal(ckpt["model"]["gain"].numpy(), np.asarray(models.load_model("tec-fp-2").gain, np.float32))
+    assert not np.array_equal(ckpt["model"]["gain"].numpy(), np.asarray(models.load_model("tec-fp").gain, np.float32))
+    ckpt["model"]["gain"] = torch.as_tensor(np.asarray(models.load_model("tec-fp").gain, np.float32))
+    torch.save(ckpt, second / "checkpoint.pt")
+    with pytest.raises(SystemExit, match="other latent gains"):
+        hyper_export.export(second / "checkpoint.pt", "tec-hp-wrong", "0", tmp_path / "models" / "w", second, None)

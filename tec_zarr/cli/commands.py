@@ -590,8 +590,9 @@ def _model_help() -> tuple[str, str, str]:
     cards = list_models()
     card = get_card(DEFAULT_MODEL)
     levels = [q["quality"] for q in card.qualities]
-    model = (f"installed model: {', '.join(c.name for c in cards)} (default {DEFAULT_MODEL}, the fastest; tec-hp "
-             "and tec-ctx decode to the same pixels from fewer bits, more slowly)")
+    model = (f"installed model: {', '.join(c.name for c in cards)} (default {DEFAULT_MODEL}, among the fastest; the "
+             "entropy models on a transform decode to its pixels from fewer bits, more slowly: tec-hp, tec-ctx and "
+             "tec-tt on tec-fp's, tec-ctx-2 and tec-tt-2 on tec-fp-2's)")
     psnr = card.qualities[levels.index(card.default_quality)].get("validation", {}).get("psnr", float("nan"))
     quality = (f"quality level {min(levels)}..{max(levels)}, 0 = smallest file (default {card.default_quality}, "
                f"{psnr:.1f} dB on the validation images); 'tec models' lists every level's bpp and PSNR")
@@ -604,8 +605,9 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
                    help="Zarr stores, GeoTIFFs or folders of GeoTIFFs (12 L2A bands in the model's order)")
     p.add_argument("--name", required=True, help="the new model's name (lowercase, not an installed model's)")
     p.add_argument("--var", help="the variable of the Zarr stores (default: their one 12-band variable)")
-    p.add_argument("--base", default="tec-fp", help="shipped model to fine-tune (its checkpoint from checkpoints/ "
-                   "of a tec-zarr checkout), or 'none' to train from scratch (default tec-fp)")
+    p.add_argument("--base", default="tec-fp-2", help="shipped model to fine-tune, tec-fp-2 or tec-fp (its "
+                   "checkpoint from checkpoints/ of a tec-zarr checkout), or 'none' to train from scratch (default "
+                   "tec-fp-2, the default model)")
     p.add_argument("--init", help="a tec-zarr training checkpoint to start from instead of --base (yours: "
                    "it is unpickled, so never pass one you did not make)")
     p.add_argument("--steps", type=int, default=2000, help="training steps of this run (default 2000)")

@@ -1,6 +1,6 @@
 """A time-budgeted TEC-FP run with robust augmentation, made for a short loan of a GPU.
 
-``python -m tec_zarr.train.burst --out runs/burst --init checkpoints/tec-fp/checkpoint.pt \
+``python -m tec_zarr.train.burst --out runs/burst --init checkpoints/tec-fp-2/checkpoint.pt \
 --data runs/burst-data.npz --minutes 8`` (``scripts/gpu_burst.sh`` runs this on a GPU machine)
 
 The trainer of ``python -m tec_zarr.train`` (same model, step, optimizers and checkpoint, so either command

@@ -75,6 +75,11 @@ def build_context(net: ContextPrior, calibration: np.ndarray) -> context.Context
             colsum = sum(np.abs(w).reshape(-1, w.shape[-1]).sum(0) for w in ws).max()
             wexp = min(scale_exponent(colsum * clip + np.abs(bias).max() * 2.0 ** scales[i], 51), 40)
             quantized.append(([np.rint(w * 2.0**wexp) for w in ws], np.rint(bias * 2.0 ** (wexp + scales[i]))))
+            if i + 1 < len(layers):
+                # A hidden layer silent on all the calibration data (ReLUs training switched off: peak 0) has no
+                # scale to measure; it keeps its accumulator's (shift 0), never a finer one, which no live layer
+                # reaches: the models exported before this line are unchanged by it.
+                scales[i + 1] = min(scales[i + 1], wexp + scales[i])
             shifts.append(wexp + scales[i] - scales[i + 1])
         (hw, cw, sw), b1 = quantized[0]
         networks.append(context.GroupNetwork(

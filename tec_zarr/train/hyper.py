@@ -237,7 +237,11 @@ class Trainer:
         rates = self.rates()
         self.opt = torch.optim.Adam([{"params": p, "base_lr": lr} for p, lr in rates], lr=rates[0][1])
         if ckpt is not None:
-            self.net.load_state_dict(ckpt["model"])
+            # The latent gains are the base model's, never trained: a checkpoint made on another base (--init
+            # checkpoints/tec-ctx on --base tec-fp-2) carries that base's, which would code other symbols than the
+            # base writes. Its networks start from the checkpoint; its gains stay the base's.
+            base_gains = {k: v for k, v in self.net.state_dict().items() if k.rsplit(".", 1)[-1] == "gain"}
+            self.net.load_state_dict({**ckpt["model"], **base_gains})
             if "opt" in ckpt:  # a slim (committed) checkpoint has none: a new optimizer starts
                 self.opt.load_state_dict(ckpt["opt"])
                 for group, (_, lr) in zip(self.opt.param_groups, rates):

@@ -33,7 +33,7 @@ from ..models import MODELS_DIR, get_card, model_digest
 from ..models.registry import file_path, share_files
 from .export import entropy_tables, export_onnx, machine_description, runtime_rd, sha256_file
 from . import loop
-from .hyper import HyperConfig, HyperPrior
+from .hyper import HyperConfig, HyperPrior, base_model
 
 _erfc = np.vectorize(math.erfc, otypes=[np.float64])  # float64, once at export
 
@@ -162,6 +162,10 @@ def write_model(hyper_net: HyperPrior, ckpt: dict, checkpoint: Path, name: str, 
     base = get_card(info["base"])
     if base.sha256 != info["base_sha256"]:
         raise SystemExit(f"{checkpoint} was trained on another {info['base']} ({info['base_sha256'][:16]}...)")
+    base_gain = base_model(info["base"]).gain
+    if not np.array_equal(hyper_net.gain.numpy(), np.asarray(base_gain, np.float32)):
+        raise SystemExit(f"{checkpoint} holds other latent gains than {info['base']}'s: it was trained with another "
+                         "base's symbols (continue it on this base with a trainer that keeps the base's gains)")
     folder = Path(out_dir) if out_dir else MODELS_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     for f in BASE_FILES:

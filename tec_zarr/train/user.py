@@ -43,7 +43,7 @@ DATE_SUFFIX = re.compile(r"([_-](\d{1,2}|\d{8}(T\d{6})?))+$")
 VAL_FRACTION = 0.2
 MAX_VALIDATION = 256
 MULTIPLE = 16
-FINE_TUNABLE = ("tec-fp",)
+FINE_TUNABLE = ("tec-fp-2", "tec-fp")  # the TEC-FP transforms whose checkpoints a checkout holds
 
 
 # -- reading the user's data ------------------------------------------------------------------------------------------
@@ -181,8 +181,8 @@ def base_checkpoint(base: str | None, init: str | None) -> Path | None:
         return None
     if base not in FINE_TUNABLE:
         raise CheckpointImportError(
-            f"Expected --base in {[*FINE_TUNABLE, 'none']}. Got {base!r} instead: tec train fine-tunes TEC-FP (tec-hp and "
-            "tec-ctx share its transforms and have trainers of their own, python -m tec_zarr.train.hyper and .context)."
+            f"Expected --base in {[*FINE_TUNABLE, 'none']}. Got {base!r} instead: tec train fine-tunes TEC-FP transforms (the "
+            "entropy models share them and have trainers of their own, python -m tec_zarr.train.hyper and .context)."
         )
     path = REPO_CHECKPOINTS / base / "checkpoint.pt"
     if not path.is_file():
