@@ -15,8 +15,12 @@ RD curve (``rd.bpp_at``):
 
 Also encode and decode MB/s (raw uint16 bytes, one thread, this run) of tec-tt's 4-date chunks and tec-ctx's
 one-date chunks at quality 2. Writes benchmarks/results/temporal.json and the README's ``temporal`` table.
+``--temporal`` measures another temporal model (its base, whose symbols it codes, is the speed reference), against
+the image models of ``--image-models``; the best of them is the one to beat.
 
     python benchmarks/temporal.py [--data ../shared/data] [--quick]
+    python benchmarks/temporal.py --temporal tec-tt-2 --image-models tec-fp tec-ctx tec-fp-2 tec-ctx-2 \
+        --out benchmarks/results/temporal-2.json --readme-block temporal-2
 """
 
 from __future__ import annotations
@@ -63,12 +67,12 @@ def point(setting, bits: float, pixels: int, psnrs: list[float]) -> dict:
     return {"setting": setting, "bpp": bits / pixels, "psnr": float(np.mean(psnrs))}
 
 
-def temporal_curve(seqs) -> list[dict]:
+def temporal_curve(seqs, temporal: str) -> list[dict]:
     points = []
-    for q in [c["quality"] for c in get_card(TEMPORAL_MODEL).qualities]:
+    for q in [c["quality"] for c in get_card(temporal).qualities]:
         bits, pixels, psnrs = 0, 0, []
         for cube in seqs.values():
-            enc = pipeline.encode_chunk(cube, model=TEMPORAL_MODEL, quality=q, nodata=None)
+            enc = pipeline.encode_chunk(cube, model=temporal, quality=q, nodata=None)
             dec = pipeline.decode_chunk(enc)
             bits += 8 * len(enc)
             pixels += cube.shape[0] * cube.shape[2] * cube.shape[3]
@@ -138,13 +142,14 @@ def x265_curve(seqs) -> list[dict]:
 # -- speed ------------------------------------------------------------------------------------------------------------
 
 
-def speed(seqs) -> dict:
-    """Encode / decode MB/s (raw bytes) of tec-tt's 4-date chunks and tec-ctx's one-date chunks, one run each after a
-    warm-up, in this process (onnxruntime's threads as configured: compare the two, not across machines)."""
+def speed(seqs, temporal: str, base: str) -> dict:
+    """Encode / decode MB/s (raw bytes) of the temporal model's 4-date chunks and its base's one-date chunks, one run
+    each after a warm-up, in this process (onnxruntime's threads as configured: compare the two, not across
+    machines)."""
     out = {}
     cubes = list(seqs.values())
     raw = sum(c.nbytes for c in cubes) / 1e6
-    for name, chunks in ((TEMPORAL_MODEL, [[c] for c in cubes]), ("tec-ctx", [list(c) for c in cubes])):
+    for name, chunks in ((temporal, [[c] for c in cubes]), (base, [list(c) for c in cubes])):
         arrays = [np.ascontiguousarray(a) for group in chunks for a in group]
         pipeline.decode_chunk(pipeline.encode_chunk(arrays[0], model=name, quality=SPEED_QUALITY, nodata=None))
         t0 = time.perf_counter()
@@ -161,10 +166,15 @@ def speed(seqs) -> dict:
 def main(argv=None) -> int:
     p = argument_parser(__doc__, HERE / "results" / "temporal.json")
     p.add_argument("--quick", action="store_true", help="64 x 64 crops (a smoke run; not for the README)")
+    p.add_argument("--temporal", default=TEMPORAL_MODEL, help="the temporal model measured")
+    p.add_argument("--image-models", nargs="+", default=list(IMAGE_MODELS),
+                   help="image models coding one date per chunk; the best of them is the one to beat")
+    p.add_argument("--readme-block", default="temporal", help="the README block the table goes to")
     args = p.parse_args(argv)
+    temporal, base = args.temporal, get_card(args.temporal).manifest["base_model"]["name"]
     seqs = sequences(args.data, args.quick)
-    curves = {TEMPORAL_MODEL + " (4 dates per chunk)": temporal_curve(seqs)}
-    for model in (*IMAGE_MODELS, TEMPORAL_MODEL):  # tec-tt one date per chunk: its fine means without the dates
+    curves = {temporal + " (4 dates per chunk)": temporal_curve(seqs, temporal)}
+    for model in (*args.image_models, temporal):  # the temporal model one date per chunk: its fine means alone
         curves[model + " (1 date per chunk)"] = image_model_curve(model, seqs)
         print(model, flush=True)
     klt = KltJpeg2k()
@@ -176,8 +186,9 @@ def main(argv=None) -> int:
     bpp = {name: {f"{t:g}": bpp_at(c, t) for t in TARGETS_DB} for name, c in curves.items()}
     results = {"machine": machine(), "utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                "quick": args.quick, "places": list(seqs), "dates": 4, "size": SIZE if not args.quick else 64,
-               "curves": curves, "bpp_at": bpp, "speed": speed(seqs)}
-    publish("temporal", results, args.out, table(results), readme=not args.no_readme and not args.quick)
+               "temporal": temporal, "base": base, "image_models": list(args.image_models),
+               "curves": curves, "bpp_at": bpp, "speed": speed(seqs, temporal, base)}
+    publish(args.readme_block, results, args.out, table(results), readme=not args.no_readme and not args.quick)
     return 0
 
 
@@ -187,10 +198,12 @@ def _fmt(v) -> str:
 
 def table(results: dict) -> str:
     bpp = results["bpp_at"]
-    tt = TEMPORAL_MODEL + " (4 dates per chunk)"
-    alone = TEMPORAL_MODEL + " (1 date per chunk)"
-    images = [k for k in bpp if k.split(" ")[0] in IMAGE_MODELS]
-    lines = ["| codec | bpp per date at 40 dB | at 45 dB | tec-tt's bits against it, 40 / 45 dB |",
+    # results written before these keys existed measured tec-tt against tec-fp, tec-hp and tec-ctx
+    temporal, base = results.get("temporal", TEMPORAL_MODEL), results.get("base", "tec-ctx")
+    tt = temporal + " (4 dates per chunk)"
+    alone = temporal + " (1 date per chunk)"
+    images = [k for k in bpp if k.split(" ")[0] in results.get("image_models", IMAGE_MODELS)]
+    lines = [f"| codec | bpp per date at 40 dB | at 45 dB | {temporal}'s bits against it, 40 / 45 dB |",
              "|---|---:|---:|---:|"]
     for name, at in bpp.items():
         ratios = [("n/r" if at[t] is None or bpp[tt][t] is None else f"{bpp[tt][t] / at[t]:.3f}") for t in ("40", "45")]
@@ -201,13 +214,16 @@ def table(results: dict) -> str:
     sp = results["speed"]
     fine = [("n/r" if best[t] is None or bpp[alone][t] is None else f"{100 * (1 - bpp[alone][t] / best[t]):.1f} %")
             for t in ("40", "45")]
-    lines += ["", f"tec-tt saves {saving[0]} (40 dB) and {saving[1]} (45 dB) of the bits of the best image model "
-              f"coding one date per chunk; its fine means alone (tec-tt, one date per chunk) save {fine[0]} and "
-              f"{fine[1]}, the dates before the rest.",
-              f"Speed at quality {SPEED_QUALITY}, MB/s of raw uint16, encode / decode: tec-tt (4-date chunks) "
-              f"{sp[TEMPORAL_MODEL]['encode_MBps']} / {sp[TEMPORAL_MODEL]['decode_MBps']}, tec-ctx (one date per "
-              f"chunk) {sp['tec-ctx']['encode_MBps']} / {sp['tec-ctx']['decode_MBps']}; decode seconds per date "
-              f"{sp[TEMPORAL_MODEL]['decode_seconds_per_date']} against {sp['tec-ctx']['decode_seconds_per_date']}.",
+    best_name = {t: min((k for k in images if bpp[k][t] is not None), key=lambda k: bpp[k][t], default="none")
+                 for t in ("40", "45")}
+    lines += ["", f"{temporal} saves {saving[0]} (40 dB) and {saving[1]} (45 dB) of the bits of the best image model "
+              f"coding one date per chunk ({best_name['40'].split(' ')[0]} / {best_name['45'].split(' ')[0]}); its "
+              f"fine means alone ({temporal}, one date per chunk) save {fine[0]} and {fine[1]}, the dates before the "
+              "rest.",
+              f"Speed at quality {SPEED_QUALITY}, MB/s of raw uint16, encode / decode: {temporal} (4-date chunks) "
+              f"{sp[temporal]['encode_MBps']} / {sp[temporal]['decode_MBps']}, {base} (one date per "
+              f"chunk) {sp[base]['encode_MBps']} / {sp[base]['decode_MBps']}; decode seconds per date "
+              f"{sp[temporal]['decode_seconds_per_date']} against {sp[base]['decode_seconds_per_date']}.",
               "",
               f"Measured by `benchmarks/temporal.py` on {results['machine']}, {results['utc'][:10]}: the held-out "
               f"places {', '.join(results['places'])}, 4 dates of {results['size']} x {results['size']} each. n/r: "
