@@ -93,3 +93,19 @@ def test_init_from_another_base_keeps_the_bases_gains(data_root, tmp_path):
     torch.save(ckpt, second / "checkpoint.pt")
     with pytest.raises(SystemExit, match="other latent gains"):
         hyper_export.export(second / "checkpoint.pt", "tec-hp-wrong", "0", tmp_path / "models" / "w", second, None)
+
+
+def test_context_from_a_hyperprior_of_another_base_keeps_the_bases_gains(data_root, tmp_path):
+    """--init-hyper (default checkpoints/tec-hp, trained on tec-fp) under --base tec-fp-2: tec-fp-2's gains, and the
+    run records where its weights came from for the manifest."""
+    from tec_zarr.train import context
+
+    hp = tmp_path / "hp"
+    assert hyper.main(["--data", str(data_root), "--out", str(hp), "--steps", "1", *ARGS]) == 0
+    run = tmp_path / "ctx"
+    assert context.main(["--data", str(data_root), "--out", str(run), "--base", "tec-fp-2", "--init-hyper",
+                         str(hp / "checkpoint.pt"), "--latent-crop", "8", "--steps", "1", *ARGS]) == 0
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    assert np.array_equal(ckpt["model"]["hyper.gain"].numpy(),
+                          np.asarray(models.load_model("tec-fp-2").gain, np.float32))
+    assert str(hp / "checkpoint.pt") in ckpt["started_from"]

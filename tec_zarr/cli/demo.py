@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import metrics, sample
 from ..codec.encoding import zarr_encoding
-from ..models import get_card
+from ..models import DEFAULT_MODEL, get_card
 
 
 @dataclass
@@ -245,7 +245,7 @@ def verdict(c: Comparison, quality: int) -> list[str]:
 def main(quality: int | None = None) -> int:
     ds = sample.load_dataset()
     cube = ds["reflectance"]
-    card = get_card("tec-fp")
+    card = get_card(DEFAULT_MODEL)  # what zarr_encoding and the .tec path write
     q = card.default_quality if quality is None else quality
     print(f"Sample: {sample.ATTRIBUTION}")
     print(f"        {dict(cube.sizes)} uint16, {cube.nbytes:,} bytes raw; never seen in training")

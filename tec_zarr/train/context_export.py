@@ -105,7 +105,8 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None, run_
                                   "integer Gaussian scale tables",
                   "entropy_model": context.ENTROPY_MODEL, "context": net.cfg.to_dict()},
         training={"context_steps": int(ckpt["step"]),
-                  "started_from": "checkpoints/tec-hp (hyperprior, then trained jointly with the context networks)"})
+                  "started_from": ckpt.get("started_from", "checkpoints/tec-hp (hyperprior, then trained jointly "
+                                                           "with the context networks)")})
     if (run_dir / "val_latents.npy").exists():
         integer_penalty(net, folder, np.load(run_dir / "val_latents.npy"))
     if data_root is not None:

@@ -242,6 +242,7 @@ class Trainer:
             # base writes. Its networks start from the checkpoint; its gains stay the base's.
             base_gains = {k: v for k, v in self.net.state_dict().items() if k.rsplit(".", 1)[-1] == "gain"}
             self.net.load_state_dict({**ckpt["model"], **base_gains})
+            self._started_from = ckpt.get("started_from")
             if "opt" in ckpt:  # a slim (committed) checkpoint has none: a new optimizer starts
                 self.opt.load_state_dict(ckpt["opt"])
                 for group, (_, lr) in zip(self.opt.param_groups, rates):
