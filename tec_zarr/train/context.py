@@ -157,8 +157,7 @@ class Trainer(hyper.Trainer):
         cfg = ContextConfig(groups=tuple(self.args.groups), hidden=self.args.hidden)
         order = channel_order(self.latents[: min(512, len(self.latents))], model.gain)
         net = ContextPrior(cfg, HyperConfig.from_dict(trained["config"]), model.gain, order)
-        base_gains = {k: v for k, v in net.hyper.state_dict().items() if k == "gain"}  # the base's, never the init's
-        net.hyper.load_state_dict({**trained["model"], **base_gains})
+        hyper.load_weights(net.hyper, trained["model"])
         return net
 
     def rates(self) -> list[tuple[list, float]]:
@@ -170,14 +169,8 @@ class Trainer(hyper.Trainer):
         return {"config": self.net.hyper.cfg.to_dict(), "context": self.net.cfg.to_dict(),
                 "order": self.net.order.numpy(), "started_from": self.started_from}
 
-    @property
-    def started_from(self) -> str:
-        """Where this run's weights came from, for the exported manifest."""
-        if getattr(self, "_started_from", None) is None:
-            self._started_from = (f"{self.args.init} (continued on {self.info['base']}'s latents)" if self.args.init
-                                  else f"{self.args.init_hyper} (hyperprior, then trained jointly with the context "
-                                       "networks)")
-        return self._started_from
+    def origin(self) -> str:
+        return super().origin() or f"{self.args.init_hyper} (hyperprior, then trained jointly with the context networks)"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -195,6 +195,14 @@ def precompute(out: Path, data_root: Path, base: str, crops: int, crop: int, see
 # Training
 
 
+def load_weights(net: nn.Module, state: dict) -> None:
+    """Load a checkpoint's weights into ``net``, keeping ``net``'s latent gains: they are the base model's, never
+    trained, and a checkpoint made on another base (``--init checkpoints/tec-ctx`` on ``--base tec-fp-2``) carries
+    that base's, which would code other symbols than the base writes."""
+    own_gains = {k: v for k, v in net.state_dict().items() if k.rsplit(".", 1)[-1] == "gain"}
+    net.load_state_dict({**state, **own_gains})
+
+
 def factorized_bits(model, y: np.ndarray) -> list[float]:
     """Ideal bits per pixel of the base model's own tables on latents ``y`` per quality (no headers)."""
     out = []
@@ -236,13 +244,9 @@ class Trainer:
         self.net = self.build(ckpt, model)
         rates = self.rates()
         self.opt = torch.optim.Adam([{"params": p, "base_lr": lr} for p, lr in rates], lr=rates[0][1])
+        self.started_from = (ckpt or {}).get("started_from") or self.origin()
         if ckpt is not None:
-            # The latent gains are the base model's, never trained: a checkpoint made on another base (--init
-            # checkpoints/tec-ctx on --base tec-fp-2) carries that base's, which would code other symbols than the
-            # base writes. Its networks start from the checkpoint; its gains stay the base's.
-            base_gains = {k: v for k, v in self.net.state_dict().items() if k.rsplit(".", 1)[-1] == "gain"}
-            self.net.load_state_dict({**ckpt["model"], **base_gains})
-            self._started_from = ckpt.get("started_from")
+            load_weights(self.net, ckpt["model"])
             if "opt" in ckpt:  # a slim (committed) checkpoint has none: a new optimizer starts
                 self.opt.load_state_dict(ckpt["opt"])
                 for group, (_, lr) in zip(self.opt.param_groups, rates):
@@ -262,6 +266,10 @@ class Trainer:
     @property
     def qualities(self) -> int:
         return self.net.cfg.qualities
+
+    def origin(self) -> str | None:
+        """Where a new run's weights come from (a run keeps its first checkpoint's word), for exported manifests."""
+        return f"{self.args.init} (continued on {self.info['base']}'s latents)" if self.args.init else None
 
     def build(self, ckpt: dict | None, model) -> nn.Module:
         cfg = HyperConfig.from_dict(ckpt["config"]) if ckpt else HyperConfig(
