@@ -137,3 +137,55 @@ def test_model_from_model_path_encodes(model_copy, image):
     codec = tec_zarr.TEC(model="tec-copy")
     a = np.ascontiguousarray(image[:, :32, :32])
     assert codec.decode(codec.encode(a)).shape == a.shape
+
+
+def _with_decoders(folder, per_quality, extra_graph: bool = True) -> None:
+    """Give a model folder a decoders.json (and a second graph, tec-fp-lite's synthesis), both listed and hashed."""
+    import hashlib
+
+    from tec_zarr.models.card import model_digest
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if extra_graph:
+        lite = models.get_card("tec-fp-lite")
+        (folder / "lite-decoder.onnx").write_bytes(file_path(lite, "decoder.onnx").read_bytes())
+        manifest["files"]["lite-decoder.onnx"] = lite.files["decoder.onnx"]
+    data = per_quality if isinstance(per_quality, bytes) else json.dumps({"per_quality": per_quality}).encode()
+    (folder / "decoders.json").write_bytes(data)
+    manifest["files"]["decoders.json"] = hashlib.sha256(data).hexdigest()
+    manifest["sha256"] = model_digest(manifest["files"])
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_decoders_json_chooses_the_synthesis_per_quality(model_copy, image):
+    """A model naming its synthesis per quality decodes each quality through that graph: here tec-fp's own at 0 and
+    2-4, tec-fp-lite's at 1, so the pixels equal those models' at the same symbols."""
+    from tec_zarr import pipeline
+
+    _with_decoders(model_copy, ["decoder.onnx", "lite-decoder.onnx", "decoder.onnx", "decoder.onnx", "decoder.onnx"])
+    model = models.load_model("tec-copy")
+    assert model.decoder_for(1) is not model.decoder and model.decoder_for(0) is model.decoder_for(4) is model.decoder
+    for quality, same_as in ((1, "tec-fp-lite"), (2, "tec-fp")):
+        ours = pipeline.decode_chunk(pipeline.encode_chunk(image, model="tec-copy", quality=quality))
+        theirs = pipeline.decode_chunk(pipeline.encode_chunk(image, model=same_as, quality=quality))
+        assert np.array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("content", [
+    b"not json", b"[]", b'{"per_quality": "decoder.onnx"}',
+    json.dumps({"per_quality": ["decoder.onnx"] * 4}).encode(),  # one quality short
+    json.dumps({"per_quality": ["decoder.onnx"] * 4 + ["missing.onnx"]}).encode(),  # not in the manifest
+    json.dumps({"per_quality": ["decoder.onnx"] * 4 + ["tables.npz"]}).encode(),  # not a graph
+])
+def test_bad_decoders_json_is_refused(model_copy, content):
+    _with_decoders(model_copy, content)
+    with pytest.raises(WeightsIntegrityError, match="decoders.json"):
+        models.load_model("tec-copy")
+
+
+def test_tampered_decoders_json_is_refused(model_copy):
+    """decoders.json decides pixels, so it is hashed like the graphs: an edit is refused before anything runs."""
+    _with_decoders(model_copy, ["lite-decoder.onnx"] + ["decoder.onnx"] * 4)
+    (model_copy / "decoders.json").write_text(json.dumps({"per_quality": ["decoder.onnx"] * 5}))
+    with pytest.raises(WeightsIntegrityError, match="sha256"):
+        models.load_model("tec-copy")

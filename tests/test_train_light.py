@@ -117,3 +117,34 @@ def test_pruned_synthesis_trains_resumes_and_exports(data_root, tmp_path):
     assert after["step"] == 3 and not torch.equal(before["model"]["g_s.0.weight"], after["model"]["g_s.0.weight"])
     folder = light_export.export(out / "checkpoint.pt", "tec-pruned-smoke", "0", "tec-fp", tmp_path / "m", None)
     assert "pruned copy of the base's synthesis" in json.loads((folder / "manifest.json").read_text())["architecture"]
+
+
+def test_export_keeps_the_base_synthesis_at_chosen_qualities(run, tmp_path, monkeypatch, cube):
+    """``--base-synthesis-at``: those qualities decode to the base model's very pixels, the others through the light
+    synthesis; the same payload at every quality."""
+    folder = light_export.export(run / "checkpoint.pt", "tec-light-mixed", "0", "tec-fp",
+                                 tmp_path / "models" / "tec-light-mixed", None, base_synthesis_at=(3, 4))
+    manifest = json.loads((folder / "manifest.json").read_text())
+    base = models.get_card("tec-fp")
+    assert manifest["files"]["base-decoder.onnx"] == base.files["decoder.onnx"]
+    assert json.loads((folder / "decoders.json").read_text())["per_quality"] == \
+        ["decoder.onnx"] * 3 + ["base-decoder.onnx"] * 2
+    assert manifest["base_synthesis_at"] == [3, 4] and "qualities 3, 4 decode through tec-fp's own" in \
+        manifest["architecture"]
+    monkeypatch.setenv("TEC_ZARR_MODEL_PATH", str(tmp_path / "models"))
+    models.clear_cache()
+    try:
+        image = np.ascontiguousarray(cube[1, :, :40, :52])
+        for quality, same_pixels in ((1, False), (3, True), (4, True)):
+            ours = pipeline.encode_chunk(image, model="tec-light-mixed", quality=quality)
+            theirs = pipeline.encode_chunk(image, model="tec-fp", quality=quality)
+            assert unpack(ours)[2] == unpack(theirs)[2]
+            assert np.array_equal(pipeline.decode_chunk(ours), pipeline.decode_chunk(theirs)) == same_pixels
+    finally:
+        models.clear_cache()
+
+
+def test_export_refuses_qualities_the_base_lacks(run, tmp_path):
+    with pytest.raises(SystemExit, match="among the base's qualities 0..4"):
+        light_export.export(run / "checkpoint.pt", "tec-light-x", "0", "tec-fp", tmp_path / "m" / "tec-light-x", None,
+                            base_synthesis_at=(5,))

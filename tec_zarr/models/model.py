@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,6 +19,25 @@ from ..runtime.gathered import GatheredGraph, gathered
 from .card import ModelCard
 
 REQUIRED_FILES = ("encoder.onnx", "decoder.onnx", "tables.npz")
+# Optional: which synthesis graph decodes each quality, where a model decodes some qualities through another graph
+# than decoder.onnx (a light synthesis where it loses nothing, its base model's where it would). A listed file, so
+# its sha256 is part of the model's identity like the graphs it names.
+DECODERS_FILENAME = "decoders.json"
+
+
+def parse_decoders(data: bytes, qualities: int, files: Mapping[str, bytes]) -> tuple[str, ...]:
+    """The graph file of each quality that ``decoders.json`` (``{"per_quality": [file, ...]}``) names."""
+    try:
+        per_quality = json.loads(data)["per_quality"]
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise WeightsIntegrityError(f"Expected {DECODERS_FILENAME} to be a JSON object with a per_quality list. Got "
+                                    f"{type(e).__name__}: {e} instead.") from None
+    if (not isinstance(per_quality, list) or len(per_quality) != qualities
+            or not all(isinstance(f, str) and f.endswith(".onnx") and f in files for f in per_quality)):
+        raise WeightsIntegrityError(
+            f"Expected {DECODERS_FILENAME} to name one ONNX file of the manifest for each of the {qualities} "
+            f"qualities. Got {per_quality!r} instead.")
+    return tuple(per_quality)
 
 
 @dataclass(frozen=True, eq=False)
@@ -35,6 +55,8 @@ class Model:
     multiple: int  # chunks are edge-padded to multiples of it
     latent_stride: int  # image pixels per latent element along each axis
     synthesis_bytes: bytes | None = field(default=None, repr=False)  # verified; parsed on first bounded use
+    # The graph decoding each quality where decoders.json names them (else decoder for every quality).
+    per_quality: tuple[Graph | GatheredGraph, ...] = field(default=(), repr=False)
 
     @classmethod
     def from_files(cls, card: ModelCard, files: Mapping[str, bytes]) -> Model:
@@ -56,10 +78,19 @@ class Model:
         except (KeyError, ValueError, OSError) as e:
             raise WeightsIntegrityError(f"Expected a valid tables.npz in {card.name}. Got {type(e).__name__}: {e}.") from None
         multiple = int(card.manifest["multiple"])
+        graphs = {"decoder.onnx": _synthesis(card, files, "decoder.onnx")}
+        per_quality = ()
+        if DECODERS_FILENAME in files:
+            names = parse_decoders(files[DECODERS_FILENAME], len(arrays["gain"]), files)
+            for name in names:
+                if name not in graphs:
+                    graphs[name] = _synthesis(card, files, name)
+            per_quality = tuple(graphs[name] for name in names)
         return cls(
             card=card,
             encoder=Graph(card.manifest["files"]["encoder.onnx"], files["encoder.onnx"], "x"),
-            decoder=gathered(Graph(card.manifest["files"]["decoder.onnx"], files["decoder.onnx"], "y_hat")),
+            decoder=graphs["decoder.onnx"],
+            per_quality=per_quality,
             coder=coder_type.from_files(files, tables),
             multiple=multiple,
             latent_stride=int(card.manifest.get("latent_stride", multiple)),
@@ -70,6 +101,10 @@ class Model:
     @property
     def name(self) -> str:
         return self.card.name
+
+    def decoder_for(self, quality: int) -> Graph | GatheredGraph:
+        """The synthesis graph that decodes ``quality``'s symbols (:data:`DECODERS_FILENAME`; else decoder.onnx)."""
+        return self.per_quality[quality] if self.per_quality else self.decoder
 
     @property
     def sha256(self) -> str:
@@ -101,3 +136,7 @@ class Model:
                 "instead: re-export it with python -m tec_zarr.train.export."
             )
         return IntSynthesis.from_npz(self.synthesis_bytes)
+
+
+def _synthesis(card: ModelCard, files: Mapping[str, bytes], name: str) -> Graph | GatheredGraph:
+    return gathered(Graph(card.manifest["files"][name], files[name], "y_hat"))

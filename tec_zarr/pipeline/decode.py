@@ -166,7 +166,8 @@ def _decode_whole(buffers: list, expected: list[tuple], positions: list[int] | N
     of = len(buffers) if of is None else of
     parsed = [_located(n, of, parse, buf, *expected[i]) for i, (n, buf) in enumerate(zip(positions, buffers))]
     lossy = [i for i, p in enumerate(parsed) if p.header.residual is None]
-    x_hats = run_stacked([(parsed[i].model.decoder, parsed[i].y_hat()) for i in lossy], exact=False)
+    x_hats = run_stacked([(parsed[i].model.decoder_for(parsed[i].header.quality), parsed[i].y_hat()) for i in lossy],
+                         exact=False)
     x_hat_of = dict(zip(lossy, x_hats))
     return [_located(positions[i], of, finish, p, x_hat_of.get(i)) for i, p in enumerate(parsed)]
 
@@ -199,6 +200,7 @@ def parse(buf, expected_shape=None, expected_nbytes=None) -> ParsedChunk:
         or header.pad != (-h % model.multiple, -w % model.multiple)
         or (lh * model.latent_stride, lw * model.latent_stride) != (h + header.pad[0], w + header.pad[1])
         or m != model.latent_channels
+        or header.quality >= model.qualities
         or (header.thinned_from is not None and header.thinned_from[0] >= model.qualities)
     ):
         raise CorruptChunkError(f"Expected a header consistent with model {model.name}. Got {header} instead.")

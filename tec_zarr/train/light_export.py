@@ -6,6 +6,10 @@ Everything before the synthesis (encoder, gains, entropy tables, the integer syn
 predict from) stays the base model's, so the new model writes the base model's symbols in the same number of bits;
 its chunks name the new model, whose decoder is the light one. ``--base`` may be any installed model with the same
 analysis transform and gains (tec-fp, tec-hp, tec-ctx): the light synthesis only reads the symbols they share.
+
+``--base-synthesis-at 3 4`` keeps the base's own synthesis for those qualities (shipped beside the light one as
+``base-decoder.onnx``, named per quality in ``decoders.json``): where the light synthesis loses quality against the
+base on the held-out places, chunks of those qualities then decode to the base model's pixels, at its speed.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import numpy as np
 import torch
 
 from ..models import MODELS_DIR, get_card, model_digest, verified_bytes
+from ..models.model import DECODERS_FILENAME
 from ..models.registry import file_path, share_files
 from .export import export_onnx, machine_description, measure_into_manifest, sha256_file
 from .light import DEFAULT_BASE, LightConfig, build
 
 DECODER = "decoder.onnx"
+BASE_DECODER = "base-decoder.onnx"
 
 
 def load_checkpoint(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -56,11 +62,22 @@ def check_same_gains(base_tables: bytes, ckpt: dict) -> None:
                          "on. Got other gains instead: pick the matching --base.")
 
 
+def decoders_per_quality(qualities: int, base_synthesis_at: tuple[int, ...]) -> list[str]:
+    """The graph file decoding each quality: the base's synthesis at ``base_synthesis_at``, the light one elsewhere."""
+    if not set(base_synthesis_at) <= set(range(qualities)):
+        raise SystemExit(f"Expected --base-synthesis-at among the base's qualities 0..{qualities - 1}. "
+                         f"Got {sorted(base_synthesis_at)} instead.")
+    return [BASE_DECODER if q in base_synthesis_at else DECODER for q in range(qualities)]
+
+
 def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: Path | None,
-           data_root: Path | None) -> Path:
+           data_root: Path | None, base_synthesis_at: tuple[int, ...] = ()) -> Path:
     net, ckpt = load_checkpoint(checkpoint)
     base = get_card(base_name)
     check_same_gains(verified_bytes(base, "tables.npz"), ckpt)
+    if DECODERS_FILENAME in base.files:
+        raise SystemExit(f"Expected a base model with one synthesis for every quality. Got {base.name}, which names "
+                         f"them per quality in {DECODERS_FILENAME}, instead: use its own base.")
     folder = Path(out_dir) if out_dir else MODELS_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     for f in base.files:
@@ -69,15 +86,24 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
     example = torch.zeros(1, net.cfg.latent_channels, 4, 4)
     with torch.no_grad():
         export_onnx(net, example, "y_hat", "x_hat", folder / DECODER)
-    files = {f: sha256_file(folder / f) for f in base.files}
+    listed = list(base.files)
+    if base_synthesis_at:
+        per_quality = decoders_per_quality(len(base.qualities), tuple(base_synthesis_at))
+        shutil.copyfile(file_path(base, DECODER), folder / BASE_DECODER)
+        (folder / DECODERS_FILENAME).write_text(json.dumps({"per_quality": per_quality}, indent=1) + "\n")
+        listed += [BASE_DECODER, DECODERS_FILENAME]
+    files = {f: sha256_file(folder / f) for f in listed}
     manifest = {k: v for k, v in base.manifest.items() if k not in ("files", "sha256", "exported", "qualities")}
     manifest.update({
         "name": name,
         "version": version,
         "architecture": f"{base.name}'s analysis, gains and entropy model (same symbols, same bits) with "
-                        f"{type(net).description}",
+                        f"{type(net).description}" + (
+                            f"; qualities {', '.join(map(str, sorted(base_synthesis_at)))} decode through "
+                            f"{base.name}'s own synthesis" if base_synthesis_at else ""),
         "base_model": {"name": base.name, "sha256": base.sha256},
         "synthesis": net.cfg.to_dict(),
+        **({"base_synthesis_at": sorted(base_synthesis_at)} if base_synthesis_at else {}),
         "qualities": [{"quality": q["quality"], "lambda": q.get("lambda")} for q in base.manifest["qualities"]],
         "training": {
             "base_training": base.manifest.get("training"),
@@ -106,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--version", default="1")
     p.add_argument("--out", type=Path, help="model folder (default: inside the package)")
     p.add_argument("--data", type=Path, help="shared data folder: measure RD on the validation places")
+    p.add_argument("--base-synthesis-at", type=int, nargs="+", default=(), metavar="Q",
+                   help="qualities decoded through the base's own synthesis (where the light one loses)")
     args = p.parse_args(argv)
-    folder = export(args.checkpoint, args.name, args.version, args.base, args.out, args.data)
+    folder = export(args.checkpoint, args.name, args.version, args.base, args.out, args.data,
+                    tuple(args.base_synthesis_at))
     print(f"exported {args.name} to {folder}")
     return 0
 
