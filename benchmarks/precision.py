@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     model = load_model(args.model)
+    if model.per_quality:
+        raise SystemExit(f"Expected a model with one synthesis graph. Got {model.name}, which names one per quality "
+                         "(decoders.json), instead: measure its base.")
     qualities = model.qualities
     images = test_images(args.data)
     enc_cal, dec_cal = calibration_inputs(model, qualities)

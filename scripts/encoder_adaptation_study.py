@@ -89,7 +89,7 @@ def channel_weights(model, images: np.ndarray, quality: int) -> np.ndarray:
     y = run_stacked([(model.encoder, chunk.normalized)], exact=True)[0]
     gain = model.gain[quality].astype(np.float64)
     base = (np.rint(y * gain[None, :, None, None]) / gain[None, :, None, None]).astype(np.float32)
-    x0 = run_stacked([(model.decoder, base)], exact=False)[0].astype(np.float64)
+    x0 = run_stacked([(model.decoder_for(quality), base)], exact=False)[0].astype(np.float64)
     at = np.zeros(base.shape[2:], bool)
     at[2::6, 2::6] = True
     std = model.std.astype(np.float64)[None, :, None, None] * 1e4
@@ -98,7 +98,7 @@ def channel_weights(model, images: np.ndarray, quality: int) -> np.ndarray:
         step = 1.0 / gain[c] if gain[c] else 0.0
         moved = base.copy()
         moved[:, c][:, at] += step
-        x1 = run_stacked([(model.decoder, moved)], exact=False)[0]
+        x1 = run_stacked([(model.decoder_for(quality), moved)], exact=False)[0]
         weights[c] = (((x1 - x0) * std) ** 2).sum() / (at.sum() * len(base) * max(step, 1e-12) ** 2)
     return weights
 

@@ -149,7 +149,9 @@ class _Filler:
         return self.model.encoder.run(padded)[0]
 
     def synthesis(self, y: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-        return self.model.decoder.run(np.ascontiguousarray(y[None], dtype=np.float32))[0][:, : shape[0], : shape[1]]
+        # Unquantized latents: the synthesis of the highest quality inverts the analysis most closely.
+        decoder = self.model.decoder_for(self.model.qualities - 1)
+        return decoder.run(np.ascontiguousarray(y[None], dtype=np.float32))[0][:, : shape[0], : shape[1]]
 
     def spatial(self, image: np.ndarray, missing: np.ndarray, dtype: np.dtype) -> np.ndarray:
         x = self.normalized(image, missing)

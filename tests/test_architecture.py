@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import tec_zarr
-from tec_zarr.models import MODELS_DIR, list_models, load_model
+from tec_zarr.models import MODELS_DIR, get_card, list_models, load_model
 from tec_zarr.models.registry import SHIPPED, file_path
 
 ROOT = Path(tec_zarr.__file__).resolve().parents[1]
@@ -156,3 +156,8 @@ def test_wheel_stores_every_file_once(tmp_path):
     blobs = [n for n in names if "/models/blobs/" in n]
     assert blobs and all(n.startswith(("tec_zarr/", "gdal_driver/", "tec_zarr-")) for n in names)
     assert "gdal_driver/tec_driver.cpp" in names  # `tec gdal-plugin` compiles it after a pip install
+    for name in SHIPPED:  # every file a shipped manifest lists is in the wheel: its own folder or the blobs
+        card = get_card(name)
+        for filename, digest in card.files.items():
+            assert {f"tec_zarr/models/{name}/{filename}", f"tec_zarr/models/blobs/{digest}"} & set(names), \
+                (name, filename)

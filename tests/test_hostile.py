@@ -1046,7 +1046,8 @@ def header_attacks() -> dict[str, bytes]:
     layout = chunk_layout(lossy)
     for name, field, value in (("dtype code 0", "dtype", 0), ("dtype code 4", "dtype", 4), ("dtype code 255", "dtype", 255),
                                ("flags | 0x80", "flags", 0x80), ("flags 0xff", "flags", 255), ("version 0", "version", 0),
-                               ("version 4", "version", 4), ("quality 255", "quality", 255)):
+                               ("version 4", "version", 4), ("quality 255", "quality", 255),
+                               ("quality 5 (one above the model's)", "quality", 5)):
         buf = bytearray(lossy)
         offset, code = layout.fields[field]
         if name.startswith("flags |"):  # the unknown bit beside the chunk's own

@@ -139,17 +139,16 @@ def test_model_from_model_path_encodes(model_copy, image):
     assert codec.decode(codec.encode(a)).shape == a.shape
 
 
-def _with_decoders(folder, per_quality, extra_graph: bool = True) -> None:
+def _with_decoders(folder, per_quality) -> None:
     """Give a model folder a decoders.json (and a second graph, tec-fp-lite's synthesis), both listed and hashed."""
     import hashlib
 
     from tec_zarr.models.card import model_digest
 
     manifest = json.loads((folder / "manifest.json").read_text())
-    if extra_graph:
-        lite = models.get_card("tec-fp-lite")
-        (folder / "lite-decoder.onnx").write_bytes(file_path(lite, "decoder.onnx").read_bytes())
-        manifest["files"]["lite-decoder.onnx"] = lite.files["decoder.onnx"]
+    lite = models.get_card("tec-fp-lite")
+    (folder / "lite-decoder.onnx").write_bytes(file_path(lite, "decoder.onnx").read_bytes())
+    manifest["files"]["lite-decoder.onnx"] = lite.files["decoder.onnx"]
     data = per_quality if isinstance(per_quality, bytes) else json.dumps({"per_quality": per_quality}).encode()
     (folder / "decoders.json").write_bytes(data)
     manifest["files"]["decoders.json"] = hashlib.sha256(data).hexdigest()
@@ -165,10 +164,16 @@ def test_decoders_json_chooses_the_synthesis_per_quality(model_copy, image):
     _with_decoders(model_copy, ["decoder.onnx", "lite-decoder.onnx", "decoder.onnx", "decoder.onnx", "decoder.onnx"])
     model = models.load_model("tec-copy")
     assert model.decoder_for(1) is not model.decoder and model.decoder_for(0) is model.decoder_for(4) is model.decoder
-    for quality, same_as in ((1, "tec-fp-lite"), (2, "tec-fp")):
-        ours = pipeline.decode_chunk(pipeline.encode_chunk(image, model="tec-copy", quality=quality))
-        theirs = pipeline.decode_chunk(pipeline.encode_chunk(image, model=same_as, quality=quality))
-        assert np.array_equal(ours, theirs)
+    chunks, expected = [], []
+    for quality, same_as in ((1, "tec-fp-lite"), (2, "tec-fp"), (1, "tec-fp-lite")):
+        chunks.append(pipeline.encode_chunk(image, model="tec-copy", quality=quality))
+        expected.append(pipeline.decode_chunk(pipeline.encode_chunk(image, model=same_as, quality=quality)))
+        assert np.array_equal(pipeline.decode_chunk(chunks[-1]), expected[-1])
+    # decoded together, each quality's chunks still run through their own graph
+    for got, want in zip(pipeline.decode_chunks(chunks), expected, strict=True):
+        assert np.array_equal(got, want)
+    with pytest.raises(tec_zarr.errors.InvalidInputError, match="quality of tec-copy in 0..4"):
+        model.decoder_for(5)
 
 
 @pytest.mark.parametrize("content", [
@@ -176,11 +181,18 @@ def test_decoders_json_chooses_the_synthesis_per_quality(model_copy, image):
     json.dumps({"per_quality": ["decoder.onnx"] * 4}).encode(),  # one quality short
     json.dumps({"per_quality": ["decoder.onnx"] * 4 + ["missing.onnx"]}).encode(),  # not in the manifest
     json.dumps({"per_quality": ["decoder.onnx"] * 4 + ["tables.npz"]}).encode(),  # not a graph
+    json.dumps({"per_quality": ["decoder.onnx"] * 4 + [7]}).encode(),
+    json.dumps({"per_quality": ["decoder.onnx"] * 10**5}).encode(),
+    json.dumps({"per_quality": ["decoder.onnx"] * 4 + ["encoder.onnx"]}).encode(),  # a graph fed images
+    b"[" * 100_000 + b"]" * 100_000,  # nesting deeper than the parser recurses
+    b'{"per_quality": ' + b"9" * 5000 + b"}",  # an integer longer than Python converts
+    b"\xff\xfe",
 ])
 def test_bad_decoders_json_is_refused(model_copy, content):
     _with_decoders(model_copy, content)
-    with pytest.raises(WeightsIntegrityError, match="decoders.json"):
+    with pytest.raises(WeightsIntegrityError, match="decoders.json|encoder.onnx of tec-copy") as e:
         models.load_model("tec-copy")
+    assert len(str(e.value)) < 400 and "tec-copy" in str(e.value)
 
 
 def test_tampered_decoders_json_is_refused(model_copy):

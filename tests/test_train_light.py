@@ -148,3 +148,13 @@ def test_export_refuses_qualities_the_base_lacks(run, tmp_path):
     with pytest.raises(SystemExit, match="among the base's qualities 0..4"):
         light_export.export(run / "checkpoint.pt", "tec-light-x", "0", "tec-fp", tmp_path / "m" / "tec-light-x", None,
                             base_synthesis_at=(5,))
+    assert not (tmp_path / "m").exists()  # refused before anything was written
+
+
+def test_export_again_without_base_synthesis_drops_its_files(run, tmp_path):
+    folder = tmp_path / "m" / "tec-light-y"
+    light_export.export(run / "checkpoint.pt", "tec-light-y", "0", "tec-fp", folder, None, base_synthesis_at=(4, 4))
+    assert json.loads((folder / "manifest.json").read_text())["base_synthesis_at"] == [4]
+    light_export.export(run / "checkpoint.pt", "tec-light-y", "0", "tec-fp", folder, None)
+    assert not (folder / "decoders.json").exists() and not (folder / "base-decoder.onnx").exists()
+    assert "base_synthesis_at" not in json.loads((folder / "manifest.json").read_text())

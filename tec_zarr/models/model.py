@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,6 +17,7 @@ from ..integer.synthesis import FILENAME as SYNTHESIS_FILENAME
 from ..integer.synthesis import IntSynthesis
 from ..runtime import Graph
 from ..runtime.gathered import GatheredGraph, gathered
+from ..runtime.protobuf import graph_inputs
 from .card import ModelCard
 
 REQUIRED_FILES = ("encoder.onnx", "decoder.onnx", "tables.npz")
@@ -23,20 +25,31 @@ REQUIRED_FILES = ("encoder.onnx", "decoder.onnx", "tables.npz")
 # than decoder.onnx (a light synthesis where it loses nothing, its base model's where it would). A listed file, so
 # its sha256 is part of the model's identity like the graphs it names.
 DECODERS_FILENAME = "decoders.json"
+SYNTHESIS_INPUT = "y_hat"
 
 
-def parse_decoders(data: bytes, qualities: int, files: Mapping[str, bytes]) -> tuple[str, ...]:
-    """The graph file of each quality that ``decoders.json`` (``{"per_quality": [file, ...]}``) names."""
+def parse_decoders(data: bytes, qualities: int, files: Mapping[str, bytes], model: str) -> tuple[str, ...]:
+    """The synthesis graph file of each quality that ``decoders.json`` (``{"per_quality": [file, ...]}``) names: one
+    ONNX file of the manifest per quality, each fed the latents ``y_hat`` alone."""
     try:
         per_quality = json.loads(data)["per_quality"]
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise WeightsIntegrityError(f"Expected {DECODERS_FILENAME} to be a JSON object with a per_quality list. Got "
-                                    f"{type(e).__name__}: {e} instead.") from None
+    except (ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: bad UTF-8 and JSON too
+        raise WeightsIntegrityError(f"Expected {model}'s {DECODERS_FILENAME} to be a JSON object with a per_quality "
+                                    f"list. Got {type(e).__name__}: {reprlib.repr(str(e))} instead.") from None
     if (not isinstance(per_quality, list) or len(per_quality) != qualities
             or not all(isinstance(f, str) and f.endswith(".onnx") and f in files for f in per_quality)):
         raise WeightsIntegrityError(
-            f"Expected {DECODERS_FILENAME} to name one ONNX file of the manifest for each of the {qualities} "
-            f"qualities. Got {per_quality!r} instead.")
+            f"Expected {model}'s {DECODERS_FILENAME} to name one ONNX file of its manifest for each of its "
+            f"{qualities} qualities. Got {reprlib.repr(per_quality)} instead.")
+    for name in set(per_quality):
+        try:
+            inputs = graph_inputs(files[name])
+        except (WeightsIntegrityError, UnicodeDecodeError, ValueError, IndexError) as e:
+            raise WeightsIntegrityError(f"Expected {name} of {model} to be an ONNX graph. Got {type(e).__name__}: "
+                                        f"{e} instead.") from None
+        if inputs != [SYNTHESIS_INPUT]:
+            raise WeightsIntegrityError(f"Expected {name} of {model}, named in its {DECODERS_FILENAME}, to be a "
+                                        f"synthesis graph fed {SYNTHESIS_INPUT!r} alone. Got inputs {inputs} instead.")
     return tuple(per_quality)
 
 
@@ -81,7 +94,7 @@ class Model:
         graphs = {"decoder.onnx": _synthesis(card, files, "decoder.onnx")}
         per_quality = ()
         if DECODERS_FILENAME in files:
-            names = parse_decoders(files[DECODERS_FILENAME], len(arrays["gain"]), files)
+            names = parse_decoders(files[DECODERS_FILENAME], len(arrays["gain"]), files, card.name)
             for name in names:
                 if name not in graphs:
                     graphs[name] = _synthesis(card, files, name)
@@ -104,6 +117,9 @@ class Model:
 
     def decoder_for(self, quality: int) -> Graph | GatheredGraph:
         """The synthesis graph that decodes ``quality``'s symbols (:data:`DECODERS_FILENAME`; else decoder.onnx)."""
+        if not 0 <= quality < self.qualities:
+            raise InvalidInputError(f"Expected a quality of {self.name} in 0..{self.qualities - 1}. Got {quality} "
+                                    "instead.")
         return self.per_quality[quality] if self.per_quality else self.decoder
 
     @property
@@ -139,4 +155,4 @@ class Model:
 
 
 def _synthesis(card: ModelCard, files: Mapping[str, bytes], name: str) -> Graph | GatheredGraph:
-    return gathered(Graph(card.manifest["files"][name], files[name], "y_hat"))
+    return gathered(Graph(card.manifest["files"][name], files[name], SYNTHESIS_INPUT))

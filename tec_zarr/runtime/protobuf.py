@@ -150,3 +150,12 @@ def tensor_value_info(name: str, dims: list[int | str]) -> bytes:
     tensor_type = emit([Field(TENSOR_TYPE_ELEM, VARINT, FLOAT), length_field(TENSOR_TYPE_SHAPE, shape)])
     return emit([length_field(VALUE_NAME, name.encode()), length_field(VALUE_TYPE, emit([length_field(TYPE_TENSOR,
                                                                                                      tensor_type)]))])
+
+
+def graph_inputs(model: bytes) -> list[str]:
+    """The names of an ONNX model's graph inputs that are not initializers (the tensors a caller must feed)."""
+    graphs = messages(fields(model), MODEL_GRAPH)
+    if len(graphs) != 1:
+        raise WeightsIntegrityError(f"Expected an ONNX model with one graph. Got {len(graphs)} instead.")
+    stored = {name for t in messages(graphs[0], GRAPH_INITIALIZER) for name in strings(t, TENSOR_NAME)}
+    return [name for v in messages(graphs[0], GRAPH_INPUT) for name in strings(v, VALUE_NAME) if name not in stored]

@@ -78,8 +78,12 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
     if DECODERS_FILENAME in base.files:
         raise SystemExit(f"Expected a base model with one synthesis for every quality. Got {base.name}, which names "
                          f"them per quality in {DECODERS_FILENAME}, instead: use its own base.")
+    base_synthesis_at = tuple(sorted(set(base_synthesis_at)))
+    per_quality = decoders_per_quality(len(base.qualities), base_synthesis_at)  # checked before anything is written
     folder = Path(out_dir) if out_dir else MODELS_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
+    for f in (BASE_DECODER, DECODERS_FILENAME):  # an earlier export's, which this one may not list
+        (folder / f).unlink(missing_ok=True)
     for f in base.files:
         if f != DECODER:
             shutil.copyfile(file_path(base, f), folder / f)
@@ -88,7 +92,6 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
         export_onnx(net, example, "y_hat", "x_hat", folder / DECODER)
     listed = list(base.files)
     if base_synthesis_at:
-        per_quality = decoders_per_quality(len(base.qualities), tuple(base_synthesis_at))
         shutil.copyfile(file_path(base, DECODER), folder / BASE_DECODER)
         (folder / DECODERS_FILENAME).write_text(json.dumps({"per_quality": per_quality}, indent=1) + "\n")
         listed += [BASE_DECODER, DECODERS_FILENAME]
@@ -99,11 +102,11 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
         "version": version,
         "architecture": f"{base.name}'s analysis, gains and entropy model (same symbols, same bits) with "
                         f"{type(net).description}" + (
-                            f"; qualities {', '.join(map(str, sorted(base_synthesis_at)))} decode through "
+                            f"; qualities {', '.join(map(str, base_synthesis_at))} decode through "
                             f"{base.name}'s own synthesis" if base_synthesis_at else ""),
         "base_model": {"name": base.name, "sha256": base.sha256},
         "synthesis": net.cfg.to_dict(),
-        **({"base_synthesis_at": sorted(base_synthesis_at)} if base_synthesis_at else {}),
+        **({"base_synthesis_at": list(base_synthesis_at)} if base_synthesis_at else {}),
         "qualities": [{"quality": q["quality"], "lambda": q.get("lambda")} for q in base.manifest["qualities"]],
         "training": {
             "base_training": base.manifest.get("training"),
