@@ -158,3 +158,22 @@ def test_export_again_without_base_synthesis_drops_its_files(run, tmp_path):
     light_export.export(run / "checkpoint.pt", "tec-light-y", "0", "tec-fp", folder, None)
     assert not (folder / "decoders.json").exists() and not (folder / "base-decoder.onnx").exists()
     assert "base_synthesis_at" not in json.loads((folder / "manifest.json").read_text())
+
+
+def test_trains_only_the_qualities_asked(data_root, tmp_path):
+    """--qualities: a synthesis that will decode only some qualities learns on those alone (the log's training
+    records hold no other), validation still reports all five, and the exported manifest says which."""
+    out = tmp_path / "some"
+    args = ["--data", str(data_root), "--out", str(out), "--kind", "pruned", "--channels", "16", *ARGS[:4], *ARGS[8:]]
+    assert light.main([*args, "--steps", "3", "--qualities", "1", "0", "1"]) == 0
+    lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    trained = {q for x in lines if "train" in x for q in x["train"]}
+    assert trained and trained <= {"0", "1"}
+    assert len([x for x in lines if "validation" in x][-1]["validation"]) == 5
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["trained_qualities"] == [0, 1]
+    folder = light_export.export(out / "checkpoint.pt", "tec-some-smoke", "0", "tec-fp", tmp_path / "m", None,
+                                 base_synthesis_at=(2, 3, 4))
+    assert json.loads((folder / "manifest.json").read_text())["training"]["synthesis_qualities"] == [0, 1]
+    with pytest.raises(SystemExit, match="--qualities among the base's 0..4"):
+        light.main([*args, "--steps", "4", "--qualities", "5"])

@@ -219,6 +219,13 @@ class Trainer:
                 self.bank.rng.bit_generator.state = ckpt["sampler"]
                 torch.set_rng_state(ckpt["torch_rng"])
         self.base_path = str(args.base)
+        # The qualities the synthesis learns (default all): one that will decode only some of them (its model keeps
+        # the base's synthesis for the others, light_export --base-synthesis-at) spends its capacity on those.
+        qualities = range(len(self.gain)) if args.qualities is None else sorted(set(args.qualities))
+        if not qualities or not set(qualities) <= set(range(len(self.gain))):
+            raise SystemExit(f"Expected --qualities among the base's 0..{len(self.gain) - 1}. Got {args.qualities} "
+                             "instead.")
+        self.trained_qualities = torch.tensor(list(qualities))
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.from_numpy(self.std)[:, None, None] + torch.from_numpy(self.mean)[:, None, None]
@@ -228,7 +235,7 @@ class Trainer:
         for group in self.opt.param_groups:
             group["lr"] = self.args.lr * scale
         x, y = self.bank.batch(self.args.batch)
-        q = torch.randint(len(self.gain), (x.shape[0],))
+        q = self.trained_qualities[torch.randint(len(self.trained_qualities), (x.shape[0],))]
         x_hat = self.model(quantized(y, self.gain, self.inv_gain, q))
         # MSE in reflectance units (std scales each band back), so the loss measures what PSNR measures
         err = (x_hat - x) * torch.from_numpy(self.std)[:, None, None]
@@ -270,6 +277,7 @@ class Trainer:
             "validation_places": list(data.VALIDATION_PLACES),
             "crop": self.args.crop,
             "batch": self.args.batch,
+            "trained_qualities": self.trained_qualities.tolist(),
         }
 
 
@@ -294,6 +302,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--save-every-s", type=float, default=300.0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--qualities", type=int, nargs="+", default=None, metavar="Q",
+                   help="the qualities trained on (default: all); validation reports every quality")
     return p.parse_args(argv)
 
 

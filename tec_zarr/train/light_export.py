@@ -111,6 +111,7 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
         "training": {
             "base_training": base.manifest.get("training"),
             "synthesis_steps": int(ckpt["step"]),
+            **({"synthesis_qualities": ckpt["trained_qualities"]} if "trained_qualities" in ckpt else {}),
             "crop": ckpt.get("crop"), "batch": ckpt.get("batch"), "images": ckpt["train_images"],
             "validation_places": ckpt["validation_places"],
         },
