@@ -22,7 +22,8 @@ from .model import Model
 MODELS_DIR = Path(__file__).resolve().parent
 BLOBS = "blobs"
 DEFAULT_MODEL = "tec-fp-2"
-SHIPPED = ("tec-fp", "tec-hp", "tec-ctx", "tec-tt", "tec-fp-lite", "tec-fp-half", "tec-fp-2", "tec-ctx-2", "tec-tt-2")
+SHIPPED = ("tec-fp", "tec-hp", "tec-ctx", "tec-tt", "tec-fp-lite", "tec-fp-half", "tec-fp-2", "tec-ctx-2", "tec-tt-2",
+           "tec-fp-2-half")
 
 
 class BrokenModelWarning(UserWarning):
