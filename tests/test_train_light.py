@@ -162,7 +162,8 @@ def test_export_again_without_base_synthesis_drops_its_files(run, tmp_path):
 
 def test_trains_only_the_qualities_asked(data_root, tmp_path):
     """--qualities: a synthesis that will decode only some qualities learns on those alone (the log's training
-    records hold no other), validation still reports all five, and the exported manifest says which."""
+    records hold no other), validation still reports all five; a resumed run keeps them unless told otherwise, and
+    the checkpoint and the exported manifest keep every stretch's steps and qualities."""
     out = tmp_path / "some"
     args = ["--data", str(data_root), "--out", str(out), "--kind", "pruned", "--channels", "16", *ARGS[:4], *ARGS[8:]]
     assert light.main([*args, "--steps", "3", "--qualities", "1", "0", "1"]) == 0
@@ -172,8 +173,20 @@ def test_trains_only_the_qualities_asked(data_root, tmp_path):
     assert len([x for x in lines if "validation" in x][-1]["validation"]) == 5
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ckpt["trained_qualities"] == [0, 1]
+    assert light.main([*args, "--steps", "4"]) == 0  # resumed without --qualities: the checkpoint's
+    assert light.main([*args, "--steps", "6", "--qualities", "2"]) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["quality_segments"] == [{"steps": [0, 4], "qualities": [0, 1]}, {"steps": [4, 6], "qualities": [2]}]
     folder = light_export.export(out / "checkpoint.pt", "tec-some-smoke", "0", "tec-fp", tmp_path / "m", None,
-                                 base_synthesis_at=(2, 3, 4))
-    assert json.loads((folder / "manifest.json").read_text())["training"]["synthesis_qualities"] == [0, 1]
+                                 base_synthesis_at=(3, 4))
+    assert json.loads((folder / "manifest.json").read_text())["training"]["synthesis_segments"] == \
+        ckpt["quality_segments"]
     with pytest.raises(SystemExit, match="--qualities among the base's 0..4"):
-        light.main([*args, "--steps", "4", "--qualities", "5"])
+        light.main([*args, "--steps", "7", "--qualities", "5"])
+
+
+def test_export_refuses_a_base_with_per_quality_syntheses(run, tmp_path):
+    """A base naming its graphs per quality (tec-fp-2-half) would lose them: export on its own base instead."""
+    with pytest.raises(SystemExit, match="one synthesis for every quality"):
+        light_export.export(run / "checkpoint.pt", "tec-light-z", "0", "tec-fp-2-half", tmp_path / "m" / "z", None)
+    assert not (tmp_path / "m").exists()

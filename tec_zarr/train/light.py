@@ -219,13 +219,27 @@ class Trainer:
                 self.bank.rng.bit_generator.state = ckpt["sampler"]
                 torch.set_rng_state(ckpt["torch_rng"])
         self.base_path = str(args.base)
-        # The qualities the synthesis learns (default all): one that will decode only some of them (its model keeps
-        # the base's synthesis for the others, light_export --base-synthesis-at) spends its capacity on those.
-        qualities = range(len(self.gain)) if args.qualities is None else sorted(set(args.qualities))
+        # The qualities the synthesis learns: one that will decode only some of them (its model keeps the base's
+        # synthesis for the others, light_export --base-synthesis-at) spends its capacity on those. Default: the
+        # checkpoint's, else all; every run's steps and qualities are kept (quality_segments) for the manifest.
+        asked = args.qualities if args.qualities is not None else (ckpt or {}).get("trained_qualities")
+        qualities = range(len(self.gain)) if asked is None else sorted(set(asked))
         if not qualities or not set(qualities) <= set(range(len(self.gain))):
             raise SystemExit(f"Expected --qualities among the base's 0..{len(self.gain) - 1}. Got {args.qualities} "
                              "instead.")
         self.trained_qualities = torch.tensor(list(qualities))
+        self.earlier_segments = list((ckpt or {}).get("quality_segments", []))
+        self.start_step = self.step
+
+    def quality_segments(self) -> list[dict]:
+        """``{"steps": [first, last], "qualities": [...]}`` per stretch of training on the same qualities."""
+        segments = [dict(s) for s in self.earlier_segments]
+        qualities = self.trained_qualities.tolist()
+        if segments and segments[-1]["qualities"] == qualities and segments[-1]["steps"][1] == self.start_step:
+            segments[-1]["steps"] = [segments[-1]["steps"][0], self.step]
+        elif self.step > self.start_step:
+            segments.append({"steps": [self.start_step, self.step], "qualities": qualities})
+        return segments
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.from_numpy(self.std)[:, None, None] + torch.from_numpy(self.mean)[:, None, None]
@@ -278,6 +292,7 @@ class Trainer:
             "crop": self.args.crop,
             "batch": self.args.batch,
             "trained_qualities": self.trained_qualities.tolist(),
+            "quality_segments": self.quality_segments(),
         }
 
 
@@ -303,7 +318,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--qualities", type=int, nargs="+", default=None, metavar="Q",
-                   help="the qualities trained on (default: all); validation reports every quality")
+                   help="the qualities trained on (default: the checkpoint's, else all); validation reports all")
     return p.parse_args(argv)
 
 

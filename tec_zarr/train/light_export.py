@@ -74,10 +74,10 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
            data_root: Path | None, base_synthesis_at: tuple[int, ...] = ()) -> Path:
     net, ckpt = load_checkpoint(checkpoint)
     base = get_card(base_name)
-    check_same_gains(verified_bytes(base, "tables.npz"), ckpt)
     if DECODERS_FILENAME in base.files:
         raise SystemExit(f"Expected a base model with one synthesis for every quality. Got {base.name}, which names "
                          f"them per quality in {DECODERS_FILENAME}, instead: use its own base.")
+    check_same_gains(verified_bytes(base, "tables.npz"), ckpt)
     base_synthesis_at = tuple(sorted(set(base_synthesis_at)))
     per_quality = decoders_per_quality(len(base.qualities), base_synthesis_at)  # checked before anything is written
     folder = Path(out_dir) if out_dir else MODELS_DIR / name
@@ -111,7 +111,7 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
         "training": {
             "base_training": base.manifest.get("training"),
             "synthesis_steps": int(ckpt["step"]),
-            **({"synthesis_qualities": ckpt["trained_qualities"]} if "trained_qualities" in ckpt else {}),
+            **({"synthesis_segments": ckpt["quality_segments"]} if ckpt.get("quality_segments") else {}),
             "crop": ckpt.get("crop"), "batch": ckpt.get("batch"), "images": ckpt["train_images"],
             "validation_places": ckpt["validation_places"],
         },
