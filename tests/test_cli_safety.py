@@ -117,10 +117,37 @@ def test_a_terminated_write_leaves_nothing_under_the_output_name(tmp_path, tiny,
         real(self.isel(x=slice(0, 1)), store, mode="w")
         os.kill(os.getpid(), sig)
     monkeypatch.setattr(xr.Dataset, "to_zarr", partial)
-    before = signal.getsignal(sig)
-    assert cli.main(["compress", str(tif), str(tmp_path / "out.zarr"), "--quiet"]) == 128 + sig
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
-    assert signal.getsignal(sig) is before
+    # as a shell starts the command; under nohup (SIGHUP ignored) the ignore is kept: the next test
+    outer = signal.signal(sig, signal.SIG_DFL)
+    try:
+        assert cli.main(["compress", str(tif), str(tmp_path / "out.zarr"), "--quiet"]) == 128 + sig
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.tif"]
+        assert signal.getsignal(sig) is signal.SIG_DFL
+    finally:
+        signal.signal(sig, outer)
+
+
+def test_an_ignored_sighup_stays_ignored(tmp_path, tiny, monkeypatch):
+    """Under nohup SIGHUP is ignored: the command keeps that (a closed terminal must not stop it), so a SIGHUP in the
+    middle of the write changes nothing."""
+    import signal
+
+    if not hasattr(signal, "SIGHUP"):
+        pytest.skip("no SIGHUP on this platform")
+    tif = _geotiff(tmp_path / "scene.tif", tiny)
+    real = xr.Dataset.to_zarr
+
+    def hung_up(self, *args, **kwargs):
+        os.kill(os.getpid(), signal.SIGHUP)
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(xr.Dataset, "to_zarr", hung_up)
+    outer = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert cli.main(["compress", str(tif), str(tmp_path / "out.zarr"), "--quiet"]) == 0
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, outer)
+    assert (tmp_path / "out.zarr").is_dir()
 
 
 def test_a_failed_decompress_keeps_the_old_geotiff(tmp_path, tiny, monkeypatch):

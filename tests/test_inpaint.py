@@ -246,3 +246,10 @@ def test_cli_error_is_one_line(tmp_path, store, capsys):
     assert cli.main(["inpaint", str(path), str(tmp_path / "o.zarr"), "--mask", str(tmp_path / "none.npy")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("tec: error: Expected a readable")
+
+
+def test_a_model_with_per_quality_graphs_fills_through_its_highest_quality_synthesis(crop, clouds):
+    """Unquantized latents take the synthesis of the highest quality: for tec-fp-2-half, tec-fp-2's own graph, so
+    both fill the same values (same encoder, same synthesis), and not those of its light graph."""
+    ours, base = (inpaint(crop, clouds, model=m, method="latent") for m in ("tec-fp-2-half", "tec-fp-2"))
+    np.testing.assert_array_equal(ours, base)
