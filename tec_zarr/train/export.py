@@ -26,7 +26,8 @@ import torch
 from ..bands import S2_L2A_BANDS
 from ..entropy.tables import quantize_pmf
 from ..integer import synthesis
-from ..models import MODELS_DIR, model_digest
+from ..models import MODELS_DIR, ModelCard, model_digest
+from ..models.model import DECODERS_FILENAME
 from . import loop
 from .model import ModelConfig, TECFactorized
 
@@ -97,6 +98,14 @@ def entropy_tables(model: TECFactorized) -> dict[str, np.ndarray]:
         for c in range(m):
             pmf[qi, c, : lengths[qi, c]] = rows[qi][c]
     return {"offsets": offsets, "lengths": lengths, "pmf": pmf}
+
+
+def require_one_synthesis(base: ModelCard) -> None:
+    """Exporters that copy a base model's files copy one decoder.onnx: a base naming its graphs per quality
+    (decoders.json) would lose the others, so it is refused before anything is written."""
+    if DECODERS_FILENAME in base.files:
+        raise SystemExit(f"Expected a base model with one synthesis for every quality. Got {base.name}, which names "
+                         f"them per quality in {DECODERS_FILENAME}, instead: use its own base.")
 
 
 def sha256_file(path: Path) -> str:

@@ -30,9 +30,8 @@ from ..errors import UnknownModelError
 from ..integer.layers import CLIP_BITS, conv3, conv_matrix, deconv, deconv_matrix
 from ..integer.synthesis import scale_exponent
 from ..models import MODELS_DIR, get_card, model_digest
-from ..models.model import DECODERS_FILENAME
 from ..models.registry import file_path, share_files
-from .export import entropy_tables, export_onnx, machine_description, runtime_rd, sha256_file
+from .export import entropy_tables, export_onnx, machine_description, require_one_synthesis, runtime_rd, sha256_file
 from . import loop
 from .hyper import HyperConfig, HyperPrior, base_model
 
@@ -167,9 +166,7 @@ def write_model(hyper_net: HyperPrior, ckpt: dict, checkpoint: Path, name: str, 
     if not np.array_equal(hyper_net.gain.numpy(), np.asarray(base_gain, np.float32)):
         raise SystemExit(f"{checkpoint} holds other latent gains than {info['base']}'s: it was trained with another "
                          "base's symbols (continue it on this base with a trainer that keeps the base's gains)")
-    if DECODERS_FILENAME in base.files:  # its per-quality graphs are not among the files copied here
-        raise SystemExit(f"Expected a base model with one synthesis for every quality. Got {base.name}, which names "
-                         f"them per quality in {DECODERS_FILENAME}, instead: use its own base.")
+    require_one_synthesis(base)
     folder = Path(out_dir) if out_dir else MODELS_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
     for f in BASE_FILES:

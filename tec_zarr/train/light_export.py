@@ -27,7 +27,7 @@ import torch
 from ..models import MODELS_DIR, get_card, model_digest, verified_bytes
 from ..models.model import DECODERS_FILENAME
 from ..models.registry import file_path, share_files
-from .export import export_onnx, machine_description, measure_into_manifest, sha256_file
+from .export import export_onnx, machine_description, measure_into_manifest, require_one_synthesis, sha256_file
 from .light import DEFAULT_BASE, LightConfig, build
 
 DECODER = "decoder.onnx"
@@ -74,9 +74,7 @@ def export(checkpoint: Path, name: str, version: str, base_name: str, out_dir: P
            data_root: Path | None, base_synthesis_at: tuple[int, ...] = ()) -> Path:
     net, ckpt = load_checkpoint(checkpoint)
     base = get_card(base_name)
-    if DECODERS_FILENAME in base.files:
-        raise SystemExit(f"Expected a base model with one synthesis for every quality. Got {base.name}, which names "
-                         f"them per quality in {DECODERS_FILENAME}, instead: use its own base.")
+    require_one_synthesis(base)
     check_same_gains(verified_bytes(base, "tables.npz"), ckpt)
     base_synthesis_at = tuple(sorted(set(base_synthesis_at)))
     per_quality = decoders_per_quality(len(base.qualities), base_synthesis_at)  # checked before anything is written
