@@ -28,7 +28,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 
-SETS = {"validation": "in-source (validation places)", "nearest": "nearest 20/60 m", "bilinear": "bilinear 20/60 m",
+SETS = {"validation": "in-source (validation places)", "nearest": "nearest 20/60 m",
+        "nearest, coded": "nearest 20/60 m as coded (smoothed in, block means out)", "bilinear": "bilinear 20/60 m",
         "desert": "desert 100 m"}
 
 

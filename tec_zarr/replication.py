@@ -251,6 +251,19 @@ def interpolate(native: np.ndarray, blocks: Blocks, shape: tuple[int, int]) -> n
     return rows[..., ax.lo] * (1 - ax.frac) + rows[..., ax.hi] * ax.frac
 
 
+def smoothing_matrix(n: int, size: int, phase: int) -> np.ndarray:
+    """(n, n) matrix S of what :func:`smooth` does along one axis of ``n`` elements (all valid): ``S @ column``
+    is the smooth column with the same block means, so a band becomes ``S_y @ band @ S_x.T``. The trainers use
+    it to hand the transform what the encoder hands it."""
+    axis = _axis(n, size, phase)
+    first = starts(n, size, phase)
+    average = np.zeros((len(first), n))
+    average[np.repeat(np.arange(len(first)), lengths(n, size, phase)), np.arange(n)] = 1.0
+    average /= average.sum(axis=1, keepdims=True)
+    grid = _solve(axis, average)  # native values whose interpolation has the block means, per input element
+    return grid[axis.lo] * (1 - axis.frac)[:, None] + grid[axis.hi] * axis.frac[:, None]
+
+
 def smooth(x: np.ndarray, valid: np.ndarray, blocks: tuple[Blocks, ...]) -> None:
     """In place, each replicated band of the encoder's input ``x`` (B, C, H, W) replaced by a smooth band with the
     same block means (over each block's valid elements; all of them where none is valid): linear interpolation of

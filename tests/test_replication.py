@@ -102,6 +102,19 @@ def test_smooth_keeps_every_block_mean(b):
     assert steps(x[:, 0]) < 0.5 * steps(blocky)  # smooth: no block steps left
 
 
+@pytest.mark.parametrize("b", [Blocks(2, 1, 0), Blocks(6, 5, 2), Blocks(3, 0, 2)])
+def test_smoothing_matrix_is_what_smooth_does(b):
+    """The trainers hand the transform ``S_y band S_x.T``: the encoder's smooth band, on any band (blocks or not)."""
+    rng = np.random.default_rng(b.size)
+    x = rng.normal(size=(2, 2, 50, 37))
+    x[:, 1] = replication.expand(replication.block_sums(x[:, 1], b), b, (50, 37))  # one band made of blocks
+    want = x.copy()
+    replication.smooth(want, np.ones(x.shape, bool), (b, b))
+    sy, sx = replication.smoothing_matrix(50, b.size, b.phase_y), replication.smoothing_matrix(37, b.size, b.phase_x)
+    np.testing.assert_allclose(sy @ x @ sx.T, want, atol=1e-9)
+    np.testing.assert_allclose(sy.sum(axis=1), 1.0, atol=1e-12)  # constants stay: it commutes with normalization
+
+
 def test_native_layout_round_trips_and_integer_projection_is_exact():
     rng = np.random.default_rng(3)
     blocks = (Blocks(2, 1, 0), NATIVE, Blocks(6, 2, 5))

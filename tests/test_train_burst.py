@@ -107,7 +107,7 @@ def test_burst_runs_on_the_clock_and_both_trainers_resume(packed, tmp_path):
     lines = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     assert lines[0]["initial"] and lines[0]["step"] == 0  # the starting weights, validated before any step
     val = [x for x in lines if "validation" in x][-1]
-    assert set(val["out_of_source"]) == {"nearest", "bilinear", "desert"}
+    assert set(val["out_of_source"]) == {"nearest", "nearest, coded", "bilinear", "desert"}
     for rows in [val["validation"], *val["out_of_source"].values()]:
         assert len(rows) == 5 and all(np.isfinite(r["bpp"]) and np.isfinite(r["psnr"]) for r in rows)
     first = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
@@ -121,7 +121,7 @@ def test_burst_runs_on_the_clock_and_both_trainers_resume(packed, tmp_path):
 
     report = protocol.summarize(out / "log.jsonl")
     assert report["start_step"] == 0 and report["validations"][-1]["step"] == first["step"]
-    assert set(report["validations"][-1]["sets"]) == {"validation", "nearest", "bilinear", "desert"}
+    assert set(report["validations"][-1]["sets"]) == {"validation", "nearest", "nearest, coded", "bilinear", "desert"}
     # against another run's starting weights (here its own): the same rows; a log of other sets is refused
     assert protocol.summarize(out / "log.jsonl", against=out / "log.jsonl")["validations"] == report["validations"]
     other = tmp_path / "other.jsonl"
@@ -170,6 +170,57 @@ def test_resampling_recipe_changes_only_the_20m_and_60m_bands(packed, tmp_path):
     with pytest.raises(SystemExit, match="desert tile among the training images"):
         burst.main(["--data", str(packed), "--out", str(tmp_path / "d"), "--minutes", "0.001", "--with-desert",
                     *TINY])
+
+
+def test_coded_crops_are_what_the_codec_codes(packed):
+    """``p_coded``: a replicated crop is trained as the codec codes it. The transform gets what the encoder hands it
+    (``replication.smooth`` of the blocks, at the crop's phase) and the reconstruction counts as its block means
+    (``replication.project``, the decoder's step); other crops and the 10 m bands pass unchanged."""
+    from tec_zarr import replication
+
+    train, _ = data.split(data.load_images(packed))
+    recipe = burst.AUGMENTS["resampling-coded"]
+    sampler = robust.DeviceSampler(train, 48, seed=11, device="cpu", augment=recipe)
+    x, coding = sampler.batch_coded(16)
+    assert coding is not None
+    coded = np.flatnonzero(coding.kernel >= 0)
+    assert 0 < len(coded) < 16  # the replicated crops only (p_resample < 1, a third of them another kernel)
+    smoothed = coding.encoder_input(x)
+    noise = torch.from_numpy(np.random.default_rng(0).normal(0, 0.01, x.shape).astype(np.float32))
+    projected = coding.decoded(x + noise)
+    others = [i for i in range(16) if i not in coded]
+    assert torch.equal(smoothed[others], x[others]) and torch.equal(projected[others], (x + noise)[others])
+    for i in coded:
+        for factor, bands in ((2, robust.BANDS_20M), (6, robust.BANDS_60M)):
+            py, px = (factor - int(coding.phase_y[i]) % factor) % factor, (factor - int(coding.phase_x[i]) % factor) % factor
+            blocks = tuple(replication.Blocks(factor, py, px) if c in bands else replication.NATIVE for c in range(12))
+            image = x[i : i + 1].numpy().astype(np.float64)
+            assert replication.detect(image, np.ones(image.shape, bool))[bands[0]] == blocks[bands[0]]
+            want = image.copy()
+            replication.smooth(want, np.ones(want.shape, bool), blocks)
+            np.testing.assert_allclose(smoothed[i, list(bands)].numpy(), want[0, list(bands)], atol=2e-5)
+            want = replication.project((x + noise)[i : i + 1].numpy().astype(np.float64), blocks)
+            np.testing.assert_allclose(projected[i, list(bands)].numpy(), want[0, list(bands)], atol=2e-6)
+    ten_m = [1, 2, 3, 7]
+    assert torch.equal(smoothed[:, ten_m], x[:, ten_m]) and torch.equal(projected[:, ten_m], (x + noise)[:, ten_m])
+    # a recipe without it draws exactly as before (resumed runs keep their crops), and codes nothing
+    plain = robust.DeviceSampler(train, 48, seed=11, device="cpu", augment=burst.AUGMENTS["resampling"])
+    y, none = plain.batch_coded(16)
+    assert none is None and torch.equal(y, x)  # the same crops and kernels: the extra draw comes last
+    after = robust.DeviceSampler(train, 48, seed=11, device="cpu", augment=burst.AUGMENTS["resampling"])
+    after.batch(16)
+    assert not torch.equal(after.batch(16), sampler.batch(16))  # ... but p_coded's draw moves the later batches
+
+
+def test_burst_validates_the_coded_nearest_version(packed, tmp_path):
+    out = tmp_path / "coded"
+    assert burst.main(["--data", str(packed), "--out", str(out), "--minutes", "0.001", "--augment",
+                       "resampling-coded", *TINY]) == 0
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    seen = [r["out_of_source"] for r in rows if "out_of_source" in r]
+    assert seen and all({"nearest", "nearest, coded", "bilinear"} <= set(s) for s in seen)
+    ckpt = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert ckpt["augment"]["p_coded"] == 1.0
 
 
 def test_out_of_source_sets_seen_by_the_starting_weights():

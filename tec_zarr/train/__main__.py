@@ -88,6 +88,10 @@ class Trainer:
     def next_batch(self) -> torch.Tensor:
         return torch.as_tensor(self.sampler.batch(self.args.batch)).to(self.device)
 
+    def next_batch_coded(self):
+        """A batch and its crops to train as the codec codes replicated bands (``robust.Coding``; None here)."""
+        return self.next_batch(), None
+
     def lr_scale(self) -> float:
         return loop.step_scale(self.step, self.args.steps, first_drop=0.75)
 
@@ -98,10 +102,12 @@ class Trainer:
         return x * self._std_t + self._mean_t
 
     def train_step(self) -> dict:
-        x = self.next_batch()
+        x, coding = self.next_batch_coded()
         q = torch.randint(len(self.cfg.lambdas), (x.shape[0],), device=self.device)
-        out = self.model(self.normalize(x), q)
+        out = self.model(self.normalize(x if coding is None else coding.encoder_input(x)), q)
         x_hat = self.denormalize(out["x_hat"])
+        if coding is not None:  # the distortion a reader sees: the decoder projects those bands onto their blocks
+            x_hat = coding.decoded(x_hat)
         mse = ((x_hat - x) ** 2).mean(dim=(1, 2, 3))
         bpp = out["bits"] / (x.shape[2] * x.shape[3])
         loss = (self.lambdas[q] * mse + bpp).mean()
@@ -125,17 +131,20 @@ class Trainer:
         return self.evaluate(self.val)
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor) -> list[dict]:
+    def evaluate(self, x: torch.Tensor, coding=None) -> list[dict]:
         """Per quality, mean bpp and PSNR over the images ``x`` (N, 12, H, W reflectance): rate from the discrete
-        likelihood of the rounded latents, distortion from the real reconstruction."""
+        likelihood of the rounded latents, distortion from the real reconstruction (with ``coding``, a
+        ``robust.Coding``: its crops coded and decoded as the codec does replicated bands)."""
         self.model.eval()
         rows = []
         x = x.to(self.device)
-        y = self.model.analyse(self.normalize(x))
+        y = self.model.analyse(self.normalize(x if coding is None else coding.encoder_input(x)))
         for q in range(len(self.cfg.lambdas)):
             sym = torch.round(y * self.model.gain[q][None, :, None, None])
             bits = -torch.log2(self.model.densities[q].likelihood(sym)).sum(dim=(1, 2, 3))
             x_hat = self.denormalize(self.model.synthesise(sym * self.model.inv_gain[q][None, :, None, None]))
+            if coding is not None:
+                x_hat = coding.decoded(x_hat)
             rows.append({
                 "quality": q,
                 "bpp": float((bits / (x.shape[2] * x.shape[3])).mean()),

@@ -13,10 +13,12 @@ resumes the other's run directory) with:
   trainer's. At the full rates tec-fp loses several dB at q4 within 30 steps on CPU (fresh Adam moments make
   every step as large as the rate), and it had ended its own schedule at 0.1 x;
 - crops cut and augmented on the device (``robust.py``; ``--augment none`` for plain crops, ``resampling`` for
-  the 20 m and 60 m bands' kernel alone), deterministic from the seed and resumed from the checkpoint's sampler
-  state;
+  the 20 m and 60 m bands' kernel alone, ``resampling-coded`` with every replicated crop trained as the codec
+  codes it: smoothed in, block means out), deterministic from the seed and resumed from the checkpoint's
+  sampler state;
 - out-of-source validation beside the usual one (``out_of_source`` in ``log.jsonl``): the validation crops with
-  their 20 m and 60 m bands re-made by replication and by bilinear interpolation, and the 100 m desert tile,
+  their 20 m and 60 m bands re-made by replication (as they are, and as the codec codes them: ``nearest,
+  coded``) and by bilinear interpolation, and the 100 m desert tile,
   which this trainer keeps out of training unless ``--with-desert`` (the settings line's ``start_trained_on``
   names the sets the starting weights were trained on all the same: tec-fp's checkpoint saw the desert tile);
 - ``--data`` a shared-data folder or a packed ``.npz`` (``scripts/pack_training_data.py``), which needs no
@@ -71,6 +73,8 @@ class BurstTrainer(Trainer):
         val = self.val.to(self.device)
         resampler = robust.Resampler(self.device)
         self.out_of_source = {kernel: robust.remade(val, kernel, resampler) for kernel in ("nearest", "bilinear")}
+        # the nearest version as the codec codes it (smoothed in, block means out): what a reader of such a cube gets
+        self.coded = robust.Coding.every(len(val), resampler)
         desert = data.out_of_source_crops(Path(args.data))
         if len(desert):
             self.out_of_source["desert"] = torch.from_numpy(desert).to(self.device)
@@ -89,6 +93,9 @@ class BurstTrainer(Trainer):
         self._train_images = train
         return self._train_images, val
 
+    def next_batch_coded(self) -> tuple[torch.Tensor, robust.Coding | None]:
+        return self.sampler.batch_coded(self.args.batch)
+
     def make_sampler(self, train_images: list[data.Image]) -> robust.DeviceSampler:
         augment = AUGMENTS[self.args.augment]
         return robust.DeviceSampler(train_images, self.args.crop, self.args.seed, self.device, augment, self.mean)
@@ -103,6 +110,7 @@ class BurstTrainer(Trainer):
 
     def validate_more(self) -> dict:
         rows = {"out_of_source": {name: self.evaluate(x) for name, x in self.out_of_source.items()}}
+        rows["out_of_source"]["nearest, coded"] = self.evaluate(self.out_of_source["nearest"], self.coded)
         self._rate_mark = (time.time(), self.step)  # steps per second without the validation's time
         return rows
 
@@ -130,6 +138,8 @@ AUGMENTS = {
     "robust": robust.AugmentConfig(),
     "none": None,
     "resampling": robust.AugmentConfig(p_gain=0.0, p_haze=0.0, p_bright=0.0, p_nodata=0.0),
+    # resampling, with every replicated crop trained as the codec codes it (smoothed in, block means out)
+    "resampling-coded": robust.AugmentConfig(p_gain=0.0, p_haze=0.0, p_bright=0.0, p_nodata=0.0, p_coded=1.0),
 }
 
 
@@ -155,7 +165,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--save-every-s", type=float, default=60.0, help="also save a checkpoint this often")
     p.add_argument("--val-every-s", type=float, default=60.0, help="validate (and save) this often")
     p.add_argument("--augment", choices=tuple(AUGMENTS), default="robust",
-                   help="robust: every augmentation of robust.py; resampling: only the 20/60 m bands' kernel")
+                   help="robust: every augmentation of robust.py; resampling: only the 20/60 m bands' kernel; "
+                        "resampling-coded: that, replicated crops trained as the codec codes them")
     p.add_argument("--with-desert", action="store_true",
                    help="train on the 100 m desert tile too (its validation then measures recall, not transfer)")
     p.add_argument("--tf32", action="store_true", help="allow TF32 on CUDA (faster, less exact)")

@@ -5,7 +5,10 @@ usually replicate them (2x2 and 6x6 blocks, at whatever phase the chunk grid cut
 snow, cloud tops and swath edges vary from scene to scene. Each crop gets, each with its own probability:
 
 - resampling: the 20 m and 60 m bands averaged to their native grid (partial blocks at the crop's edges) at a
-  random phase, then brought back by replication, bilinear or cubic interpolation;
+  random phase, then brought back by replication, bilinear or cubic interpolation; a replicated crop may be
+  *coded* (``p_coded``): trained the way the codec codes such bands, its transform handed the smooth band with
+  the same block means (``replication.smooth``) and its reconstruction taken as block means (the decoder's
+  projection) before the distortion is measured against the blocks (:class:`Coding`);
 - a per-band gain and offset (calibration and atmospheric correction differences);
 - haze: a smooth offset that falls with wavelength;
 - brightening as in snow and cloud tops: the crop scaled up so that its visible bands peak at a random level
@@ -27,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import replication
 from . import data
 
 BANDS_20M = (4, 5, 6, 8, 10, 11)  # B05 B06 B07 B8A B11 B12 in the 12-band L2A order
@@ -55,6 +59,9 @@ class AugmentConfig:
     p_bright_whole: float = 0.5  # else only inside smooth blobs
     p_nodata: float = 0.05
     p_nodata_zero: float = 0.5  # else the band mean
+    # Of the replicated (nearest) crops, those trained as coded. Drawn only where above 0, so that recipes without
+    # it keep their sequence of draws (and a resumed run its crops).
+    p_coded: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -109,10 +116,25 @@ class Resampler:
             self._cache[key] = torch.from_numpy(m.astype(np.float32)).to(self.device)
         return self._cache[key]
 
+    def smoothing(self, size: int, factor: int) -> torch.Tensor:
+        """(1, phase, size, size): per phase (this module's convention), what the encoder makes of a replicated
+        band along an axis (:func:`tec_zarr.replication.smoothing_matrix`)."""
+        key = (size, -factor)
+        if key not in self._cache:
+            m = np.stack([replication.smoothing_matrix(size, factor, (factor - p) % factor) for p in range(factor)])
+            self._cache[key] = torch.from_numpy(m[None].astype(np.float32)).to(self.device)
+        return self._cache[key]
+
     def __call__(self, x: torch.Tensor, kernel: np.ndarray, phase_y: np.ndarray, phase_x: np.ndarray) -> torch.Tensor:
         """``x`` (N, 12, S, S) with the 20 m and 60 m bands of crop i resampled by ``KERNELS[kernel[i]]`` (none
         where -1) at the 60 m phase (``phase_y[i]``, ``phase_x[i]``) in [0, 6); the 20 m grid shares it, as the
         grids of a real tile do."""
+        return self.apply(x, kernel, phase_y, phase_x, self.matrices)
+
+    def apply(self, x: torch.Tensor, kernel: np.ndarray, phase_y: np.ndarray, phase_x: np.ndarray,
+              bank) -> torch.Tensor:
+        """``x`` with the 20 m and 60 m bands of crop i multiplied by ``bank(S, factor)[kernel[i], phase]`` on
+        both sides (crops where ``kernel`` is -1 unchanged)."""
         chosen = np.flatnonzero(kernel >= 0)
         if len(chosen) == 0:
             return x
@@ -122,7 +144,7 @@ class Resampler:
         sel = torch.from_numpy(chosen).to(x.device)
         k = torch.from_numpy(kernel[chosen]).to(x.device)
         for factor, bands in ((2, BANDS_20M), (6, BANDS_60M)):
-            m = self.matrices(x.shape[-1], factor)
+            m = bank(x.shape[-1], factor)
             py = torch.from_numpy(phase_y[chosen] % factor).to(x.device)
             px = torch.from_numpy(phase_x[chosen] % factor).to(x.device)
             b = torch.tensor(bands, device=x.device)
@@ -168,7 +190,7 @@ def draw(rng: np.random.Generator, n: int, cfg: AugmentConfig) -> dict[str, np.n
         "nodata_angle": rng.uniform(0.0, 2 * np.pi, size=n),
         "nodata_edge": rng.uniform(-0.5, 0.9, size=n),  # distance of the edge from the centre, in half-sizes
         "nodata_zero": rng.random(n) < cfg.p_nodata_zero,
-    }
+    } | ({"coded": rng.random(n) < cfg.p_coded} if cfg.p_coded > 0 else {})
 
 
 def _field(grid: np.ndarray, size: int, device: torch.device) -> torch.Tensor:
@@ -235,6 +257,44 @@ def _column(v: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.asarray(v, np.float32))[:, None, None, None].to(device)
 
 
+@dataclass(frozen=True, eq=False)
+class Coding:
+    """The crops of a batch trained as the codec codes replicated bands: ``kernel`` 0 (nearest) where coded, -1
+    elsewhere, at the crops' 60 m phases (the 20 m grid shares them)."""
+
+    kernel: np.ndarray
+    phase_y: np.ndarray
+    phase_x: np.ndarray
+    resampler: Resampler
+
+    @classmethod
+    def of(cls, draws: dict[str, np.ndarray], resampler: Resampler) -> Coding | None:
+        """The coded crops of a batch's ``draws`` (replicated, without a nodata edge, which the encoder would fill
+        before smoothing), or None."""
+        coded = draws.get("coded")
+        if coded is None:
+            return None
+        coded = coded & (draws["kernel"] == KERNELS.index("nearest")) & ~draws["nodata_on"]
+        if not coded.any():
+            return None
+        return cls(np.where(coded, KERNELS.index("nearest"), -1), draws["phase"][:, 0], draws["phase"][:, 1], resampler)
+
+    @classmethod
+    def every(cls, n: int, resampler: Resampler) -> Coding:
+        """All ``n`` crops coded at phase 0 (the validation's nearest version, :func:`remade`)."""
+        zeros = np.zeros(n, np.int64)
+        return cls(np.full(n, KERNELS.index("nearest")), zeros, zeros, resampler)
+
+    def encoder_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the encoder hands the transform: each coded crop's replicated bands smoothed, block means kept."""
+        return self.resampler.apply(x, np.where(self.kernel >= 0, 0, -1), self.phase_y, self.phase_x,
+                                    self.resampler.smoothing)
+
+    def decoded(self, x_hat: torch.Tensor) -> torch.Tensor:
+        """What the decoder makes of the transform's output: the coded crops' replicated bands as block means."""
+        return self.resampler.apply(x_hat, self.kernel, self.phase_y, self.phase_x, self.resampler.matrices)
+
+
 class DeviceSampler(data.CropSampler):
     """:class:`~tec_zarr.train.data.CropSampler`'s crops (the same draws for the same seed), cut from images kept
     on ``device`` and, with ``augment``, augmented there. ``batch`` returns a tensor on ``device``."""
@@ -251,12 +311,17 @@ class DeviceSampler(data.CropSampler):
         self.resampler = Resampler(self.device)
 
     def batch(self, size: int) -> torch.Tensor:
+        return self.batch_coded(size)[0]
+
+    def batch_coded(self, size: int) -> tuple[torch.Tensor, Coding | None]:
+        """A batch and its coded crops (None: none; see :class:`Coding`)."""
         c = self.crop
         crops = []
         for index, y, x, turns, flip in self.draw(size):
             patch = torch.rot90(self.tensors[index][:, y : y + c, x : x + c], turns, dims=(1, 2))
             crops.append(patch.flip(2) if flip else patch)
         out = torch.stack(crops)
-        if self.augment is not None:
-            out = apply(out, draw(self.rng, size, self.augment), self.augment, self.resampler, self.fill)
-        return out
+        if self.augment is None:
+            return out, None
+        draws = draw(self.rng, size, self.augment)
+        return apply(out, draws, self.augment, self.resampler, self.fill), Coding.of(draws, self.resampler)
