@@ -11,12 +11,17 @@ import numpy as np
 PEAK = 10000.0
 
 
-def psnr(original: np.ndarray, decoded: np.ndarray, *, scale: float = 1.0, offset: float = 0) -> float:
+def psnr(original: np.ndarray, decoded: np.ndarray, *, scale: float = 1.0, offset: float = 0,
+         valid: np.ndarray | None = None) -> float:
     """PSNR of one image (bands, H, W); ``scale`` turns values into DN (10000 for float reflectance), ``offset`` is
-    the DN of reflectance 0 (Sentinel-2 from processing baseline 04.00 on: 1000)."""
+    the DN of reflectance 0 (Sentinel-2 from processing baseline 04.00 on: 1000). With ``valid`` (bool, the
+    arrays' shape), over those elements only: nodata decoded exactly is no quality (inf where none is valid)."""
     a = np.clip(np.asarray(original, np.float64) * scale - offset, 0, PEAK)
     b = np.clip(np.asarray(decoded, np.float64) * scale - offset, 0, PEAK)
-    mse = np.mean((a - b) ** 2)
+    squared = (a - b) ** 2
+    if valid is not None:
+        squared = squared[np.broadcast_to(valid, squared.shape)]
+    mse = np.mean(squared) if squared.size else 0.0
     return float("inf") if mse == 0 else float(10 * np.log10(PEAK**2 / mse))
 
 

@@ -324,3 +324,27 @@ def test_psnr_unreachable_warns_and_takes_the_best_level(image):
     psnrs = [metrics.psnr(a, TECv2(quality=p).decode(TECv2(quality=p).encode(a))) for p in range(5)]
     assert psnrs[q] == max(psnrs)
     assert max(psnrs) < 90.0
+
+
+@pytest.mark.parametrize("missing", ["nodata", "nan"])
+def test_psnr_target_counts_the_valid_pixels_only(cube, missing):
+    """A swath-edge chunk (three quarters missing): missing elements come back exactly, so counting them would meet
+    the target with pixels far below it. The target holds on the valid pixels, and the level below misses it."""
+    a = C(cube[0, :, :64, :64])
+    if missing == "nan":
+        a = C(a.astype(np.float32) / np.float32(1e4))
+    a[:, 16:, :] = 0 if missing == "nodata" else np.nan
+    valid = np.zeros(a.shape, bool)
+    valid[:, :16] = True
+    scale = 1.0 if missing == "nodata" else 1e4
+    target = 44.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PsnrTargetWarning)
+        enc = TECv2(psnr=target).encode(a)
+    q = pipeline.read_header(enc).quality
+    got = np.nan_to_num(TECv2(psnr=target).decode(enc))
+    assert metrics.psnr(a[:, :16], got[:, :16], scale=scale) >= target
+    assert metrics.psnr(np.nan_to_num(a), got, scale=scale, valid=valid) >= target
+    assert q > 0
+    below = TECv2(quality=q - 1)
+    assert metrics.psnr(a[:, :16], np.nan_to_num(below.decode(below.encode(a)))[:, :16], scale=scale) < target

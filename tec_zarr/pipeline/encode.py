@@ -213,9 +213,9 @@ def _lowest_rate_reaching(at, chunk: PreparedChunk, target: float, qualities: in
     for q in range(qualities):
         data = at(q)
         decoded = decode_chunk(data, expected_shape=chunk.array.shape).reshape(chunk.images.shape)
-        if chunk.nan is not None:  # missing in both: not part of the quality
-            decoded = np.where(chunk.nan, np.float32(0), decoded)
-        reached = metrics.psnr(chunk.images, decoded, scale=chunk.scale, offset=chunk.offset)
+        # over the valid elements: nodata, NaN and saturated ones come back exactly and would hide the pixels' error
+        reached = metrics.psnr(chunk.images, np.nan_to_num(decoded), scale=chunk.scale, offset=chunk.offset,
+                               valid=None if chunk.missing is None else chunk.valid)
         if reached >= target:
             return data
         if best is None or reached > best[0]:
