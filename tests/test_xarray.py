@@ -166,6 +166,35 @@ def test_a_declared_missing_value_is_the_nodata(dataset, tmp_path, zarr_format, 
         zarr_encoding(bad, zarr_format=zarr_format)
 
 
+
+def test_format3_pads_edge_chunks_with_a_nonzero_nodata(dataset, tmp_path):
+    """nodata 65535 (a swath edge): zarr pads edge chunks with the array's fill value, which the helper sets to the
+    nodata, so the padding is nodata (no bits) and chunks holding only nodata are not written. Before, zarr's
+    default 0 padded them with data. The values still read back as uint16 (no CF mask)."""
+    small = dataset.isel(time=slice(0, 1), x=slice(0, 136), y=slice(0, 120))
+    x = small["reflectance"].values.copy()
+    x[..., 70:] = 65535
+    ds = xr.Dataset({"refl": (small["reflectance"].dims, x)})
+    enc = zarr_encoding(ds, zarr_format=3, nodata=65535, chunks={"y": 64, "x": 64})
+    assert enc["refl"]["fill_value"] == 65535
+    store = tmp_path / "fill.zarr"
+    ds.to_zarr(store, zarr_format=3, encoding=enc)
+    import zarr
+
+    array = zarr.open_array(store / "refl")
+    assert array.fill_value == 65535
+    chunk_files = sorted(p.relative_to(store / "refl") for p in (store / "refl").rglob("*") if p.is_file()
+                         and p.name != "zarr.json")
+    assert len(chunk_files) == 4  # of 6: the two chunks right of column 128 are all nodata
+    back = xr.open_zarr(store)["refl"]
+    assert back.dtype == np.uint16
+    got = back.values
+    np.testing.assert_array_equal(got == 65535, x == 65535)
+    assert metrics.psnr(x[0][:, :, :64], got[0][:, :, :64]) > 40  # the valid pixels, coded as before
+    # the declared fill of a variable, and nodata 0 (zarr's default), are left as they are
+    assert "fill_value" not in zarr_encoding(ds, zarr_format=3)["refl"]
+    assert "fill_value" not in zarr_encoding(ds, zarr_format=2, nodata=65535)["refl"]
+
 def test_float_reflectance_with_a_declared_fill(dataset, tmp_path):
     """float32 reflectance with _FillValue -9999: the fill is nodata, so the range check of lossy float data does
     not refuse it as a value (before: "values from -9999 ... outside the DN range"); a NaN fill keeps nodata 0."""
@@ -312,3 +341,20 @@ def test_format2_chunks_its_readers_would_refuse_are_refused_before_writing(data
     dataset.to_zarr(tmp_path / "v3.zarr", zarr_format=3, encoding=enc3)
     back = xr.open_zarr(tmp_path / "v3.zarr")["reflectance"].values
     assert metrics.mean_psnr(dataset["reflectance"].values, back) > 40
+
+
+@pytest.mark.parametrize("name", ["refl", None])
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_dataarray_as_stackstac_returns_it(dataset, tmp_path, zarr_format, name):
+    """``da.to_zarr(store, encoding=zarr_encoding(da))``: the encoding names the variable DataArray.to_zarr writes
+    (its name, or xarray's for an unnamed array), and the store reads back as the array."""
+    da = dataset["reflectance"].isel(time=slice(0, 1), x=slice(0, 40), y=slice(0, 36)).rename(name)
+    enc = zarr_encoding(da, zarr_format=zarr_format, quality=3)
+    assert list(enc) == [name or "__xarray_dataarray_variable__"]
+    store = tmp_path / f"da{zarr_format}.zarr"
+    da.to_zarr(store, zarr_format=zarr_format, encoding=enc)
+    back = xr.open_dataarray(store, engine="zarr")
+    assert back.dtype == da.dtype and back.shape == da.shape
+    assert metrics.psnr(da.values[0], back.values[0]) > 45
+    with pytest.raises(InvalidInputError, match="Expected an xarray Dataset or DataArray. Got ndarray"):
+        zarr_encoding(da.values)

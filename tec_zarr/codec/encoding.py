@@ -17,7 +17,8 @@ def zarr_encoding(
     ds, *, zarr_format: int = 3, variables: list[str] | None = None, chunks: dict[str, int] | None = None,
     shards: dict[str, int] | None = None, **codec_kwargs: Any
 ) -> dict[str, dict]:
-    """``encoding`` for ``ds.to_zarr(..., zarr_format=zarr_format, encoding=...)``.
+    """``encoding`` for ``ds.to_zarr(..., zarr_format=zarr_format, encoding=...)`` (``ds`` a Dataset, or a
+    DataArray such as stackstac returns, for its own ``to_zarr``).
 
     Picks every variable whose axis -3 has as many entries as the model has bands (or those named in
     ``variables``) and gives it the TEC codec for that format: ``compressors`` for format 2, ``serializer``
@@ -41,6 +42,7 @@ def zarr_encoding(
     ``nodata`` argument, each variable's declared missing value (``nodata``, ``_FillValue``, ``missing_value``) is
     its nodata, stored exactly, else 0.
     """
+    ds = as_dataset(ds)
     card = parse_model(codec_kwargs.get("model"))
     nbands = len(card.bands)
     if zarr_format not in (2, 3):
@@ -99,6 +101,11 @@ def zarr_encoding(
             enc = {"serializer": TEC(**kwargs), "compressors": None, "filters": None}
         if var.encoding.get("_FillValue") is not None and "_FillValue" not in var.attrs:
             enc["_FillValue"] = var.encoding["_FillValue"]  # this encoding replaces the variable's: keep its fill
+        elif zarr_format == 3 and _pads_with_data(kwargs["nodata"], var):
+            # zarr pads edge chunks with its fill value and skips chunks that hold nothing else: as nodata, the
+            # padding costs no bits and all-nodata chunks are not written (format 2 would need _FillValue, which
+            # xarray reads back as NaN: left to the user, see the README)
+            enc["fill_value"] = np.asarray(kwargs["nodata"]).astype(var.dtype).item()
         dask_chunks = dict(zip(var.dims, var.chunks)) if var.chunks is not None else None
         enc["chunks"] = tuple(
             nbands if i == var.ndim - 3 else _chunk(name, dim, size, (chunks or {}).get(dim), dask_chunks,
@@ -118,6 +125,30 @@ def zarr_encoding(
             enc["shards"] = shard_shape(name, var, enc["chunks"], shards, dask_chunks, chunks)
         encoding[name] = enc
     return encoding
+
+
+# The variable name DataArray.to_zarr stores an unnamed array under (xarray.backends.api.DATAARRAY_VARIABLE).
+DATAARRAY_VARIABLE = "__xarray_dataarray_variable__"
+
+
+def as_dataset(obj):
+    """A Dataset as given; a DataArray (what stackstac and odc-stac return) as the Dataset ``DataArray.to_zarr``
+    writes, so that ``da.to_zarr(store, encoding=zarr_encoding(da))`` finds its variable's encoding."""
+    import xarray as xr
+
+    if isinstance(obj, xr.Dataset):
+        return obj
+    if isinstance(obj, xr.DataArray):
+        named = obj.name is not None and obj.name not in obj.coords and obj.name not in obj.dims
+        return obj.to_dataset(name=obj.name if named else DATAARRAY_VARIABLE)
+    raise InvalidInputError(f"Expected an xarray Dataset or DataArray. Got {type(obj).__name__} instead.")
+
+
+def _pads_with_data(nodata, var) -> bool:
+    """Whether zarr's default fill value (0) would pad ``var``'s edge chunks with something other than ``nodata``."""
+    if nodata is None or isinstance(nodata, str) or nodata != nodata or nodata == 0:
+        return False
+    return var.encoding.get("fill_value") is None and "_FillValue" not in var.attrs
 
 
 def variable_nodata(name: str, var):
