@@ -363,6 +363,9 @@ def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> lay
             for tx in range(nx):
                 data = _chunk_bytes(array, (0, ty, tx))
                 if data is None:
+                    if fill != fill and meta.nodata is None and np.dtype(meta.dtype).kind == "f":
+                        yield raster.missing_tile(meta)  # NaN in the store, NaN in the file
+                        continue
                     if fill != meta.fill:
                         raise TecFileError(
                             f"Expected the fill value of the missing chunk {(0, ty, tx)} to equal nodata {meta.fill}. "

@@ -212,6 +212,21 @@ def _level_strips(read, meta: TecMetadata, level: int):
         yield pending[0] if len(pending) == 1 else np.concatenate(pending, axis=1)
 
 
+def padding(meta: TecMetadata) -> float | int:
+    """What edge tiles are padded with: the nodata, and NaN in float data without one (stored as missing, so the
+    padding costs nothing, as zarr's NaN fill does). Absent tiles still read as ``meta.fill``, as they always have."""
+    if meta.nodata is None and np.dtype(meta.dtype).kind == "f":
+        return float("nan")
+    return meta.fill
+
+
+def missing_tile(meta: TecMetadata) -> bytes:
+    """A level-0 tile whose elements are all missing (NaN): what a float file without nodata stores where a Zarr
+    store has a missing chunk of fill value NaN (an absent tile would read as ``meta.fill``)."""
+    tile = np.full((meta.bands, meta.tile, meta.tile), padding(meta), np.dtype(meta.dtype))
+    return encode_chunks([tile], **CodecConfig.from_json(meta.codec).chunk_params())[0]
+
+
 def _blocks(image: np.ndarray, meta: TecMetadata):
     t = meta.tile
     _, h, w = image.shape
@@ -219,7 +234,7 @@ def _blocks(image: np.ndarray, meta: TecMetadata):
         for x in range(0, w, t):
             block = image[:, y : y + t, x : x + t]
             if block.shape[1:] != (t, t):
-                padded = np.full((image.shape[0], t, t), meta.fill, image.dtype)
+                padded = np.full((image.shape[0], t, t), padding(meta), image.dtype)
                 padded[:, : block.shape[1], : block.shape[2]] = block
                 block = padded
             yield np.ascontiguousarray(block)
