@@ -194,6 +194,27 @@ def test_format3_pads_edge_chunks_with_a_nonzero_nodata(dataset, tmp_path):
     # the declared fill of a variable, and nodata 0 (zarr's default), are left as they are
     assert "fill_value" not in zarr_encoding(ds, zarr_format=3)["refl"]
     assert "fill_value" not in zarr_encoding(ds, zarr_format=2, nodata=65535)["refl"]
+    # a nodata the dtype cannot hold is refused (before: accepted, and its cast wrapped around to a data value)
+    with pytest.raises(InvalidInputError, match=r"nodata for variable 'refl' to be an integer in 0..65535"):
+        zarr_encoding(ds, zarr_format=3, nodata=70000)
+
+
+def test_encoding_helper_refuses_a_band_chunk_and_takes_whole_axis_shards(dataset):
+    with pytest.raises(InvalidInputError, match=r"chunks\['band'\] to hold all 12 bands"):
+        zarr_encoding(dataset, chunks={"band": 6})
+    assert zarr_encoding(dataset, chunks={"band": -1, "y": 64})["reflectance"]["chunks"][1] == 12
+    enc = zarr_encoding(dataset, chunks={"y": 64, "x": 64}, shards={"y": -1, "x": None})
+    assert enc["reflectance"]["shards"][-2:] == (192, 192)  # whole axes in whole chunks (130 x 150 data)
+    with pytest.raises(InvalidInputError, match=r"shards\['y'\], or -1 for the whole axis. Got 0"):
+        zarr_encoding(dataset, shards={"y": 0})
+
+
+def test_thirteen_unnamed_bands_get_the_l1c_advice(dataset):
+    x = np.concatenate([dataset["reflectance"].values[:, :10], dataset["reflectance"].values[:, :3]], axis=1)
+    ds = xr.Dataset({"refl": (("time", "b", "y", "x"), x)})
+    with pytest.raises(InvalidInputError, match=r"Sentinel-2 L1C product \(with B10\): if so, drop B10, "
+                                                r"ds = ds.isel\(b=\[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12\]\)"):
+        zarr_encoding(ds)
 
 def test_float_reflectance_with_a_declared_fill(dataset, tmp_path):
     """float32 reflectance with _FillValue -9999: the fill is nodata, so the range check of lossy float data does

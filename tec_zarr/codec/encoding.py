@@ -74,6 +74,10 @@ def zarr_encoding(
                 f"Expected variable {name!r} to have {nbands} bands on axis -3. Got dims {var.dims} shape {var.shape} instead."
             )
         band_dim = var.dims[-3]
+        if chunks and chunks.get(band_dim, nbands) != nbands:
+            raise InvalidInputError(
+                f"Expected chunks[{band_dim!r}] to hold all {nbands} bands of {name!r} (a chunk codes every band "
+                f"together). Got {chunks[band_dim]} instead: leave {band_dim!r} out of chunks.")
         stored, by_name = stored_band_names(var)
         order = None if stored is None else band_order(stored, card.bands, source=f"variable {name!r}")
         if order is not None and order != list(range(nbands)):
@@ -88,6 +92,9 @@ def zarr_encoding(
             kwargs["dn_offset"] = stated_dn_offset(var, params["float_scale"]) or 0
         if "nodata" not in kwargs:
             kwargs["nodata"] = variable_nodata(name, var)
+        elif is_number(kwargs["nodata"]) and (allowed := nodata_allowed(kwargs["nodata"], var.dtype)) is not None:
+            raise InvalidInputError(f"Expected nodata for variable {name!r} to be {allowed} for its dtype "
+                                    f"{var.dtype}. Got {kwargs['nodata']} instead: no element could equal it.")
         check_values(name, var, {**params, "nodata": kwargs["nodata"]})  # the fill value it declares is nodata
         if zarr_format == 2:
             from .zarr2 import TEC
@@ -144,9 +151,13 @@ def as_dataset(obj):
     raise InvalidInputError(f"Expected an xarray Dataset or DataArray. Got {type(obj).__name__} instead.")
 
 
+def is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
 def _pads_with_data(nodata, var) -> bool:
     """Whether zarr's default fill value (0) would pad ``var``'s edge chunks with something other than ``nodata``."""
-    if nodata is None or isinstance(nodata, str) or nodata != nodata or nodata == 0:
+    if not is_number(nodata) or nodata != nodata or nodata == 0 or nodata_allowed(nodata, var.dtype) is not None:
         return False
     return var.encoding.get("fill_value") is None and "_FillValue" not in var.attrs
 
@@ -189,18 +200,25 @@ def parse_chunks(chunks, ds) -> dict[str, int] | None:
 
 
 def parse_shards(shards, ds) -> dict[str, int]:
-    """``shards`` (dim -> positive int), its dims among the dataset's; {} for None."""
+    """``shards`` (dim -> positive int, or -1 / None for the whole axis, as ``chunks`` takes), its dims among the
+    dataset's; {} for None."""
     if shards is None:
         return {}
     if not isinstance(shards, dict):
         raise InvalidInputError(f"Expected shards as a dict dim -> size. Got {shards!r} instead.")
-    for dim, size in shards.items():
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise InvalidInputError(f"Expected a positive integer shards[{dim!r}]. Got {size!r} instead.")
     unknown = sorted(set(shards) - set(ds.dims), key=str)
     if unknown:
         raise InvalidInputError(f"Expected shards along dims of the dataset {tuple(ds.dims)}. Got {unknown} instead.")
-    return {dim: int(size) for dim, size in shards.items()}
+    out = {}
+    for dim, size in shards.items():
+        if size is None or (isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size == -1):
+            out[dim] = int(ds.sizes[dim])
+        elif isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+            raise InvalidInputError(f"Expected a positive integer shards[{dim!r}], or -1 for the whole axis. Got "
+                                    f"{size!r} instead.")
+        else:
+            out[dim] = int(size)
+    return out
 
 
 def shard_shape(name: str, var, chunk: tuple[int, ...], shards: dict[str, int], dask_chunks: dict | None,
@@ -262,7 +280,17 @@ def _stacking_hint(ds, bands: tuple[str, ...]) -> str:
         dims = (*ds[names[0]].dims[:-2], "band", *ds[names[0]].dims[-2:])
         return (f"its variables are the bands, one each (as odc-stac loads them): stack them on a band axis, "
                 f"ds = ds[{names}].to_array('band').transpose{dims}.to_dataset(name='reflectance').")
+    l1c = [name for name, var in ds.data_vars.items() if var.ndim >= 3 and var.shape[-3] == len(bands) + 1]
+    if l1c:  # unnamed bands, one more than the model's: Sentinel-2 L1C's 13, B10 (cirrus) 11th
+        keep = [i for i in range(len(bands) + 1) if i != L1C_B10_INDEX]
+        return (f"{l1c[0]!r} has {len(bands) + 1} bands on axis -3, as a Sentinel-2 L1C product (with B10): if so, "
+                f"drop B10, ds = ds.isel({ds[l1c[0]].dims[-3]}={keep}) (the models were trained on L2A reflectance), "
+                f"or give the bands a coordinate with their names.")
     return "name it with variables=[...]."
+
+
+# Where B10 sits among an L1C product's 13 bands (B01 ... B09, B10, B11, B12).
+L1C_B10_INDEX = 10
 
 
 # Values sampled along each spatial axis when zarr_encoding checks a float variable's range: DN mistaken for
