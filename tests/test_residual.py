@@ -359,6 +359,78 @@ def test_golden_bounded_bitstreams(cube):
         assert res.lattice and res.max_error > 0
 
 
+@pytest.mark.parametrize("scale", [1e4, 1.0])
+def test_float32_on_the_dn_grid_is_coded_as_dn(cube, scale):
+    """Lossless float32 whose values are all float32(DN / float_scale) (reflectance as cube builders scale it,
+    DN held as float) codes DN steps (residual mode 3, extension tag 6): about the bytes of the same DN in uint16,
+    where the float32 bits' view took 2.75 times them, more than zstd. Bit for bit, NaN and nodata included; a
+    -0.0 (not such a value) keeps the float32 view, exactly as well."""
+    dn = np.ascontiguousarray(cube[0, :, :48, :64])
+    x = (dn / np.float64(scale)).astype(np.float32)
+    x[:, :4, :6] = np.nan  # missing
+    x[2, 10:12, 10:14] = 0  # nodata
+    codec = TEC(model="tec-fp", quality=0, max_error=0, float_scale=scale)
+    enc = codec.encode(x)
+    res = chunk.unpack(enc)[0].residual
+    assert res.mode == 3
+    got = np.asarray(codec.decode(enc)).view(np.float32).reshape(x.shape)
+    np.testing.assert_array_equal(got.view(np.int32), x.view(np.int32))
+    as_dn = TEC(model="tec-fp", quality=0, max_error=0).encode(np.where(np.isnan(x), 0, dn).astype(np.uint16))
+    assert len(enc) < 1.05 * len(as_dn)
+    y = x.copy()
+    y[5, 20, 20] = -0.0
+    y[6, 20, 20] = np.nextafter(x[6, 20, 20], np.float32(1))  # between DN
+    for z in (y, np.where(np.isnan(x), np.float32(-0.0), x)):
+        enc2 = TEC(model="tec-fp", quality=0, max_error=0, float_scale=scale, nodata=None).encode(z)
+        assert chunk.unpack(enc2)[0].residual.mode == 2
+        back = np.asarray(codec.decode(enc2)).view(np.float32).reshape(z.shape)
+        np.testing.assert_array_equal(back.view(np.int32), z.view(np.int32))
+    # replicated 20 m bands: one DN step per block, still exact
+    blocky = x.copy()
+    blocky[4] = np.repeat(np.repeat(blocky[4][::2, ::2], 2, axis=0), 2, axis=1)
+    enc3 = codec.encode(blocky)
+    assert chunk.unpack(enc3)[0].blocks is not None and chunk.unpack(enc3)[0].residual.mode == 3
+    np.testing.assert_array_equal(np.asarray(codec.decode(enc3)).view(np.int32).reshape(x.shape),
+                                  blocky.view(np.int32))
+
+
+def test_golden_dn_grid_chunks(cube):
+    """Mode 3 chunks as first written decode to the same bits in every run."""
+    a = np.ascontiguousarray(cube[1, :, 30:70, 12:60])
+    refl = (a / 1e4).astype(np.float32)
+    refl[:, :3, :5] = np.nan
+    check_golden(TEC(model="tec-fp", quality=0, max_error=0), [refl], "float32-lossless-dn-grid", max_abs_error=0)
+    f = FIXTURES / "tec_zarr.tec" / "float32-lossless-dn-grid" / "encoded.00.dat"
+    assert chunk.unpack(f.read_bytes())[0].residual.mode == 3
+
+
+def test_hostile_dn_grid_marks_are_refused():
+    import struct
+
+    data = (FIXTURES / "tec_zarr.tec" / "float32-lossless-dn-grid" / "encoded.00.dat").read_bytes()
+    header, mask, payload = chunk.unpack(data)
+
+    def resealed(body: bytes) -> bytes:
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    field = bytes([chunk.EXTENSION_DN_GRID]) + struct.pack("<I", 1) + b"\x01"
+    assert data.count(field) == 1
+    with pytest.raises(CorruptChunkError, match="DN grid extension as the byte 01"):
+        chunk.unpack(resealed(data[:-4].replace(field, field[:-1] + b"\x02")))
+    mode = struct.pack("<I", len(payload)) + payload + struct.pack("<dB", 0.0, 3)
+    assert data.count(mode) == 1
+    with pytest.raises(CorruptChunkError, match="DN grid extension as the byte 01 of a chunk of residual mode 3"):
+        chunk.unpack(resealed(data[:-4].replace(mode, mode[:-1] + b"\x02")))  # the tag on a mode 2 chunk
+    exact = chunk.pack(dataclasses.replace(header, residual=dataclasses.replace(header.residual, mode=2)), mask,
+                       payload, chunk.unpack_sections(data).nan_mask)
+    assert exact.count(field) == 0 and chunk.unpack(exact)[0].residual.mode == 2
+    with pytest.raises(CorruptChunkError, match="mode 3 with the DN grid extension"):
+        chunk.unpack(resealed(exact[:-4].replace(mode[:-1] + b"\x02", mode)))  # mode 3 without its tag
+    ints = dataclasses.replace(header, dtype=np.dtype(np.uint16), float_scale=1.0)
+    with pytest.raises(CorruptChunkError, match="valid residual section"):
+        chunk.unpack(chunk.pack(ints, mask, payload, None))
+
+
 def test_hostile_lattice_extensions_are_refused():
     import struct
 
@@ -442,7 +514,8 @@ def _residual_of(path):
                                  **channel_argument(model.coder, header.coded_channels))
     c, h, w = header.shape[-3:]
     valid = np.ones((header.batch, c, h, w), bool)
-    for packed in (mask_bytes, header.saturated):  # nodata and saturated elements are not in the residual
+    nan = chunk.unpack_sections(path.read_bytes()).nan_mask
+    for packed in (mask_bytes, header.saturated, nan):  # nodata, saturated and NaN elements are not in the residual
         if packed is not None:
             valid &= ~chunk.unpack_mask(packed, (header.batch, c, h, w))
     res = header.residual

@@ -121,8 +121,11 @@ EXTENSION_SATURATED = 2  # value: a packed mask (pack_mask)
 EXTENSION_RUNS_SUMMED = 3  # value: u8 1
 EXTENSION_LATTICE = 4  # value: u8 1
 EXTENSION_SATURATION_KEPT = 5  # value: u8 1
+EXTENSION_DN_GRID = 6  # value: u8 1; marks residual mode 3 (older readers refuse the tag, not misread the mode)
 EXTENSION_TAGS = (EXTENSION_DN_OFFSET, EXTENSION_SATURATED, EXTENSION_RUNS_SUMMED, EXTENSION_LATTICE,
-                  EXTENSION_SATURATION_KEPT)
+                  EXTENSION_SATURATION_KEPT, EXTENSION_DN_GRID)
+# Residual mode of float32 chunks whose valid values are all float32(DN / float_scale): exact, coded as DN steps.
+RESIDUAL_MODE_DN_GRID = 3
 # Sentinel-2's SATURATED special value in DN (NODATA is 0): elements holding it are stored exactly, as a mask.
 SATURATED_VALUE = 65535
 # The DN offsets a chunk may declare: whatever shifts 16-bit DN into the models' range.
@@ -342,6 +345,9 @@ def unpack_sections(buf: bytes | bytearray | memoryview) -> ChunkSections:
     if _flag(extensions.get(EXTENSION_LATTICE), "lattice", residual is not None and residual.max_error > 0,
              "a chunk with a residual bound above 0"):
         residual = replace(residual, lattice=True)
+    grid = residual is not None and residual.mode == RESIDUAL_MODE_DN_GRID
+    if _flag(extensions.get(EXTENSION_DN_GRID), "DN grid", grid, "a chunk of residual mode 3") != grid:
+        raise CorruptChunkError("Expected residual mode 3 with the DN grid extension (tag 6). Got it without instead.")
     _check_header(dtype_code, shape, (m, lh, lw), flags, nodata, float_scale, residual, version)
     _check_blocks(blocks)
     if thinned_from is not None:
@@ -424,7 +430,7 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
     bound_ok = (
         (residual.mode == 0 and integer and 0 <= e <= MAX_INTEGER_BOUND and float(e).is_integer())
         or (residual.mode == 1 and not integer and 0 < e <= MAX_FLOAT_BOUND)
-        or (residual.mode == 2 and not integer and e == 0)
+        or (residual.mode in (2, RESIDUAL_MODE_DN_GRID) and not integer and e == 0)
     )
     if (
         not bound_ok or residual.tile == 0 or residual.coder not in RESIDUAL_CODERS
@@ -471,6 +477,8 @@ def _pack_extensions(header: ChunkHeader) -> bytes:
         values[EXTENSION_RUNS_SUMMED] = b"\x01"
     if header.residual is not None and header.residual.lattice:  # as given: readers check it against the bound
         values[EXTENSION_LATTICE] = b"\x01"
+    if header.residual is not None and header.residual.mode == RESIDUAL_MODE_DN_GRID:
+        values[EXTENSION_DN_GRID] = b"\x01"
     if not values:
         return b""
     return bytes([len(values)]) + b"".join(struct.pack("<BI", tag, len(v)) + v for tag, v in sorted(values.items()))

@@ -13,6 +13,10 @@ tiles) where that is smaller, as it can be when nearly every residual rounds to 
   (``E`` below the values' resolution) is coded exactly instead.
 * float32, ``E = 0`` (mode 2): bit-exact, through an order-preserving int32 view of the float32 bits; the
   residual counts units in the last place.
+* float32, ``E = 0``, every valid value ``float32(k / float_scale)`` for an integer DN ``k`` (mode 3, chunk
+  extension tag 6): reflectance as cube builders scale it from DN. The residual counts DN, as for uint16, and the
+  decoder computes the same float32 from ``k`` (where mode 2 counted float32 units in the last place, about 2.75
+  times the bits).
 
 Nodata elements keep the package's lossless mask; other elements never decode to nodata. (For float32, -0.0
 equals a nodata of 0 and so reads back as 0.0; with ``nodata=None`` lossless float32 is bit-exact throughout.) Should that rule move
@@ -31,14 +35,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..bitstream.chunk import MAX_FLOAT_BOUND, MAX_INTEGER_BOUND, ChunkHeader, ResidualSection
+from ..bitstream.chunk import (MAX_FLOAT_BOUND, MAX_INTEGER_BOUND, RESIDUAL_MODE_DN_GRID, ChunkHeader,
+                                ResidualSection)
 from ..bitstream.payload import tile_parameters
 from ..errors import CorruptChunkError, InvalidInputError, MaxErrorFallbackWarning
 from ..parsing import is_real
 from ..replication import Blocks, from_header, from_native, native_layout, native_valid, project, to_native
 from . import hierarchical, tiled
 
-MODE_INTEGER, MODE_FLOAT, MODE_FLOAT_EXACT = 0, 1, 2
+MODE_INTEGER, MODE_FLOAT, MODE_FLOAT_EXACT, MODE_DN_GRID = 0, 1, 2, RESIDUAL_MODE_DN_GRID
+DN_GRID_MAX = 2**40  # |DN| of a mode 3 chunk: exact in float64, far past any 16-bit data times float_scale
 FLOAT_STEP_MARGIN = 1.0 - 2.0**-12
 # Bounds up to this many DN round the base to the lattice (extension tag 4). Its price is the residuals of pixels
 # whose base and value fall in different lattice cells, which grows with the step: 0.1-0.4 % of the bits up to
@@ -63,16 +69,18 @@ def parse_bound(max_error: float, dtype: np.dtype) -> float:
 
 
 def base_values(model, symbols: np.ndarray, quality: int, shape: tuple[int, int], dtype: np.dtype, scale: float,
-                blocks: tuple[Blocks, ...] | None = None, offset: int = 0):
-    """The base in data units: int64 clipped to the dtype's range, or float32 (DN / scale, rounded once);
-    replicated bands (``blocks``) projected onto their blocks, in integers; ``offset`` DN added (an integer, so the
-    base stays exact)."""
+                blocks: tuple[Blocks, ...] | None = None, offset: int = 0, mode: int | None = None):
+    """The base in data units: int64 clipped to the dtype's range, or float32 (DN / scale, rounded once), or for
+    mode 3 the int64 DN themselves; replicated bands (``blocks``) projected onto their blocks, in integers;
+    ``offset`` DN added (an integer, so the base stays exact)."""
     h, w = shape
     dn = model.int_synthesis(symbols, quality)[:, :, :h, :w]
     if offset:
         dn = dn + np.int64(offset)
     if blocks is not None:
         dn = project(np.ascontiguousarray(dn), blocks)
+    if mode == MODE_DN_GRID:
+        return dn.astype(np.int64)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         return np.clip(dn, info.min, info.max)
@@ -108,6 +116,23 @@ def on_lattice(base: np.ndarray, mode: int, bound: float, nodata: float | None) 
     return np.floor((base.astype(np.float64) - c) / step + 0.5) * step + c
 
 
+def dn_grid(images: np.ndarray, valid: np.ndarray, scale: float) -> np.ndarray | None:
+    """int64 DN ``k`` with ``float32(k / scale)`` bit for bit equal to every valid float32 element (others 0), or
+    None where some valid element is not such a value (-0.0, values between DN, or beyond :data:`DN_GRID_MAX`)."""
+    x = np.where(valid, images, np.float32(0))
+    k = np.rint(x.astype(np.float64) * scale)
+    if not (np.abs(k) <= DN_GRID_MAX).all():
+        return None
+    k = k.astype(np.int64)
+    same = _from_dn(k, scale).view(np.int32) == np.ascontiguousarray(x, np.float32).view(np.int32)
+    return k if same.all() else None
+
+
+def _from_dn(k: np.ndarray, scale: float) -> np.ndarray:
+    """The decoder's float32 of DN ``k`` (the base's own rounding, :func:`base_values`)."""
+    return (k.astype(np.float64) / scale).astype(np.float32)
+
+
 def quantize(x: np.ndarray, base: np.ndarray, mode: int, bound: float) -> np.ndarray:
     if mode == MODE_INTEGER:
         r = x.astype(np.int64) - base
@@ -118,8 +143,11 @@ def quantize(x: np.ndarray, base: np.ndarray, mode: int, bound: float) -> np.nda
     return _key(x) - _key(base)
 
 
-def reconstruct(base: np.ndarray, q: np.ndarray, mode: int, bound: float, dtype: np.dtype) -> np.ndarray:
+def reconstruct(base: np.ndarray, q: np.ndarray, mode: int, bound: float, dtype: np.dtype,
+                scale: float = 1.0) -> np.ndarray:
     """The decoder's arithmetic (the encoder runs it too, to check the bound)."""
+    if mode == MODE_DN_GRID:
+        return _from_dn(base + np.clip(q, -DN_GRID_MAX, DN_GRID_MAX), scale)
     if mode == MODE_INTEGER:
         info = np.iinfo(dtype)
         step = 2 * int(bound) + 1
@@ -153,6 +181,10 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
         bound, lattice, base = 0.0, False, unrounded
         mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT_EXACT
         q = quantize(images, base, mode, bound)
+    if mode == MODE_FLOAT_EXACT and (k := dn_grid(images, valid, scale)) is not None:
+        mode = MODE_DN_GRID  # reflectance scaled from DN: count DN, not float32 units in the last place
+        base = base_values(model, symbols, quality, images.shape[-2:], dtype, scale, blocks, offset, mode)
+        q = k - base
     q = np.where(valid, q, 0)
     anchor, step = residual_anchor(base, mode, bound)
     if blocks is not None:  # x (bit for bit) and the base are constant over each block's valid elements: so is q
@@ -179,7 +211,7 @@ def _within(decoded: np.ndarray, images: np.ndarray, valid: np.ndarray, bound: f
 
 def residual_anchor(base: np.ndarray, mode: int, bound: float) -> tuple[np.ndarray | None, int]:
     """Coder 2's integer view of the base (on the grid of ``q * step``) and the step; None where there is none."""
-    if mode == MODE_INTEGER:
+    if mode in (MODE_INTEGER, MODE_DN_GRID):
         return base.astype(np.int64), 2 * int(bound) + 1
     if mode == MODE_FLOAT_EXACT:
         return _key(base), 1
@@ -190,7 +222,7 @@ def decode(header: ChunkHeader, symbols, model, valid) -> np.ndarray:
     """Decoded images (B, C, H, W) in the header's dtype, before the nodata rule."""
     res = header.residual
     dtype = np.dtype(header.dtype)
-    expected = MODE_INTEGER if dtype.kind in "iu" else (MODE_FLOAT, MODE_FLOAT_EXACT)
+    expected = MODE_INTEGER if dtype.kind in "iu" else (MODE_FLOAT, MODE_FLOAT_EXACT, MODE_DN_GRID)
     if res.mode not in np.atleast_1d(expected) or (res.mode == MODE_FLOAT) != (dtype.kind == "f" and res.max_error > 0):
         raise CorruptChunkError(f"Expected a residual mode matching dtype {dtype} and max_error. Got {res} instead.")
     if not 0 <= header.quality < model.int_synthesis.qualities:
@@ -202,7 +234,7 @@ def decode(header: ChunkHeader, symbols, model, valid) -> np.ndarray:
         q = tiled.decode(res.payload, coded.valid, tile_parameters(res.params), res.tile)
     if coded.blocks is not None:
         q = from_native(q, coded.blocks)
-    return reconstruct(base, q, res.mode, res.max_error, dtype)
+    return reconstruct(base, q, res.mode, res.max_error, dtype, header.float_scale)
 
 
 class CodedLayout(NamedTuple):
@@ -221,7 +253,7 @@ def coded_layout(header: ChunkHeader, symbols, model, valid) -> tuple[np.ndarray
     res = header.residual
     blocks = from_header(header.blocks)
     base = base_values(model, symbols, header.quality, header.shape[-2:], np.dtype(header.dtype),
-                       header.float_scale, blocks, header.dn_offset)
+                       header.float_scale, blocks, header.dn_offset, res.mode)
     if res.lattice:
         base = on_lattice(base, res.mode, res.max_error, header.nodata)
     anchor, step = residual_anchor(base, res.mode, res.max_error)
