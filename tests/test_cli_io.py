@@ -165,6 +165,15 @@ def test_float32_tec_pads_edge_tiles_with_nan_and_converts_from_zarr(tmp_path, p
     assert _run(["convert", tmp_path / "f.zarr", tmp_path / "c.tec"]) == 0
     with tecfile.open(tmp_path / "c.tec") as f, tecfile.open(tmp_path / "f.tec") as g:
         np.testing.assert_array_equal(f.read(), g.read())
+    # a store xarray wrote with zarr_encoding's defaults (nodata 0, NaN fill, the all-NaN chunk not written)
+    import tec_zarr
+
+    ds = xr.Dataset({"r": (("band", "y", "x"), a)})
+    ds.to_zarr(tmp_path / "x.zarr", zarr_format=3, encoding=tec_zarr.zarr_encoding(ds, chunks={"y": 32, "x": 32}))
+    assert _run(["convert", tmp_path / "x.zarr", tmp_path / "x.tec"]) == 0
+    with tecfile.open(tmp_path / "x.tec") as f:
+        np.testing.assert_array_equal(np.isnan(f.read()), np.isnan(a))
+        assert f.metadata.nodata == 0 and np.isnan(f.decode_tile(0, 2, 2)).all()
 
 
 def test_decompress_one_date_of_a_cube_and_float32(tmp_path, cube, capsys):

@@ -394,6 +394,19 @@ def test_float32_on_the_dn_grid_is_coded_as_dn(cube, scale):
                                   blocky.view(np.int32))
 
 
+def test_dn_grid_steps_beyond_the_decoders_clip_keep_the_float_view():
+    """Values on the DN grid but so far from the base that the decoder's clip of the steps would change them (DN
+    near 2**40 of either sign, float_scale 1): the encoder checks its own decoding and keeps mode 2, exact."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3000, (12, 32, 32)).astype(np.float32)
+    x[:, ::2, ::2] = np.float32(2.0**40)
+    x[0, 1, 1] = np.float32(-(2.0**40))
+    codec = TEC(model="tec-fp", quality=0, max_error=0, float_scale=1.0, nodata=None)
+    enc = codec.encode(x)
+    assert chunk.unpack(enc)[0].residual.mode == 2
+    np.testing.assert_array_equal(np.asarray(codec.decode(enc)).view(np.int32).reshape(x.shape), x.view(np.int32))
+
+
 def test_golden_dn_grid_chunks(cube):
     """Mode 3 chunks as first written decode to the same bits in every run."""
     a = np.ascontiguousarray(cube[1, :, 30:70, 12:60])

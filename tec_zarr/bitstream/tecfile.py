@@ -217,7 +217,8 @@ class TecMetadata:
 
     @property
     def fill(self) -> float | int:
-        """The value of padding and of absent tiles."""
+        """The value of absent tiles, and of edge tiles' padding (float files without nodata pad with NaN,
+        ``tec_zarr.gdal.raster.padding``)."""
         return 0 if self.nodata is None else self.nodata
 
     def level_shape(self, level: int) -> tuple[int, int]:

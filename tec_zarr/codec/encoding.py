@@ -108,6 +108,8 @@ def zarr_encoding(
             enc = {"serializer": TEC(**kwargs), "compressors": None, "filters": None}
         if var.encoding.get("_FillValue") is not None and "_FillValue" not in var.attrs:
             enc["_FillValue"] = var.encoding["_FillValue"]  # this encoding replaces the variable's: keep its fill
+        elif zarr_format == 3 and var.encoding.get("fill_value") is not None:
+            enc["fill_value"] = var.encoding["fill_value"]  # a store's own fill (this encoding replaces it)
         elif zarr_format == 3 and _pads_with_data(kwargs["nodata"], var):
             # zarr pads edge chunks with its fill value and skips chunks that hold nothing else: as nodata, the
             # padding costs no bits and all-nodata chunks are not written (format 2 would need _FillValue, which
@@ -156,10 +158,11 @@ def is_number(value) -> bool:
 
 
 def _pads_with_data(nodata, var) -> bool:
-    """Whether zarr's default fill value (0) would pad ``var``'s edge chunks with something other than ``nodata``."""
+    """Whether the fill value zarr would take (0 for integers; xarray's NaN for floats, stored as missing) pads
+    ``var``'s edge chunks with something other than a nonzero ``nodata`` it can hold."""
     if not is_number(nodata) or nodata != nodata or nodata == 0 or nodata_allowed(nodata, var.dtype) is not None:
         return False
-    return var.encoding.get("fill_value") is None and "_FillValue" not in var.attrs
+    return "_FillValue" not in var.attrs
 
 
 def variable_nodata(name: str, var):

@@ -363,8 +363,8 @@ def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> lay
             for tx in range(nx):
                 data = _chunk_bytes(array, (0, ty, tx))
                 if data is None:
-                    if fill != fill and meta.nodata is None and np.dtype(meta.dtype).kind == "f":
-                        yield raster.missing_tile(meta)  # NaN in the store, NaN in the file
+                    if fill != fill and np.dtype(meta.dtype).kind == "f":
+                        yield raster.missing_tile(meta)  # NaN in the store, NaN in the file (whatever the nodata)
                         continue
                     if fill != meta.fill:
                         raise TecFileError(

@@ -221,9 +221,9 @@ def padding(meta: TecMetadata) -> float | int:
 
 
 def missing_tile(meta: TecMetadata) -> bytes:
-    """A level-0 tile whose elements are all missing (NaN): what a float file without nodata stores where a Zarr
-    store has a missing chunk of fill value NaN (an absent tile would read as ``meta.fill``)."""
-    tile = np.full((meta.bands, meta.tile, meta.tile), padding(meta), np.dtype(meta.dtype))
+    """A level-0 tile of a float file whose elements are all NaN (missing, whatever the nodata): what it stores
+    where a Zarr store has a missing chunk of fill value NaN (an absent tile would read as ``meta.fill``)."""
+    tile = np.full((meta.bands, meta.tile, meta.tile), np.nan, np.dtype(meta.dtype))
     return encode_chunks([tile], **CodecConfig.from_json(meta.codec).chunk_params())[0]
 
 

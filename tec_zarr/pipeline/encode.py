@@ -5,7 +5,7 @@ nodata value are stored as a lossless mask and come back exactly; no other pixel
 
 ``max_error=E`` adds a residual section (:mod:`tec_zarr.residual.bound`): every element then decodes within E of
 its value (E = 0: exactly). ``psnr=P`` picks, per chunk (per part of a chunk in parts), the lowest quality whose
-decoded chunk reaches P dB (:func:`tec_zarr.metrics.psnr` over the whole chunk, in DN; parts that all reach it
+decoded chunk reaches P dB (:func:`tec_zarr.metrics.psnr` over the chunk's valid elements, in DN; parts that all reach it
 make a chunk that does); where no level does, the level with the highest PSNR, with a
 :class:`~tec_zarr.errors.PsnrTargetWarning`.
 

@@ -73,14 +73,24 @@ def base_values(model, symbols: np.ndarray, quality: int, shape: tuple[int, int]
     """The base in data units: int64 clipped to the dtype's range, or float32 (DN / scale, rounded once), or for
     mode 3 the int64 DN themselves; replicated bands (``blocks``) projected onto their blocks, in integers;
     ``offset`` DN added (an integer, so the base stays exact)."""
+    dn = base_dn(model, symbols, quality, shape, blocks, offset)
+    return dn if mode == MODE_DN_GRID else in_data_units(dn, dtype, scale)
+
+
+def base_dn(model, symbols: np.ndarray, quality: int, shape: tuple[int, int], blocks: tuple[Blocks, ...] | None,
+            offset: int) -> np.ndarray:
+    """The base as int64 DN: the integer synthesis cropped, ``offset`` added, replicated bands projected."""
     h, w = shape
     dn = model.int_synthesis(symbols, quality)[:, :, :h, :w]
     if offset:
         dn = dn + np.int64(offset)
     if blocks is not None:
         dn = project(np.ascontiguousarray(dn), blocks)
-    if mode == MODE_DN_GRID:
-        return dn.astype(np.int64)
+    return dn.astype(np.int64, copy=False)
+
+
+def in_data_units(dn: np.ndarray, dtype: np.dtype, scale: float) -> np.ndarray:
+    """Base DN in data units: clipped to an integer dtype's range, or float32 (DN / scale, rounded once)."""
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         return np.clip(dn, info.min, info.max)
@@ -163,7 +173,8 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
     blocks (``blocks``, as detected over ``valid``) have their residual coded on the native grid."""
     dtype = images.dtype
     bound = parse_bound(max_error, dtype)
-    unrounded = base_values(model, symbols, quality, images.shape[-2:], dtype, scale, blocks, offset)
+    dn = base_dn(model, symbols, quality, images.shape[-2:], blocks, offset)
+    unrounded = in_data_units(dn, dtype, scale)
     mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT if bound > 0 else MODE_FLOAT_EXACT
     lattice = 0 < bound * scale <= LATTICE_MAX_DN
     base = on_lattice(unrounded, mode, bound, nodata) if lattice else unrounded
@@ -182,9 +193,12 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
         mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT_EXACT
         q = quantize(images, base, mode, bound)
     if mode == MODE_FLOAT_EXACT and (k := dn_grid(images, valid, scale)) is not None:
-        mode = MODE_DN_GRID  # reflectance scaled from DN: count DN, not float32 units in the last place
-        base = base_values(model, symbols, quality, images.shape[-2:], dtype, scale, blocks, offset, mode)
-        q = k - base
+        # reflectance scaled from DN: count DN, not float32 units in the last place, where the decoder's own
+        # arithmetic gives every valid element back bit for bit (steps beyond its clip would not)
+        grid_q = np.where(valid, k - dn, 0)
+        back = reconstruct(dn, grid_q, MODE_DN_GRID, 0.0, dtype, scale)
+        if np.array_equal(back.view(np.int32)[valid], np.ascontiguousarray(images).view(np.int32)[valid]):
+            mode, base, q = MODE_DN_GRID, dn, grid_q
     q = np.where(valid, q, 0)
     anchor, step = residual_anchor(base, mode, bound)
     if blocks is not None:  # x (bit for bit) and the base are constant over each block's valid elements: so is q

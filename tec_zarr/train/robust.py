@@ -269,12 +269,14 @@ class Coding:
 
     @classmethod
     def of(cls, draws: dict[str, np.ndarray], resampler: Resampler) -> Coding | None:
-        """The coded crops of a batch's ``draws`` (replicated, without a nodata edge, which the encoder would fill
-        before smoothing), or None."""
+        """The coded crops of a batch's ``draws``: replicated, without a nodata edge (which the encoder would fill
+        before smoothing), haze or brightening (which leave no blocks); or None."""
         coded = draws.get("coded")
         if coded is None:
             return None
-        coded = coded & (draws["kernel"] == KERNELS.index("nearest")) & ~draws["nodata_on"]
+        # haze fields and bright blobs are smooth across blocks: such crops hold no blocks for an encoder to find
+        coded = (coded & (draws["kernel"] == KERNELS.index("nearest")) & ~draws["nodata_on"] & ~draws["haze_on"]
+                 & ~draws["bright_on"])
         if not coded.any():
             return None
         return cls(np.where(coded, KERNELS.index("nearest"), -1), draws["phase"][:, 0], draws["phase"][:, 1], resampler)
