@@ -183,41 +183,28 @@ def variable_nodata(name: str, var):
 def parse_chunks(chunks, ds) -> dict[str, int] | None:
     """``chunks`` (dim -> positive int, or -1 / None for the whole axis as in dask and xarray), its dims among
     the dataset's; -1 and None become the dim's size."""
-    if chunks is None:
-        return None
-    if not isinstance(chunks, dict):
-        raise InvalidInputError(f"Expected chunks as a dict dim -> size. Got {chunks!r} instead.")
-    unknown = sorted(set(chunks) - set(ds.dims), key=str)
-    if unknown:
-        raise InvalidInputError(f"Expected chunks along dims of the dataset {tuple(ds.dims)}. Got {unknown} instead.")
-    out = {}
-    for dim, size in chunks.items():
-        if size is None or (isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size == -1):
-            out[dim] = int(ds.sizes[dim])
-        elif isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise InvalidInputError(f"Expected a positive integer chunks[{dim!r}], or -1 for the whole axis. Got "
-                                    f"{size!r} instead.")
-        else:
-            out[dim] = int(size)
-    return out
+    return None if chunks is None else _axis_sizes("chunks", chunks, ds)
 
 
 def parse_shards(shards, ds) -> dict[str, int]:
     """``shards`` (dim -> positive int, or -1 / None for the whole axis, as ``chunks`` takes), its dims among the
     dataset's; {} for None."""
-    if shards is None:
-        return {}
-    if not isinstance(shards, dict):
-        raise InvalidInputError(f"Expected shards as a dict dim -> size. Got {shards!r} instead.")
-    unknown = sorted(set(shards) - set(ds.dims), key=str)
+    return {} if shards is None else _axis_sizes("shards", shards, ds)
+
+
+def _axis_sizes(what: str, sizes, ds) -> dict[str, int]:
+    """A dim -> size dict of the dataset's dims: positive ints, or -1 / None for the dim's whole size."""
+    if not isinstance(sizes, dict):
+        raise InvalidInputError(f"Expected {what} as a dict dim -> size. Got {sizes!r} instead.")
+    unknown = sorted(set(sizes) - set(ds.dims), key=str)
     if unknown:
-        raise InvalidInputError(f"Expected shards along dims of the dataset {tuple(ds.dims)}. Got {unknown} instead.")
+        raise InvalidInputError(f"Expected {what} along dims of the dataset {tuple(ds.dims)}. Got {unknown} instead.")
     out = {}
-    for dim, size in shards.items():
+    for dim, size in sizes.items():
         if size is None or (isinstance(size, (int, np.integer)) and not isinstance(size, bool) and size == -1):
             out[dim] = int(ds.sizes[dim])
         elif isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise InvalidInputError(f"Expected a positive integer shards[{dim!r}], or -1 for the whole axis. Got "
+            raise InvalidInputError(f"Expected a positive integer {what}[{dim!r}], or -1 for the whole axis. Got "
                                     f"{size!r} instead.")
         else:
             out[dim] = int(size)
