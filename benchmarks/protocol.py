@@ -89,8 +89,8 @@ def summarize(log: Path, control: Path | None = None, start_trained_on: tuple[st
     # sharing no out-of-source set with the run measures nothing of it
     shared = set(start) & set(curves(validations[0]))
     if "validation" not in shared or len(shared) < 2:
-        raise SystemExit(f"{against}: expected the sets of {log} ({sorted(curves(validations[0]))}). Got "
-                         f"{sorted(start)} instead.")
+        raise SystemExit(f"{against or log}: expected the in-source set and an out-of-source one shared with {log} "
+                         f"({sorted(curves(validations[0]))}). Got {sorted(start)} instead.")
     out = {"log": str(log), "run": run, "start_step": reference["step"], "start": start,
            "against": None if against is None else str(against),
            "start_trained_on": sorted(set(run.get("start_trained_on", [])) | set(start_trained_on)),

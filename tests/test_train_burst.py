@@ -127,7 +127,7 @@ def test_burst_runs_on_the_clock_and_both_trainers_resume(packed, tmp_path):
     other = tmp_path / "other.jsonl"
     first = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     other.write_text(json.dumps({**first, "out_of_source": {}}) + "\n")
-    with pytest.raises(SystemExit, match="expected the sets"):
+    with pytest.raises(SystemExit, match="expected the in-source set and an out-of-source one shared"):
         protocol.summarize(out / "log.jsonl", against=other)
     same = protocol.ratios(report["start"]["validation"], report["start"]["validation"])
     assert same and np.allclose(same, 1.0)  # the starting curve against itself

@@ -197,6 +197,9 @@ def test_format3_pads_edge_chunks_with_a_nonzero_nodata(dataset, tmp_path):
     # written again from the store (its encoding replaced by the helper's): the store's fill value stays
     again = xr.open_zarr(store, mask_and_scale=False)
     assert zarr_encoding(again, zarr_format=3, nodata=65535, chunks={"y": 64, "x": 64})["refl"]["fill_value"] == 65535
+    # ... unless it is not the nodata now: a nonzero nodata becomes the fill, nodata 0 leaves zarr's default
+    assert zarr_encoding(again, zarr_format=3, nodata=1000, chunks={"y": 64, "x": 64})["refl"]["fill_value"] == 1000
+    assert "fill_value" not in zarr_encoding(again, zarr_format=3, chunks={"y": 64, "x": 64})["refl"]
     # a nodata the dtype cannot hold is refused (before: accepted, and its cast wrapped around to a data value)
     with pytest.raises(InvalidInputError, match=r"nodata for variable 'refl' to be an integer in 0..65535"):
         zarr_encoding(ds, zarr_format=3, nodata=70000)

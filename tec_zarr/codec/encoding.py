@@ -108,7 +108,7 @@ def zarr_encoding(
             enc = {"serializer": TEC(**kwargs), "compressors": None, "filters": None}
         if var.encoding.get("_FillValue") is not None and "_FillValue" not in var.attrs:
             enc["_FillValue"] = var.encoding["_FillValue"]  # this encoding replaces the variable's: keep its fill
-        elif zarr_format == 3 and var.encoding.get("fill_value") is not None:
+        elif zarr_format == 3 and _is_nodata(var.encoding.get("fill_value"), kwargs["nodata"], var.dtype):
             enc["fill_value"] = var.encoding["fill_value"]  # a store's own fill (this encoding replaces it)
         elif zarr_format == 3 and _pads_with_data(kwargs["nodata"], var):
             # zarr pads edge chunks with its fill value and skips chunks that hold nothing else: as nodata, the
@@ -155,6 +155,15 @@ def as_dataset(obj):
 
 def is_number(value) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _is_nodata(fill, nodata, dtype) -> bool:
+    """Whether a store's fill value pads with what the codec stores as missing: its nodata, or NaN in float data."""
+    if fill is None or not is_number(fill):
+        return False
+    if fill != fill:
+        return np.dtype(dtype).kind == "f"
+    return is_number(nodata) and fill == nodata
 
 
 def _pads_with_data(nodata, var) -> bool:
