@@ -9,7 +9,7 @@ import numpy as np
 from ..bands import band_name, band_order
 from ..dn_offset import stated_dn_offset
 from ..errors import InvalidInputError, TecZarrError
-from ..parsing import declared_nodata, nodata_allowed
+from ..parsing import declared_nodata, is_real, nodata_allowed, plain_number
 from .config import CodecConfig, parse_model
 
 
@@ -92,7 +92,8 @@ def zarr_encoding(
             kwargs["dn_offset"] = stated_dn_offset(var, params["float_scale"]) or 0
         if "nodata" not in kwargs:
             kwargs["nodata"] = variable_nodata(name, var)
-        elif is_number(kwargs["nodata"]) and (allowed := nodata_allowed(kwargs["nodata"], var.dtype)) is not None:
+        elif is_real(plain_number(kwargs["nodata"])) and (
+                allowed := nodata_allowed(kwargs["nodata"], var.dtype)) is not None:
             raise InvalidInputError(f"Expected nodata for variable {name!r} to be {allowed} for its dtype "
                                     f"{var.dtype}. Got {kwargs['nodata']} instead: no element could equal it.")
         check_values(name, var, {**params, "nodata": kwargs["nodata"]})  # the fill value it declares is nodata
@@ -153,23 +154,19 @@ def as_dataset(obj):
     raise InvalidInputError(f"Expected an xarray Dataset or DataArray. Got {type(obj).__name__} instead.")
 
 
-def is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-
-
 def _is_nodata(fill, nodata, dtype) -> bool:
     """Whether a store's fill value pads with what the codec stores as missing: its nodata, or NaN in float data."""
-    if fill is None or not is_number(fill):
-        return False
-    if fill != fill:
+    fill = plain_number(fill)
+    if isinstance(fill, float) and fill != fill:
         return np.dtype(dtype).kind == "f"
-    return is_number(nodata) and fill == nodata
+    return is_real(fill) and fill == nodata
 
 
 def _pads_with_data(nodata, var) -> bool:
     """Whether the fill value zarr would take (0 for integers; xarray's NaN for floats, stored as missing) pads
     ``var``'s edge chunks with something other than a nonzero ``nodata`` it can hold."""
-    if not is_number(nodata) or nodata != nodata or nodata == 0 or nodata_allowed(nodata, var.dtype) is not None:
+    nodata = plain_number(nodata)
+    if not is_real(nodata) or nodata == 0 or nodata_allowed(nodata, var.dtype) is not None:
         return False
     return "_FillValue" not in var.attrs
 

@@ -210,12 +210,13 @@ def coded_channels(model: Model, symbols: np.ndarray) -> np.ndarray | None:
 def _lowest_rate_reaching(at, chunk: PreparedChunk, target: float, qualities: int) -> bytes:
     """The first level (lowest rate) whose decoded chunk reaches ``target`` dB, else the best level seen."""
     best = None
+    # over the valid elements: nodata, NaN and saturated ones come back exactly and would hide the pixels' error
+    valid = None if chunk.missing is None else chunk.valid
     for q in range(qualities):
         data = at(q)
         decoded = decode_chunk(data, expected_shape=chunk.array.shape).reshape(chunk.images.shape)
-        # over the valid elements: nodata, NaN and saturated ones come back exactly and would hide the pixels' error
         reached = metrics.psnr(chunk.images, np.nan_to_num(decoded), scale=chunk.scale, offset=chunk.offset,
-                               valid=None if chunk.missing is None else chunk.valid)
+                               valid=valid)
         if reached >= target:
             return data
         if best is None or reached > best[0]:

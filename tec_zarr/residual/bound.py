@@ -126,16 +126,18 @@ def on_lattice(base: np.ndarray, mode: int, bound: float, nodata: float | None) 
     return np.floor((base.astype(np.float64) - c) / step + 0.5) * step + c
 
 
-def dn_grid(images: np.ndarray, valid: np.ndarray, scale: float) -> np.ndarray | None:
-    """int64 DN ``k`` with ``float32(k / scale)`` bit for bit equal to every valid float32 element (others 0), or
-    None where some valid element is not such a value (-0.0, values between DN, or beyond :data:`DN_GRID_MAX`)."""
+def dn_grid_steps(images: np.ndarray, valid: np.ndarray, dn: np.ndarray, scale: float) -> np.ndarray | None:
+    """Mode 3's residual steps against the base ``dn`` (0 at invalid elements), where the decoder's own arithmetic
+    (:func:`reconstruct`) gives every valid float32 element back bit for bit; else None (-0.0, values between DN,
+    steps beyond its clip)."""
     x = np.where(valid, images, np.float32(0))
     k = np.rint(x.astype(np.float64) * scale)
     if not (np.abs(k) <= DN_GRID_MAX).all():
         return None
-    k = k.astype(np.int64)
-    same = _from_dn(k, scale).view(np.int32) == np.ascontiguousarray(x, np.float32).view(np.int32)
-    return k if same.all() else None
+    q = np.where(valid, k.astype(np.int64) - dn, 0)
+    back = reconstruct(dn, q, MODE_DN_GRID, 0.0, images.dtype, scale)
+    same = back.view(np.int32)[valid] == np.ascontiguousarray(images, np.float32).view(np.int32)[valid]
+    return q if same.all() else None
 
 
 def _from_dn(k: np.ndarray, scale: float) -> np.ndarray:
@@ -192,13 +194,8 @@ def encode(images, valid, symbols, quality, model, scale, max_error, nodata, blo
         bound, lattice, base = 0.0, False, unrounded
         mode = MODE_INTEGER if dtype.kind in "iu" else MODE_FLOAT_EXACT
         q = quantize(images, base, mode, bound)
-    if mode == MODE_FLOAT_EXACT and (k := dn_grid(images, valid, scale)) is not None:
-        # reflectance scaled from DN: count DN, not float32 units in the last place, where the decoder's own
-        # arithmetic gives every valid element back bit for bit (steps beyond its clip would not)
-        grid_q = np.where(valid, k - dn, 0)
-        back = reconstruct(dn, grid_q, MODE_DN_GRID, 0.0, dtype, scale)
-        if np.array_equal(back.view(np.int32)[valid], np.ascontiguousarray(images).view(np.int32)[valid]):
-            mode, base, q = MODE_DN_GRID, dn, grid_q
+    if mode == MODE_FLOAT_EXACT and (grid_q := dn_grid_steps(images, valid, dn, scale)) is not None:
+        mode, base, q = MODE_DN_GRID, dn, grid_q  # reflectance scaled from DN: count DN, not float32 ulps
     q = np.where(valid, q, 0)
     anchor, step = residual_anchor(base, mode, bound)
     if blocks is not None:  # x (bit for bit) and the base are constant over each block's valid elements: so is q
