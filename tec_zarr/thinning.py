@@ -3,9 +3,11 @@ cut to a lower quality (:func:`tec_zarr.thin`), without decoding an image.
 
 Zarr: each chunk file is replaced atomically (written beside it, then renamed over it), so a reader sees the old or
 the new chunk, never a part; chunks decode by their own headers, so a store half thinned (interrupted, or read
-meanwhile) is a valid store at mixed qualities, and running again finishes it. The array's codec config then says
-the new quality (for chunks written later; its ``psnr`` target is dropped, since thinned chunks no longer meet it).
-``.tec``: the file is written anew beside itself and renamed over it, with a new uuid (readers notice the change).
+meanwhile) is a valid store at mixed qualities, and running again finishes it. The array's codec config is left as
+it was: it is the setting for chunks written later (dates appended to an archive whose older dates were thinned
+keep the quality or ``psnr`` target the array was created with), not a statement about the chunks stored.
+``.tec``: the file is written anew beside itself and renamed over it, with a new uuid (readers notice the change);
+nothing is written to it later, so its codec config says the new quality.
 
 Only local directory stores and files are thinned. Arrays whose chunks carry a residual section (``max_error``) are
 left as they are and reported: their bound would not hold. A sharded array's shards are rebuilt, each replaced
@@ -37,10 +39,12 @@ from .shards import ShardLayout
 
 @dataclass
 class ThinReport:
-    """What :func:`thin_store` did: arrays thinned, arrays left (with why), chunks rewritten and bytes before/after."""
+    """What :func:`thin_store` did: arrays thinned, arrays left (with why), arrays already at or below the quality
+    (with their stored quality), chunks rewritten and bytes before/after."""
 
     thinned: list[str] = field(default_factory=list)
     left: dict[str, str] = field(default_factory=dict)
+    already: dict[str, str] = field(default_factory=dict)
     chunks: int = 0
     bytes_before: int = 0
     bytes_after: int = 0
@@ -70,28 +74,42 @@ def thin_store(path, quality: int, *, variables=None, progress: Callable[[int, i
         if array.codec is None and variables is None:
             continue  # coordinates and other codecs' arrays: nothing of ours to thin
         _check_readable(array.directory)  # only the arrays thinned: others may use codecs not installed here
-        why = array.unthinnable() or _above(array.codec, quality)
+        why = array.unthinnable()
         if why:
             report.left[name] = why
             continue
+        _check_level(array.codec, quality)
+        stored = _at_or_below(array.codec, quality)
+        if stored:
+            report.already[name] = stored
+            continue
         _remove_leftovers(array.directory)
-        try:
-            _thin_array(array, quality, report, progress)
-        finally:  # chunks already thinned: the metadata says so, even if a later chunk fails
-            _set_quality(array, quality)
-            _update_consolidated(path, name, array)
+        _thin_array(array, quality, report, progress)
         report.thinned.append(name)
     return report
 
 
-def _above(codec: dict, quality: int) -> str | None:
-    """Why a store coded with ``codec`` is not thinned to ``quality`` (None: it can be): thinning only lowers
-    quality. Stores coded to a ``psnr`` target have no single quality (each chunk has the level that reached it, its
-    config the default level); their chunks are checked one by one."""
+def _at_or_below(codec: dict, quality: int) -> str | None:
+    """Where every chunk written with ``codec`` is already at or below ``quality`` (nothing to thin): how it was
+    stored; else None. Stores coded to a ``psnr`` target have no single quality (each chunk has the level that
+    reached it, its config the default level); their chunks are checked one by one."""
     stored = codec.get("quality")
-    if codec.get("psnr") is None and isinstance(stored, int) and not isinstance(stored, bool) and quality > stored:
-        return f"stored at quality {stored}: thinning removes information, it cannot raise it to {quality}"
+    if codec.get("psnr") is None and isinstance(stored, int) and not isinstance(stored, bool) and quality >= stored:
+        return f"stored at quality {stored}, at or below {quality} already"
     return None
+
+
+def _check_level(codec: dict, quality: int) -> None:
+    """A level the array's model has (a typo such as 5 for a five-level model is an error, not a no-op)."""
+    from .models import get_card
+
+    try:
+        levels = len(get_card(codec.get("model")).qualities)
+    except TecZarrError:
+        return  # a model not installed here: its chunks' own headers bound the level
+    if quality >= levels:
+        raise InvalidInputError(
+            f"Expected a quality level of model {codec.get('model')!r}, 0..{levels - 1}. Got {quality} instead.")
 
 
 # -- Zarr --------------------------------------------------------------------------------------------------------------
@@ -212,20 +230,8 @@ def _thin_array(array: _ZarrArray, quality: int, report: ThinReport, progress) -
             progress(done, len(paths))
 
 
-def _set_quality(array: _ZarrArray, quality: int) -> None:
-    """The array's codec config says the new quality (and no psnr target), read afresh: whatever else changed in
-    the metadata meanwhile is kept."""
-    array.metadata = _read_json(array.metadata_file)
-    codec = array.codec
-    if codec is None:
-        return
-    codec["quality"] = _new_quality(codec, quality)
-    codec.pop("psnr", None)
-    _replace_file(array.metadata_file, json.dumps(array.metadata, indent=4).encode())
-
-
 def _new_quality(codec: dict, quality: int) -> int:
-    """The quality a thinned array's config states: ``quality`` or its own, whichever is lower; a psnr store's
+    """The quality a thinned .tec file's config states: ``quality`` or its own, whichever is lower; a psnr store's
     config quality bound none of its chunks, which are now at most ``quality``."""
     if codec.get("psnr") is not None:
         return quality
@@ -247,25 +253,6 @@ def _thin_counted(data: bytes, quality: int, report: ThinReport, where: str) -> 
 
 def _chunk_quality(data: bytes) -> int:
     return read_header(data).quality
-
-
-def _update_consolidated(root: Path, name: str, array: _ZarrArray) -> None:
-    """Consolidated metadata (format 2 ``.zmetadata``, format 3 in the root ``zarr.json``) says what the array's
-    own metadata now says."""
-    zmetadata = root / ".zmetadata"
-    if zmetadata.is_file():
-        data = _read_json(zmetadata)
-        key = f"{name}/.zarray" if name else ".zarray"
-        if key in data.get("metadata", {}):
-            data["metadata"][key] = array.metadata
-            _replace_file(zmetadata, json.dumps(data, indent=4).encode())
-    root_json = root / "zarr.json"
-    if root_json.is_file() and array.metadata_file != root_json:
-        data = _read_json(root_json)
-        consolidated = (data.get("consolidated_metadata") or {}).get("metadata")
-        if isinstance(consolidated, dict) and name in consolidated:
-            consolidated[name] = array.metadata
-            _replace_file(root_json, json.dumps(data, indent=4).encode())
 
 
 def _check_readable(directory: Path) -> None:
@@ -338,15 +325,16 @@ def _thin_tec(path: Path, quality: int, progress) -> ThinReport:
             report.left[path.name] = (f"error-bounded (max_error={meta.codec['max_error']}): thinning would break "
                                       "the bound")
             return report
-        why = _above(meta.codec, quality)
-        if why:
-            report.left[path.name] = why
+        _check_level(meta.codec, quality)
+        stored = _at_or_below(meta.codec, quality)
+        if stored:
+            report.already[path.name] = stored
             return report
         positions = [(level, ty, tx) for level in meta.levels for ty in range(meta.grid(level)[0])
                      for tx in range(meta.grid(level)[1])]
         if all(not tiles.tile_entry(*p)[1] or _chunk_quality(tiles.read_tile(*p)) <= quality for p in positions):
-            report.thinned.append(path.name)  # nothing to cut: the file (and its uuid) stays as it is
-            return report
+            report.already[path.name] = f"every tile at or below quality {quality} already"
+            return report  # the file (and its uuid) stays as it is
 
         def thinned_tiles():  # one tile in memory at a time, written as it comes
             for done, position in enumerate(positions, 1):

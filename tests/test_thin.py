@@ -200,15 +200,16 @@ def test_thin_store_in_place(tmp_path, image, zarr_format):
     path, data = _store(tmp_path, image, zarr_format)
     before = zarr.open_array(str(path))[:]
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    meta_file = path / (".zarray" if zarr_format == 2 else "zarr.json")
+    meta = meta_file.read_bytes()
     report = thin_store(path, 1)
     assert report.thinned == [""] and report.chunks == 4 and report.bytes_after < report.bytes_before
     assert sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) < size
     assert not [p for p in path.rglob("*thin-*")]
     after = zarr.open_array(str(path))[:]
     assert metrics.psnr(data, after) < metrics.psnr(data, before) and metrics.psnr(data, after) > 33
-    meta = json.loads((path / (".zarray" if zarr_format == 2 else "zarr.json")).read_text())
-    assert '"quality": 1' in json.dumps(meta)
-    again = thin_store(path, 3)  # already below: nothing to do
+    assert meta_file.read_bytes() == meta  # the setting for later writes: quality 4 still
+    again = thin_store(path, 3)  # its chunks already below: nothing to do
     assert again.chunks == 0
     np.testing.assert_array_equal(zarr.open_array(str(path))[:], after)
 
@@ -222,9 +223,15 @@ def test_thin_store_with_xarray_and_consolidated_metadata(tmp_path, cube):
     report = thin_store(path, 0, variables=["refl"])
     assert report.thinned == ["refl"]
     out = xr.open_zarr(path)
-    assert json.loads((path / ".zmetadata").read_text())["metadata"]["refl/.zarray"]["compressor"]["quality"] == 0
+    assert json.loads((path / ".zmetadata").read_text())["metadata"]["refl/.zarray"]["compressor"]["quality"] == 3
     assert [read_header((path / "refl" / f"{t}.0.0.0").read_bytes()).quality for t in (0, 1)] == [0, 0]
     assert metrics.psnr(cube[:2, :, :64, :64], out.refl.values) > 30
+    # The archive's use: older dates thinned, a new date appended at the quality the array was created with
+    # (before: thinning rewrote the config, and every later date was written at the thinned quality).
+    xr.Dataset({"refl": (("time", "band", "y", "x"), cube[2:3, :, :64, :64])}).to_zarr(path, append_dim="time")
+    assert read_header((path / "refl" / "2.0.0.0").read_bytes()).quality == 3
+    assert metrics.psnr(cube[2, :, :64, :64], xr.open_zarr(path).refl.values[2]) > \
+        metrics.psnr(cube[1, :, :64, :64], xr.open_zarr(path).refl.values[1]) + 5
 
 
 @pytest.mark.parametrize("damage", ["nested", "no shape", "codecs a dict", "key encoding a string",
@@ -274,7 +281,7 @@ def test_a_store_coded_to_a_psnr_target_thins_chunk_by_chunk(tmp_path, cube):
     assert report.thinned == ["refl"] and report.chunks == sum(q > 3 for q in levels)
     assert [read_header(p.read_bytes()).quality for p in chunks] == [min(q, 3) for q in levels]
     codec = json.loads((path / "refl" / "zarr.json").read_text())["codecs"][0]["configuration"]
-    assert codec["quality"] == 3 and "psnr" not in codec  # later writes: at most the level the chunks now have
+    assert codec["psnr"] == 50  # later writes still meet the target
 
 
 def test_thin_store_leaves_bounded_arrays_and_refuses_unknown_ones(tmp_path, image):
@@ -367,8 +374,10 @@ def test_thin_tec_file(tmp_path, scene, original):
     assert after.shape == levels[0].shape
     assert 30 < metrics.psnr(original, after) < metrics.psnr(original, levels[0])
     stored = path.read_bytes()
-    report = thin_store(path, 2)  # above the file's quality now: left as it was, and said why
-    assert not report.thinned and "cannot raise it to 2" in report.left[path.name] and path.read_bytes() == stored
+    report = thin_store(path, 2)  # above the file's quality now: nothing to do, and said why
+    assert not report.thinned and "stored at quality 0" in report.already[path.name] and path.read_bytes() == stored
+    with pytest.raises(InvalidInputError, match="0..4. Got 5"):  # a level the model lacks is a mistake
+        thin_store(path, 5)
 
 
 @pytest.mark.parametrize("model, levels, tag, summed", [
@@ -428,13 +437,15 @@ def test_cli_thin(tmp_path, image, capsys):
     assert metrics.psnr(data, zarr.open_array(str(path))[:]) > 30
     assert main(["thin", str(tmp_path / "none.zarr"), "--quality", "0"]) == 2
     assert "tec: error: Expected a Zarr store" in capsys.readouterr().err
-    # a quality above the stored one (here beyond the model's levels too) is no success: nothing can be thinned
+    # chunks already at or below the quality asked: nothing to do, no failure (a cron job over stores of mixed
+    # quality); a level the model lacks is an error
     stored = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
-    for quality in ("1", "7"):
-        assert main(["thin", str(path), "--quality", quality]) == 2
-        captured = capsys.readouterr()
-        assert f"stored at quality 0: thinning removes information, it cannot raise it to {quality}" in captured.out
-        assert "none that can be thinned" in captured.err
+    assert main(["thin", str(path), "--quality", "1"]) == 0
+    assert "0 chunks rewritten" in capsys.readouterr().out
+    assert main(["thin", str(path), "--quality", "4"]) == 0
+    assert "nothing to thin in /: stored at quality 4, at or below 4 already" in capsys.readouterr().out
+    assert main(["thin", str(path), "--quality", "7"]) == 2
+    assert "Expected a quality level of model 'tec-fp', 0..4. Got 7 instead" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == stored
 
 
@@ -518,7 +529,7 @@ def test_thin_store_keeps_links_and_modes_and_clears_leftovers(tmp_path, image):
     assert metrics.psnr(data, zarr.open_array(str(path))[:]) > 30
 
 
-def test_a_failing_chunk_leaves_consolidated_metadata_true(tmp_path, cube):
+def test_a_failing_chunk_leaves_the_metadata_as_it_was(tmp_path, cube):
     xr = pytest.importorskip("xarray")
     ds = xr.Dataset({"refl": (("time", "band", "y", "x"), cube[:2, :, :64, :64])})
     path = tmp_path / "cube.zarr"
@@ -529,7 +540,7 @@ def test_a_failing_chunk_leaves_consolidated_metadata_true(tmp_path, cube):
         thin_store(path, 1)
     own = json.loads((path / "refl" / ".zarray").read_text())["compressor"]
     consolidated = json.loads((path / ".zmetadata").read_text())["metadata"]["refl/.zarray"]["compressor"]
-    assert own == consolidated and own["quality"] == 1 and "psnr" not in own
+    assert own == consolidated and own["quality"] == 3 and own["psnr"] == 40
     assert read_header((path / "refl" / "0.0.0.0").read_bytes()).quality == 1
 
 

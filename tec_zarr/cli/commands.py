@@ -515,6 +515,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _size(n: int) -> str:
+    """Bytes in the unit that keeps three significant digits (a small store is not "0.00 MB")."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
 def cmd_thin(args) -> int:
     from ..thinning import thin_store
 
@@ -527,11 +535,15 @@ def cmd_thin(args) -> int:
         progress.close()
     for name, why in report.left.items():
         print(f"left {name or '/'} as it was: {why}")
+    for name, why in report.already.items():
+        print(f"nothing to thin in {name or '/'}: {why}")
     if not report.thinned:
+        if report.already:
+            return 0  # a rerun, or a cron job over stores of mixed quality: nothing to do is not a failure
         raise CommandError(f"Expected TEC arrays to thin in {args.store}. Got none that can be thinned instead.")
     before, after = report.bytes_before, report.bytes_after
     print(f"thinned {', '.join(n or '/' for n in report.thinned)} to quality {args.quality}: {report.chunks} chunks "
-          f"rewritten, {before / 1e6:.2f} -> {after / 1e6:.2f} MB of TEC chunks "
+          f"rewritten, {_size(before)} -> {_size(after)} of TEC chunks "
           f"({before / max(after, 1):.2f}x smaller) in {progress.seconds:.1f} s")
     if report.sidecar is not None:
         print(f"# rewrote its sidecar {report.sidecar} (the file has a new uuid)")
