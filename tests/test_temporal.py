@@ -291,6 +291,25 @@ def test_info_names_the_temporal_model(dates, tmp_path):
     z[:] = dates[:4]
     text = info_text(str(tmp_path / "t.zarr"))
     assert TT in text and "2 dates per chunk" in text
+    one = group.create_array("single", shape=(2, 12, 48, 64), chunks=(1, 12, 48, 64), dtype="uint16",
+                             compressors=TEC(model=TT, quality=2))
+    one[:] = dates[:2]
+    text = info_text(str(tmp_path / "t.zarr"))
+    assert "1 date per chunk (leading axes): no date is coded against another" in text
+    # a short first write keeps the dates asked for (appends fill the chunk)
+    assert cli_dates(tmp_path, 3, 4) == 4
+
+
+def cli_dates(tmp_path, dates: int, asked: int) -> int:
+    """Dates per chunk `tec compress --dates asked` writes for an input of ``dates`` dates."""
+    from tec_zarr import cli, sample
+
+    ds = sample.load_dataset().isel(time=slice(0, dates), y=slice(0, 16), x=slice(0, 16))
+    ds.to_zarr(tmp_path / f"in{dates}.zarr", zarr_format=3, consolidated=False)
+    out = tmp_path / f"out{dates}-{asked}.zarr"
+    assert cli.main(["compress", str(tmp_path / f"in{dates}.zarr"), str(out), "--model", TT, "--dates", str(asked),
+                     "--quiet"]) == 0
+    return xr.open_zarr(out, consolidated=False)["reflectance"].encoding["chunks"][0]
 
 
 def test_cli_writes_time_series_chunks(tmp_path, capsys):

@@ -385,3 +385,27 @@ def test_a_dataarray_as_stackstac_returns_it(dataset, tmp_path, zarr_format, nam
     assert metrics.psnr(da.values[0], back.values[0]) > 45
     with pytest.raises(InvalidInputError, match="Expected an xarray Dataset or DataArray. Got ndarray"):
         zarr_encoding(da.values)
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+def test_a_time_chunk_asked_beyond_the_dates_stays_for_appends(dataset, tmp_path, zarr_format):
+    """An archive begun with fewer dates than ``chunks={"time": T}`` (or with none) and appended to: the chunk stays
+    T dates, so the temporal model codes the appended dates against the earlier ones (before: clipped to the dates
+    of the first write, for good; 0 dates gave 0-sized chunks zarr could not append to)."""
+    from tec_zarr.pipeline.decode import read_header
+
+    # without its datetime coordinate: xarray's own encoding of appended times is not what is tested here
+    small = dataset.isel(y=slice(0, 32), x=slice(0, 32)).drop_vars("time")
+    for first in (1, 0):
+        path = tmp_path / f"archive-{first}-{zarr_format}.zarr"
+        begin = small.isel(time=slice(0, first))
+        enc = zarr_encoding(begin, zarr_format=zarr_format, model="tec-tt-2", chunks={"time": 3})
+        assert enc["reflectance"]["chunks"] == (3, 12, 32, 32)
+        begin.to_zarr(path, zarr_format=zarr_format, encoding=enc)
+        for t in range(first, 3):
+            small.isel(time=slice(t, t + 1)).to_zarr(path, append_dim="time")
+        chunk = path / "reflectance" / ("0.0.0.0" if zarr_format == 2 else "c/0/0/0/0")
+        assert read_header(chunk.read_bytes()).shape[:-3] == (3,)
+        got = xr.open_zarr(path).reflectance.values
+        assert metrics.psnr(small.reflectance.values[:3], got) > 40
+    assert zarr_encoding(small.isel(time=slice(0, 0)), zarr_format=3)["reflectance"]["chunks"] == (1, 12, 32, 32)

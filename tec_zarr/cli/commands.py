@@ -287,7 +287,8 @@ def info_text(store: str) -> str:
                      f"nodata {cfg.get('nodata')}" + (f" dn_offset {cfg['dn_offset']}" if cfg.get("dn_offset") else ""))
             dates = _dates_per_chunk(cfg.get("model"), arr.chunks)
             if dates:
-                line += f"; {dates} dates per chunk (leading axes), each coded against the date before"
+                line += (f"; {dates} dates per chunk (leading axes), each coded against the date before" if dates > 1
+                         else "; 1 date per chunk (leading axes): no date is coded against another")
             line += _parts_note(arr.chunks, arr.dtype)
             bound = cfg.get("max_error")
             if bound is not None:

@@ -365,15 +365,18 @@ def _chunk(name: str, dim: str, size: int, asked: int | None, dask_chunks: dict 
            whole: bool) -> int:
     """The Zarr chunk along ``dim``: as asked, else the dask chunk, else the whole axis where ``chunks`` names
     other dims (``whole``), else the default (one entry along a leading axis, :func:`default_tile` along y and x);
-    checked against dask."""
+    checked against dask. Never 0 (zarr cannot append to an array of 0-sized chunks). Along y and x a chunk asked
+    larger than the axis is the axis (a smaller chunk pads less); along a leading axis it stays as asked: a store
+    begun with fewer dates than ``{"time": T}`` is appended to, and a temporal model codes dates against earlier
+    ones only inside a chunk."""
     if dask_chunks is None:
         if asked:
-            return int(min(asked, size))
+            return max(1, int(min(asked, size) if spatial else asked))
         if whole:
-            return size
-        return default_tile(size) if spatial else 1
+            return max(1, size)
+        return max(1, default_tile(size)) if spatial else 1
     blocks = dask_chunks[dim]
-    chunk = int(min(asked, size)) if asked else int(blocks[0])
+    chunk = max(1, int((min(asked, size) if spatial else asked) if asked else blocks[0]))
     if any(b % chunk for b in blocks[:-1]):  # xarray writes each dask chunk whole: it must hold whole zarr chunks
         raise InvalidInputError(
             f"Expected the dask chunks of {name!r} along {dim!r} to be multiples of the Zarr chunk {chunk}. Got "
