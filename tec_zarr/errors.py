@@ -73,6 +73,12 @@ class MaxErrorFallbackWarning(UserWarning):
     (data on both sides of it): the chunk was coded losslessly instead, at a higher cost."""
 
 
+class BoundRewriteWarning(UserWarning):
+    """A ``max_error`` above the lattice's 25 DN with chunks that hold several dates: zarr rewrites a chunk from its
+    decoded values when dates are appended into it (or ``region=`` covers part of it), and at such bounds each rewrite
+    may move a value by up to another E."""
+
+
 class DnOffsetWarning(UserWarning):
     """A variable's metadata gives its dates different DN offsets (Sentinel-2 baselines before and after 04.00): it
     is coded with the offset of most dates."""

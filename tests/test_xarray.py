@@ -409,3 +409,22 @@ def test_a_time_chunk_asked_beyond_the_dates_stays_for_appends(dataset, tmp_path
         got = xr.open_zarr(path).reflectance.values
         assert metrics.psnr(small.reflectance.values[:3], got) > 40
     assert zarr_encoding(small.isel(time=slice(0, 0)), zarr_format=3)["reflectance"]["chunks"] == (1, 12, 32, 32)
+
+
+def test_a_bound_above_the_lattice_with_several_dates_per_chunk_warns(dataset):
+    """max_error above 25 DN holds for chunks written whole: appending dates into a chunk rewrites it from decoded
+    values (QA measured 141 DN at E = 50). zarr_encoding says so where chunks hold several dates; not for one date
+    per chunk, not at 25 DN or below, and in DN for float32 (E in reflectance times float_scale)."""
+    import warnings
+
+    from tec_zarr import BoundRewriteWarning
+
+    with pytest.warns(BoundRewriteWarning, match="max_error=50 .* 3 dates per chunk"):
+        zarr_encoding(dataset, max_error=50, chunks={"time": 3})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BoundRewriteWarning)
+        zarr_encoding(dataset, max_error=50)  # one date per chunk: appends write whole chunks
+        zarr_encoding(dataset, max_error=25, chunks={"time": 3})
+        zarr_encoding(dataset.astype("float32") / 1e4, max_error=0.0025, chunks={"time": 3})  # 25 DN
+    with pytest.warns(BoundRewriteWarning):
+        zarr_encoding(dataset.astype("float32") / 1e4, max_error=0.003, chunks={"time": 3})  # 30 DN

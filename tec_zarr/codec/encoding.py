@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+import warnings
 from typing import Any
 
 import numpy as np
 
 from ..bands import band_name, band_order
 from ..dn_offset import stated_dn_offset
-from ..errors import InvalidInputError, TecZarrError
+from ..errors import BoundRewriteWarning, InvalidInputError, TecZarrError
 from ..parsing import declared_nodata, is_real, nodata_allowed, plain_number
 from .config import CodecConfig, parse_model
 
@@ -127,6 +129,7 @@ def zarr_encoding(
                 f"Expected variable {name!r} to hold all {nbands} bands in one dask chunk. Got chunks "
                 f"{dask_chunks[band_dim]} along {band_dim!r} instead: ds = ds.chunk({{{band_dim!r}: -1}})."
             )
+        _warn_rewrites(name, var, enc["chunks"], params)
         if zarr_format == 2:
             from .zarr2 import check_format2_chunk
 
@@ -135,6 +138,25 @@ def zarr_encoding(
             enc["shards"] = shard_shape(name, var, enc["chunks"], shards, dask_chunks, chunks)
         encoding[name] = enc
     return encoding
+
+
+def _warn_rewrites(name: str, var, chunks: tuple[int, ...], params: dict) -> None:
+    """Warn where the ``max_error`` bound holds for whole-chunk writes only: above LATTICE_MAX_DN (in DN) with more
+    than one date per chunk, appending dates rewrites a chunk from its decoded values (README, error-bounded
+    chunks)."""
+    from ..residual.bound import LATTICE_MAX_DN
+
+    bound = params["max_error"]
+    if bound is None or math.prod(chunks[:-3]) <= 1:
+        return
+    dn = float(bound) * (float(params["float_scale"]) if var.dtype.kind == "f" else 1.0)
+    if dn > LATTICE_MAX_DN:
+        warnings.warn(
+            f"max_error={bound:g} of {name!r} is above {LATTICE_MAX_DN} DN, with {math.prod(chunks[:-3])} dates per "
+            f"chunk: dates appended into a chunk that is not full (and region= writes of part of a chunk) rewrite it "
+            f"from its decoded values, and each rewrite may move a value by up to another {bound:g}. Write whole "
+            f"chunks, or keep max_error <= {LATTICE_MAX_DN} DN, whose chunks code to the same values again.",
+            BoundRewriteWarning, stacklevel=3)
 
 
 # The variable name DataArray.to_zarr stores an unnamed array under (xarray.backends.api.DATAARRAY_VARIABLE).
