@@ -79,6 +79,11 @@ class BoundRewriteWarning(UserWarning):
     may move a value by up to another E."""
 
 
+class EdgePaddingWarning(UserWarning):
+    """Zarr format 2 pads edge chunks with its fill value 0, not a nonzero nodata: the padding is coded as image, at
+    the cost of bits and of the edge pixels' quality (format 3 pads with the nodata)."""
+
+
 class DnOffsetWarning(UserWarning):
     """A variable's metadata gives its dates different DN offsets (Sentinel-2 baselines before and after 04.00): it
     is coded with the offset of most dates."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..bands import band_name, band_order
 from ..dn_offset import stated_dn_offset
-from ..errors import BoundRewriteWarning, InvalidInputError, TecZarrError
+from ..errors import BoundRewriteWarning, EdgePaddingWarning, InvalidInputError, TecZarrError
 from ..parsing import declared_nodata, is_real, nodata_allowed, plain_number
 from .config import CodecConfig, parse_model
 
@@ -130,6 +130,8 @@ def zarr_encoding(
                 f"{dask_chunks[band_dim]} along {band_dim!r} instead: ds = ds.chunk({{{band_dim!r}: -1}})."
             )
         _warn_rewrites(name, var, enc["chunks"], params)
+        if zarr_format == 2 and "_FillValue" not in enc:
+            _warn_padding(name, var, enc["chunks"], kwargs["nodata"])
         if zarr_format == 2:
             from .zarr2 import check_format2_chunk
 
@@ -157,6 +159,18 @@ def _warn_rewrites(name: str, var, chunks: tuple[int, ...], params: dict) -> Non
             f"from its decoded values, and each rewrite may move a value by up to another {bound:g}. Write whole "
             f"chunks, or keep max_error <= {LATTICE_MAX_DN} DN, whose chunks code to the same values again.",
             BoundRewriteWarning, stacklevel=3)
+
+
+def _warn_padding(name: str, var, chunks: tuple[int, ...], nodata) -> None:
+    """Warn where format 2 pads partial edge chunks of integer data with 0 beside a nonzero nodata: coded as image
+    (QA: 2.2x the bytes of format 3 on such chunks, and their pixels up to 1.3 dB worse)."""
+    partial = any(size % chunk for size, chunk in zip(var.shape[-2:], chunks[-2:]))
+    if partial and var.dtype.kind in "iu" and _pads_with_data(nodata, var):
+        warnings.warn(
+            f"Zarr format 2 pads the edge chunks of {name!r} with 0, not its nodata {plain_number(nodata)}: the "
+            f"padding is coded as image, which costs bits and the edge pixels' quality. Use zarr_format=3 (its fill "
+            f"value is then the nodata), or chunks that divide {tuple(var.shape[-2:])}.", EdgePaddingWarning,
+            stacklevel=3)
 
 
 # The variable name DataArray.to_zarr stores an unnamed array under (xarray.backends.api.DATAARRAY_VARIABLE).
