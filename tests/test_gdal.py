@@ -267,6 +267,21 @@ def test_sharded_store_is_found_and_read_but_not_copied_to_tec(tmp_path, origina
         convert.zarr_to_tec(tmp_path / "s.zarr", tmp_path / "s.tec")
 
 
+def test_stores_convert_cannot_copy_say_what_to_do(tmp_path, original):
+    """A store without TEC arrays, and a time series (4-D), are refused with the way forward, not a bare list."""
+    from tec_zarr import zarr_encoding
+    from tec_zarr.errors import TecFileError
+
+    plain = xr.Dataset({"reflectance": (("band", "y", "x"), original[:, :32, :32])})
+    plain.to_zarr(tmp_path / "plain.zarr", zarr_format=3)
+    with pytest.raises(TecFileError, match=r"Got \[\] instead: the store holds no TEC-coded array"):
+        convert.zarr_to_tec(tmp_path / "plain.zarr", tmp_path / "p.tec")
+    series = xr.Dataset({"reflectance": (("time", "band", "y", "x"), np.stack([original[:, :32, :32]] * 2))})
+    series.to_zarr(tmp_path / "series.zarr", zarr_format=3, encoding=zarr_encoding(series))
+    with pytest.raises(TecFileError, match="tec decompress STORE date.tif --time-index N, then tec compress"):
+        convert.zarr_to_tec(tmp_path / "series.zarr", tmp_path / "s.tec")
+
+
 # --- the tec command ------------------------------------------------------------------------------------------------
 
 

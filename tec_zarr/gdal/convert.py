@@ -266,7 +266,8 @@ def _find_array(node, variable: str | None):
         if len(candidates) != 1:
             raise TecFileError(
                 f"Expected one array stored with the {CODEC_NAME} codec, or a variable name. Got "
-                f"{sorted(candidates)} instead" + (": name one (variable=..., --var on the command line)." if candidates else "."))
+                f"{sorted(candidates)} instead" + (": name one (variable=..., --var on the command line)." if candidates
+                                                   else ": the store holds no TEC-coded array (tec compress writes one)."))
         variable = candidates[0]
     try:
         array = node[variable]
@@ -346,7 +347,8 @@ def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> lay
     if len(shape) != 3 or chunks[0] != shape[0] or chunks[1] != chunks[2]:
         raise TecFileError(
             f"Expected a (bands, H, W) array with square chunks (bands, T, T). Got shape {shape} chunks {chunks} instead "
-            "(select one date of a time series first)."
+            "(select one date of a time series first: tec decompress STORE date.tif --time-index N, then tec "
+            "compress date.tif date.tec)."
         )
     crs, gt = _georef(group, array)
     meta = layout.TecMetadata.create(
