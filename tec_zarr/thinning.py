@@ -70,6 +70,7 @@ def thin_store(path, quality: int, *, variables=None, progress: Callable[[int, i
             raise InvalidInputError(f"Expected arrays of the store among {sorted(arrays)}. Got {unknown} instead.")
         arrays = {k: v for k, v in arrays.items() if k in wanted}
     report = ThinReport()
+    todo = []
     for name, array in sorted(arrays.items()):
         if array.codec is None and variables is None:
             continue  # coordinates and other codecs' arrays: nothing of ours to thin
@@ -78,24 +79,27 @@ def thin_store(path, quality: int, *, variables=None, progress: Callable[[int, i
         if why:
             report.left[name] = why
             continue
-        _check_level(array.codec, quality)
-        stored = _at_or_below(array.codec, quality)
+        _check_level(array.codec, quality)  # every array checked before any is touched
+        stored = _below(array.codec, quality)
         if stored:
             report.already[name] = stored
             continue
+        todo.append((name, array))
+    for name, array in todo:
         _remove_leftovers(array.directory)
         _thin_array(array, quality, report, progress)
         report.thinned.append(name)
     return report
 
 
-def _at_or_below(codec: dict, quality: int) -> str | None:
-    """Where every chunk written with ``codec`` is already at or below ``quality`` (nothing to thin): how it was
-    stored; else None. Stores coded to a ``psnr`` target have no single quality (each chunk has the level that
-    reached it, its config the default level); their chunks are checked one by one."""
+def _below(codec: dict, quality: int) -> str | None:
+    """Where every chunk written with ``codec`` is below ``quality`` (nothing to thin): how it was stored; else
+    None. At the config's own quality the chunks are checked one by one: an older version wrote the thinned quality
+    into the config first, so a store it left half thinned says so. Stores coded to a ``psnr`` target have no single
+    quality (each chunk has the level that reached it, its config the default level); their chunks are checked too."""
     stored = codec.get("quality")
-    if codec.get("psnr") is None and isinstance(stored, int) and not isinstance(stored, bool) and quality >= stored:
-        return f"stored at quality {stored}, at or below {quality} already"
+    if codec.get("psnr") is None and isinstance(stored, int) and not isinstance(stored, bool) and quality > stored:
+        return f"stored at quality {stored}, below {quality} already"
     return None
 
 
@@ -230,12 +234,6 @@ def _thin_array(array: _ZarrArray, quality: int, report: ThinReport, progress) -
             progress(done, len(paths))
 
 
-def _new_quality(codec: dict, quality: int) -> int:
-    """The quality a thinned .tec file's config states: ``quality`` or its own, whichever is lower; a psnr store's
-    config quality bound none of its chunks, which are now at most ``quality``."""
-    if codec.get("psnr") is not None:
-        return quality
-    return min(quality, int(codec.get("quality", quality)))
 
 
 def _thin_counted(data: bytes, quality: int, report: ThinReport, where: str) -> bytes:
@@ -326,7 +324,7 @@ def _thin_tec(path: Path, quality: int, progress) -> ThinReport:
                                       "the bound")
             return report
         _check_level(meta.codec, quality)
-        stored = _at_or_below(meta.codec, quality)
+        stored = _below(meta.codec, quality)
         if stored:
             report.already[path.name] = stored
             return report
@@ -345,7 +343,7 @@ def _thin_tec(path: Path, quality: int, progress) -> ThinReport:
                     progress(done, len(positions))
                 yield data or None
 
-        codec = dict(meta.codec, quality=_new_quality(meta.codec, quality))
+        codec = dict(meta.codec, quality=quality)  # at most the config's (else nothing to thin)
         codec.pop("psnr", None)
         tecfile.write_tiles(path, replace(meta, codec=codec, uuid=str(uuidlib.uuid4())), thinned_tiles())
     report.thinned.append(path.name)

@@ -310,7 +310,7 @@ def _sharded(path, data, index_location="end", index_codecs=None):
 def test_sharded_arrays_thin_shard_by_shard(tmp_path, cube, index_location):
     """Each shard is rebuilt from its inner chunks thinned, with a new index: zarr reads the same pixels as from an
     unsharded array of the same chunks thinned, edge shards and an empty inner chunk included; the inner codec config
-    says the new quality, and ``tec info`` shows the codec inside the shards."""
+    stays (later writes), and ``tec info`` shows the codec inside the shards."""
     from tec_zarr.cli.commands import info_text
 
     data = np.ascontiguousarray(cube[:3, :, :100, :150])
@@ -326,8 +326,8 @@ def test_sharded_arrays_thin_shard_by_shard(tmp_path, cube, index_location):
     back = zarr.open_array(str(tmp_path / "s.zarr"))
     np.testing.assert_array_equal(back[:], zarr.open_array(str(tmp_path / "p.zarr"))[:])
     assert 36 < metrics.mean_psnr(data, back[:]) < 40
-    assert back.metadata.codecs[0].codecs[0].quality == 1
-    assert "quality 1" in info_text(str(tmp_path / "s.zarr"))
+    assert back.metadata.codecs[0].codecs[0].quality == 3  # the setting for later writes stays
+    assert "quality 3" in info_text(str(tmp_path / "s.zarr"))
     stored = {p: p.read_bytes() for p in (tmp_path / "s.zarr").rglob("*") if p.is_file() and p.name != "zarr.json"}
     again = thin_store(tmp_path / "s.zarr", 1)  # a rerun (after an interruption) rewrites no shard
     assert again.chunks == 0 and {p: p.read_bytes() for p in stored} == stored
@@ -441,9 +441,9 @@ def test_cli_thin(tmp_path, image, capsys):
     # quality); a level the model lacks is an error
     stored = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
     assert main(["thin", str(path), "--quality", "1"]) == 0
-    assert "0 chunks rewritten" in capsys.readouterr().out
-    assert main(["thin", str(path), "--quality", "4"]) == 0
-    assert "nothing to thin in /: stored at quality 4, at or below 4 already" in capsys.readouterr().out
+    assert "nothing to thin in /: every chunk at or below quality 1 already" in capsys.readouterr().out
+    assert main(["thin", str(path), "--quality", "4"]) == 0  # the config's own level: the chunks are looked at
+    assert "nothing to thin in /: every chunk at or below quality 4 already" in capsys.readouterr().out
     assert main(["thin", str(path), "--quality", "7"]) == 2
     assert "Expected a quality level of model 'tec-fp', 0..4. Got 7 instead" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == stored
@@ -527,6 +527,39 @@ def test_thin_store_keeps_links_and_modes_and_clears_leftovers(tmp_path, image):
     assert stat.S_IMODE((path / "0.0.1").stat().st_mode) == 0o640
     assert not (path / "0.1.0.thin-0123abcd").exists() and (path / "notes.txt").read_text() == "not a chunk"
     assert metrics.psnr(data, zarr.open_array(str(path))[:]) > 30
+
+
+def test_a_store_an_older_version_left_half_thinned_is_finished(tmp_path, image):
+    """Older versions wrote the new quality into the config before the chunks were done: at the config's own level
+    the chunks are looked at, so a rerun finishes such a store."""
+    path, _ = _store(tmp_path, image, 3)
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["codecs"][0]["configuration"]["quality"] = 1  # as an interrupted older thin left it
+    (path / "zarr.json").write_text(json.dumps(meta))
+    chunks = sorted(p for p in (path / "c").rglob("*") if p.is_file())
+    assert [read_header(p.read_bytes()).quality for p in chunks] == [4] * 4
+    report = thin_store(path, 1)
+    assert report.chunks == 4 and [read_header(p.read_bytes()).quality for p in chunks] == [1] * 4
+
+
+def test_a_level_one_array_lacks_is_refused_before_any_array_is_thinned(tmp_path, image, monkeypatch):
+    """Array a (tec-fp) could be thinned to 3; array b's model is made to have levels 0..2 only: refused, and a is
+    left as it was (before: checked array by array, a was thinned first)."""
+    import tec_zarr.models
+
+    path = tmp_path / "two.zarr"
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    for name, model in (("a", "tec-fp"), ("b", "tec-hp")):
+        arr = group.create_array(name, shape=(12, 64, 64), chunks=(12, 64, 64), dtype="uint16",
+                                 serializer=TEC3(quality=4, model=model), compressors=None)
+        arr[:] = image[:, :64, :64]
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    real = tec_zarr.models.get_card
+    monkeypatch.setattr(tec_zarr.models, "get_card", lambda name: replace(real(name), qualities=real(name).qualities[:3])
+                        if name == "tec-hp" else real(name))
+    with pytest.raises(InvalidInputError, match="quality level of model 'tec-hp', 0..2. Got 3"):
+        thin_store(path, 3)
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
 
 
 def test_a_failing_chunk_leaves_the_metadata_as_it_was(tmp_path, cube):

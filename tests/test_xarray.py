@@ -421,6 +421,15 @@ def test_a_time_chunk_asked_beyond_the_dates_stays_for_appends(dataset, tmp_path
         got = xr.open_zarr(path).reflectance.values
         assert metrics.psnr(small.reflectance.values[:3], got) > 40
     assert zarr_encoding(small.isel(time=slice(0, 0)), zarr_format=3)["reflectance"]["chunks"] == (1, 12, 32, 32)
+    # shards too: a leading axis keeps the shard asked; never 0 (-1 on no dates: one chunk)
+    for first, asked, shard in ((1, 12, 12), (1, 4, None), (0, -1, 3), (2, -1, 3)):
+        begin = small.isel(time=slice(0, first))
+        if shard is None:
+            with pytest.raises(InvalidInputError, match="multiple of its chunk 3"):
+                zarr_encoding(begin, chunks={"time": 3}, shards={"time": asked})
+            continue
+        assert zarr_encoding(begin, chunks={"time": 3}, shards={"time": asked})["reflectance"]["shards"] == \
+            (shard, 12, 32, 32)
 
 
 def test_a_bound_above_the_lattice_with_several_dates_per_chunk_warns(dataset):
@@ -437,6 +446,7 @@ def test_a_bound_above_the_lattice_with_several_dates_per_chunk_warns(dataset):
         warnings.simplefilter("error", BoundRewriteWarning)
         zarr_encoding(dataset, max_error=50)  # one date per chunk: appends write whole chunks
         zarr_encoding(dataset, max_error=25, chunks={"time": 3})
+        zarr_encoding(dataset, max_error=25.9, chunks={"time": 3})  # integer data: coded as 25 (floored)
         zarr_encoding(dataset.astype("float32") / 1e4, max_error=0.0025, chunks={"time": 3})  # 25 DN
     with pytest.warns(BoundRewriteWarning):
         zarr_encoding(dataset.astype("float32") / 1e4, max_error=0.003, chunks={"time": 3})  # 30 DN

@@ -517,10 +517,11 @@ def cmd_train(args) -> int:
 
 
 def _size(n: int) -> str:
-    """Bytes in the unit that keeps three significant digits (a small store is not "0.00 MB")."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    """Bytes with three significant digits in the largest unit that keeps them below 1000 (a small store is not
+    "0.00 MB", a large one not "1e+03 MB")."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if n >= scale:
-            return f"{n / scale:.3g} {unit}"
+            return f"{n / scale:.{3 if n / scale < 999.5 else 4}g} {unit}"
     return f"{n} bytes"
 
 
@@ -543,6 +544,10 @@ def cmd_thin(args) -> int:
             return 0  # a rerun, or a cron job over stores of mixed quality: nothing to do is not a failure
         raise CommandError(f"Expected TEC arrays to thin in {args.store}. Got none that can be thinned instead.")
     before, after = report.bytes_before, report.bytes_after
+    if report.chunks == 0:
+        print(f"nothing to thin in {', '.join(n or '/' for n in report.thinned)}: every chunk at or below quality "
+              f"{args.quality} already")
+        return 0
     print(f"thinned {', '.join(n or '/' for n in report.thinned)} to quality {args.quality}: {report.chunks} chunks "
           f"rewritten, {_size(before)} -> {_size(after)} of TEC chunks "
           f"({before / max(after, 1):.2f}x smaller) in {progress.seconds:.1f} s")

@@ -151,7 +151,7 @@ def _warn_rewrites(name: str, var, chunks: tuple[int, ...], params: dict) -> Non
     bound = params["max_error"]
     if bound is None or math.prod(chunks[:-3]) <= 1:
         return
-    dn = float(bound) * (float(params["float_scale"]) if var.dtype.kind == "f" else 1.0)
+    dn = float(bound) * float(params["float_scale"]) if var.dtype.kind == "f" else math.floor(bound)  # as coded
     if dn > LATTICE_MAX_DN:
         warnings.warn(
             f"max_error={bound:g} of {name!r} is above {LATTICE_MAX_DN} DN, with {math.prod(chunks[:-3])} dates per "
@@ -164,12 +164,12 @@ def _warn_rewrites(name: str, var, chunks: tuple[int, ...], params: dict) -> Non
 def _warn_padding(name: str, var, chunks: tuple[int, ...], nodata) -> None:
     """Warn where format 2 pads partial edge chunks of integer data with 0 beside a nonzero nodata: coded as image
     (QA: 2.2x the bytes of format 3 on such chunks, and their pixels up to 1.3 dB worse)."""
-    partial = any(size % chunk for size, chunk in zip(var.shape[-2:], chunks[-2:]))
+    partial = any(size % chunk for size, chunk in zip(var.shape, chunks))  # dates too: a time chunk not full
     if partial and var.dtype.kind in "iu" and _pads_with_data(nodata, var):
         warnings.warn(
             f"Zarr format 2 pads the edge chunks of {name!r} with 0, not its nodata {plain_number(nodata)}: the "
             f"padding is coded as image, which costs bits and the edge pixels' quality. Use zarr_format=3 (its fill "
-            f"value is then the nodata), or chunks that divide {tuple(var.shape[-2:])}.", EdgePaddingWarning,
+            f"value is then the nodata), or chunks that divide {tuple(var.shape)}.", EdgePaddingWarning,
             stacklevel=3)
 
 
@@ -268,7 +268,10 @@ def shard_shape(name: str, var, chunk: tuple[int, ...], shards: dict[str, int], 
         if i == var.ndim - 3:
             raise InvalidInputError(f"Expected no shard along the band dim {dim!r} of {name!r} (its chunk holds every "
                                     f"band). Got shards[{dim!r}] = {asked} instead.")
-        shard = -(-size // c) * c if asked >= size else asked
+        if asked > size and i < var.ndim - 3:
+            shard = asked  # a leading axis keeps what was asked: a store begun with fewer dates is appended to
+        else:
+            shard = -(-max(size, 1) // c) * c if asked >= size else asked
         if shard % c:
             fits = sorted({max(c, shard // c * c), (shard // c + 1) * c})
             raise InvalidInputError(f"Expected shards[{dim!r}] of {name!r} to be a multiple of its chunk {c}. Got "

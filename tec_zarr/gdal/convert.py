@@ -346,9 +346,9 @@ def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> lay
     shape, chunks = array.shape, array.chunks
     if len(shape) != 3 or chunks[0] != shape[0] or chunks[1] != chunks[2]:
         raise TecFileError(
-            f"Expected a (bands, H, W) array with square chunks (bands, T, T). Got shape {shape} chunks {chunks} instead "
-            "(select one date of a time series first: tec decompress STORE date.tif --time-index N, then tec "
-            "compress date.tif date.tec)."
+            f"Expected a (bands, H, W) array with square chunks (bands, T, T). Got shape {shape} chunks {chunks} instead"
+            + (" (select one date of a time series first: tec decompress STORE date.tif --time-index N, then tec "
+               "compress date.tif date.tec)." if len(shape) == 4 else ".")
         )
     crs, gt = _georef(group, array)
     meta = layout.TecMetadata.create(
