@@ -9,11 +9,12 @@ Importing this package loads no model and never imports torch; models load (and 
 from __future__ import annotations
 
 from .codec import TEC, zarr_encoding
-from .errors import BoundRewriteWarning, DnOffsetWarning, EdgePaddingWarning, MaxErrorFallbackWarning, PsnrTargetWarning, TecZarrError
+from .errors import (BoundRewriteWarning, DnOffsetWarning, EdgePaddingWarning, MaxErrorFallbackWarning,
+                     PsnrTargetWarning, TecZarrError)
 from .inpainting import inpaint
 from .models import list_models
 from .pipeline.thin import thin_chunk as thin
 
 __version__ = "0.1.0"
-__all__ = ["TEC", "BoundRewriteWarning", "DnOffsetWarning", "EdgePaddingWarning", "MaxErrorFallbackWarning", "PsnrTargetWarning", "TecZarrError", "inpaint", "list_models", "thin",
-           "zarr_encoding", "__version__"]
+__all__ = ["TEC", "BoundRewriteWarning", "DnOffsetWarning", "EdgePaddingWarning", "MaxErrorFallbackWarning",
+           "PsnrTargetWarning", "TecZarrError", "inpaint", "list_models", "thin", "zarr_encoding", "__version__"]

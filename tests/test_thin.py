@@ -562,6 +562,26 @@ def test_a_level_one_array_lacks_is_refused_before_any_array_is_thinned(tmp_path
     assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
 
 
+def test_a_thinned_store_converts_to_a_tec_file_of_its_chunks_quality(tmp_path, image):
+    """The config keeps the creation quality (later writes); a .tec made from the thinned store says the quality of
+    its tiles and codes its overviews at it (before: quality 4 and overviews at 4 beside base tiles at 1)."""
+    from tec_zarr import tecfile
+    from tec_zarr.cli.commands import info_text
+    from tec_zarr.gdal import convert
+
+    path = tmp_path / "sq.zarr"
+    arr = zarr.create_array(str(path), shape=(12, 128, 128), chunks=(12, 64, 64), dtype="uint16", fill_value=0,
+                            serializer=TEC3(quality=4), compressors=None)
+    arr[:] = image[:, :128, :128]
+    thin_store(path, 1)
+    assert "quality 4 for new writes" in info_text(str(path))
+    meta = convert.zarr_to_tec(path, tmp_path / "sq.tec", overviews=(2,))
+    assert meta.codec["quality"] == 1
+    with tecfile.TecTiles(tmp_path / "sq.tec") as tiles:
+        assert {read_header(tiles.read_tile(level, ty, tx)).quality for level in tiles.metadata.levels
+                for ty in range(tiles.metadata.grid(level)[0]) for tx in range(tiles.metadata.grid(level)[1])} == {1}
+
+
 def test_a_failing_chunk_leaves_the_metadata_as_it_was(tmp_path, cube):
     xr = pytest.importorskip("xarray")
     ds = xr.Dataset({"refl": (("time", "band", "y", "x"), cube[:2, :, :64, :64])})

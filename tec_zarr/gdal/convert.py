@@ -199,6 +199,17 @@ def _chunk_bytes(array, coords: tuple[int, ...]) -> bytes | None:
     return None if buf is None else buf.to_bytes()
 
 
+def _stored_quality(array, config: dict, chunks: tuple[int, ...]) -> dict:
+    """``config`` with the quality its chunks have: ``tec thin`` lowers the chunks, not the config (the setting for
+    later writes), and a .tec file's config says what it holds, its overviews coded at that quality. A ``psnr``
+    config is left as it is (its chunks' levels vary by design)."""
+    if config.get("psnr") is not None or not isinstance(config.get("quality"), int):
+        return config
+    levels = [read_header(data).quality for ty in range(-(-array.shape[1] // chunks[1]))
+              for tx in range(-(-array.shape[2] // chunks[2])) if (data := _chunk_bytes(array, (0, ty, tx)))]
+    return dict(config, quality=max(levels)) if levels and max(levels) < config["quality"] else config
+
+
 def _set_chunk_bytes(array, coords: tuple[int, ...], data: bytes) -> None:
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
@@ -351,6 +362,7 @@ def zarr_to_tec(store, dst, *, variable: str | None = None, overviews=()) -> lay
                "compress date.tif date.tec)." if len(shape) == 4 else ".")
         )
     crs, gt = _georef(group, array)
+    config = _stored_quality(array, config, chunks)
     meta = layout.TecMetadata.create(
         shape=shape, dtype=array.dtype, band_names=_band_names(group, array), crs_wkt=crs, geotransform=gt,
         nodata=config["nodata"], tile=chunks[1], codec=config, overviews=tuple(overviews),
