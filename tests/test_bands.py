@@ -133,6 +133,31 @@ def test_xarray_helper_shows_how_to_stack_an_odc_stac_dataset_of_one_variable_pe
     assert list(zarr_encoding(stacked)) == ["reflectance"]
 
 
+def test_an_odc_stac_dataset_of_twelve_dates_is_not_taken_for_twelve_bands():
+    """One variable per band with 12 dates: each band variable has 12 entries on axis -3 and was coded as if its
+    dates were the bands (QA: B02 up to 2312 DN off instead of 823, silently). Refused with the stacking hint, whose
+    code keeps the other variables (scl) and the bands' nodata."""
+    names = ["red", "green", "blue", "nir", "nir08", "nir09", "coastal", "rededge1", "rededge2", "rededge3", "swir16",
+             "swir22"]
+    ds = xr.Dataset({n: (("time", "y", "x"), np.full((12, 8, 8), i + 1, np.uint16), {"nodata": 65535})
+                     for i, n in enumerate(names)})
+    ds["scl"] = (("time", "y", "x"), np.zeros((12, 8, 8), np.uint8))
+    ds = ds.assign_coords(time=np.arange(12).astype("datetime64[D]"))
+    with pytest.raises(InvalidInputError, match="Got none among .* one each") as e:
+        zarr_encoding(ds)
+    fix = str(e.value).split("loads them): stack them on a band axis, ")[1].rstrip(".")
+    scope = {"ds": ds}
+    exec(fix, scope)  # noqa: S102 - the message's own code
+    stacked = scope["ds"]
+    assert stacked["reflectance"].dims == ("time", "band", "y", "x") and "scl" in stacked
+    assert zarr_encoding(stacked)["reflectance"]["serializer"].nodata == 65535
+    # named explicitly: a variable named as one band, or with dates on axis -3, is refused saying so
+    with pytest.raises(InvalidInputError, match="a variable named as one band"):
+        zarr_encoding(ds.rename({"time": "step"}).assign_coords(step=np.arange(12)), variables=["red"])
+    with pytest.raises(InvalidInputError, match="Got dim 'time' \\(dates\\) on axis -3"):
+        zarr_encoding(ds.rename({"red": "refl"}), variables=["refl"])
+
+
 def test_bands_on_another_axis_are_refused_even_when_that_axis_has_twelve_entries():
     """``to_array('band')`` puts the bands first: with twelve monthly dates, axis -3 (time) would pass for bands."""
     ds = _cube(STAC_IN_MODEL_ORDER)

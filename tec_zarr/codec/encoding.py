@@ -56,10 +56,17 @@ def zarr_encoding(
                                 f"{zarr_format} instead.")
     params = CodecConfig.create(**codec_kwargs, allow_fill_value=zarr_format == 3).chunk_params()
     names = list(variables) if variables is not None else [
-        name for name, var in ds.data_vars.items() if var.ndim >= 3 and var.shape[-3] == nbands
+        name for name, var in ds.data_vars.items()
+        if var.ndim >= 3 and var.shape[-3] == nbands and _not_bands(name, var) is None
     ]
     for name in names if variables is not None else ds.data_vars:
         check_band_axis(name, ds[name])
+    for name in names:
+        why = _not_bands(name, ds[name])
+        if why:
+            raise InvalidInputError(
+                f"Expected variable {name!r} to hold the model's {nbands} bands on axis -3 (dims (..., band, y, "
+                f"x)). Got {why} instead: {_stacking_hint(ds, card.bands)}")
     if not names:
         for name, var in ds.data_vars.items():  # bands beside the model's (a STAC cube's SCL, AOT, visual...)
             named_band_order(var, card.bands, f"variable {name!r}")
@@ -306,6 +313,24 @@ def check_band_axis(name: str, var) -> None:
             )
 
 
+# Dim names cube builders give the time axis (stackstac, odc-stac, xarray's CF decoding).
+TIME_DIMS = ("time", "t", "date", "datetime")
+
+
+def _not_bands(name: str, var) -> str | None:
+    """Why axis -3 of ``var`` cannot be its bands, whatever its length: a dim named like time or with a datetime
+    coordinate (twelve dates would pass for twelve bands), or a variable named as one band (odc-stac's B02 with
+    dims (time, y, x)); None where it may be."""
+    if var.ndim < 3:
+        return None
+    dim = var.dims[-3]
+    if dim in TIME_DIMS or (dim in var.coords and np.issubdtype(var[dim].dtype, np.datetime64)):
+        return f"dim {dim!r} (dates) on axis -3"
+    if band_name(name) is not None:
+        return f"a variable named as one band, dims {var.dims}"
+    return None
+
+
 def _stacking_hint(ds, bands: tuple[str, ...]) -> str:
     """What to do with a dataset holding no band axis: where its variables are the bands, one per variable (as
     odc-stac loads them), the code that stacks them in the model's order; else the variables=[...] option."""
@@ -313,8 +338,12 @@ def _stacking_hint(ds, bands: tuple[str, ...]) -> str:
     if all(b in by_band for b in bands):
         names = [by_band[b] for b in bands]
         dims = (*ds[names[0]].dims[:-2], "band", *ds[names[0]].dims[-2:])
+        nodata = {plain_number(declared_nodata(ds[n].attrs, ds[n].encoding)) for n in names} - {None}
+        keep = (f".assign_attrs(nodata={nodata.pop()!r})" if len(nodata) == 1 else "")  # to_array drops attrs
+        others = [n for n in ds.data_vars if n not in names]
+        merge = f".merge(ds[{others}])" if others else ""  # to_dataset keeps the stacked bands alone
         return (f"its variables are the bands, one each (as odc-stac loads them): stack them on a band axis, "
-                f"ds = ds[{names}].to_array('band').transpose{dims}.to_dataset(name='reflectance').")
+                f"ds = ds[{names}].to_array('band').transpose{dims}{keep}.to_dataset(name='reflectance'){merge}.")
     l1c = [name for name, var in ds.data_vars.items() if var.ndim >= 3 and var.shape[-3] == len(bands) + 1]
     if l1c:  # unnamed bands, one more than the model's: Sentinel-2 L1C's 13, B10 (cirrus) 11th
         keep = [i for i in range(len(bands) + 1) if i != L1C_B10_INDEX]
