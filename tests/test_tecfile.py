@@ -168,3 +168,27 @@ def test_4d_chunks_are_refused(tmp_path, original):
     ds = xr.Dataset({"r": (("time", "band", "y", "x"), original[None, :, :64, :64])})
     ds.to_zarr(tmp_path / "t.zarr", encoding={"r": {"compressors": TEC()}}, zarr_format=2)
     assert cli.main(["convert", str(tmp_path / "t.zarr"), str(tmp_path / "t.tec")]) == 2
+
+
+@pytest.mark.parametrize("dtype, nodata", [("uint16", 65535), ("uint16", 0), ("int16", 32767), ("int16", -32768)])
+def test_overviews_with_nodata_at_either_end_of_the_dtype(dtype, nodata):
+    """Overview blocks: all nodata stays nodata, valid pixels average (nodata left out). With nodata at the dtype's
+    top (uint16 65535, a common fill) the step that moves a valid mean off nodata is -1, which NumPy 2 refused on a
+    uint16 scalar even where no mean needed it (QA: tec compress --overviews crashed)."""
+    from tec_zarr.gdal import raster
+
+    valid = np.iinfo(dtype).max - 1 if nodata == np.iinfo(dtype).max else np.iinfo(dtype).min + 1
+    image = np.full((1, 4, 4), nodata, dtype)
+    image[0, 2:, :2] = valid
+    image[0, 2, 2] = valid
+    out = raster.downsample(image, 2, nodata)
+    assert out.dtype == np.dtype(dtype)
+    assert out[0, 0, 0] == nodata and out[0, 1, 0] == valid and out[0, 1, 1] == valid
+
+
+def test_a_valid_overview_mean_equal_to_nodata_moves_one_step():
+    from tec_zarr.gdal import raster
+
+    image = np.full((1, 2, 2), 100, np.uint16)  # nodata 100 at two pixels
+    image[0, 0] = [99, 101]  # their mean is the nodata
+    assert raster.downsample(image, 2, 100)[0, 0, 0] == 101

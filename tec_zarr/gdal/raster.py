@@ -75,7 +75,8 @@ def downsample(image: np.ndarray, factor: int, nodata: float | int | None) -> np
             if image.dtype.kind == "f":
                 band[(counts > 0) & (band == nd)] = np.nextafter(nd, np.inf, dtype=image.dtype)
             else:
-                band[(counts > 0) & (band == nd)] = nd + (1 if nd < np.iinfo(image.dtype).max else -1)
+                step = 1 if int(nd) < np.iinfo(image.dtype).max else -1  # in Python ints: uint16 65535 - 1
+                band[(counts > 0) & (band == nd)] = int(nd) + step
             band[counts == 0] = nd
         out[b] = band
     return out
