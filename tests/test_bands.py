@@ -118,16 +118,21 @@ def test_xarray_helper_without_any_band_variable_says_so():
         zarr_encoding(ds)
 
 
-def test_xarray_helper_shows_how_to_stack_an_odc_stac_dataset_of_one_variable_per_band():
-    names = ["red", "green", "blue", "nir", "nir08", "nir09", "coastal", "rededge1", "rededge2", "rededge3", "swir16",
-             "swir22", "scl"]
-    ds = xr.Dataset({n: (("time", "y", "x"), np.full((2, 8, 8), i, np.uint16)) for i, n in enumerate(names)})
-    with pytest.raises(InvalidInputError, match="one each") as e:
+def _stacked_as_told(ds, match: str):
+    """``ds`` after running the stacking code zarr_encoding's refusal (matching ``match``) gives."""
+    with pytest.raises(InvalidInputError, match=match) as e:
         zarr_encoding(ds)
     fix = str(e.value).split("loads them): stack them on a band axis, ")[1].rstrip(".")
     scope = {"ds": ds}
     exec(fix, scope)  # noqa: S102 - the message's own code
-    stacked = scope["ds"]
+    return scope["ds"]
+
+
+def test_xarray_helper_shows_how_to_stack_an_odc_stac_dataset_of_one_variable_per_band():
+    names = ["red", "green", "blue", "nir", "nir08", "nir09", "coastal", "rededge1", "rededge2", "rededge3", "swir16",
+             "swir22", "scl"]
+    ds = xr.Dataset({n: (("time", "y", "x"), np.full((2, 8, 8), i, np.uint16)) for i, n in enumerate(names)})
+    stacked = _stacked_as_told(ds, "one each")
     assert stacked["reflectance"].dims == ("time", "band", "y", "x")
     assert list(stacked.band.values) == STAC_IN_MODEL_ORDER
     assert list(zarr_encoding(stacked)) == ["reflectance"]
@@ -143,12 +148,7 @@ def test_an_odc_stac_dataset_of_twelve_dates_is_not_taken_for_twelve_bands():
                      for i, n in enumerate(names)})
     ds["scl"] = (("time", "y", "x"), np.zeros((12, 8, 8), np.uint8))
     ds = ds.assign_coords(time=np.arange(12).astype("datetime64[D]"))
-    with pytest.raises(InvalidInputError, match="Got none among .* one each") as e:
-        zarr_encoding(ds)
-    fix = str(e.value).split("loads them): stack them on a band axis, ")[1].rstrip(".")
-    scope = {"ds": ds}
-    exec(fix, scope)  # noqa: S102 - the message's own code
-    stacked = scope["ds"]
+    stacked = _stacked_as_told(ds, "Got none among .* one each")
     assert stacked["reflectance"].dims == ("time", "band", "y", "x") and "scl" in stacked
     assert zarr_encoding(stacked)["reflectance"]["serializer"].nodata == 65535
     # named explicitly: a variable named as one band, or with dates on axis -3, is refused saying so
