@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .bitstream.chunk import DN_OFFSET_RANGE, FLOAT_SCALE_RANGE
+from .bitstream.chunk import DN_OFFSET_RANGE, FLOAT_SCALE_RANGE, nodata_allowed
 from .errors import InvalidInputError
 
 
@@ -58,23 +58,6 @@ def parse_nodata(nodata: float | int | None) -> float | int | None:
     if not is_real(nodata):
         raise InvalidInputError(f"Expected a finite number or None for nodata. Got {nodata!r} instead.")
     return int(nodata) if float(nodata).is_integer() else float(nodata)
-
-
-def nodata_allowed(value, dtype) -> str | None:
-    """None where ``value`` can be a declared NoData of ``dtype`` data (a GeoTIFF's, a store's); else what can, for
-    the caller's message: an integer in the dtype's range, or for floats a number in its finite range or NaN."""
-    import numpy as np
-
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        if float(value).is_integer() and info.min <= value <= info.max:
-            return None
-        return f"an integer in {info.min}..{info.max}"
-    largest = float(np.finfo(dtype).max)
-    if value != value or abs(value) <= largest:
-        return None
-    return f"a number within +-{largest:.4g} or nan"
 
 
 def parse_float_scale(scale: float) -> float:

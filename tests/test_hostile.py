@@ -1372,3 +1372,32 @@ def test_reading_an_absurd_raster_stays_bounded(tmp_path):
         ATTACKS = {{"read": read, "read band 0": lambda: read(bands=[0])}}
     """)
     assert_refused(results)
+
+
+def test_forged_headers_that_would_decode_to_infinity_or_a_wrapped_nodata_are_refused():
+    """CRC-valid chunks whose header was rewritten (a fuzzing pass): a float32 bound at either end of what the
+    header check allows made the residual arithmetic leave float32's range (all inf, no error), and a nodata the
+    dtype cannot hold (float32 1e308, uint16 70000, 1.5) was cast to inf or wrapped. The encoder writes neither."""
+    import numpy as np
+
+    from tec_zarr import TEC
+    from tec_zarr.bitstream import chunk as fmt
+    from tec_zarr.errors import CorruptChunkError
+    from tec_zarr.pipeline import decode_chunk
+
+    rng = np.random.default_rng(0)
+    a = (rng.integers(200, 3000, (12, 64, 64)) / 1e4).astype(np.float32)
+    s = fmt.unpack_sections(TEC(max_error=1e-3).encode(a))
+    assert np.isfinite(decode_chunk(fmt.pack(s.header, s.mask, s.payload, s.nan_mask))).all()
+    for e in (float(np.finfo(np.float32).max) / 4, 5e-324):
+        header = dataclasses.replace(s.header, residual=dataclasses.replace(s.header.residual, max_error=e))
+        with pytest.raises(CorruptChunkError, match="Got infinity instead"):
+            decode_chunk(fmt.pack(header, s.mask, s.payload, s.nan_mask))
+    f = np.full((12, 32, 32), 0.05, np.float32)
+    f[:, :8, :8] = -9999.0
+    u = np.full((12, 32, 32), 500, np.uint16)
+    u[:, :8, :8] = 0
+    for data, nodata, forged in ((f, -9999.0, 1e308), (u, 0, 70000.0), (u, 0, 1.5), (u, 0, -1.0)):
+        s = fmt.unpack_sections(TEC(nodata=nodata).encode(data))
+        with pytest.raises(CorruptChunkError, match="nodata value the chunk's dtype holds"):
+            decode_chunk(fmt.pack(dataclasses.replace(s.header, nodata=forged), s.mask, s.payload, s.nan_mask))

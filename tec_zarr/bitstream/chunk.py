@@ -405,6 +405,21 @@ def element_count(shape) -> int:
     return count
 
 
+def nodata_allowed(value, dtype) -> str | None:
+    """None where ``value`` can be a declared NoData of ``dtype`` data (a GeoTIFF's, a store's); else what can, for
+    the caller's message: an integer in the dtype's range, or for floats a number in its finite range or NaN."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        if float(value).is_integer() and info.min <= value <= info.max:
+            return None
+        return f"an integer in {info.min}..{info.max}"
+    largest = float(np.finfo(dtype).max)
+    if value != value or abs(value) <= largest:
+        return None
+    return f"a number within +-{largest:.4g} or nan"
+
+
 def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residual, version) -> None:
     """Every field a decoder sizes or scales anything by, checked before anything is allocated."""
     if dtype_code not in CODE_DTYPES:
@@ -416,8 +431,9 @@ def _check_header(dtype_code, shape, latent, flags, nodata, float_scale, residua
         raise CorruptChunkError(f"Expected positive latent sizes. Got {tuple(latent)} instead.")
     if not FLOAT_SCALE_RANGE[0] <= float_scale <= FLOAT_SCALE_RANGE[1]:  # NaN fails too
         raise CorruptChunkError(f"Expected a float scale in {FLOAT_SCALE_RANGE}. Got {float_scale} instead.")
-    if flags & FLAG_NODATA and not math.isfinite(nodata):
-        raise CorruptChunkError(f"Expected a finite nodata value. Got {nodata} instead.")
+    if flags & FLAG_NODATA and (not math.isfinite(nodata) or nodata_allowed(nodata, CODE_DTYPES[dtype_code])):
+        raise CorruptChunkError(f"Expected a finite nodata value the chunk's dtype holds (as the encoder checks). Got "
+                                f"{nodata} instead.")
     if flags & ~KNOWN_FLAGS:
         raise CorruptChunkError(f"Expected flag bits 0 to 7. Got flags {flags:#04x} instead (written by a newer "
                                 "tec_zarr).")

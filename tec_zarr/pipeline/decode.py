@@ -244,6 +244,9 @@ def finish(parsed: ParsedChunk, x_hat: np.ndarray | None) -> np.ndarray:
     h, w = header.shape[-2:]
     if header.residual is not None:
         result = bound.decode(header, parsed.symbols, model, parsed.valid)
+        if result.dtype.kind == "f" and np.isinf(result).any():  # the encoder refuses infinity: a forged bound
+            raise CorruptChunkError("Expected finite values from the residual section. Got infinity instead: the "
+                                    "chunk is damaged.")
     else:
         # Denormalize and scale to data units in one multiply-add per element, in place.
         units = np.float32(DN_PER_REFLECTANCE / header.float_scale)
