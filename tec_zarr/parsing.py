@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-from .bitstream.chunk import DN_OFFSET_RANGE, FLOAT_SCALE_RANGE, nodata_allowed
+from .bitstream.chunk import DN_OFFSET_RANGE, FLOAT_SCALE_RANGE
+from .bitstream.chunk import nodata_allowed  # noqa: F401 - re-exported: it lives beside the header check that uses it
 from .errors import InvalidInputError
 
 

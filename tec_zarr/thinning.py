@@ -234,8 +234,6 @@ def _thin_array(array: _ZarrArray, quality: int, report: ThinReport, progress) -
             progress(done, len(paths))
 
 
-
-
 def _thin_counted(data: bytes, quality: int, report: ThinReport, where: str) -> bytes:
     """The chunk at ``quality`` or its own, whichever is lower, counted in ``report``; errors name ``where``."""
     try:

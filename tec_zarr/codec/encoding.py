@@ -61,9 +61,7 @@ def zarr_encoding(
     ]
     for name in names if variables is not None else ds.data_vars:
         check_band_axis(name, ds[name])
-    for name in names:
-        why = _not_bands(name, ds[name])
-        if why:
+        if variables is not None and (why := _not_bands(name, ds[name])):  # auto-selection skipped these already
             raise InvalidInputError(
                 f"Expected variable {name!r} to hold the model's {nbands} bands on axis -3 (dims (..., band, y, "
                 f"x)). Got {why} instead: {_stacking_hint(ds, card.bands)}")
