@@ -201,3 +201,63 @@ def test_trainer_on_the_shared_data_holds_out_the_validation_places(tmp_path, mo
     assert trainer.val.shape == (8, 12, 256, 256)
     np.testing.assert_array_equal(trainer.val.numpy(), data.validation_crops(validation))
     _assert_fitted_on_training_images_only(spy, images, trainer.mean, trainer.std, trainer.train_names)
+
+
+# -- asymmetric models: a pruned synthesis trained together with the encoder ------------------------------------------
+
+def test_asymmetric_model_starts_from_a_pruned_synthesis_trains_resumes_and_exports(data_root, tmp_path, image,
+                                                                                     monkeypatch):
+    """--synthesis-from puts a pruned light synthesis (train.light --kind pruned) in place of the starting weights'
+    own and trains encoder and synthesis together; the run resumes as such, and the export decodes through the
+    narrower synthesis."""
+    from tec_zarr.train import light
+
+    two_stages = [*TINY[:4], "--stages", "2", *TINY[6:]]
+    start = tmp_path / "start"
+    assert train_main.main(["--data", str(data_root), "--out", str(start), "--steps", "2", *two_stages]) == 0
+    base, _ = export.load_checkpoint(start / "checkpoint.pt")
+    pruned = light.build(light.LightConfig(latent_channels=16, channels=4, kind="pruned"))
+    pruned.start_from(base)
+    torch.save({"config": pruned.cfg.to_dict(), "model": pruned.state_dict()}, tmp_path / "pruned.pt")
+
+    out = tmp_path / "asym"
+    args = ["--data", str(data_root), "--out", str(out), *two_stages]
+    assert train_main.main([*args, "--init", str(start / "checkpoint.pt"), "--synthesis-from",
+                            str(tmp_path / "pruned.pt"), "--steps", "4"]) == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ckpt["config"]["synthesis_channels"] == 4 and ckpt["step"] == 4
+    assert ckpt["model"]["g_s.0.weight"].shape == (16, 4, 5, 5) and ckpt["model"]["g_s.1.gamma_sqrt"].shape == (4, 4)
+    assert ckpt["model"]["g_a.0.weight"].shape[0] == 8  # the analysis keeps its width
+    assert not torch.equal(ckpt["model"]["g_a.0.weight"], base.state_dict()["g_a.0.weight"])  # and learns
+    assert train_main.main([*args, "--steps", "5"]) == 0  # resumes as an asymmetric model, no option needed
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["config"]["synthesis_channels"] == 4
+
+    folder = export.export(out / "checkpoint.pt", "tec-asym", "0", out_dir=tmp_path / "m" / "tec-asym",
+                           calibration_root=data_root)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["config"]["synthesis_channels"] == 4 and "asymmetric: 4 hidden synthesis" in manifest["architecture"]
+    monkeypatch.setenv("TEC_ZARR_MODEL_PATH", str(folder.parent))
+    models.clear_cache()
+    try:
+        a = np.ascontiguousarray(image[:, :32, :40])
+        assert pipeline.decode_chunk(pipeline.encode_chunk(a, model="tec-asym", quality=0)).shape == a.shape
+        lossless = pipeline.encode_chunk(a, model="tec-asym", quality=1, max_error=0)
+        np.testing.assert_array_equal(pipeline.decode_chunk(lossless), a)  # the integer synthesis at 4 channels
+    finally:
+        models.clear_cache()
+
+    wrong = {"config": dict(pruned.cfg.to_dict(), kind="light"), "model": pruned.state_dict()}
+    torch.save(wrong, tmp_path / "light.pt")
+    with pytest.raises(SystemExit, match="Expected a pruned light synthesis"):
+        train_main.main([*args[:2], "--out", str(tmp_path / "c"), *two_stages, "--init", str(start / "checkpoint.pt"),
+                         "--synthesis-from", str(tmp_path / "light.pt"), "--steps", "3"])
+
+
+def test_symmetric_configs_stay_as_they_were():
+    """Model cards of symmetric models keep their config keys: synthesis_channels appears only where it is set."""
+    from tec_zarr.train.model import ModelConfig
+
+    assert "synthesis_channels" not in ModelConfig().to_dict()
+    asym = ModelConfig(synthesis_channels=32)
+    assert ModelConfig.from_dict(asym.to_dict()) == asym and asym.synthesis_width == 32
+    assert ModelConfig.from_dict(ModelConfig().to_dict()).synthesis_width == 64

@@ -26,6 +26,24 @@ def psnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     return 10 * torch.log10(1.0 / mse.clamp(min=1e-12))
 
 
+def with_synthesis(ckpt: dict, path: Path) -> dict:
+    """``ckpt`` (a TEC-FP checkpoint) with its synthesis replaced by a pruned light synthesis' (``train.light
+    --kind pruned``, fitted against the same encoder): the start of an asymmetric model, whose encoder then learns
+    to serve the narrower synthesis. The new checkpoint has no optimizer state."""
+    light = torch.load(path, map_location="cpu", weights_only=False)
+    cfg = light.get("config", {})
+    base = ModelConfig.from_dict(ckpt["config"])
+    if (cfg.get("kind") != "pruned" or cfg.get("latent_channels") != base.latent_channels
+            or cfg.get("bands") != base.bands or base.stages != 2 or cfg.get("multiple") != base.multiple):
+        raise SystemExit(f"Expected a pruned light synthesis (two stages, {base.latent_channels} latent channels, "
+                         f"{base.bands} bands) for --synthesis-from. Got {path} ({cfg}) instead.")
+    mine = {k: v for k, v in light["model"].items() if k.startswith(("g_s.", "s_lin."))}
+    model = {k: v for k, v in ckpt["model"].items() if not k.startswith(("g_s.", "s_lin."))}
+    config = dict(ckpt["config"], synthesis_channels=int(cfg["channels"]))
+    slim = {k: v for k, v in ckpt.items() if not k.startswith("opt_") and k not in ("sampler", "torch_rng")}
+    return {**slim, "config": config, "model": {**model, **mine}}
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace):
         self.args = args
@@ -37,6 +55,8 @@ class Trainer:
         ckpt_path = self.out / "checkpoint.pt"
         source = ckpt_path if ckpt_path.exists() else (Path(args.init) if args.init else None)
         ckpt = torch.load(source, map_location="cpu", weights_only=False) if source else None
+        if source is not None and source != ckpt_path and args.synthesis_from:
+            ckpt = with_synthesis(ckpt, Path(args.synthesis_from))
         if ckpt is not None:
             self.cfg = ModelConfig.from_dict(ckpt["config"])
             self.mean, self.std = np.asarray(ckpt["mean"], np.float32), np.asarray(ckpt["std"], np.float32)
@@ -185,6 +205,8 @@ def argument_parser(prog: str = "python -m tec_zarr.train", description: str | N
     p.add_argument("--out", required=True, help="run directory (checkpoint.pt, log.jsonl)")
     p.add_argument("--init", help="start from this checkpoint when the run directory has none")
     p.add_argument("--resume-optimizer", action="store_true", help="with --init, also restore optimizer state")
+    p.add_argument("--synthesis-from", help="with --init: replace its synthesis by this pruned light synthesis "
+                   "(train.light --kind pruned) and train both together, an asymmetric model")
     p.add_argument("--steps", type=int, default=40000, help="total steps (the learning rate decays at 75%% and 90%%)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--crop", type=int, default=96)

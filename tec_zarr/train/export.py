@@ -148,7 +148,9 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
         "name": name,
         "version": version,
         "architecture": "factorized prior (TEC-FP): GDN analysis/synthesis beside a KLT-initialized linear 4x4 block "
-                        "path, per-quality latent gains",
+                        "path, per-quality latent gains" + (
+                            f"; asymmetric: {cfg.synthesis_width} hidden synthesis channels against the analysis' "
+                            f"{cfg.channels}" if cfg.synthesis_channels else ""),
         "config": cfg.to_dict(),
         "multiple": cfg.multiple,
         "bands": list(S2_L2A_BANDS),

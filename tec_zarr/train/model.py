@@ -32,10 +32,15 @@ class ModelConfig:
     # A linear block transform beside each nonlinear one (4x4 blocks, initialized to the training data's KLT):
     # a plain GDN autoencoder learns near-invertibility slowly on 2 CPU cores and plateaus below 40 dB.
     linear_path: bool = True
+    # Hidden width of the synthesis alone (0: ``channels``). An asymmetric model decodes through fewer channels
+    # than its analysis encodes with: reads cost less, the encoder does more (decode speed issue).
+    synthesis_channels: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lambdas"] = list(self.lambdas)
+        if not self.synthesis_channels:
+            del d["synthesis_channels"]  # the configs (and model cards) of symmetric models stay as they were
         return d
 
     @classmethod
@@ -48,6 +53,10 @@ class ModelConfig:
     @property
     def multiple(self) -> int:
         return 2**self.stages
+
+    @property
+    def synthesis_width(self) -> int:
+        return self.synthesis_channels or self.channels
 
 
 def analysis(cfg: ModelConfig) -> nn.Sequential:
@@ -64,13 +73,13 @@ def analysis(cfg: ModelConfig) -> nn.Sequential:
 
 def synthesis(cfg: ModelConfig) -> nn.Sequential:
     layers: list[nn.Module] = []
-    cin = cfg.latent_channels
+    cin, width = cfg.latent_channels, cfg.synthesis_width
     for i in range(cfg.stages):
         last = i == cfg.stages - 1
-        layers.append(deconv(cin, cfg.bands if last else cfg.channels))
+        layers.append(deconv(cin, cfg.bands if last else width))
         if not last:
-            layers.append(GDN(cfg.channels, inverse=True))
-        cin = cfg.channels
+            layers.append(GDN(width, inverse=True))
+        cin = width
     return nn.Sequential(*layers)
 
 
