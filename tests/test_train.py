@@ -246,6 +246,9 @@ def test_asymmetric_model_starts_from_a_pruned_synthesis_trains_resumes_and_expo
     finally:
         models.clear_cache()
 
+    with pytest.raises(SystemExit, match="Expected --init with --synthesis-from"):
+        train_main.main([*args[:2], "--out", str(tmp_path / "d"), *two_stages, "--synthesis-from",
+                         str(tmp_path / "pruned.pt"), "--steps", "3"])
     wrong = {"config": dict(pruned.cfg.to_dict(), kind="light"), "model": pruned.state_dict()}
     torch.save(wrong, tmp_path / "light.pt")
     with pytest.raises(SystemExit, match="Expected a pruned light synthesis"):

@@ -55,8 +55,12 @@ class Trainer:
         ckpt_path = self.out / "checkpoint.pt"
         source = ckpt_path if ckpt_path.exists() else (Path(args.init) if args.init else None)
         ckpt = torch.load(source, map_location="cpu", weights_only=False) if source else None
-        if source is not None and source != ckpt_path and args.synthesis_from:
-            ckpt = with_synthesis(ckpt, Path(args.synthesis_from))
+        synthesis_from = getattr(args, "synthesis_from", None)  # trainers with parsers of their own lack it
+        if synthesis_from and source is None:
+            raise SystemExit("Expected --init with --synthesis-from (the weights whose synthesis it replaces). Got none "
+                             "instead.")
+        if source is not None and source != ckpt_path and synthesis_from:
+            ckpt = with_synthesis(ckpt, Path(synthesis_from))
         if ckpt is not None:
             self.cfg = ModelConfig.from_dict(ckpt["config"])
             self.mean, self.std = np.asarray(ckpt["mean"], np.float32), np.asarray(ckpt["std"], np.float32)
