@@ -619,13 +619,15 @@ def _model_help() -> tuple[str, str, str]:
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     """``tec train``'s options (run by tec_zarr.train.user, which needs the train extra)."""
+    from ..models import DEFAULT_MODEL
+
     p.add_argument("--data", nargs="+", required=True, metavar="PATH",
                    help="Zarr stores, GeoTIFFs or folders of GeoTIFFs (12 L2A bands in the model's order)")
     p.add_argument("--name", required=True, help="the new model's name (lowercase, not an installed model's)")
     p.add_argument("--var", help="the variable of the Zarr stores (default: their one 12-band variable)")
-    p.add_argument("--base", default="tec-fp-2", help="shipped model to fine-tune, tec-fp-2 or tec-fp (its "
-                   "checkpoint from checkpoints/ of a tec-zarr checkout), or 'none' to train from scratch (default "
-                   "tec-fp-2, the default model)")
+    p.add_argument("--base", default=DEFAULT_MODEL, help="shipped model to fine-tune, tec-fp-3, tec-fp-2 or tec-fp "
+                   "(its checkpoint from checkpoints/ of a tec-zarr checkout), or 'none' to train from scratch "
+                   f"(default {DEFAULT_MODEL}, the default model)")
     p.add_argument("--init", help="a tec-zarr training checkpoint to start from instead of --base (yours: "
                    "it is unpickled, so never pass one you did not make)")
     p.add_argument("--steps", type=int, default=2000, help="training steps of this run (default 2000)")

@@ -43,7 +43,7 @@ DATE_SUFFIX = re.compile(r"([_-](\d{1,2}|\d{8}(T\d{6})?))+$")
 VAL_FRACTION = 0.2
 MAX_VALIDATION = 256
 MULTIPLE = 16
-FINE_TUNABLE = ("tec-fp-2", "tec-fp")  # the TEC-FP transforms whose checkpoints a checkout holds
+FINE_TUNABLE = ("tec-fp-3", "tec-fp-2", "tec-fp")  # the TEC-FP transforms whose checkpoints a checkout holds
 
 
 # -- reading the user's data ------------------------------------------------------------------------------------------
