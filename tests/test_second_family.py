@@ -48,9 +48,10 @@ def test_fewer_bytes_and_higher_psnr_on_the_held_out_place(image, quality):
     assert pipeline.read_header(coded[FP2]).model == FP2
 
 
+@pytest.mark.parametrize("model", [FP2, "tec-fp-3"])  # and the default since, tec-fp-2's asymmetric successor
 @pytest.mark.parametrize("max_error", [0, 7])
-def test_bounded_and_lossless(crop, max_error):
-    codec = TEC(model=FP2, quality=1, max_error=max_error)
+def test_bounded_and_lossless(crop, max_error, model):
+    codec = TEC(model=model, quality=1, max_error=max_error)
     assert metrics.max_error(crop, codec.decode(codec.encode(crop))) <= max_error
 
 
