@@ -4,8 +4,8 @@
 #   bash scripts/gpu_burst.sh [MINUTES] [more burst options]
 #
 # Needs runs/burst-data.npz (git-ignored, made here by scripts/pack_training_data.py; carry it) and torch with
-# CUDA; nothing of the codec runtime. Continues tec-fp-2's weights (checkpoints/tec-fp-2/checkpoint.pt, the best
-# image transform; BURST_INIT picks another) for MINUTES (default 8) and writes checkpoint.pt, log.jsonl and
+# CUDA; nothing of the codec runtime. Continues tec-fp-2's weights (checkpoints/tec-fp-2/checkpoint.pt; BURST_INIT picks another, e.g.
+# checkpoints/tec-fp-3/checkpoint.pt, the default's) for MINUTES (default 8) and writes checkpoint.pt, log.jsonl and
 # burst.log to $OUT (or runs/burst without $OUT). The whole command takes MINUTES plus about half a minute
 # (start-up, the last validation and save): give the call that much and more.
 # A run directory that already holds a checkpoint is resumed instead. Extra options go to the trainer, e.g.

@@ -246,14 +246,21 @@ def test_asymmetric_model_starts_from_a_pruned_synthesis_trains_resumes_and_expo
     finally:
         models.clear_cache()
 
-    with pytest.raises(SystemExit, match="Expected --init with --synthesis-from"):
+    with pytest.raises(SystemExit, match="Expected --init, without --resume-optimizer, with --synthesis-from"):
         train_main.main([*args[:2], "--out", str(tmp_path / "d"), *two_stages, "--synthesis-from",
                          str(tmp_path / "pruned.pt"), "--steps", "3"])
+    init = ["--init", str(start / "checkpoint.pt"), "--steps", "3"]
+    with pytest.raises(SystemExit, match="Got --resume-optimizer instead"):
+        train_main.main([*args[:2], "--out", str(tmp_path / "e"), *two_stages, *init, "--resume-optimizer",
+                         "--synthesis-from", str(tmp_path / "pruned.pt")])
     wrong = {"config": dict(pruned.cfg.to_dict(), kind="light"), "model": pruned.state_dict()}
-    torch.save(wrong, tmp_path / "light.pt")
-    with pytest.raises(SystemExit, match="Expected a pruned light synthesis"):
-        train_main.main([*args[:2], "--out", str(tmp_path / "c"), *two_stages, "--init", str(start / "checkpoint.pt"),
-                         "--synthesis-from", str(tmp_path / "light.pt"), "--steps", "3"])
+    other_gains = {"config": pruned.cfg.to_dict(), "model": pruned.state_dict(),
+                   "base_inv_gain": (base.inv_gain.detach() * 2).tolist()}
+    for bad, message in ((wrong, "Expected a pruned light synthesis"), (other_gains, "fitted on another encoder")):
+        torch.save(bad, tmp_path / "bad.pt")
+        with pytest.raises(SystemExit, match=message):
+            train_main.main([*args[:2], "--out", str(tmp_path / "c"), *two_stages, *init, "--synthesis-from",
+                             str(tmp_path / "bad.pt")])
 
 
 def test_symmetric_configs_stay_as_they_were():

@@ -665,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--psnr) bound the mean error, not each pixel: --max-error bounds every pixel."),
         epilog="""\
 examples:
-  tec compress scene.tif scene.zarr                     quality 2 of tec-fp-2, 256 x 256 chunks, Zarr format 3
+  tec compress scene.tif scene.zarr                     quality 2 of tec-fp-3, 256 x 256 chunks, Zarr format 3
   tec compress scene.tif scene.zarr --quality 4         larger file, higher PSNR
   tec compress scene.tif scene.zarr --max-error 10      every pixel within 10 DN (reflectance x 10000)
   tec compress scene.tif scene.zarr --lossless          bit-exact

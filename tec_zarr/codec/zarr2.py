@@ -34,7 +34,7 @@ class TEC(Codec):
         PSNR and bpp. Default: the model's default level; with ``max_error``, level 0 (the base under the
         residual; the fewest bits for bounds up to about 50 DN).
     model : str, optional
-        Name of an installed model (``tec_zarr.list_models()``). Default ``"tec-fp-2"`` (``models.DEFAULT_MODEL``).
+        Name of an installed model (``tec_zarr.list_models()``). Default ``"tec-fp-3"`` (``models.DEFAULT_MODEL``).
     nodata : int or float or None
         Elements equal to this value are stored losslessly and read back exactly; no other element decodes to
         it. Default 0 (Sentinel-2's nodata). ``None`` disables it.

@@ -37,6 +37,10 @@ def with_synthesis(ckpt: dict, path: Path) -> dict:
             or cfg.get("bands") != base.bands or base.stages != 2 or cfg.get("multiple") != base.multiple):
         raise SystemExit(f"Expected a pruned light synthesis (two stages, {base.latent_channels} latent channels, "
                          f"{base.bands} bands) for --synthesis-from. Got {path} ({cfg}) instead.")
+    fitted_on = light.get("base_inv_gain")  # the encoder's gains the light synthesis was fitted against
+    if fitted_on is not None and not torch.equal(torch.as_tensor(fitted_on), ckpt["model"]["inv_gain"]):
+        raise SystemExit(f"Expected a pruned light synthesis fitted on the --init weights' latent gains. Got {path}, "
+                         "fitted on another encoder's, instead.")
     mine = {k: v for k, v in light["model"].items() if k.startswith(("g_s.", "s_lin."))}
     model = {k: v for k, v in ckpt["model"].items() if not k.startswith(("g_s.", "s_lin."))}
     config = dict(ckpt["config"], synthesis_channels=int(cfg["channels"]))
@@ -56,9 +60,10 @@ class Trainer:
         source = ckpt_path if ckpt_path.exists() else (Path(args.init) if args.init else None)
         ckpt = torch.load(source, map_location="cpu", weights_only=False) if source else None
         synthesis_from = getattr(args, "synthesis_from", None)  # trainers with parsers of their own lack it
-        if synthesis_from and source is None:
-            raise SystemExit("Expected --init with --synthesis-from (the weights whose synthesis it replaces). Got none "
-                             "instead.")
+        if synthesis_from and (source is None or args.resume_optimizer):
+            raise SystemExit("Expected --init, without --resume-optimizer, with --synthesis-from (the weights whose "
+                             "synthesis it replaces; their optimizer state belongs to the synthesis replaced). Got "
+                             f"{'--resume-optimizer' if source is not None else 'no --init'} instead.")
         if source is not None and source != ckpt_path and synthesis_from:
             ckpt = with_synthesis(ckpt, Path(synthesis_from))
         if ckpt is not None:
