@@ -1,4 +1,4 @@
-"""``tec train``: a few fine-tuning steps of tec-fp on a small Zarr store, resumed after an interruption, installed
+"""``tec train``: a few fine-tuning steps of the default model (tec-fp-3) on a small Zarr store, resumed after an interruption, installed
 with its measured RD, and then used to encode; the validation split by place or by tile."""
 
 from __future__ import annotations
@@ -63,6 +63,8 @@ def test_train_resumes_installs_and_encodes(store, tmp_path, monkeypatch, capsys
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["training"]["steps"] == 4
         assert manifest["training"]["base_training"]["steps"] == saved["user"]["start"] > 0
+        default = models.get_card(models.DEFAULT_MODEL).manifest
+        assert manifest["config"] == default["config"]  # the default's architecture, asymmetric synthesis included
         assert "by tile" in manifest["training"]["split"] and manifest["training"]["validation_places"] == ["10SFG"]
         assert [q["quality"] for q in manifest["qualities"]] == [0, 1, 2, 3, 4]
         for q in manifest["qualities"]:
@@ -119,3 +121,10 @@ def test_train_on_a_gpu_torch_cannot_use_is_refused(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("TEC_ZARR_MODEL_PATH", str(tmp_path / "models"))
     assert tec_main(["train", "--data", str(tmp_path), "--name", "x", "--device", "cuda"]) == 2
     assert "--device auto or cpu" in capsys.readouterr().err
+
+
+def test_the_default_model_is_what_tec_train_fine_tunes():
+    """``tec train --base`` defaults to the default model: it must be a TEC-FP transform whose checkpoint a checkout
+    holds."""
+    assert models.DEFAULT_MODEL in user.FINE_TUNABLE
+    assert user.base_checkpoint(models.DEFAULT_MODEL, None).is_file()
