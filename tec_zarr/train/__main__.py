@@ -44,7 +44,7 @@ def with_synthesis(ckpt: dict, path: Path) -> dict:
     mine = {k: v for k, v in light["model"].items() if k.startswith(("g_s.", "s_lin."))}
     model = {k: v for k, v in ckpt["model"].items() if not k.startswith(("g_s.", "s_lin."))}
     config = dict(ckpt["config"], synthesis_channels=int(cfg["channels"]))
-    slim = {k: v for k, v in ckpt.items() if not k.startswith("opt_") and k not in ("sampler", "torch_rng")}
+    slim = {k: v for k, v in ckpt.items() if k not in loop.RUN_STATE_KEYS}
     return {**slim, "config": config, "model": {**model, **mine}}
 
 
@@ -64,7 +64,7 @@ class Trainer:
             raise SystemExit("Expected --init, without --resume-optimizer, with --synthesis-from (the weights whose "
                              "synthesis it replaces; their optimizer state belongs to the synthesis replaced). Got "
                              f"{'--resume-optimizer' if source is not None else 'no --init'} instead.")
-        if source is not None and source != ckpt_path and synthesis_from:
+        if synthesis_from and source != ckpt_path:  # a new run (refused above without --init)
             ckpt = with_synthesis(ckpt, Path(synthesis_from))
         if ckpt is not None:
             self.cfg = ModelConfig.from_dict(ckpt["config"])
