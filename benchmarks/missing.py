@@ -10,7 +10,7 @@ For each validation image (the held-out places of ../shared/data, 12 bands, DN u
   image without them;
 each as a ratio of bytes, with the PSNR of the valid pixels in both. Writes benchmarks/results/missing.json.
 
-    python benchmarks/missing.py [--data ../shared/data] [--images 8] [--models tec-fp tec-hp tec-ctx]
+    python benchmarks/missing.py [--data ../shared/data] [--images 8] [--models tec-fp-3 tec-fp-2 tec-hp tec-ctx-2]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from bounded import validation_images  # noqa: E402
 from common import argument_parser, machine, publish  # noqa: E402
 
 from tec_zarr import TEC, metrics  # noqa: E402
+from tec_zarr.models import DEFAULT_MODEL  # noqa: E402
 from tec_zarr.pipeline import prepare  # noqa: E402
 
 SATURATED = 65535
@@ -80,7 +81,7 @@ def encode_as_values(codec, a: np.ndarray) -> bytes:
 def main(argv=None) -> int:
     p = argument_parser(__doc__, HERE / "results" / "missing.json")
     p.add_argument("--images", type=int, default=8)
-    p.add_argument("--models", nargs="+", default=["tec-fp", "tec-hp", "tec-ctx"])
+    p.add_argument("--models", nargs="+", default=[DEFAULT_MODEL, "tec-fp-2", "tec-hp", "tec-ctx-2"])
     args = p.parse_args(argv)
     images, names = validation_images(args.data, args.images)
     rows = []
