@@ -46,6 +46,25 @@ def test_train_resume_export_round_trip(data_root, tmp_path, monkeypatch, cube):
         models.clear_cache()
 
 
+def test_best_validated_checkpoint_is_kept_across_resumes(data_root, tmp_path):
+    """best.pt holds the checkpoint of the lowest validation score in the log, over every leg of the run."""
+    run = tmp_path / "run"
+    args = ["--data", str(data_root), "--out", str(run), *ARGS, "--val-every", "1", "--lr", "3e-2"]
+    assert hyper.main([*args, "--steps", "3"]) == 0
+    assert hyper.main([*args, "--steps", "6"]) == 0
+    scores = {r["step"]: hyper.Trainer.validation_score(r["validation"])
+              for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "validation" in r}
+    assert sorted(scores) == [1, 2, 3, 4, 5, 6]
+    step = min(scores, key=scores.get)
+    best = json.loads((run / "best.json").read_text())
+    assert best["step"] == step and best["score"] == pytest.approx(scores[step])
+    kept = torch.load(run / "best.pt", weights_only=False)
+    assert kept["step"] == step
+    if step != 6:  # the weights are that step's, not the last ones
+        last = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+        assert any(not torch.equal(kept["model"][k], v) for k, v in last.items())
+
+
 def test_context_train_resume_export_round_trip(data_root, tmp_path, monkeypatch, cube):
     from tec_zarr.train import context, context_export
 
@@ -75,6 +94,30 @@ def test_context_train_resume_export_round_trip(data_root, tmp_path, monkeypatch
         np.testing.assert_array_equal(pipeline.decode_chunk(enc), reference)  # same symbols, same pixels
     finally:
         models.clear_cache()
+
+
+def test_reinit_groups_gives_a_silent_group_new_weights_where_a_run_starts(data_root, tmp_path):
+    from tec_zarr.train import context
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--data", str(data_root), "--latent-crop", "8", *ARGS]
+    assert context.main(["--out", str(first), *common, "--steps", "1"]) == 0
+    init = torch.load(first / "checkpoint.pt", weights_only=False)
+    init["model"]["contexts.4.hidden.bias"].fill_(-1.0)  # group 4's hidden ReLUs off: no gradient reaches it
+    torch.save(init, first / "init.pt")
+    frozen = ["--lr", "0", "--lr-hyper", "0", "--lr-entropy", "0"]  # nothing trains: only the re-initialization
+    args = ["--out", str(second), *common, *frozen, "--init", str(first / "init.pt"), "--reinit-groups", "4"]
+    assert context.main([*args, "--steps", "2"]) == 0
+    got = torch.load(second / "checkpoint.pt", weights_only=False)
+    for key, value in init["model"].items():
+        assert torch.equal(got["model"][key], value) != key.startswith("contexts.4."), key
+    assert "channel groups [4] re-initialized" in got["started_from"]
+    assert context.main([*args, "--steps", "3"]) == 0  # a resumed run keeps its weights: no second re-initialization
+    again = torch.load(second / "checkpoint.pt", weights_only=False)
+    assert all(torch.equal(again["model"][k], v) for k, v in got["model"].items())
+    with pytest.raises(SystemExit, match="reinit-groups"):
+        context.main(["--out", str(tmp_path / "third"), *common, "--init", str(first / "init.pt"),
+                      "--reinit-groups", "5", "--steps", "2"])
 
 
 def test_init_from_another_base_keeps_the_bases_gains(data_root, tmp_path):

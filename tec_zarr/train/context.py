@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -145,6 +146,24 @@ def channel_order(latents: np.ndarray, gain: np.ndarray) -> np.ndarray:
 class Trainer(hyper.Trainer):
     """The hyperprior's rate-only training loop with the context model as its network."""
 
+    def __init__(self, args: argparse.Namespace):
+        starting = not (Path(args.out) / "checkpoint.pt").exists()
+        super().__init__(args)
+        groups = sorted(set(args.reinit_groups or ()))
+        if not groups:
+            return
+        if any(not 0 <= k < len(self.net.contexts) for k in groups):
+            raise SystemExit(f"Expected --reinit-groups among 0..{len(self.net.contexts) - 1}. Got {groups} instead.")
+        if not starting:
+            print(f"--reinit-groups {groups}: ignored, {args.out} resumes a run (it applies where a run starts)")
+            return
+        # A group whose ReLUs all died (no gradient reaches it) trains again only from new weights.
+        for k in groups:
+            a, b = self.net.bounds[k]
+            self.net.contexts[k] = GroupContext(b - a, a, self.net.cfg.hidden).to(self.device)
+        self.opt = torch.optim.Adam([{"params": p, "base_lr": lr} for p, lr in self.rates()], lr=self.args.lr)
+        self.started_from = f"{self.started_from}; channel groups {groups} re-initialized"
+
     @property
     def qualities(self) -> int:
         return self.net.hyper.cfg.qualities
@@ -183,6 +202,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--groups", type=int, nargs="+", default=[16, 16, 32, 64, 64])
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--lr-hyper", type=float, default=2e-4, help="learning rate of h_a and h_s")
+    p.add_argument("--reinit-groups", type=int, nargs="+", metavar="K",
+                   help="channel groups whose networks start from new weights when the run starts (e.g. a group "
+                        "whose hidden layer went silent in the --init weights)")
     return p.parse_args(argv)
 
 

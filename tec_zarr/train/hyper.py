@@ -331,6 +331,12 @@ class Trainer:
         self.net.train()
         return rows
 
+    @staticmethod
+    def validation_score(rows: list[dict]) -> float:
+        """Bits summed over the qualities, what the loss (mean bits over random qualities) weighs: the best
+        validated checkpoint is kept by it (``best.pt``)."""
+        return sum(r["bpp"] for r in rows)
+
     def checkpoint(self) -> dict:
         return {
             **self.checkpoint_extra(),

@@ -63,12 +63,30 @@ def save_checkpoint(checkpoint: dict, out: Path) -> None:
     os.replace(tmp, out / "checkpoint.pt")
 
 
+def save_best(checkpoint: dict, out: Path, score: float) -> None:
+    """``out/best.pt`` (replaced atomically, like the checkpoint) and ``out/best.json``: the step and score of the
+    best validation so far, which a resumed run reads back so it keeps the better of both."""
+    tmp = out / "best.pt.tmp"
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, out / "best.pt")
+    (out / "best.json").write_text(json.dumps({"step": checkpoint["step"], "score": score}) + "\n")
+
+
+def best_score(out: Path) -> float | None:
+    path = out / "best.json"
+    return float(json.loads(path.read_text())["score"]) if path.exists() else None
+
+
 def run(trainer) -> None:
     """Train to ``args.steps``: log every ``log_every`` steps, validate and save every ``val_every`` steps and at
     the end, and also save every ``save_every_s`` seconds where the trainer has that argument. Where the trainer's
     args have them, also validate every ``val_every_s`` seconds, and stop (validated and saved) once the clock
-    passes ``deadline`` (a ``time.time()`` value), after at least one step, so that every run makes progress."""
+    passes ``deadline`` (a ``time.time()`` value), after at least one step, so that every run makes progress.
+    Trainers with a ``validation_score`` (lower is better) also keep the best validated checkpoint (``best.pt``):
+    a rate-only entropy model's validation can get worse as it trains on, and the best is the one to export."""
     args, out = trainer.args, trainer.out
+    score_of = getattr(trainer, "validation_score", None)
+    best = best_score(out) if score_of is not None else None
     save_every_s = getattr(args, "save_every_s", None)
     val_every_s = getattr(args, "val_every_s", None)
     deadline = getattr(args, "deadline", None)
@@ -90,13 +108,16 @@ def run(trainer) -> None:
             print(json.dumps(record), flush=True)
 
         def validate_and_save() -> None:
-            nonlocal last_val, validated_at
+            nonlocal last_val, validated_at, best
             record = {"step": trainer.step, "validation": trainer.validate()}
             if hasattr(trainer, "validate_more"):
                 record.update(trainer.validate_more())
             write(record)
             save()
             last_val, validated_at = time.time(), trainer.step
+            if score_of is not None and (best is None or score_of(record["validation"]) < best):
+                best = score_of(record["validation"])
+                save_best(trainer.checkpoint(), out, best)
 
         while trainer.step < args.steps:
             if deadline is not None and trainer.step > first and time.time() >= deadline:
