@@ -610,7 +610,7 @@ def _model_help() -> tuple[str, str, str]:
     levels = [q["quality"] for q in card.qualities]
     model = (f"installed model: {', '.join(c.name for c in cards)} (default {DEFAULT_MODEL}, among the fastest; the "
              "entropy models on a transform decode to its pixels from fewer bits, more slowly: tec-hp, tec-ctx and "
-             "tec-tt on tec-fp's, tec-ctx-2 and tec-tt-2 on tec-fp-2's)")
+             "tec-tt on tec-fp's, tec-ctx-2 and tec-tt-2 on tec-fp-2's, tec-ctx-3 and tec-tt-3 on tec-fp-3's)")
     psnr = card.qualities[levels.index(card.default_quality)].get("validation", {}).get("psnr", float("nan"))
     quality = (f"quality level {min(levels)}..{max(levels)}, 0 = smallest file (default {card.default_quality}, "
                f"{psnr:.1f} dB on the validation images); 'tec models' lists every level's bpp and PSNR")
@@ -670,7 +670,7 @@ examples:
   tec compress scene.tif scene.zarr --max-error 10      every pixel within 10 DN (reflectance x 10000)
   tec compress scene.tif scene.zarr --lossless          bit-exact
   tec compress cube.zarr cube-tec.zarr --var refl --chunk 512 --zarr-format 2
-  tec compress cube.zarr cube-tt.zarr --model tec-tt --dates 4   4 dates per chunk, each coded against the one before
+  tec compress cube.zarr cube-tt.zarr --model tec-tt-3 --dates 4  4 dates per chunk, each coded against the one before
   tec compress scene.tif scene.tec --overviews 3 --tile 512
 
 """ + ENVIRONMENT)
@@ -697,7 +697,8 @@ examples:
     c.add_argument("--chunk", type=int, metavar="N", help=f"Zarr output: spatial chunk size (default {DEFAULT_CHUNK})")
     c.add_argument("--dates", type=int, metavar="T",
                    help="Zarr output of a time series: dates per chunk along the leading axis (default 1); with "
-                        "--model tec-tt each later date in a chunk is coded against the one before")
+                        "a temporal model (tec-tt, tec-tt-2, tec-tt-3) each later date in a chunk is coded against the one "
+                        "before")
     c.add_argument("--zarr-format", type=int, choices=(2, 3), help="Zarr output: format 2 or 3 (default 3)")
     c.add_argument("--tile", type=int, metavar="T", help=f".tec output: tile size (default {DEFAULT_TILE})")
     c.add_argument("--overviews", type=int, metavar="N",

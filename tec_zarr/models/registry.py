@@ -23,7 +23,7 @@ MODELS_DIR = Path(__file__).resolve().parent
 BLOBS = "blobs"
 DEFAULT_MODEL = "tec-fp-3"
 SHIPPED = ("tec-fp", "tec-hp", "tec-ctx", "tec-tt", "tec-fp-lite", "tec-fp-half", "tec-fp-2", "tec-ctx-2", "tec-tt-2",
-           "tec-fp-2-half", "tec-fp-3")
+           "tec-fp-2-half", "tec-fp-3", "tec-ctx-3", "tec-tt-3")
 
 
 class BrokenModelWarning(UserWarning):
