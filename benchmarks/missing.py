@@ -10,7 +10,7 @@ For each validation image (the held-out places of ../shared/data, 12 bands, DN u
   image without them;
 each as a ratio of bytes, with the PSNR of the valid pixels in both. Writes benchmarks/results/missing.json.
 
-    python benchmarks/missing.py [--data ../shared/data] [--images 8] [--models tec-fp-3 tec-fp-2 tec-hp tec-ctx-2]
+    python benchmarks/missing.py [--data ../shared/data] [--images 8] [--models tec-fp-3 tec-ctx-3 tec-fp-2 tec-ctx-2]
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def encode_as_values(codec, a: np.ndarray) -> bytes:
 def main(argv=None) -> int:
     p = argument_parser(__doc__, HERE / "results" / "missing.json")
     p.add_argument("--images", type=int, default=8)
-    p.add_argument("--models", nargs="+", default=[DEFAULT_MODEL, "tec-fp-2", "tec-hp", "tec-ctx-2"])
+    p.add_argument("--models", nargs="+", default=[DEFAULT_MODEL, "tec-ctx-3", "tec-fp-2", "tec-ctx-2"])
     args = p.parse_args(argv)
     images, names = validation_images(args.data, args.images)
     rows = []
