@@ -94,6 +94,15 @@ def check_repr(codec, expected: str) -> None:
     assert eval(expected) == codec
 
 
+def log_bpp_at(points: list[dict], psnr: float) -> float:
+    """log bpp of a manifest's RD curve (its qualities' ``validation`` points) at ``psnr``, linear in log bpp."""
+    s = [p["validation"]["psnr"] for p in points]
+    b = [np.log(p["validation"]["bpp"]) for p in points]
+    if not s[0] <= psnr <= s[-1]:
+        raise AssertionError(f"{psnr} dB lies outside the curve {s}")
+    return float(np.interp(psnr, s, b))
+
+
 def check_golden(codec, arrays: list[np.ndarray], name: str, max_abs_error: float = 1.0) -> None:
     """Decode stored bitstreams in every run; regenerate only with TEC_ZARR_REGENERATE_GOLDEN=1.
 

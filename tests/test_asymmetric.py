@@ -6,21 +6,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from common import check_golden
+from common import check_golden, log_bpp_at
 
 from tec_zarr import TEC, metrics, models, pipeline
 from tec_zarr.entropy import factorized
 
 FP2, FP3 = "tec-fp-2", "tec-fp-3"
-
-
-def _log_bpp_at(points: list[dict], psnr: float) -> float:
-    """log bpp of a manifest's RD curve at ``psnr`` (linear in log bpp between its qualities)."""
-    s = [p["validation"]["psnr"] for p in points]
-    b = [np.log(p["validation"]["bpp"]) for p in points]
-    if not s[0] <= psnr <= s[-1]:
-        raise AssertionError(f"{psnr} dB lies outside the curve {s}")
-    return float(np.interp(psnr, s, b))
 
 
 def test_tec_fp_3_is_the_default_and_its_own_verified_model():
@@ -54,7 +45,7 @@ def test_manifest_rd_no_worse_than_tec_fp_2_up_to_the_default_quality():
     new, old = models.get_card(FP3), models.get_card(FP2)
     for point in new.qualities[: new.default_quality + 1]:
         v = point["validation"]
-        assert np.log(v["bpp"]) <= _log_bpp_at(old.qualities, v["psnr"]) + 1e-3, point
+        assert np.log(v["bpp"]) <= log_bpp_at(old.qualities, v["psnr"]) + 1e-3, point
 
 
 def test_held_out_place_at_the_default_quality(image):

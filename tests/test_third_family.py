@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from common import check_golden
+from common import check_golden, log_bpp_at
 
 from tec_zarr import TEC, metrics, models, pipeline
 from tec_zarr.bitstream import chunk
@@ -36,20 +36,12 @@ def test_new_weights_leave_the_second_familys_files_alone():
     assert models.get_card(TT2).files["temporal.npz"] != models.get_card(TT3).files["temporal.npz"]
 
 
-def _log_bpp_at(points: list[dict], psnr: float) -> float:
-    s = [p["validation"]["psnr"] for p in points]
-    b = [np.log(p["validation"]["bpp"]) for p in points]
-    if not s[0] <= psnr <= s[-1]:
-        raise AssertionError(f"{psnr} dB lies outside the curve {s}")
-    return float(np.interp(psnr, s, b))
-
-
 @pytest.mark.parametrize("quality", [0, 1, 2, 3, 4])
 def test_manifest_rd_beats_tec_ctx_2(quality):
     """The exporters' measurement on the held-out places (runtime codec): at every quality tec-ctx-3 needs fewer
     bits than tec-ctx-2's curve at the same PSNR."""
     point = models.get_card(CTX3).qualities[quality]["validation"]
-    assert np.log(point["bpp"]) < _log_bpp_at(models.get_card(CTX2).qualities, point["psnr"])
+    assert np.log(point["bpp"]) < log_bpp_at(models.get_card(CTX2).qualities, point["psnr"])
 
 
 @pytest.mark.parametrize("quality", [0, 2, 4])
