@@ -267,13 +267,14 @@ def test_weight_table_must_fit_the_hyperprior():
                                temporal.TemporalModel(**{**GOOD_TABLE, "fine": _fine(), "fraction_bits": 2}))
 
 
+@pytest.mark.parametrize("model", [TT, "tec-tt-3"])  # and the README's example, the temporal model on the default
 @pytest.mark.parametrize("zarr_format", [2, 3])
-def test_xarray_cube_chunked_by_time(cube, tmp_path, zarr_format):
+def test_xarray_cube_chunked_by_time(cube, tmp_path, zarr_format, model):
     """A (time, band, y, x) cube in chunks of 3 dates (the last chunk holds one) and partial spatial chunks."""
     data = np.concatenate([cube, cube[:1]])[:, :, :70, :90]
     ds = xr.Dataset({"reflectance": (("time", "band", "y", "x"), data)},
                     coords={"band": list(tec_zarr.bands.S2_L2A_BANDS)})
-    encoding = tec_zarr.zarr_encoding(ds, model=TT, quality=2, chunks={"time": 3, "y": 64, "x": 64},
+    encoding = tec_zarr.zarr_encoding(ds, model=model, quality=2, chunks={"time": 3, "y": 64, "x": 64},
                                       zarr_format=zarr_format)
     ds.to_zarr(tmp_path / "c.zarr", encoding=encoding, zarr_format=zarr_format, consolidated=False)
     back = xr.open_zarr(tmp_path / "c.zarr", consolidated=False)["reflectance"].values

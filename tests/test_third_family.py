@@ -103,20 +103,3 @@ def test_golden_bitstreams(cube):
                  "tec-ctx-3-q4-e3", max_abs_error=0)
     check_golden(TEC(model=TT3, quality=1), [np.ascontiguousarray(cube[:, :, 16:48, 8:40])], "tec-tt-3-q1")
 
-
-@pytest.mark.parametrize("zarr_format", [2, 3])
-def test_xarray_cube_chunked_by_time(cube, tmp_path, zarr_format):
-    """The README's time-series example with tec-tt-3: chunks of 3 dates (the last holds one) and partial spatial
-    chunks, written and read back through xarray in both formats."""
-    xr = pytest.importorskip("xarray")
-    import tec_zarr
-
-    data = np.concatenate([cube, cube[:1]])[:, :, :70, :90]
-    ds = xr.Dataset({"reflectance": (("time", "band", "y", "x"), data)},
-                    coords={"band": list(tec_zarr.bands.S2_L2A_BANDS)})
-    encoding = tec_zarr.zarr_encoding(ds, model=TT3, quality=2, chunks={"time": 3, "y": 64, "x": 64},
-                                      zarr_format=zarr_format)
-    assert encoding["reflectance"]["chunks"] == (3, 12, 64, 64)
-    ds.to_zarr(tmp_path / "c.zarr", encoding=encoding, zarr_format=zarr_format, consolidated=False)
-    back = xr.open_zarr(tmp_path / "c.zarr", consolidated=False)["reflectance"].values
-    assert back.shape == data.shape and metrics.psnr(data, back) > 40
