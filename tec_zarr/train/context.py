@@ -161,7 +161,7 @@ class Trainer(hyper.Trainer):
         for k in groups:
             a, b = self.net.bounds[k]
             self.net.contexts[k] = GroupContext(b - a, a, self.net.cfg.hidden).to(self.device)
-        self.opt = torch.optim.Adam([{"params": p, "base_lr": lr} for p, lr in self.rates()], lr=self.args.lr)
+        self.opt = self.optimizer(self.rates())
         self.started_from = f"{self.started_from}; channel groups {groups} re-initialized"
 
     @property

@@ -243,7 +243,7 @@ class Trainer:
         self.device = torch.device(auto if args.device == "auto" else args.device)
         self.net = self.build(ckpt, model)
         rates = self.rates()
-        self.opt = torch.optim.Adam([{"params": p, "base_lr": lr} for p, lr in rates], lr=rates[0][1])
+        self.opt = self.optimizer(rates)
         self.started_from = (ckpt or {}).get("started_from") or self.origin()
         if ckpt is not None:
             load_weights(self.net, ckpt["model"])
@@ -330,6 +330,11 @@ class Trainer:
                          "saving": round(1 - (bpp_y + bpp_z) / self.baseline[q], 4)})
         self.net.train()
         return rows
+
+    @staticmethod
+    def optimizer(rates: list[tuple[list, float]]) -> torch.optim.Adam:
+        """Adam over :meth:`rates`' parameter groups, each keeping its ``base_lr`` for the schedule."""
+        return torch.optim.Adam([{"params": p, "base_lr": lr} for p, lr in rates], lr=rates[0][1])
 
     @staticmethod
     def validation_score(rows: list[dict]) -> float:

@@ -115,8 +115,9 @@ def run(trainer) -> None:
             write(record)
             save()
             last_val, validated_at = time.time(), trainer.step
-            if score_of is not None and (best is None or score_of(record["validation"]) < best):
-                best = score_of(record["validation"])
+            score = None if score_of is None else score_of(record["validation"])
+            if score is not None and (best is None or score < best):
+                best = score
                 save_best(trainer.checkpoint(), out, best)
 
         while trainer.step < args.steps:
