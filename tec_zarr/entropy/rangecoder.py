@@ -138,28 +138,33 @@ def write_grouped(encoder, values: np.ndarray, index: np.ndarray, tables: Indexe
 
 
 def read_grouped(decoder, index: np.ndarray, tables: IndexedTables, budget: PayloadBudget) -> np.ndarray:
-    """Inverse of :func:`write_grouped` from an open range decoder: int64 values shaped like ``index``."""
+    """Inverse of :func:`write_grouped` from an open range decoder: int64 values shaped like ``index``.
+
+    A temporal chunk's steps hold thousands of small groups (one per mixture), so the loop does only what must
+    happen group by group -- the decode call and the escape check, escapes being rare -- and adds the tables'
+    first symbols and restores the positions once, vectorized."""
     uniform_bits, uniform_chunk = escape_models()
     flat_index = index.ravel()
     counts = np.bincount(flat_index, minlength=tables.count)
     present = np.flatnonzero(counts)  # mixture tables compute their fewest bits only for the keys asked
     budget.spend(float(counts[present] @ tables.min_bits[present]))
     order = table_order(flat_index, tables.count)
-    ordered = np.empty(flat_index.size, np.int64)
-    start = 0
+    sizes = counts[present]
+    escapes = np.asarray(tables.lengths[present], np.int64) - 1
+    parts = []
     try:
-        for t, lo, escape in _present_tables(counts, tables):
-            n = int(counts[t])
-            sym = decoder.decode(tables.model(t), n).astype(np.int64)
-            positions = np.flatnonzero(sym == escape)
-            part = sym + lo
-            if positions.size:
+        for t, n, escape in zip(present.tolist(), sizes.tolist(), escapes.tolist()):
+            sym = decoder.decode(tables.model(t), n)
+            if sym.max() == escape:  # symbols lie in 0..escape: escaped values follow the group in the stream
+                sym = sym.astype(np.int64)
+                positions = np.flatnonzero(sym == escape)
                 zs = [decode_escape(decoder, uniform_bits, uniform_chunk) for _ in positions]
-                part[positions] = escaped_values(zs, lo, escape)
-            ordered[start : start + n] = part
-            start += n
+                sym[positions] = escaped_values(zs, 0, escape)  # relative to the table's first symbol, as the rest
+            parts.append(sym)
     except DECODER_ERRORS as e:
         raise CorruptChunkError(f"Expected a decodable y section. Got {type(e).__name__}: {e} instead.") from None
+    ordered = np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
+    ordered += np.repeat(np.asarray(tables.offsets[present], np.int64), sizes)
     out = np.empty_like(ordered)
     out[order] = ordered
     return out.reshape(index.shape)
