@@ -251,3 +251,77 @@ def test_burst_script_needs_no_codec_runtime(packed, tmp_path):
                          capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert "HEAVY []" in res.stdout
+
+
+def _tiny_context_checkpoint(path: Path, latent_channels: int) -> Path:
+    """A context checkpoint for the tiny transforms of ``TINY`` (as ``train.context`` writes them)."""
+    from tec_zarr.train.context import ContextConfig, ContextPrior
+    from tec_zarr.train.hyper import HyperConfig
+
+    half = latent_channels // 2
+    hyper_cfg = HyperConfig(latent_channels=latent_channels, z_channels=8, hidden=8, synthesis_hidden=8)
+    torch.manual_seed(5)
+    net = ContextPrior(ContextConfig(groups=(half, half), hidden=8), hyper_cfg, np.ones((5, latent_channels)),
+                       np.arange(latent_channels)[::-1].copy())
+    torch.save({"config": hyper_cfg.to_dict(), "context": net.cfg.to_dict(), "order": net.order.numpy(),
+                "model": net.state_dict(), "step": 0, "started_from": "a test"}, path)
+    return path
+
+
+def test_relaxed_context_rate_reaches_the_encoder():
+    """The joint trainer's rate: relaxed, its gradient reaches the latents; as coded (rounded), it does not."""
+    from tec_zarr.train.context import ContextConfig, ContextPrior
+    from tec_zarr.train.hyper import HyperConfig
+
+    net = ContextPrior(ContextConfig(groups=(8, 8), hidden=8),
+                       HyperConfig(latent_channels=16, z_channels=8, hidden=8, synthesis_hidden=8),
+                       np.full((5, 16), 3.0), np.arange(16))
+    with torch.no_grad():  # z no longer depends on y: the only path left from y to the bits is the symbols'
+        for p in net.hyper.h_a.parameters():
+            p.zero_()
+    for relaxed in (True, False):
+        y = torch.randn(2, 16, 8, 8, requires_grad=True)
+        out = net(y, torch.tensor([0, 4]), relaxed=relaxed)
+        (out["bits_y"].sum()).backward()
+        reached = float(y.grad.abs().sum())
+        assert (reached > 0) == relaxed
+        assert torch.isfinite(out["bits_y"]).all() and (out["bits_y"] > 0).all()
+
+
+def test_joint_trainer_keeps_the_decoder_resumes_and_splits(packed, tmp_path):
+    from tec_zarr.train import context_export, joint
+    from tec_zarr.train.model import ModelConfig, TECFactorized
+
+    base = tmp_path / "base"
+    assert burst.main(["--data", str(packed), "--out", str(base), "--minutes", "0.001", *TINY]) == 0
+    start = torch.load(base / "checkpoint.pt", map_location="cpu", weights_only=False)
+    ctx = _tiny_context_checkpoint(tmp_path / "ctx.pt", 16)
+    out = tmp_path / "joint"
+    args = ["--data", str(packed), "--out", str(out), "--crop", "32", "--batch", "2", "--threads", "1", "--device",
+            "cpu", "--log-every", "2", "--no-initial-validation"]
+    assert joint.main([*args, "--init", str(base / "checkpoint.pt"), "--context", str(ctx),
+                       "--steps", str(start["step"] + 3)]) == 0
+    first = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert first["step"] == start["step"] + 3
+    decoder = [k for k in start["model"] if k.startswith(("g_s.", "s_lin.")) or k in ("gain", "inv_gain")]
+    encoder = [k for k in start["model"] if k.startswith(("g_a.", "a_lin."))]
+    assert decoder and encoder
+    assert all(torch.equal(start["model"][k], first["model"][k]) for k in decoder)  # the decoder and gains stay
+    assert all(not torch.equal(start["model"][k], first["model"][k]) for k in encoder)  # the encoder learns
+    val = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if "validation" in x][-1]
+    for rows in [val["validation"], *val["out_of_source"].values()]:
+        assert len(rows) == 5 and all(np.isfinite([r["bpp"], r["factorized_bpp"], r["psnr"]]).all() for r in rows)
+
+    assert joint.main([*args, "--steps", str(start["step"] + 5)]) == 0  # resumes: no --init or --context needed
+    second = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert second["step"] == start["step"] + 5 and second["opt_prior"]["state"]
+    with pytest.raises(SystemExit, match="without a context model"):
+        joint.main(["--data", str(packed), "--out", str(base), "--steps", str(start["step"] + 9), *TINY[2:]])
+
+    transform, context = joint.split(out / "checkpoint.pt", tmp_path / "split")
+    fp = torch.load(transform, map_location="cpu", weights_only=False)
+    model = TECFactorized(ModelConfig.from_dict(fp["config"]))
+    model.load_state_dict(fp["model"])  # what train.export reads
+    assert not any(k.startswith("opt") for k in fp) and "sampler" not in fp
+    net, _ = context_export.load_checkpoint(context)  # what train.context_export reads
+    assert torch.equal(net.hyper.gain, fp["model"]["gain"].float())

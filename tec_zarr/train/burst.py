@@ -159,7 +159,8 @@ def on_cpu(obj):
     return obj
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None, extra=None) -> argparse.Namespace:
+    """The burst trainer's options; ``extra(parser)`` adds a subclass's (:mod:`.joint`)."""
     p = argument_parser("python -m tec_zarr.train.burst", __doc__)
     p.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget of the whole command")
     p.add_argument("--save-every-s", type=float, default=60.0, help="also save a checkpoint this often")
@@ -177,6 +178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     # decides; batch, crop, log interval and rates follow the device and the starting point unless given.
     p.set_defaults(steps=UNLIMITED, val_every=UNLIMITED, batch=None, crop=None, log_every=None,
                    lr=None, lr_entropy=None, lr_linear=None)
+    if extra is not None:
+        extra(p)
     return p.parse_args(argv)
 
 
@@ -194,9 +197,9 @@ def resolve(args: argparse.Namespace, cuda: bool) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, trainer_class=BurstTrainer, parse=parse_args) -> int:
     start = time.time()
-    args = parse_args(argv)
+    args = parse(argv)
     cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
     args = resolve(args, cuda)
     args.deadline = start + 60.0 * args.minutes
@@ -207,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     new_run = not (Path(args.out) / "checkpoint.pt").exists()
-    trainer = BurstTrainer(args)
+    trainer = trainer_class(args)
     print(json.dumps({
         "burst": {"device": torch.cuda.get_device_name() if cuda else "cpu", "torch": torch.__version__,
                   "step": trainer.step, "batch": args.batch, "crop": args.crop, "minutes": args.minutes,

@@ -107,8 +107,10 @@ class ContextPrior(nn.Module):
         return self.hyper.parameters_of(part)
 
     def forward(self, y: torch.Tensor, quality: torch.Tensor, *, noise: bool = True,
-                record: list[dict] | None = None) -> dict:
-        """Bits per sample of y_q and z; ``record`` (export): one dict of layer peaks per group."""
+                record: list[dict] | None = None, relaxed: bool = False) -> dict:
+        """Bits per sample of y_q and z; ``record`` (export): one dict of layer peaks per group. ``relaxed``
+        (training the encoder through this rate, :mod:`.joint`): the likelihood is of y * gain plus uniform noise
+        and the networks see the rounded values straight through, so the rate's gradient reaches ``y``."""
         hp = self.hyper
         bits_z, z_hat = hp.side_information(y, quality, noise)
         out = hp.h_s(z_hat)
@@ -117,8 +119,13 @@ class ContextPrior(nn.Module):
         log_sigma, mean = out[:, :m][:, order], out[:, m:][:, order]
         gain = hp.gain[quality][:, order][:, :, None, None]
         log_gain = torch.log2(gain.abs().clamp(min=1e-9))
-        symbols = torch.round(y[:, order] * gain)
-        decoded = symbols / gain
+        scaled = y[:, order] * gain
+        symbols = torch.round(scaled)
+        if relaxed:
+            decoded = (scaled + (symbols - scaled).detach()) / gain
+            symbols = scaled + torch.empty_like(scaled).uniform_(-0.5, 0.5)
+        else:
+            decoded = symbols / gain
         anchors_mask = checkerboard(y.shape[2], y.shape[3], y.device)
         others_mask = 1.0 - anchors_mask
         lo, hi = hp.cfg.log2_sigma_range
