@@ -4,6 +4,7 @@ held-out validation places kept out of everything the trainer fits (images, band
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -271,3 +272,28 @@ def test_symmetric_configs_stay_as_they_were():
     asym = ModelConfig(synthesis_channels=32)
     assert ModelConfig.from_dict(asym.to_dict()) == asym and asym.synthesis_width == 32
     assert ModelConfig.from_dict(ModelConfig().to_dict()).synthesis_width == 64
+
+
+def test_decoder_of_ships_the_base_decoder_only_where_the_weights_are_its_own(tmp_path):
+    """``export --decoder-of``: a folder whose decoder holds the base's weights gets the base's decoder files byte for
+    byte; another model's decoder is refused (its pixels would not be the base's)."""
+    import shutil
+
+    from tec_zarr.models.registry import file_path
+
+    def exported_like(name: str) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        card = models.get_card(name)
+        for f in ("decoder.onnx", "tables.npz"):
+            shutil.copyfile(file_path(card, f), folder / f)
+        (folder / "synthesis_int.npz").write_bytes(b"recalibrated")  # what a fresh export would have written
+        return folder
+
+    folder = exported_like("tec-fp-3")
+    export.reuse_decoder(folder, "tec-fp-3")
+    base = models.get_card("tec-fp-3")
+    for f in ("decoder.onnx", "synthesis_int.npz"):
+        assert (folder / f).read_bytes() == file_path(base, f).read_bytes()
+    with pytest.raises(SystemExit, match="unchanged for --decoder-of"):
+        export.reuse_decoder(exported_like("tec-fp-2"), "tec-fp-3")

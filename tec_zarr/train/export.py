@@ -113,10 +113,13 @@ def sha256_file(path: Path) -> str:
 
 
 def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = None, data_root: Path | None = None,
-           calibration_root: Path | None = None, calibration: np.ndarray | None = None) -> Path:
+           calibration_root: Path | None = None, calibration: np.ndarray | None = None,
+           decoder_of: str | None = None) -> Path:
     """Write a model folder; ``data_root``: measure RD on its validation places; ``calibration_root`` (default
     ``data_root``, else ../shared/data): where the checkpoint's training images are, to calibrate the integer synthesis;
-    ``calibration``: those images themselves ((B, 12, H, W) reflectance), for data outside the shared folder."""
+    ``calibration``: those images themselves ((B, 12, H, W) reflectance), for data outside the shared folder;
+    ``decoder_of``: an installed model whose synthesis the checkpoint holds unchanged (``train.joint``), whose
+    decoder files are then shipped instead (:func:`reuse_decoder`)."""
     model, ckpt = load_checkpoint(checkpoint)
     cfg = model.cfg
     folder = Path(out_dir) if out_dir else MODELS_DIR / name
@@ -143,6 +146,8 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
             else calibration_images(calibration_root or data_root, ckpt["train_images"]),
         ).to_npz()
     )
+    if decoder_of:
+        reuse_decoder(folder, decoder_of)
     files = {f: sha256_file(folder / f) for f in ("decoder.onnx", "encoder.onnx", "tables.npz", synthesis.FILENAME)}
     manifest = {
         "name": name,
@@ -179,6 +184,39 @@ def export(checkpoint: Path, name: str, version: str, out_dir: Path | None = Non
     if data_root is not None:
         measure_into_manifest(folder, data_root)
     return folder
+
+
+def reuse_decoder(folder: Path, base: str) -> None:
+    """Ship the installed ``base``'s decoder.onnx and integer synthesis in ``folder`` byte for byte, after checking
+    that the graph just exported holds the same weights and the same dequantization gains: the same symbols then
+    decode to the same pixels under both models, and the registry stores the files once. An encoder trained against
+    a frozen synthesis (``train.joint``) needs no new decoder; re-exporting one would calibrate the integer synthesis
+    on other latents and make pixels differ for nothing."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    from ..models import get_card
+    from ..models.registry import file_path
+
+    card = get_card(base)
+
+    def weights(path: Path) -> list[np.ndarray]:
+        return sorted((numpy_helper.to_array(t) for t in onnx.load(str(path)).graph.initializer),
+                      key=lambda a: (a.shape, a.tobytes()))
+
+    def inv_gain(path: Path) -> np.ndarray:
+        with np.load(path) as z:
+            return z["inv_gain"]
+
+    mine, theirs = weights(folder / "decoder.onnx"), weights(file_path(card, "decoder.onnx"))
+    if len(mine) != len(theirs) or any(a.shape != b.shape or not np.array_equal(a, b) for a, b in zip(mine, theirs)) \
+            or not np.array_equal(inv_gain(folder / "tables.npz"), inv_gain(file_path(card, "tables.npz"))):
+        raise SystemExit(f"Expected the checkpoint's synthesis and gains to be {base}'s unchanged for --decoder-of. "
+                         "Got other weights instead: export without it.")
+    for f in ("decoder.onnx", synthesis.FILENAME):
+        shutil.copyfile(file_path(card, f), folder / f)
 
 
 def calibration_images(data_root: Path | None, names) -> np.ndarray:
@@ -287,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                    "training images and measure RD on the validation places (default calibration data: ../shared/data)")
     p.add_argument("--keep", type=Path, help="also write a slim checkpoint (no optimizer state) and the log here, e.g. "
                    "checkpoints/tec-fp-2 (training continues from it with a new optimizer)")
+    p.add_argument("--decoder-of", metavar="MODEL", help="ship this installed model's decoder files, checked to hold "
+                   "the checkpoint's synthesis (an encoder trained against its frozen synthesis: train.joint)")
     args = p.parse_args(argv)
     if args.synthesis_only:
         add_integer_synthesis(args.checkpoint, args.data)
@@ -294,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.keep:
         loop.keep_checkpoint(args.checkpoint, args.keep)
-    folder = export(args.checkpoint, args.name, args.version, args.out, args.data)
+    folder = export(args.checkpoint, args.name, args.version, args.out, args.data, decoder_of=args.decoder_of)
     print(f"exported {args.name} to {folder}")
     return 0
 
