@@ -109,8 +109,11 @@ class ContextPrior(nn.Module):
     def forward(self, y: torch.Tensor, quality: torch.Tensor, *, noise: bool = True,
                 record: list[dict] | None = None, relaxed: bool = False) -> dict:
         """Bits per sample of y_q and z; ``record`` (export): one dict of layer peaks per group. ``relaxed``
-        (training the encoder through this rate, :mod:`.joint`): the likelihood is of y * gain plus uniform noise
-        and the networks see the rounded values straight through, so the rate's gradient reaches ``y``."""
+        (training the encoder through this rate, :mod:`.joint`): the symbols are rounded straight through, so the
+        rate's gradient reaches ``y`` while the likelihood stays that of the integers coded. (Uniform noise in
+        their place, the usual relaxation, trained the networks on values the coder never sees: near zero, where
+        most symbols sit at scales below one, it drove the scales up, and the coded rate of a joint run rose 30 %
+        within 6,000 steps while its noisy rate fell.)"""
         hp = self.hyper
         bits_z, z_hat = hp.side_information(y, quality, noise)
         out = hp.h_s(z_hat)
@@ -122,10 +125,8 @@ class ContextPrior(nn.Module):
         scaled = y[:, order] * gain
         symbols = torch.round(scaled)
         if relaxed:
-            decoded = (scaled + (symbols - scaled).detach()) / gain
-            symbols = scaled + torch.empty_like(scaled).uniform_(-0.5, 0.5)
-        else:
-            decoded = symbols / gain
+            symbols = scaled + (symbols - scaled).detach()
+        decoded = symbols / gain
         anchors_mask = checkerboard(y.shape[2], y.shape[3], y.device)
         others_mask = 1.0 - anchors_mask
         lo, hi = hp.cfg.log2_sigma_range
