@@ -5,8 +5,8 @@
 
 The shipped transforms were trained against a factorized prior, and the context model (tec-ctx-3) was fitted to
 their frozen symbols afterwards: the encoder never learned what the context model predicts well. Here the analysis
-trains with the context model's rate (relaxed: the likelihood of noisy symbols, the networks fed the rounded values
-straight through) and the distortion of the frozen synthesis, and the context model (hyperprior and context
+trains with the context model's rate (relaxed: the symbols rounded straight through, so the likelihood is that of
+the integers coded) and the distortion of the frozen synthesis, and the context model (hyperprior and context
 networks) trains with it. The synthesis and the latent gains stay the ``--init`` model's, so the decoder's integer
 synthesis does not change: a new family is a new analysis, factorized tables for its symbols (the factorized
 densities train here on the new latents, detached from the encoder), and the context model exported on them.
@@ -14,7 +14,8 @@ densities train here on the new latents, detached from the encoder), and the con
 Everything else is the burst trainer's (:mod:`.burst`): the wall-clock budget, the augmentation recipes, the
 out-of-source validation sets, a resumable run directory. Validation rows hold the context model's bits of the
 rounded symbols (``bpp``) beside the factorized prior's (``factorized_bpp``). ``--split`` turns a run's checkpoint
-into the two checkpoints the exporters read (``train.export`` and ``train.context_export``).
+into a transform checkpoint ``train.export`` reads (``--decoder-of`` the base) and a context checkpoint to continue
+with ``train.context --init`` on the exported encoder's latents, whose run ``train.context_export`` then exports.
 """
 
 from __future__ import annotations
@@ -172,8 +173,8 @@ class JointTrainer(BurstTrainer):
 
 def split(checkpoint: Path, to: Path) -> tuple[Path, Path]:
     """A joint run's checkpoint as ``to/transform.pt`` (what ``train.export`` reads: the encoder, the frozen
-    synthesis and gains, the factorized densities) and ``to/context.pt`` (what ``train.context_export`` reads),
-    both slim: no optimizer state."""
+    synthesis and gains, the factorized densities) and ``to/context.pt`` (a context checkpoint, for ``train.context
+    --init`` on the exported encoder's latents), both slim: no optimizer state."""
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if PRIOR_KEY not in ckpt:
         raise SystemExit(f"Expected a joint run's checkpoint. Got {checkpoint}, without a context model, instead.")
