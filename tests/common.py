@@ -134,6 +134,16 @@ def check_golden(codec, arrays: list[np.ndarray], name: str, max_abs_error: floa
         assert metrics.max_error(got, expected) <= max_abs_error
 
 
+def check_model_goldens(model: str, cube: np.ndarray) -> None:
+    """A shipped model's two golden chunks, ``{model}-q2`` and ``{model}-q4-e3``: quality 2 on a 48 x 40 crop of
+    the sample's second date, and quality 4 bounded to 3 DN on a 64 x 48 crop of its third (pixels exact)."""
+    from tec_zarr import TEC
+
+    check_golden(TEC(model=model, quality=2), [np.ascontiguousarray(cube[1, :, :48, :40])], f"{model}-q2")
+    check_golden(TEC(model=model, quality=4, max_error=3), [np.ascontiguousarray(cube[2, :, 8:72, 16:64])],
+                 f"{model}-q4-e3", max_abs_error=0)
+
+
 def shuffled_matmul(seed: int):
     """A matmul summing in another order: a permuted inner axis, in uneven blocks, accumulated backwards."""
     rng = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from common import check_golden
+from common import check_golden, check_model_goldens
 
 from tec_zarr import TEC, metrics, models, pipeline
 from tec_zarr.entropy import factorized
@@ -56,9 +56,7 @@ def test_bounded_and_lossless(crop, max_error, model):
 
 
 def test_golden_bitstreams(cube):
-    check_golden(TEC(model=FP2, quality=2), [np.ascontiguousarray(cube[1, :, :48, :40])], "tec-fp-2-q2")
-    check_golden(TEC(model=FP2, quality=4, max_error=3), [np.ascontiguousarray(cube[2, :, 8:72, 16:64])],
-                 "tec-fp-2-q4-e3", max_abs_error=0)
+    check_model_goldens(FP2, cube)
 
 
 # -- tec-ctx-2 and tec-tt-2: tec-ctx and tec-tt on tec-fp-2's symbols ---------------------------------------------------
