@@ -108,13 +108,12 @@ def table_order(flat_index: np.ndarray, count: int) -> np.ndarray:
     return np.argsort(flat_index.astype(narrow), kind="stable")
 
 
-def _present_tables(counts: np.ndarray, tables) -> list[tuple[int, int, int]]:
-    """(table, first symbol, escape symbol) of every table with a count, ascending; looked up in one call (a
-    mixture's tables compute them)."""
+def _present_tables(counts: np.ndarray, tables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(tables, first symbols, escape symbols) of every table with a count, ascending, int64 arrays; looked up in one
+    call (a mixture's tables compute them)."""
     present = np.flatnonzero(counts)
-    offsets = np.asarray(tables.offsets[present], np.int64)
-    escapes = np.asarray(tables.lengths[present], np.int64) - 1
-    return list(zip(present.tolist(), offsets.tolist(), escapes.tolist()))
+    return (present, np.asarray(tables.offsets[present], np.int64),
+            np.asarray(tables.lengths[present], np.int64) - 1)
 
 
 def write_grouped(encoder, values: np.ndarray, index: np.ndarray, tables: IndexedTables) -> None:
@@ -126,7 +125,7 @@ def write_grouped(encoder, values: np.ndarray, index: np.ndarray, tables: Indexe
     ordered = values.ravel()[order]
     counts = np.bincount(flat_index, minlength=tables.count)
     start = 0
-    for t, lo, escape in _present_tables(counts, tables):
+    for t, lo, escape in zip(*(a.tolist() for a in _present_tables(counts, tables))):
         part = ordered[start : start + counts[t]]
         start += counts[t]
         sym = part - lo
@@ -146,11 +145,10 @@ def read_grouped(decoder, index: np.ndarray, tables: IndexedTables, budget: Payl
     uniform_bits, uniform_chunk = escape_models()
     flat_index = index.ravel()
     counts = np.bincount(flat_index, minlength=tables.count)
-    present = np.flatnonzero(counts)  # mixture tables compute their fewest bits only for the keys asked
-    budget.spend(float(counts[present] @ tables.min_bits[present]))
+    present, offsets, escapes = _present_tables(counts, tables)
+    budget.spend(float(counts[present] @ tables.min_bits[present]))  # mixtures compute it only for the keys asked
     order = table_order(flat_index, tables.count)
     sizes = counts[present]
-    escapes = np.asarray(tables.lengths[present], np.int64) - 1
     parts = []
     try:
         for t, n, escape in zip(present.tolist(), sizes.tolist(), escapes.tolist()):
@@ -164,7 +162,7 @@ def read_grouped(decoder, index: np.ndarray, tables: IndexedTables, budget: Payl
     except DECODER_ERRORS as e:
         raise CorruptChunkError(f"Expected a decodable y section. Got {type(e).__name__}: {e} instead.") from None
     ordered = np.concatenate(parts).astype(np.int64) if parts else np.empty(0, np.int64)
-    ordered += np.repeat(np.asarray(tables.offsets[present], np.int64), sizes)
+    ordered += np.repeat(offsets, sizes)
     out = np.empty_like(ordered)
     out[order] = ordered
     return out.reshape(index.shape)
