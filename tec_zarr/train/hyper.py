@@ -257,10 +257,7 @@ class Trainer:
             print(f"resumed at step {self.step}", flush=True)
         self.net.to(self.device)
         if ckpt is not None and "opt" in ckpt:  # Adam's moments follow their parameters' device
-            for state in self.opt.state.values():
-                for key, value in state.items():
-                    if torch.is_tensor(value) and key != "step":
-                        state[key] = value.to(self.device)
+            loop.optimizer_to(self.opt, self.device)
         self.baseline = factorized_bits(model, self.val.numpy())
 
     @property

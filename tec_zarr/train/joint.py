@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from . import hyper
+from . import hyper, loop
 from .__main__ import psnr_db
 from .burst import BurstTrainer, on_cpu
 from .burst import main as burst_main
@@ -80,10 +80,7 @@ class JointTrainer(BurstTrainer):
             self.opt_entropy.load_state_dict(resumed["opt_densities"])
             self.opt_prior.load_state_dict(resumed["opt_prior"])
             for opt in (self.opt_transform, self.opt_entropy, self.opt_prior):
-                for state in opt.state.values():
-                    for key, value in state.items():
-                        if torch.is_tensor(value) and key != "step":
-                            state[key] = value.to(self.device)
+                loop.optimizer_to(opt, self.device)
             self.sampler.restore(resumed["sampler"])
             torch.set_rng_state(resumed["torch_rng"])
 
@@ -101,7 +98,7 @@ class JointTrainer(BurstTrainer):
         pixels = x.shape[2] * x.shape[3]
         rate = self.prior(y, q, relaxed=True)
         bpp = (rate["bits_y"] + rate["bits_z"]) / pixels
-        factorized = self.factorized_bits(gained.detach() + torch.empty_like(gained).uniform_(-0.5, 0.5), q) / pixels
+        factorized = model.bits(gained.detach() + torch.empty_like(gained).uniform_(-0.5, 0.5), q) / pixels
         loss = (self.lambdas[q] * mse + bpp).mean()
         optimizers = (self.opt_transform, self.opt_entropy, self.opt_prior)
         for opt in optimizers:
@@ -123,13 +120,6 @@ class JointTrainer(BurstTrainer):
         return {"loss": loss.detach(), "q": q, "bpp": bpp.detach(), "psnr": psnr,
                 "factorized_bpp": factorized.detach()}
 
-    def factorized_bits(self, values: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-        bits = torch.zeros(values.shape[0], device=values.device)
-        for q in torch.unique(quality).tolist():
-            sel = quality == q
-            bits[sel] = -torch.log2(self.model.densities[q].likelihood(values[sel])).sum(dim=(1, 2, 3))
-        return bits
-
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, coding=None) -> list[dict]:
         """Per quality: the context model's bits of the rounded symbols (``bpp``), the factorized prior's, and
@@ -149,7 +139,7 @@ class JointTrainer(BurstTrainer):
             rate = self.prior(y, quality, noise=False)
             rows.append({"quality": q,
                          "bpp": float(((rate["bits_y"] + rate["bits_z"]) / pixels).mean()),
-                         "factorized_bpp": float((self.factorized_bits(sym, quality) / pixels).mean()),
+                         "factorized_bpp": float((self.model.bits(sym, quality) / pixels).mean()),
                          "psnr": float(psnr_db(x, x_hat).mean())})
         self.model.train()
         self.prior.train()

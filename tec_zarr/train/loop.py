@@ -43,6 +43,15 @@ def keep_checkpoint(checkpoint: Path, folder: Path) -> None:
         shutil.copyfile(log, folder / "log.jsonl")
 
 
+def optimizer_to(optimizer: torch.optim.Optimizer, device) -> None:
+    """Move an optimizer's state loaded from a CPU checkpoint to its parameters' ``device`` (Adam's moments; its
+    step counters stay where they are)."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and key != "step":
+                state[key] = value.to(device)
+
+
 def step_scale(step: int, steps: int, first_drop: float) -> float:
     """Learning-rate factor: 1 until ``first_drop`` of the steps, 0.3 until 90 %, then 0.1."""
     frac = step / max(steps, 1)

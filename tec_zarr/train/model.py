@@ -133,16 +133,19 @@ class TECFactorized(nn.Module):
     def entropy_parameters(self):
         return [self.gain, self.inv_gain, *self.densities.parameters()]
 
+    def bits(self, values: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        """Bits of each sample's gained latents ``values`` (N, M, h, w) under its quality's factorized density."""
+        bits = torch.zeros(values.shape[0], device=values.device)
+        for q in torch.unique(quality).tolist():
+            sel = quality == q
+            bits[sel] = -torch.log2(self.densities[q].likelihood(values[sel])).sum(dim=(1, 2, 3))
+        return bits
+
     def forward(self, x: torch.Tensor, quality: torch.Tensor) -> dict[str, torch.Tensor]:
         """``x``: normalized (N, bands, H, W); ``quality``: (N,) int64. Returns x_hat and per-sample bits."""
         y = self.analyse(x)
         gained = y * self.gain[quality][:, :, None, None]
-        noisy = gained + torch.empty_like(gained).uniform_(-0.5, 0.5)
-        bits = torch.zeros(x.shape[0], device=x.device)
-        for q in torch.unique(quality).tolist():
-            sel = quality == q
-            lik = self.densities[q].likelihood(noisy[sel])
-            bits[sel] = -torch.log2(lik).sum(dim=(1, 2, 3))
+        bits = self.bits(gained + torch.empty_like(gained).uniform_(-0.5, 0.5), quality)
         # Straight-through rounding: the decoder trains on the symbols it will really get.
         rounded = gained + (torch.round(gained) - gained).detach()
         y_hat = rounded * self.inv_gain[quality][:, :, None, None]
