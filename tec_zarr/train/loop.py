@@ -65,19 +65,22 @@ def per_quality(records: list[dict], digits: dict[str, int]) -> dict[int, dict[s
     return {int(k): {key: round(float(v[q == k].mean()), digits[key]) for key, v in values.items()} for k in np.unique(q)}
 
 
+def _replace(checkpoint: dict, path: Path) -> None:
+    """``path`` replaced atomically: a run killed while saving keeps the previous file."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(checkpoint, tmp)
+    os.replace(tmp, path)
+
+
 def save_checkpoint(checkpoint: dict, out: Path) -> None:
     """``out/checkpoint.pt``, replaced atomically: a run killed while saving keeps its previous checkpoint."""
-    tmp = out / "checkpoint.pt.tmp"
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, out / "checkpoint.pt")
+    _replace(checkpoint, out / "checkpoint.pt")
 
 
 def save_best(checkpoint: dict, out: Path, score: float) -> None:
     """``out/best.pt`` (replaced atomically, like the checkpoint) and ``out/best.json``: the step and score of the
     best validation so far, which a resumed run reads back so it keeps the better of both."""
-    tmp = out / "best.pt.tmp"
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, out / "best.pt")
+    _replace(checkpoint, out / "best.pt")
     (out / "best.json").write_text(json.dumps({"step": checkpoint["step"], "score": score}) + "\n")
 
 
