@@ -134,6 +134,20 @@ def check_golden(codec, arrays: list[np.ndarray], name: str, max_abs_error: floa
         assert metrics.max_error(got, expected) <= max_abs_error
 
 
+def check_fewer_bytes_same_pixels(image: np.ndarray, base: str, entropy_models, quality: int) -> None:
+    """Each of ``entropy_models`` (on ``base``'s symbols) codes ``image`` in fewer bytes than ``base``, names itself
+    in the chunk header, and decodes to ``base``'s pixels exactly."""
+    from tec_zarr import pipeline
+
+    coded_base = pipeline.encode_chunk(image, model=base, quality=quality)
+    pixels = pipeline.decode_chunk(coded_base)
+    for name in entropy_models:
+        coded = pipeline.encode_chunk(image, model=name, quality=quality)
+        assert pipeline.read_header(coded).model == name
+        assert len(coded) < len(coded_base), (name, len(coded), len(coded_base))
+        np.testing.assert_array_equal(pipeline.decode_chunk(coded), pixels)
+
+
 def check_model_goldens(model: str, cube: np.ndarray) -> None:
     """A shipped model's two golden chunks, ``{model}-q2`` and ``{model}-q4-e3``: quality 2 on a 48 x 40 crop of
     the sample's second date, and quality 4 bounded to 3 DN on a 64 x 48 crop of its third (pixels exact)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from common import check_golden, check_model_goldens
+from common import check_fewer_bytes_same_pixels, check_golden, check_model_goldens
 
 from tec_zarr import TEC, metrics, models, pipeline
 from tec_zarr.entropy import factorized
@@ -75,13 +75,7 @@ def test_entropy_models_name_their_base():
 
 @pytest.mark.parametrize("quality", [0, 2, 4])
 def test_fewer_bytes_for_tec_fp_2s_pixels(image, quality):
-    img = np.ascontiguousarray(image[:, :128, :128])
-    base = pipeline.encode_chunk(img, model=FP2, quality=quality)
-    pixels = pipeline.decode_chunk(base)
-    for name in (CTX2, TT2):
-        coded = pipeline.encode_chunk(img, model=name, quality=quality)
-        assert len(coded) < len(base)
-        np.testing.assert_array_equal(pipeline.decode_chunk(coded), pixels)
+    check_fewer_bytes_same_pixels(np.ascontiguousarray(image[:, :128, :128]), FP2, (CTX2, TT2), quality)
 
 
 def test_temporal_chunks_round_trip(cube):
