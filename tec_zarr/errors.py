@@ -19,6 +19,10 @@ class InvalidInputError(TecZarrError, ValueError):
     """An array the codec cannot encode: wrong shape, non-C-order, NaN, or an invalid parameter."""
 
 
+class RefinementUnsupportedError(InvalidInputError):
+    """``refine=`` asked of a model whose synthesis or entropy model the symbol search does not know."""
+
+
 class UnsupportedDtypeError(InvalidInputError, TypeError):
     """A dtype other than uint16, int16 or float32."""
 

@@ -68,6 +68,18 @@ def parse_float_scale(scale: float) -> float:
     return float(scale)
 
 
+MAX_REFINE_ROUNDS = 16
+
+
+def parse_refine(rounds) -> int:
+    """Rounds of the encoder's symbol search (:mod:`tec_zarr.pipeline.refine`): 0 (symbols rounded) to 16."""
+    rounds = plain_number(rounds)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or not 0 <= rounds <= MAX_REFINE_ROUNDS:
+        raise InvalidInputError(f"Expected refine to be an integer in 0..{MAX_REFINE_ROUNDS} (rounds of the encoder's "
+                                f"symbol search; 0: symbols rounded). Got {rounds!r} instead.")
+    return rounds
+
+
 def parse_dn_offset(offset) -> int:
     """The DN of reflectance 0, an integer: 0 for data without an offset, 1000 for Sentinel-2 products of processing
     baseline 04.00 and later (from 25 January 2022) loaded as stored (odc-stac, stackstac with rescale=False)."""

@@ -165,7 +165,7 @@ def test_codec_config_is_frozen_and_round_trips_json():
     assert CodecConfig.from_json({k: v for k, v in stored.items() if k != "id"}) == c
     assert TEC(quality=1, max_error=2).get_config() == stored
     assert c.chunk_params() == {"model": DEFAULT_MODEL, "quality": 1, "nodata": 0, "float_scale": 10000.0,
-                                "max_error": 2, "psnr": None, "dn_offset": 0}
+                                "max_error": 2, "psnr": None, "dn_offset": 0, "refine": 0}
     for bad in ([], {"id": "other"}, {**stored, "qualty": 1}):
         with pytest.raises(InvalidInputError, match="Expected"):
             CodecConfig.from_json(bad)

@@ -80,9 +80,9 @@ from ..errors import CorruptChunkError, TruncatedChunkError
 # The codec id in every store's config (numcodecs, zarr.codecs) and in .tec metadata: part of the format.
 CODEC_ID = "tec_zarr.tec"
 # The codec config's keys (the decode contract); max_error, psnr and dn_offset came later, so stored configs may lack
-# them.
+# them. refine (the encoder's symbol search) changes no decoding: it is there for later writes to the same array.
 REQUIRED_CONFIG_KEYS = ("model", "model_sha256", "quality", "nodata", "float_scale")
-OPTIONAL_CONFIG_KEYS = ("max_error", "psnr", "dn_offset")
+OPTIONAL_CONFIG_KEYS = ("max_error", "psnr", "dn_offset", "refine")
 
 
 def check_config_keys(config, *, complete: bool) -> None:

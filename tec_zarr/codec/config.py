@@ -15,7 +15,7 @@ import numpy as np
 from ..bitstream.chunk import CODEC_ID, check_config_keys
 from ..errors import ChunkShapeError, InvalidInputError, ModelMismatchError
 from ..models import DEFAULT_MODEL, ModelCard, get_card
-from ..parsing import is_real, parse_dn_offset, parse_float_scale, parse_nodata, plain_number
+from ..parsing import is_real, parse_dn_offset, parse_float_scale, parse_nodata, parse_refine, plain_number
 
 CODEC_NAME = CODEC_ID  # one prefixed name for numcodecs (format 2) and zarr.codecs (format 3)
 # zarr 3 only: take the array's fill value as nodata when the array is created.
@@ -106,7 +106,7 @@ def parse_nodata_or_fill_value(nodata: Any) -> float | int | str | None:
 CONFIG_KEYS = ("model", "model_sha256", "max_error", "quality", "nodata", "float_scale", "psnr")
 # Keys written only where they differ from their default (0), so stores that don't use them stay readable by the
 # versions before them (which refuse unknown keys).
-NONZERO_KEYS = ("dn_offset",)
+NONZERO_KEYS = ("dn_offset", "refine")
 
 
 @dataclass(frozen=True)
@@ -121,16 +121,26 @@ class CodecConfig:
     float_scale: float
     psnr: float | None
     dn_offset: int = 0  # the DN of reflectance 0 (Sentinel-2 from processing baseline 04.00 on: 1000)
+    refine: int = 0  # rounds of the encoder's symbol search (lossy only); no effect on decoding
 
     @classmethod
     def create(cls, *, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None, max_error=None,
-               psnr=None, dn_offset=0, allow_fill_value: bool = False) -> CodecConfig:
+               psnr=None, dn_offset=0, refine=0, allow_fill_value: bool = False) -> CodecConfig:
         """Every parameter parsed; ``nodata="fill_value"`` only where ``allow_fill_value`` (zarr 3)."""
         card = parse_model(model)
         # numpy numbers (rioxarray's nodata, a loop over np.arange) as the Python numbers the JSON config holds
         quality, nodata, float_scale, max_error, psnr, dn_offset = (
             plain_number(v) for v in (quality, nodata, float_scale, max_error, psnr, dn_offset))
         max_error = parse_max_error(max_error)
+        refine = parse_refine(refine)
+        if refine and max_error is not None:
+            raise InvalidInputError(f"Expected refine=0 with max_error (the symbol search is for lossy chunks). Got "
+                                    f"refine={refine!r}, max_error={max_error!r} instead.")
+        if refine:  # refused when the codec is made, not at its first chunk
+            from .. import pipeline
+            from ..models import load_model
+
+            pipeline.check_refinable(load_model(card.name))
         return cls(
             model=card.name,
             model_sha256=parse_model_sha256(model_sha256, card),
@@ -140,6 +150,7 @@ class CodecConfig:
             float_scale=parse_float_scale(float_scale),
             psnr=parse_psnr(psnr, max_error),
             dn_offset=parse_dn_offset(dn_offset),
+            refine=refine,
         )
 
     @classmethod
@@ -161,4 +172,4 @@ class CodecConfig:
         """Keyword arguments of :func:`tec_zarr.pipeline.encode_chunks`."""
         nodata = None if self.nodata == FILL_VALUE else self.nodata
         return {"model": self.model, "quality": self.quality, "nodata": nodata, "float_scale": self.float_scale,
-                "max_error": self.max_error, "psnr": self.psnr, "dn_offset": self.dn_offset}
+                "max_error": self.max_error, "psnr": self.psnr, "dn_offset": self.dn_offset, "refine": self.refine}

@@ -54,6 +54,10 @@ class TEC(Codec):
         ``rescale=False``) load them so: pass 1000 there, or the models see every value 0.1 too bright and need
         up to 20 % (tec-fp) or 2.5 times (tec-hp, tec-ctx, tec-tt) the bits. Decoded values are in the data's own
         units either way. Default 0.
+    refine : int
+        Rounds of the encoder's symbol search (:mod:`tec_zarr.pipeline.refine`), 0 to 16: symbols chosen for rate
+        and distortion instead of rounded, about 5-10 % fewer bits at the same PSNR for several times the encode
+        time (benchmarks/refine.py); decoding is unchanged. Lossy only (not with ``max_error``). Default 0.
     model_sha256 : str, optional
         Filled in from the installed model; a config naming other weights is refused.
     """
@@ -61,9 +65,10 @@ class TEC(Codec):
     codec_id = CODEC_NAME
 
     def __init__(self, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None, max_error=None,
-                 psnr=None, dn_offset=0):
+                 psnr=None, dn_offset=0, refine=0):
         config = CodecConfig.create(quality=quality, model=model, nodata=nodata, float_scale=float_scale,
-                                    model_sha256=model_sha256, max_error=max_error, psnr=psnr, dn_offset=dn_offset)
+                                    model_sha256=model_sha256, max_error=max_error, psnr=psnr, dn_offset=dn_offset,
+                                    refine=refine)
         # numcodecs' get_config() lists the public attributes in the order they are set: CONFIG_KEYS' order.
         for key in CONFIG_KEYS:
             setattr(self, key, getattr(config, key))
@@ -73,9 +78,13 @@ class TEC(Codec):
     def dn_offset(self) -> int:
         return self._config.dn_offset
 
+    @property
+    def refine(self) -> int:
+        return self._config.refine
+
     def get_config(self):
-        """numcodecs' config, with dn_offset only where it is set (stores without it stay readable by versions
-        before it)."""
+        """numcodecs' config, with dn_offset and refine only where they are set (stores without them stay readable
+        by versions before them)."""
         return {**super().get_config(), **self._config.nonzero_keys()}
 
     @classmethod
@@ -115,7 +124,8 @@ class TEC(Codec):
         return (
             f"{type(self).__name__}(quality={self.quality!r}, model={self.model!r}, nodata={self.nodata!r}, "
             f"float_scale={self.float_scale!r}{_bound_repr(self.max_error, self.psnr)}"
-            + (f", dn_offset={self.dn_offset!r})" if self.dn_offset else ")")
+            + (f", dn_offset={self.dn_offset!r}" if self.dn_offset else "")
+            + (f", refine={self.refine!r})" if self.refine else ")")
         )
 
 

@@ -44,11 +44,13 @@ class TEC(ArrayBytesCodec):
     max_error: float | int | None
     psnr: float | None
     dn_offset: int
+    refine: int
 
     def __init__(self, *, quality=None, model=None, nodata=0, float_scale=10000.0, model_sha256=None, max_error=None,
-                 psnr=None, dn_offset=0) -> None:
+                 psnr=None, dn_offset=0, refine=0) -> None:
         config = CodecConfig.create(quality=quality, model=model, nodata=nodata, float_scale=float_scale,
                                     model_sha256=model_sha256, max_error=max_error, psnr=psnr, dn_offset=dn_offset,
+                                    refine=refine,
                                     allow_fill_value=True)
         for key in (*CONFIG_KEYS, *NONZERO_KEYS):
             object.__setattr__(self, key, getattr(config, key))

@@ -8,8 +8,13 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..errors import RefinementUnsupportedError
 from ..requantize import Thinning, doubled_middle
 from .tables import EntropyTables
+
+
+# The moves the encoder's symbol search (:mod:`tec_zarr.pipeline.refine`) weighs: one lower, as it is, one higher.
+SEARCH_STEPS = (-1, 0, 1)
 
 
 class LatentCoder(ABC):
@@ -25,6 +30,8 @@ class LatentCoder(ABC):
     # Whether encode, decode and recode take ``channels``, bool (M,): the latent channels coded (the others hold
     # only 0, are left out of the payload and cost no decoding time); None: all.
     skips_channels: ClassVar[bool] = False
+    # Whether :meth:`code_lengths` says what the encoder's symbol search (refine=) needs.
+    refinable: ClassVar[bool] = False
 
     @classmethod
     @abstractmethod
@@ -42,6 +49,15 @@ class LatentCoder(ABC):
         """int32 symbols of ``shape`` (B, M, h, w), 0 where ``skip``; ``thinning``: how a thinned chunk's symbols
         came about (coders that code such chunks their own way read it). Raises
         :class:`~tec_zarr.errors.CorruptChunkError`."""
+
+    def code_lengths(self, y: np.ndarray, symbols: np.ndarray, quality: int, *,
+                     skip: np.ndarray | None = None) -> np.ndarray:
+        """float32 (len(SEARCH_STEPS), B, M, h, w): about how many bits each symbol would cost moved by each of
+        :data:`SEARCH_STEPS`, every other symbol as given and the side information chosen from ``y`` as
+        :meth:`encode` chooses it; inf where a table would need its escape. What the encoder's symbol search
+        weighs; coders that cannot say raise :class:`~tec_zarr.errors.RefinementUnsupportedError`."""
+        raise RefinementUnsupportedError(f"Expected a model whose entropy model the symbol search (refine=) knows. "
+                                         f"Got the {self.name!r} entropy model instead: use refine=0.")
 
     def recode(self, payload: bytes, y: np.ndarray, symbols: np.ndarray, source: int, thinning: Thinning, *,
                skip: np.ndarray | None = None, channels: np.ndarray | None = None,

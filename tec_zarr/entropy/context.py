@@ -44,6 +44,7 @@ from .hyperprior import (
     write_kept,
 )
 from . import runsum
+from .base import SEARCH_STEPS
 from .rangecoder import PayloadBudget
 from .tables import EntropyTables
 
@@ -302,6 +303,26 @@ class ContextCoder(HyperpriorCoder):
             return values
 
         run_steps(hp, ctx, z, quality, symbols.shape, code_step)
+
+    def code_lengths(self, y: np.ndarray, symbols: np.ndarray, quality: int, *,
+                     skip: np.ndarray | None = None) -> np.ndarray:
+        """Each step's tables and means from the given symbols before it (the context model's own; a temporal
+        model's tables differ a little, the search checks what it keeps against the real coder)."""
+        hp, ctx = self.hyperprior, self.context
+        z, _ = self.coded_z(self.side_information(y, quality), quality, skip)
+        known = np.moveaxis(np.asarray(symbols, np.int64)[:, ctx.order], 1, -1)  # (B, h, w, M), coded order
+        bits = np.zeros((len(SEARCH_STEPS),) + known.shape, np.float32)
+
+        def code_step(index, mean, a, e, classes):
+            values = gather(known[..., a:e], classes)
+            for i, d in enumerate(SEARCH_STEPS):
+                scatter(bits[i, ..., a:e], classes, hp.scales.bits(index, values + d - mean))
+            return values
+
+        run_steps(hp, ctx, z, quality, symbols.shape, code_step)
+        out = np.empty(bits.shape[:2] + symbols.shape[1:], np.float32)
+        out[:, :, ctx.order] = np.moveaxis(bits, -1, 2)
+        return out
 
     def read_y(self, decoder, budget: PayloadBudget, z: np.ndarray, quality: int, shape,
                keep: np.ndarray | None, synthesized: Synthesized | None = None) -> np.ndarray:

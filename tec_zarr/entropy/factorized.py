@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import CorruptChunkError
 from ..requantize import Thinning, forward
-from .base import LatentCoder
+from .base import SEARCH_STEPS, LatentCoder
 from .rangecoder import (
     DECODER_ERRORS,
     PayloadBudget,
@@ -136,6 +136,7 @@ class FactorizedCoder(LatentCoder):
 
     name = "factorized"
     skips_channels = True
+    refinable = True
 
     def __init__(self, tables: EntropyTables):
         self.tables = tables
@@ -155,6 +156,11 @@ class FactorizedCoder(LatentCoder):
     def encode(self, y: np.ndarray, symbols: np.ndarray, quality: int, *, skip: np.ndarray | None = None,
                channels: np.ndarray | None = None) -> bytes:
         return encode(symbols, quality, self.tables, skip, channels)
+
+    def code_lengths(self, y: np.ndarray, symbols: np.ndarray, quality: int, *,
+                     skip: np.ndarray | None = None) -> np.ndarray:
+        s = np.asarray(symbols, np.int64)
+        return np.stack([self.tables.bits(quality, s + d) for d in SEARCH_STEPS])
 
     def decode(self, payload: bytes, quality: int, shape: tuple[int, int, int, int], *,
                skip: np.ndarray | None = None, thinning: Thinning | None = None,

@@ -36,7 +36,7 @@ from ..integer.layers import CLIP_BITS, EXACT_LIMIT, KERNEL, conv3, deconv
 from ..requantize import Thinning, run_ends
 from ..runtime import Graph
 from . import factorized
-from .base import LatentCoder
+from .base import SEARCH_STEPS, LatentCoder
 from . import runsum
 from .rangecoder import PayloadBudget, checked_symbols, range_decoder, read_grouped, write_grouped
 from .tables import EntropyTables, IndexedTables
@@ -239,6 +239,7 @@ class HyperpriorCoder(LatentCoder):
     # Whether thinned chunks may code their symbols under the first level's model summed over runs
     # (:mod:`.runsum`): the hyperprior and context coders; the temporal coder's mixtures have no such form.
     sums_runs: ClassVar[bool] = True
+    refinable = True
 
     def __init__(self, hyperprior: Hyperprior, analysis: Graph):
         self.hyperprior = hyperprior
@@ -300,6 +301,13 @@ class HyperpriorCoder(LatentCoder):
             except runsum.TooManyTables:
                 pass  # only the level's own tables
         return min(payloads, key=lambda p: len(p[0]))
+
+    def code_lengths(self, y: np.ndarray, symbols: np.ndarray, quality: int, *,
+                     skip: np.ndarray | None = None) -> np.ndarray:
+        z, _ = self.coded_z(self.side_information(y, quality), quality, skip)
+        index, mean = self.hyperprior.parameters(z, quality)
+        centred = np.asarray(symbols, np.int64) - mean
+        return np.stack([self.hyperprior.scales.bits(index, centred + d) for d in SEARCH_STEPS])
 
     def coded_z(self, z: np.ndarray, quality: int, skip: np.ndarray | None) -> tuple[np.ndarray, bytes]:
         """``z`` as the decoder will read it (0 where every latent below is skipped) and its z section."""

@@ -51,6 +51,12 @@ class EntropyTables:
     def channels(self) -> int:
         return self.offsets.shape[1]
 
+    def bits(self, quality: int, values: np.ndarray) -> np.ndarray:
+        """:func:`code_length` of ``values`` (B, M, h, w) with each channel's table at ``quality``."""
+        m = values.shape[1]
+        index = np.broadcast_to(np.arange(m)[None, :, None, None], values.shape)
+        return code_length(self.pmf[quality], self.offsets[quality], self.lengths[quality], index, values)
+
     def model(self, quality: int, channel: int):
         key = (quality, channel)
         model = self._models.get(key)
@@ -69,6 +75,18 @@ def _min_bits(pmf: np.ndarray, cache: dict) -> np.ndarray:
     if found is None:
         found = cache["min_bits"] = TABLE_PRECISION_BITS - np.log2(np.maximum(pmf.max(axis=-1), 1).astype(np.float64))
     return found
+
+
+def code_length(pmf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, index: np.ndarray,
+                values: np.ndarray) -> np.ndarray:
+    """float32 bits of each value in table ``index`` (rows of ``pmf``, ``offsets``, ``lengths``): -log2 of its
+    count over 2**16, or inf where the value lies outside the table and would need the escape (the encoder's
+    symbol search never moves a symbol there)."""
+    k = np.asarray(values, np.int64) - offsets[index]
+    inside = (k >= 0) & (k < lengths[index] - 1)
+    counts = pmf[index, np.where(inside, k, 0)]
+    bits = TABLE_PRECISION_BITS - np.log2(np.maximum(counts, 1).astype(np.float32))
+    return np.where(inside, bits, np.float32(np.inf))
 
 
 def quantize_pmf(probabilities: np.ndarray, tail_mass: float) -> np.ndarray:
@@ -124,6 +142,10 @@ class IndexedTables:
         pmf = np.where(np.arange(length)[None, :] < (self.lengths - 1)[:, None], self.pmf, 0).astype(np.float64)
         zero = np.zeros((t, 1))
         return np.concatenate([zero, np.cumsum(pmf, 1)], 1), np.concatenate([zero, np.cumsum(pmf * values, 1)], 1)
+
+    def bits(self, index: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """:func:`code_length` of ``values`` with the tables ``index`` names."""
+        return code_length(self.pmf, self.offsets, self.lengths, index, values)
 
     @property
     def min_bits(self) -> np.ndarray:

@@ -29,7 +29,7 @@ DIMS = ("band", "y", "x")
 
 
 def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=(), nodata=None, max_error=None,
-                   psnr=None, progress=None, float_scale=10000.0, dn_offset=None) -> layout.TecMetadata:
+                   psnr=None, progress=None, float_scale=10000.0, dn_offset=None, refine=0) -> layout.TecMetadata:
     """Encode a GeoTIFF; its CRS, transform and band descriptions are kept, nodata is the file's (else 0), and
     ``dn_offset`` (the DN of reflectance 0) the one its bands' scale and offset state (else 0).
 
@@ -62,7 +62,7 @@ def geotiff_to_tec(src, dst, *, tile=256, quality=None, model=None, overviews=()
                                  band_names=names, nodata=nodata, tile=tile, quality=quality, model=model,
                                  overviews=overviews, max_error=max_error, psnr=psnr, progress=progress,
                                  float_scale=float_scale, dn_offset=dn_offset,
-                                 radiometry=band_radiometry(ds, indexes))
+                                 radiometry=band_radiometry(ds, indexes), refine=refine)
 
 
 def band_radiometry(src, indexes) -> Radiometry | None:

@@ -100,11 +100,13 @@ def write(
     float_scale: float = 10000.0,
     dn_offset: int = 0,
     radiometry: Radiometry | None = None,
+    refine: int = 0,
 ) -> TecMetadata:
     """Encode a (bands, H, W) image and its overviews into a ``.tec`` file; returns its metadata.
 
     ``max_error`` / ``psnr`` are :class:`tec_zarr.TEC`'s (error bound or per-tile PSNR target), for every level;
-    ``float_scale`` (float32 x float_scale = DN) and ``dn_offset`` (the DN of reflectance 0) too. ``radiometry``:
+    ``float_scale`` (float32 x float_scale = DN), ``dn_offset`` (the DN of reflectance 0) and ``refine`` (the
+    encoder's symbol search) too. ``radiometry``:
     the bands' (scales, offsets) the file states for readers (value = stored x scale + offset), as the source did.
     ``progress(done, total)`` is called after each tile.
     """
@@ -113,7 +115,7 @@ def write(
     return write_rows(path, lambda y0, y1: array[:, y0:y1], shape=array.shape, dtype=array.dtype, crs_wkt=crs_wkt,
                       geotransform=geotransform, band_names=band_names, nodata=nodata, tile=tile, quality=quality,
                       model=model, overviews=overviews, max_error=max_error, psnr=psnr, progress=progress,
-                      float_scale=float_scale, dn_offset=dn_offset, radiometry=radiometry)
+                      float_scale=float_scale, dn_offset=dn_offset, radiometry=radiometry, refine=refine)
 
 
 def write_rows(
@@ -136,6 +138,7 @@ def write_rows(
     float_scale: float = 10000.0,
     dn_offset: int = 0,
     radiometry: Radiometry | None = None,
+    refine: int = 0,
 ) -> TecMetadata:
     """:func:`write` for an image read a strip of whole rows at a time: ``read_rows(row0, row1)`` returns the
     (bands, row1 - row0, W) rows of a (bands, H, W) ``shape`` image. The same bytes as :func:`write`; memory holds
@@ -143,7 +146,7 @@ def write_rows(
     image. Each level reads the image once more."""
     dtype = parse_dtype(dtype).newbyteorder("=")
     config = CodecConfig.create(quality=quality, model=model, nodata=nodata, max_error=max_error, psnr=psnr,
-                                float_scale=float_scale, dn_offset=dn_offset)
+                                float_scale=float_scale, dn_offset=dn_offset, refine=refine)
     meta = TecMetadata.create(
         shape=tuple(shape), dtype=dtype, band_names=band_names, crs_wkt=crs_wkt, geotransform=geotransform,
         nodata=config.nodata, tile=tile, codec=config.to_json(), overviews=tuple(overviews),

@@ -9,7 +9,8 @@ from ..runtime.batching import MAX_BATCH_IMAGES
 from .decode import decode_chunk, decode_chunks, read_header
 from .encode import encode_chunk, encode_chunks
 from .prepare import parse_dtype
+from .refine import check_refinable
 from .thin import thin_chunk
 
-__all__ = ["MAX_BATCH_IMAGES", "decode_chunk", "decode_chunks", "encode_chunk", "encode_chunks", "parse_dtype",
-           "read_header", "thin_chunk"]
+__all__ = ["MAX_BATCH_IMAGES", "check_refinable", "decode_chunk", "decode_chunks", "encode_chunk", "encode_chunks",
+           "parse_dtype", "read_header", "thin_chunk"]

@@ -36,10 +36,12 @@ from ..bitstream.parts import PartsLayout, pack_parts
 from ..entropy.base import channel_argument
 from ..errors import InvalidInputError, PsnrTargetWarning
 from ..models import Model, load_model
+from ..parsing import parse_refine
 from ..residual import bound
 from ..runtime.batching import run_stacked
 from .decode import decode_chunk
 from .prepare import PreparedChunk, prepare, validate
+from .refine import check_refinable, objective, search
 
 
 def encode_chunk(
@@ -52,10 +54,11 @@ def encode_chunk(
     max_error: float | None = None,
     psnr: float | None = None,
     dn_offset: int = 0,
+    refine: int = 0,
 ) -> bytes:
     return encode_chunks(
         [array], model=model, quality=quality, nodata=nodata, float_scale=float_scale, max_error=max_error, psnr=psnr,
-        dn_offset=dn_offset,
+        dn_offset=dn_offset, refine=refine,
     )[0]
 
 
@@ -69,6 +72,7 @@ def encode_chunks(
     max_error: float | None = None,
     psnr: float | None = None,
     dn_offset: int = 0,
+    refine: int = 0,
 ) -> list[bytes]:
     """:func:`encode_chunk` of each array, byte for byte, with one encoder run per stack of same-sized images.
 
@@ -76,17 +80,24 @@ def encode_chunks(
     of at most :data:`~tec_zarr.runtime.batching.MAX_BATCH_IMAGES` images; quantization, masks, residuals
     (``max_error``), the ``psnr`` search and entropy coding stay per chunk. Memory grows with the chunks passed:
     pass a codec pipeline's batch. ``dn_offset``: the DN of reflectance 0 (Sentinel-2 from processing baseline
-    04.00 on: 1000), taken off before the models see the data and added back when decoding.
+    04.00 on: 1000), taken off before the models see the data and added back when decoding. ``refine``: rounds
+    of the symbol search (:mod:`.refine`; lossy chunks: not with ``max_error``), 0 for rounded symbols.
     """
     model = load_model(model) if isinstance(model, str) else model
+    refine = parse_refine(refine)
+    if refine and max_error is not None:
+        raise InvalidInputError(f"Expected refine=0 with max_error (the search is for lossy chunks). Got {refine=}, "
+                                f"{max_error=} instead.")
+    if refine:
+        check_refinable(model)
     arrays = list(arrays)
     layouts = [parts_layout(a) for a in arrays]
     whole = iter(_encode_whole([a for a, layout in zip(arrays, layouts) if layout is None], model, quality, nodata,
-                               float_scale, max_error, psnr, dn_offset))
+                               float_scale, max_error, psnr, dn_offset, refine))
     out = []
     for a, layout in zip(arrays, layouts):  # a loop, not a comprehension: warnings' stack levels count frames
         out.append(next(whole) if layout is None else _encode_in_parts(a, layout, model, quality, nodata, float_scale,
-                                                                       max_error, psnr, dn_offset))
+                                                                       max_error, psnr, dn_offset, refine))
     return out
 
 
@@ -124,7 +135,7 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def _encode_in_parts(array, layout: PartsLayout, model: Model, quality: int, nodata, float_scale: float, max_error,
-                     psnr, dn_offset: int) -> bytes:
+                     psnr, dn_offset: int, refine: int) -> bytes:
     """A chunk in parts, coded one part at a time; a ``psnr`` target some parts miss is one warning, not one each."""
     if element_count(layout.shape) > MAX_ELEMENTS:  # what decoders take (bitstream.chunk.MAX_ELEMENTS)
         raise InvalidInputError(f"Expected at most {MAX_ELEMENTS} elements in a chunk. Got shape {layout.shape} "
@@ -135,7 +146,7 @@ def _encode_in_parts(array, layout: PartsLayout, model: Model, quality: int, nod
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", PsnrTargetWarning)
             parts.append(_encode_whole([np.ascontiguousarray(images[sb, :, sy, sx])], model, quality, nodata,
-                                       float_scale, max_error, psnr, dn_offset)[0])
+                                       float_scale, max_error, psnr, dn_offset, refine)[0])
         for w in caught:
             if issubclass(w.category, PsnrTargetWarning):
                 missed.append(w)
@@ -151,23 +162,38 @@ def _encode_in_parts(array, layout: PartsLayout, model: Model, quality: int, nod
 
 
 def _encode_whole(arrays: list, model: Model, quality: int, nodata, float_scale: float, max_error, psnr,
-                  dn_offset: int) -> list[bytes]:
+                  dn_offset: int, refine: int = 0) -> list[bytes]:
     """Chunks coded whole, with one encoder run per stack of same-sized images."""
     # Every mode stacks: a nodata mask only changes the encoder's input, and max_error / psnr act on the latent.
     chunks = [prepare(a, model, quality, nodata, float_scale, max_error, psnr, dn_offset) for a in arrays]
     latents = run_stacked([(model.encoder, c.normalized) for c in chunks], exact=True)
     out = []
     for c, y in zip(chunks, latents, strict=True):
-        at = functools.partial(code, model, c, y, nodata, max_error)
+        at = functools.partial(code, model, c, y, nodata, max_error, refine=refine)
         out.append(at(quality) if psnr is None else _lowest_rate_reaching(at, c, psnr, model.qualities))
     return out
 
 
-def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, quality: int) -> bytes:
-    """A prepared chunk's bitstream at ``quality``, from its encoder output ``y``."""
+def code(model: Model, chunk: PreparedChunk, y: np.ndarray, nodata, max_error, quality: int, *,
+         refine: int = 0) -> bytes:
+    """A prepared chunk's bitstream at ``quality``, from its encoder output ``y``; with ``refine`` rounds of the
+    symbol search, the searched symbols' where they score better than the rounded ones'."""
     symbols = np.rint(y * model.gain[quality][None, :, None, None]).astype(np.int32)
     if chunk.skip is not None:  # not coded: the decoder reads 0 there, and the residual's base must agree
         symbols *= ~chunk.skip[:, None]
+    rounded = _pack(model, chunk, y, symbols, nodata, max_error, quality)
+    if not refine:
+        return rounded
+    searched = search(model, chunk, y, symbols, quality, refine)
+    if np.array_equal(searched, symbols):
+        return rounded
+    candidate = _pack(model, chunk, y, searched, nodata, max_error, quality)
+    scores = [objective(model, chunk, s, quality, len(data)) for s, data in ((symbols, rounded), (searched, candidate))]
+    return candidate if scores[1] < scores[0] else rounded
+
+
+def _pack(model: Model, chunk: PreparedChunk, y: np.ndarray, symbols: np.ndarray, nodata, max_error,
+          quality: int) -> bytes:
     channels = coded_channels(model, symbols)
     residual: ResidualSection | None = None
     if max_error is not None:
