@@ -697,7 +697,7 @@ examples:
                         "2022) stored as delivered; decoded values are unchanged, the bits fewer (default: what the "
                         "input's scale/offset or processing-baseline metadata state, else 0)")
     c.add_argument("--refine", type=int, metavar="N",
-                   help="rounds of the encoder's symbol search (0-16): about 5-10 %% fewer bits at the same PSNR "
+                   help="rounds of the encoder's symbol search (0-16): about 3-15 %% fewer bits at the same PSNR "
                         "for several times the encode time; reading is unchanged (lossy only; default 0)")
     c.add_argument("--chunk", type=int, metavar="N", help=f"Zarr output: spatial chunk size (default {DEFAULT_CHUNK})")
     c.add_argument("--dates", type=int, metavar="T",

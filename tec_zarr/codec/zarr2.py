@@ -56,7 +56,7 @@ class TEC(Codec):
         units either way. Default 0.
     refine : int
         Rounds of the encoder's symbol search (:mod:`tec_zarr.pipeline.refine`), 0 to 16: symbols chosen for rate
-        and distortion instead of rounded, about 5-10 % fewer bits at the same PSNR for several times the encode
+        and distortion instead of rounded, about 3-15 % fewer bits at the same PSNR for several times the encode
         time (benchmarks/refine.py); decoding is unchanged. Lossy only (not with ``max_error``). Default 0.
     model_sha256 : str, optional
         Filled in from the installed model; a config naming other weights is refused.
