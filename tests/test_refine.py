@@ -49,7 +49,7 @@ def test_gradient_is_the_decoders_directional_derivative():
         assert float((vjp * v).sum()) == pytest.approx(numeric, rel=2e-3)
 
 
-@pytest.mark.parametrize("name", ["tec-fp-3", "tec-hp", "tec-ctx-3"])
+@pytest.mark.parametrize("name", ["tec-fp-3", "tec-hp", "tec-ctx-3", "tec-tt-3"])
 def test_code_lengths_are_the_payloads_bits(name, patch):
     """The search's rate: the symbols as they are cost about what the coder writes (the payload also holds z and
     the escapes), and a step of one costs what the moved symbol costs."""
