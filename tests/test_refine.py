@@ -140,7 +140,7 @@ def test_refined_store_reads_back_in_both_formats(tmp_path, cube):
         assert metrics.psnr(data[0], back[0]) > 38
 
 
-def test_cli_refine_reaches_the_store_and_the_tec_file(tmp_path, image):
+def test_cli_refine_reaches_the_store_and_the_tec_file(tmp_path, image, capsys):
     import json
 
     rasterio = pytest.importorskip("rasterio")
@@ -157,6 +157,9 @@ def test_cli_refine_reaches_the_store_and_the_tec_file(tmp_path, image):
     arr = zarr.open_group(tmp_path / "s.zarr", mode="r")["reflectance"]
     assert '"refine": 1' in json.dumps(arr.metadata.to_dict())
     assert metrics.psnr(data, arr[:]) > 38
+    capsys.readouterr()
+    assert cli.main(["info", str(tmp_path / "s.zarr")]) == 0
+    assert "refine 1" in capsys.readouterr().out
     assert cli.main(["compress", str(path), str(tmp_path / "s.tec"), "--refine", "1", "--quiet"]) == 0
     with tecfile.open(tmp_path / "s.tec") as f:
         assert f.metadata.codec["refine"] == 1

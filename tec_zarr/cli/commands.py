@@ -286,7 +286,8 @@ def info_text(store: str) -> str:
             cfg = tec[0].get("configuration", tec[0])
             line += (f" ({raw / max(stored, 1):.1f}x of {raw:,} raw); TEC model {cfg.get('model')} "
                      f"sha256 {str(cfg.get('model_sha256'))[:12]}... quality {cfg.get('quality')} for new writes "
-                     f"nodata {cfg.get('nodata')}" + (f" dn_offset {cfg['dn_offset']}" if cfg.get("dn_offset") else ""))
+                     f"nodata {cfg.get('nodata')}" + (f" dn_offset {cfg['dn_offset']}" if cfg.get("dn_offset") else "")
+                     + (f" refine {cfg['refine']}" if cfg.get("refine") else ""))
             dates = _dates_per_chunk(cfg.get("model"), arr.chunks)
             if dates:
                 line += (f"; {dates} dates per chunk (leading axes), each coded against the date before" if dates > 1
