@@ -71,12 +71,16 @@ def parse_float_scale(scale: float) -> float:
 MAX_REFINE_ROUNDS = 16
 
 
-def parse_refine(rounds) -> int:
-    """Rounds of the encoder's symbol search (:mod:`tec_zarr.pipeline.refine`): 0 (symbols rounded) to 16."""
+def parse_refine(rounds, max_error=None) -> int:
+    """Rounds of the encoder's symbol search (:mod:`tec_zarr.pipeline.refine`): 0 (symbols rounded) to 16, and
+    0 with ``max_error`` (the search is for lossy chunks)."""
     rounds = plain_number(rounds)
     if isinstance(rounds, bool) or not isinstance(rounds, int) or not 0 <= rounds <= MAX_REFINE_ROUNDS:
         raise InvalidInputError(f"Expected refine to be an integer in 0..{MAX_REFINE_ROUNDS} (rounds of the encoder's "
                                 f"symbol search; 0: symbols rounded). Got {rounds!r} instead.")
+    if rounds and max_error is not None:
+        raise InvalidInputError(f"Expected refine=0 with max_error (the symbol search is for lossy chunks). Got "
+                                f"refine={rounds!r}, max_error={max_error!r} instead.")
     return rounds
 
 

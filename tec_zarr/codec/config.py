@@ -132,10 +132,7 @@ class CodecConfig:
         quality, nodata, float_scale, max_error, psnr, dn_offset = (
             plain_number(v) for v in (quality, nodata, float_scale, max_error, psnr, dn_offset))
         max_error = parse_max_error(max_error)
-        refine = parse_refine(refine)
-        if refine and max_error is not None:
-            raise InvalidInputError(f"Expected refine=0 with max_error (the symbol search is for lossy chunks). Got "
-                                    f"refine={refine!r}, max_error={max_error!r} instead.")
+        refine = parse_refine(refine, max_error)
         if refine:  # refused when the codec is made, not at its first chunk
             from .. import pipeline
             from ..models import load_model

@@ -304,10 +304,17 @@ class ContextCoder(HyperpriorCoder):
 
         run_steps(hp, ctx, z, quality, symbols.shape, code_step)
 
+    # The fraction bits of the means :meth:`step_tables` takes (the temporal coder's fine means keep some).
+    search_fraction_bits = 0
+
+    def step_tables(self, index: np.ndarray, mean: np.ndarray, quality: int):
+        """(tables, table index, centre) a step's symbols are costed with by the symbol search: the scale tables
+        around the integer mean."""
+        return self.hyperprior.scales, index, mean
+
     def code_lengths(self, y: np.ndarray, symbols: np.ndarray, quality: int, *,
                      skip: np.ndarray | None = None) -> np.ndarray:
-        """Each step's tables and means from the given symbols before it (the context model's own; a temporal
-        model's tables differ a little, the search checks what it keeps against the real coder)."""
+        """Each step's tables (:meth:`step_tables`) from the given symbols before it."""
         hp, ctx = self.hyperprior, self.context
         z, _ = self.coded_z(self.side_information(y, quality), quality, skip)
         known = np.moveaxis(np.asarray(symbols, np.int64)[:, ctx.order], 1, -1)  # (B, h, w, M), coded order
@@ -315,11 +322,12 @@ class ContextCoder(HyperpriorCoder):
 
         def code_step(index, mean, a, e, classes):
             values = gather(known[..., a:e], classes)
+            tables, table, centre = self.step_tables(index, mean, quality)
             for i, d in enumerate(SEARCH_STEPS):
-                scatter(bits[i, ..., a:e], classes, hp.scales.bits(index, values + d - mean))
+                scatter(bits[i, ..., a:e], classes, tables.bits(table, values + d - centre))
             return values
 
-        run_steps(hp, ctx, z, quality, symbols.shape, code_step)
+        run_steps(hp, ctx, z, quality, symbols.shape, code_step, fraction_bits=self.search_fraction_bits)
         out = np.empty(bits.shape[:2] + symbols.shape[1:], np.float32)
         out[:, :, ctx.order] = np.moveaxis(bits, -1, 2)
         return out

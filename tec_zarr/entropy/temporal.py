@@ -37,9 +37,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CorruptChunkError, InvalidInputError, WeightsIntegrityError
-from .base import SEARCH_STEPS
 from .context import FILENAME as CONTEXT_FILENAME
-from .context import ContextCoder, ContextModel, gather, run_steps, scatter
+from .context import ContextCoder, ContextModel, gather, run_steps
 from .hyperprior import Hyperprior, Synthesized, read_kept, write_kept
 from .mixture import WEIGHT_ONE, MixedTables, sharpened
 from .rangecoder import DECODER_ERRORS, PayloadBudget
@@ -281,27 +280,16 @@ class TemporalCoder(ContextCoder):
                 for step, v in zip(steps, values):
                     self.write_step(encoder, step, v, chosen, quality)
 
-    def code_lengths(self, y: np.ndarray, symbols: np.ndarray, quality: int, *,
-                     skip: np.ndarray | None = None) -> np.ndarray:
+    @property
+    def search_fraction_bits(self) -> int:
+        return self.temporal.fraction_bits
+
+    def step_tables(self, index: np.ndarray, fine_mean: np.ndarray, quality: int):
         """Every date's fine-mean tables, as date 0 is coded (a later date's mixtures with the date before are left
         out: they make symbols near the previous date's cheaper, which the search does not weigh)."""
-        hp, ctx, tm = self.hyperprior, self.context, self.temporal
-        z, _ = self.coded_z(self.side_information(y, quality), quality, skip)
-        known = coded_order(np.asarray(symbols, np.int64), ctx.order)
-        bits = np.zeros((len(SEARCH_STEPS),) + known.shape, np.float32)
-        for t in range(symbols.shape[0]):
-            def code_step(index, fine_mean, a, e, classes, t=t):
-                table, centre, _ = fine_coding(index, fine_mean, tm.coarse[quality, index], tm.fraction_bits)
-                values = gather(known[t : t + 1, ..., a:e], classes)
-                for i, d in enumerate(SEARCH_STEPS):
-                    scatter(bits[i, t : t + 1, ..., a:e], classes, tm.fine.bits(table, values + d - centre))
-                return values
-
-            run_steps(hp, ctx, z[t : t + 1], quality, (1, *symbols.shape[1:]), code_step,
-                      fraction_bits=tm.fraction_bits)
-        out = np.empty(bits.shape[:2] + symbols.shape[1:], np.float32)
-        out[:, :, ctx.order] = np.moveaxis(bits, -1, 2)
-        return out
+        tm = self.temporal
+        table, centre, _ = fine_coding(index, fine_mean, tm.coarse[quality, index], tm.fraction_bits)
+        return tm.fine, table, centre
 
     def read_y(self, decoder, budget: PayloadBudget, z: np.ndarray, quality: int, shape,
                keep: np.ndarray | None, synthesized: Synthesized | None = None) -> np.ndarray:

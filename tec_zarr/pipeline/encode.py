@@ -84,10 +84,7 @@ def encode_chunks(
     of the symbol search (:mod:`.refine`; lossy chunks: not with ``max_error``), 0 for rounded symbols.
     """
     model = load_model(model) if isinstance(model, str) else model
-    refine = parse_refine(refine)
-    if refine and max_error is not None:
-        raise InvalidInputError(f"Expected refine=0 with max_error (the search is for lossy chunks). Got {refine=}, "
-                                f"{max_error=} instead.")
+    refine = parse_refine(refine, max_error)
     if refine:
         check_refinable(model)
     arrays = list(arrays)
